@@ -1,0 +1,38 @@
+# The two commands users need: `make run` and `make test`. Everything else is a step of those.
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test run bench-collectives sanitize clean format
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+configure:
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: deps build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+# The main job. Until the trainer exists: a 4-rank, 2-emulated-node all-reduce/all-gather
+# benchmark with validation, over the shm (same node) and tcp (across nodes) rails.
+run: deps build
+	./scripts/main-job.sh $(BUILD_DIR)/mics
+
+# ASan+UBSan build of the whole test suite (TSan: make sanitize SANITIZER=thread).
+SANITIZER ?= address,undefined
+sanitize: deps
+	cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMICS_SANITIZE=$(SANITIZER)
+	cmake --build build-san -j $(JOBS)
+	cd build-san && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp' '*.cu' '*.cuh')
+
+clean:
+	rm -rf $(BUILD_DIR) build-san

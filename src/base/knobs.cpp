@@ -1,0 +1,139 @@
+#include "base/knobs.hpp"
+
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "base/error.hpp"
+#include "base/strings.hpp"
+
+namespace mics {
+namespace {
+
+struct KnobSpec {
+  const char* name;
+  const char* help;
+  std::function<void(Knobs&, const std::string&)> parse;
+  std::function<std::string(const Knobs&)> show;
+};
+
+[[noreturn]] void bad_value(const char* name, const std::string& value, const char* expected) {
+  throw Error(ErrorKind::kConfig, fmt::format("{}='{}' is not valid", name, value),
+              {.layer = "base", .where = "reading environment knobs",
+               .hint = fmt::format("set {} to {}, or unset it for the default", name, expected)});
+}
+
+int64_t parse_int(const char* name, const std::string& v, int64_t lo, int64_t hi) {
+  auto parsed = parse_int64(v);
+  if (!parsed || *parsed < lo || *parsed > hi)
+    bad_value(name, v, fmt::format("an integer in [{}, {}]", lo, hi).c_str());
+  return *parsed;
+}
+
+double parse_double(const char* name, const std::string& v, double lo, double hi) {
+  auto parsed = parse_f64(v);
+  if (!parsed || *parsed < lo || *parsed > hi)
+    bad_value(name, v, fmt::format("a number in [{}, {}]", lo, hi).c_str());
+  return *parsed;
+}
+
+const std::vector<KnobSpec>& specs() {
+  static const std::vector<KnobSpec> table = {
+      {"MICS_TIMEOUT_S", "deadline in seconds of every collective, connect and rendezvous step",
+       [](Knobs& k, const std::string& v) { k.timeout_s = parse_double("MICS_TIMEOUT_S", v, 0.1, 1e7); },
+       [](const Knobs& k) { return fmt::format("{}", k.timeout_s); }},
+      {"MICS_LOG_LEVEL", "error, warn, info or debug",
+       [](Knobs& k, const std::string& v) {
+         if (v == "error") k.log_level = LogLevel::kError;
+         else if (v == "warn") k.log_level = LogLevel::kWarn;
+         else if (v == "info") k.log_level = LogLevel::kInfo;
+         else if (v == "debug") k.log_level = LogLevel::kDebug;
+         else bad_value("MICS_LOG_LEVEL", v, "one of error, warn, info, debug");
+       },
+       [](const Knobs& k) {
+         static const char* names[] = {"error", "warn", "info", "debug"};
+         return std::string(names[static_cast<int>(k.log_level)]);
+       }},
+      {"MICS_SPIN_ROUNDS", "polls of an idle wait before it yields the core",
+       [](Knobs& k, const std::string& v) { k.spin_rounds = parse_int("MICS_SPIN_ROUNDS", v, 0, 1 << 30); },
+       [](const Knobs& k) { return fmt::format("{}", k.spin_rounds); }},
+      {"MICS_MAX_SLEEP_US", "longest sleep of an idle wait, microseconds",
+       [](Knobs& k, const std::string& v) { k.max_sleep_us = parse_int("MICS_MAX_SLEEP_US", v, 1, 1000000); },
+       [](const Knobs& k) { return fmt::format("{}", k.max_sleep_us); }},
+      {"MICS_INTRA_PROVIDER", "libfabric provider of the same-node rail",
+       [](Knobs& k, const std::string& v) { k.intra_provider = v; },
+       [](const Knobs& k) { return k.intra_provider; }},
+      {"FI_PROVIDER", "libfabric provider of the other-node rail (unset: efa, verbs;ofi_rxm, tcp;ofi_rxm)",
+       [](Knobs& k, const std::string& v) { k.inter_provider = v; },
+       [](const Knobs& k) { return k.inter_provider.empty() ? std::string("(auto)") : k.inter_provider; }},
+      {"MICS_ALGO", "force a collective algorithm: ring, rd (recursive doubling), hier, or auto",
+       [](Knobs& k, const std::string& v) {
+         if (v != "auto" && v != "ring" && v != "rd" && v != "hier")
+           bad_value("MICS_ALGO", v, "one of auto, ring, rd, hier");
+         k.algo = v == "auto" ? "" : v;
+       },
+       [](const Knobs& k) { return k.algo.empty() ? std::string("auto") : k.algo; }},
+      {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
+       [](Knobs& k, const std::string& v) { k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40); },
+       [](const Knobs& k) { return fmt::format("{}", k.small_msg_bytes); }},
+      {"MICS_CHUNK_BYTES", "pipelining chunk of the ring algorithms",
+       [](Knobs& k, const std::string& v) { k.chunk_bytes = parse_int("MICS_CHUNK_BYTES", v, 4096, int64_t{1} << 34); },
+       [](const Knobs& k) { return fmt::format("{}", k.chunk_bytes); }},
+  };
+  return table;
+}
+
+struct Loaded {
+  Knobs values;
+  std::vector<bool> from_env;
+};
+
+Loaded load() {
+  Loaded loaded;
+  for (const auto& spec : specs()) {
+    const char* raw = std::getenv(spec.name);
+    loaded.from_env.push_back(raw != nullptr && *raw != '\0');
+    if (raw && *raw) spec.parse(loaded.values, raw);
+  }
+  return loaded;
+}
+
+std::mutex g_mutex;
+std::unique_ptr<Loaded> g_loaded;
+
+const Loaded& loaded() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!g_loaded) g_loaded = std::make_unique<Loaded>(load());
+  return *g_loaded;
+}
+
+}  // namespace
+
+const Knobs& knobs() { return loaded().values; }
+
+std::vector<KnobRow> knob_rows() {
+  const Loaded& l = loaded();
+  std::vector<KnobRow> rows;
+  for (size_t i = 0; i < specs().size(); ++i)
+    rows.push_back({specs()[i].name, specs()[i].show(l.values), l.from_env[i], specs()[i].help});
+  return rows;
+}
+
+std::string describe_knobs(bool only_set) {
+  std::string out;
+  for (const auto& row : knob_rows()) {
+    if (only_set && !row.from_env) continue;
+    out += fmt::format("  {:<22} = {:<14} ({}) {}\n", row.name, row.value,
+                       row.from_env ? "env" : "default", row.help);
+  }
+  return out;
+}
+
+void reload_knobs_for_testing() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_loaded = std::make_unique<Loaded>(load());
+}
+
+}  // namespace mics

@@ -1,0 +1,44 @@
+#pragma once
+// Environment knobs: typed, read once (at the first call of knobs(), which the binary makes
+// at start-up so a bad value fails before any work), and printable with their source.
+// Identity variables (rank, world size, rendezvous address) are not knobs: bootstrap/ reads
+// them. Add a knob by adding a field here and a row in knobs.cpp's table.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mics {
+
+enum class LogLevel { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
+
+struct Knobs {
+  double timeout_s = 300;               // MICS_TIMEOUT_S: deadline of every operation
+  LogLevel log_level = LogLevel::kInfo; // MICS_LOG_LEVEL
+  int64_t spin_rounds = 2000;           // MICS_SPIN_ROUNDS: polls before yielding the core
+  int64_t max_sleep_us = 200;           // MICS_MAX_SLEEP_US: longest nap of an idle waiter
+  std::string intra_provider = "shm";   // MICS_INTRA_PROVIDER: same-node rail provider
+  std::string inter_provider;           // FI_PROVIDER: other-node rail provider (empty: auto)
+  std::string algo;                     // MICS_ALGO: force a collective algorithm (empty: auto)
+  int64_t small_msg_bytes = 65536;      // MICS_SMALL_MSG_BYTES: latency algorithm up to here
+  int64_t chunk_bytes = 1 << 20;        // MICS_CHUNK_BYTES: pipelining chunk of ring steps
+};
+
+// One row per knob for printing: name, value as text, whether the env set it, help.
+struct KnobRow {
+  std::string name;
+  std::string value;
+  bool from_env;
+  std::string help;
+};
+
+// Reads every knob from the environment on first use and caches the result. Throws
+// mics::Error (kConfig) naming the variable and the expected form on a bad value.
+const Knobs& knobs();
+std::vector<KnobRow> knob_rows();
+// Multi-line "name=value (default|env) help" text for start-up banners and `mics doctor`.
+std::string describe_knobs(bool only_set = false);
+
+// For tests: re-read the environment.
+void reload_knobs_for_testing();
+
+}  // namespace mics

@@ -1,0 +1,48 @@
+// The mics binary: parses the subcommand, runs it, and is the one place where an error
+// becomes an exit status.
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "base/error.hpp"
+#include "base/knobs.hpp"
+#include "mics/build_info.hpp"
+#include "tools/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mics: MiCS sharded data-parallel training over libfabric and NCCL"};
+  app.set_version_flag("--version", std::string("mics ") + mics::build::kVersion);
+  app.require_subcommand(1);
+
+  std::map<CLI::App*, mics::tools::Runner> runners;
+  auto add = [&](mics::tools::Runner (*adder)(CLI::App&)) {
+    size_t before = app.get_subcommands({}).size();
+    mics::tools::Runner run = adder(app);
+    auto subs = app.get_subcommands({});
+    if (subs.size() > before) runners[subs.back()] = std::move(run);
+  };
+  add(mics::tools::add_launch_command);
+  add(mics::tools::add_bench_command);
+  add(mics::tools::add_doctor_command);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    mics::knobs();  // read (and validate) every knob before any work
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+    return 2;
+  } catch (const mics::Error& e) {
+    std::fprintf(stderr, "mics: error: %s\n", e.what());
+    return e.kind() == mics::ErrorKind::kInvalidArgument || e.kind() == mics::ErrorKind::kConfig ? 2 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mics: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,59 @@
+#include <cmath>
+#include <cstdlib>
+
+#include <gtest/gtest.h>
+
+#include "base/dtype.hpp"
+#include "base/error.hpp"
+#include "base/knobs.hpp"
+#include "base/strings.hpp"
+
+namespace mics {
+
+TEST(Strings, ParseSize) {
+  EXPECT_EQ(parse_size("4096"), 4096);
+  EXPECT_EQ(parse_size("64M"), 64 << 20);
+  EXPECT_EQ(parse_size("1GiB"), int64_t{1} << 30);
+  EXPECT_EQ(parse_size("2KB"), 2048);
+  EXPECT_FALSE(parse_size("12Q").has_value());
+  EXPECT_FALSE(parse_size("").has_value());
+}
+
+TEST(DType, Bf16RoundTripAndRounding) {
+  for (float f : {0.0f, 1.0f, -2.5f, 3.140625f, 65504.0f, 1e-20f}) {
+    float back = bf16_to_f32(f32_to_bf16(f));
+    EXPECT_NEAR(back, f, std::fabs(f) * 1.0f / 128) << f;
+  }
+  // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to even (1.0).
+  EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 1.0f / 256)), 1.0f);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, HalfReduceAccumulatesInF32) {
+  uint16_t a[3] = {f32_to_f16(1.0f), f32_to_f16(2.0f), f32_to_f16(-1.0f)};
+  uint16_t b[3] = {f32_to_f16(0.5f), f32_to_f16(2.0f), f32_to_f16(4.0f)};
+  reduce_into(a, b, 3, DType::kF16, ReduceOp::kSum);
+  EXPECT_EQ(f16_to_f32(a[0]), 1.5f);
+  EXPECT_EQ(f16_to_f32(a[1]), 4.0f);
+  EXPECT_EQ(f16_to_f32(a[2]), 3.0f);
+  reduce_into(a, b, 3, DType::kF16, ReduceOp::kMax);
+  EXPECT_EQ(f16_to_f32(a[2]), 4.0f);
+}
+
+TEST(Knobs, BadValueNamesTheVariable) {
+  setenv("MICS_TIMEOUT_S", "soon", 1);
+  try {
+    reload_knobs_for_testing();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("MICS_TIMEOUT_S"), std::string::npos);
+  }
+  setenv("MICS_TIMEOUT_S", "7.5", 1);
+  reload_knobs_for_testing();
+  EXPECT_EQ(knobs().timeout_s, 7.5);
+  unsetenv("MICS_TIMEOUT_S");
+  reload_knobs_for_testing();
+}
+
+}  // namespace mics
