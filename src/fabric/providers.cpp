@@ -41,7 +41,7 @@ void InfoDeleter::operator()(fi_info* info) const {
 fi_info* get_rdm_info(const std::string& provider) {
   prepare_libfabric_environment();
   fi_info* hints = fi_allocinfo();
-  hints->caps = FI_TAGGED | FI_MSG;
+  hints->caps = FI_TAGGED | FI_MSG | FI_DIRECTED_RECV;
   hints->mode = FI_CONTEXT | FI_CONTEXT2;
   hints->ep_attr->type = FI_EP_RDM;
   // What efa needs; other providers accept the same bits or ignore the ones they do not use.

@@ -1,0 +1,102 @@
+#include "comm/op.hpp"
+
+#include <fmt/format.h>
+
+#include "base/knobs.hpp"
+#include "base/strings.hpp"
+
+namespace mics::comm {
+
+Op::Op(Communicator& comm, const char* name, Algo algo, size_t bytes)
+    : comm_(comm),
+      transport_(comm.transport()),
+      name_(name),
+      algo_(algo),
+      bytes_(bytes),
+      sequence_(comm.next_sequence()),
+      deadline_(knobs().timeout_s) {}
+
+Op::~Op() = default;
+
+uint64_t Op::tag(uint32_t index) const {
+  MICS_CHECK(index <= kMaxIndex, fmt::format("message index {} overflows the tag", index));
+  return (static_cast<uint64_t>(comm_.id() & 0xffffu) << 44) |
+         (static_cast<uint64_t>(sequence_) << 28) | index;
+}
+
+fabric::Request* Op::send(int member, uint32_t index, const void* buf, size_t bytes) {
+  comm_.count_send(member, bytes);
+  ++outstanding_;
+  return transport_.isend(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+}
+
+fabric::Request* Op::recv(int member, uint32_t index, void* buf, size_t bytes) {
+  ++outstanding_;
+  return transport_.irecv(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+}
+
+bool Op::test(fabric::Request* request) {
+  if (!request->done) transport_.progress();
+  if (!request->done) return false;
+  if (request->failed()) fail(request, "completion", false);
+  transport_.release(request);
+  --outstanding_;
+  return true;
+}
+
+void Op::wait(fabric::Request* request, const char* what) {
+  while (!request->done) {
+    if (transport_.progress() > 0) {
+      backoff_.reset();
+      continue;
+    }
+    if (request->done) break;
+    if (deadline_.expired()) fail(request, what, true);
+    backoff_.pause();
+  }
+  if (request->failed()) fail(request, what, false);
+  transport_.release(request);
+  --outstanding_;
+}
+
+void Op::wait_all(std::vector<fabric::Request*>& requests, const char* what) {
+  for (auto* request : requests) wait(request, what);
+  requests.clear();
+}
+
+void Op::reap(std::vector<fabric::Request*>& requests) {
+  size_t done = 0;
+  while (done < requests.size() && requests[done]->done) {
+    if (requests[done]->failed()) fail(requests[done], "completion", false);
+    transport_.release(requests[done]);
+    --outstanding_;
+    ++done;
+  }
+  requests.erase(requests.begin(), requests.begin() + static_cast<long>(done));
+}
+
+void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
+  const std::string where =
+      fmt::format("{} ({}, {}) on communicator '{}' (member {} of {})", name_, to_string(algo_),
+                  format_bytes(static_cast<double>(bytes_)), comm_.name(), comm_.rank(), comm_.size());
+  const int peer = request->peer;
+  // The pending requests may still be written by the provider: they are never reused, and
+  // this communicator should not be used again.
+  if (timed_out)
+    throw Error(ErrorKind::kTimeout,
+                fmt::format("{} rank {} for {:.1f} s ({})",
+                            request->is_send ? "no receive posted by" : "no data from", peer,
+                            deadline_.budget_s(), what),
+                {.layer = "comm", .where = where, .peer = peer,
+                 .hint = fmt::format("rank {} may have died, hung or left the collective; check "
+                                     "its output. If it is only slow, raise MICS_TIMEOUT_S",
+                                     peer)});
+  throw Error(ErrorKind::kPeerFailure,
+              fmt::format("{} rank {} failed over the {} rail: {}",
+                          request->is_send ? "send to" : "receive from", peer,
+                          fabric::to_string(request->rail), request->error_text),
+              {.layer = "comm", .where = where, .peer = peer,
+               .hint = fmt::format("rank {} has probably exited; check its output", peer)});
+}
+
+}  // namespace mics::comm
