@@ -23,4 +23,18 @@ struct Job {
 // disagrees with rank 0 and both values.
 Job join(const std::string& config);
 
+// The same with the environment and the deadline given instead of read (read_rank_env() and
+// MICS_TIMEOUT_S), e.g. to run several ranks as threads of one test.
+//   - a launcher hosts the store (env.store_hosted): connect to it;
+//   - else a single rank: an in-process store on 127.0.0.1 (any port), so job.store is
+//     always usable;
+//   - else rank 0 hosts the store on 0.0.0.0:MICS_MASTER_PORT and every rank connects to
+//     MICS_MASTER_ADDR:MICS_MASTER_PORT.
+// Ranks that do not arrive within the deadline are named in a kTimeout error.
+Job join(const RankEnv& env, const std::string& config, double timeout_s);
+
+// Leaves the job: a barrier of every rank, so that the rank hosting the store keeps it up until
+// every rank is done with it. Call once, at the end, on every rank; then destroy the Job.
+void finish(Job& job);
+
 }  // namespace mics::bootstrap

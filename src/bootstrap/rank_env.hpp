@@ -21,10 +21,17 @@ struct RankEnv {
   int master_port = 0;      // rendezvous store port
   std::string job_token;    // shared secret of the job
   std::string source;       // "mics launch", "slurm", "openmpi", "single"
+  bool store_hosted = false;  // MICS_STORE_HOSTED=1: a launcher hosts the store, rank 0 must not
 };
 
 // Reads and validates the environment. Throws mics::Error (kConfig) naming the variable that
 // is missing or malformed and how to set it.
+//   - MICS_MASTER_ADDR / MICS_MASTER_PORT are required when world_size > 1 (and validated
+//     whenever set).
+//   - The token is MICS_JOB_TOKEN; else under Slurm "slurm:<SLURM_JOB_ID>.<SLURM_STEP_ID>";
+//     else under Open MPI a value built from the job id mpirun gives every rank
+//     (OMPI_MCA_ess_base_jobid or PMIX_NAMESPACE, with OMPI_MCA_orte_hnp_uri and
+//     OMPI_MCA_orte_precondition_transports when present); a single rank needs none.
 RankEnv read_rank_env();
 
 }  // namespace mics::bootstrap

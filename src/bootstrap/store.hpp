@@ -32,6 +32,12 @@ class StoreServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Keys still absent at a probe: at most wire::kMaxListedMissing of them, and how many in all.
+struct MissingKeys {
+  std::vector<std::string> listed;
+  uint64_t total = 0;
+};
+
 class StoreClient {
  public:
   // Connects (retrying until timeout_s: the server may start after us) and authenticates.
@@ -48,8 +54,20 @@ class StoreClient {
   int64_t add(const std::string& key, int64_t delta);
   // Blocks until every key exists.
   void wait(const std::vector<std::string>& keys);
+  // The same with its own deadline instead of timeout_s().
+  void wait(const std::vector<std::string>& keys, double timeout_s);
+  // Waits for every key, then returns their values in order (one round trip for all).
+  std::vector<std::string> get_many(const std::vector<std::string>& keys);
+  // Which of keys are absent now (does not wait).
+  MissingKeys missing(const std::vector<std::string>& keys);
   // All `count` callers with the same name return together; names must be unique per use.
+  // When set_identity() told the client its rank and count is the world size, a timeout names
+  // the ranks that did not arrive.
   void barrier(const std::string& name, int count);
+
+  // Who uses this client: improves error messages (missing ranks of a barrier, and the peer
+  // rank of connection errors when a rank, not a launcher, hosts the store; -1: a launcher).
+  void set_identity(int rank, int world_size, int host_rank = -1);
 
   double timeout_s() const { return timeout_s_; }
   std::string address() const;

@@ -1,0 +1,176 @@
+// Joining the job (see bootstrap.hpp). Keys used in the store:
+//   join/node/<r>    rank r's node key
+//   join/check/<r>   JSON {world_size, source, config}: what rank 0 checks
+//   join/verdict     JSON {ok, message, peer, hint}: rank 0's verdict, read by every rank
+//   join/acks        how many ranks read a negative verdict (rank 0 waits for them before its
+//                    store goes away), join/acked once all did
+#include "bootstrap/bootstrap.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "base/error.hpp"
+#include "base/knobs.hpp"
+#include "base/log.hpp"
+#include "base/strings.hpp"
+
+namespace mics::bootstrap {
+namespace {
+
+using nlohmann::json;
+
+constexpr double kVerdictAckTimeoutS = 10;
+
+std::string rank_key(const char* prefix, int rank) { return fmt::format("{}/{}", prefix, rank); }
+
+std::vector<std::string> rank_keys(const char* prefix, int world) {
+  std::vector<std::string> keys;
+  keys.reserve(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) keys.push_back(rank_key(prefix, r));
+  return keys;
+}
+
+// Waits for every rank's key under prefix; a timeout names the ranks that did not come.
+void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix) {
+  const auto keys = rank_keys(prefix, env.world_size);
+  try {
+    store.wait(keys);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kTimeout) throw;
+    MissingKeys absent = store.missing(keys);
+    if (absent.total == 0) return;  // they came just after the deadline
+    std::vector<std::string> ranks;
+    for (size_t i = 0; i < absent.listed.size() && i < 16; ++i)
+      ranks.push_back(absent.listed[i].substr(absent.listed[i].rfind('/') + 1));
+    std::string list = mics::join(ranks, ", ");
+    if (absent.total > ranks.size()) list += fmt::format(" and {} more", absent.total - ranks.size());
+    throw Error(
+        ErrorKind::kTimeout,
+        fmt::format("{} of {} ranks did not join the job within {} s: rank{} {}", absent.total,
+                    env.world_size, store.timeout_s(), absent.total == 1 ? "" : "s", list),
+        {.layer = "bootstrap",
+         .where = fmt::format("join on the store at {}", store.address()),
+         .peer = static_cast<int>(parse_int64(ranks.front()).value_or(-1)),
+         .hint = fmt::format("every rank of the {}-rank job (launched by {}) must start and reach "
+                             "the store: check that they all were started with the same "
+                             "MICS_MASTER_ADDR/MICS_MASTER_PORT and look at the missing ranks' "
+                             "output; raise MICS_TIMEOUT_S if they are only slow",
+                             env.world_size, env.source)});
+  }
+}
+
+// Both values, or windows around their first difference when they are long.
+std::string describe_difference(const std::string& a, const std::string& b, int rank) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  auto window = [&](const std::string& s) {
+    if (s.size() <= 160) return "'" + s + "'";
+    const size_t from = i > 40 ? i - 40 : 0;
+    return fmt::format("'{}{}{}'", from > 0 ? "..." : "", s.substr(from, 120),
+                       from + 120 < s.size() ? "..." : "");
+  };
+  return fmt::format("rank {}'s job configuration differs from rank 0's at byte {}: rank 0 has "
+                     "{}, rank {} has {}",
+                     rank, i, window(a), rank, window(b));
+}
+
+// Rank 0's check of every rank's world size and configuration against its own.
+json verdict_of(const RankEnv& env, const std::vector<std::string>& checks) {
+  const json mine = json::parse(checks[0]);
+  for (int r = 1; r < env.world_size; ++r) {
+    const json theirs = json::parse(checks[static_cast<size_t>(r)]);
+    if (theirs.at("world_size") != mine.at("world_size"))
+      return {{"ok", false},
+              {"peer", r},
+              {"message", fmt::format("rank {} was started with world size {} ({}), rank 0 with {}",
+                                      r, theirs.at("world_size").get<int>(),
+                                      theirs.at("source").get<std::string>(),
+                                      mine.at("world_size").get<int>())},
+              {"hint", "every rank must be started by the same launcher command with the same "
+                       "world size"}};
+    const std::string a = mine.at("config").get<std::string>();
+    const std::string b = theirs.at("config").get<std::string>();
+    if (a != b)
+      return {{"ok", false},
+              {"peer", r},
+              {"message", describe_difference(a, b, r)},
+              {"hint", "start every rank with the same configuration: the same flags, config "
+                       "files and mics version on every node"}};
+  }
+  return {{"ok", true}};
+}
+
+std::string one_process_token() { return fmt::format("single-rank:{}", ::getpid()); }
+
+}  // namespace
+
+Job join(const std::string& config) { return join(read_rank_env(), config, knobs().timeout_s); }
+
+Job join(const RankEnv& env, const std::string& config, double timeout_s) {
+  log::set_rank(env.rank);
+  Job job;
+  job.env = env;
+  std::string addr = env.master_addr;
+  int port = env.master_port;
+  std::string token = env.job_token;
+  int host_rank = -1;
+  if (!env.store_hosted && env.world_size == 1) {
+    if (token.empty()) token = one_process_token();
+    job.server = std::make_unique<StoreServer>("127.0.0.1", 0, token);
+    addr = "127.0.0.1";
+    port = job.server->port();
+  } else if (!env.store_hosted) {
+    host_rank = 0;
+    if (env.rank == 0) {
+      job.server = std::make_unique<StoreServer>("0.0.0.0", env.master_port, token);
+      log::debug("hosting the rendezvous store on port {}", env.master_port);
+    }
+  }
+  job.store = std::make_unique<StoreClient>(addr, port, token, timeout_s);
+  StoreClient& store = *job.store;
+  store.set_identity(env.rank, env.world_size, host_rank);
+
+  store.set(rank_key("join/node", env.rank), env.node_key);
+  const json check = {{"world_size", env.world_size}, {"source", env.source}, {"config", config}};
+  store.set(rank_key("join/check", env.rank), check.dump());
+
+  wait_for_ranks(store, env, "join/check");
+  if (env.rank == 0) {
+    const json verdict = verdict_of(env, store.get_many(rank_keys("join/check", env.world_size)));
+    store.set("join/verdict", verdict.dump());
+  }
+  const json verdict = json::parse(store.get("join/verdict"));
+  if (!verdict.at("ok").get<bool>()) {
+    if (env.rank != 0) {
+      if (store.add("join/acks", 1) == env.world_size - 1) store.set("join/acked", "");
+    } else if (job.server && env.world_size > 1) {
+      // Keep the store up until the others have read the verdict, so they fail alike.
+      try {
+        store.wait({"join/acked"}, std::min(timeout_s, kVerdictAckTimeoutS));
+      } catch (const Error&) {
+      }
+    }
+    throw Error(ErrorKind::kConfig, verdict.at("message").get<std::string>(),
+                {.layer = "bootstrap",
+                 .where = fmt::format("join (rank {} of {})", env.rank, env.world_size),
+                 .peer = verdict.at("peer").get<int>(),
+                 .hint = verdict.at("hint").get<std::string>()});
+  }
+
+  wait_for_ranks(store, env, "join/node");
+  job.node_keys = store.get_many(rank_keys("join/node", env.world_size));
+  log::debug("joined: rank {} of {} on node '{}' (via {}, store at {})", env.rank, env.world_size,
+             env.node_key, env.source, store.address());
+  return job;
+}
+
+void finish(Job& job) {
+  if (!job.store) return;
+  job.store->barrier("job/finish", job.env.world_size);
+}
+
+}  // namespace mics::bootstrap
