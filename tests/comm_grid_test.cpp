@@ -40,8 +40,8 @@ std::vector<Layout> layouts() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, CommGrid, ::testing::ValuesIn(layouts()),
-                         [](const auto& info) {
-                           return fmt::format("n{}_nodes{}", info.param.ranks, info.param.nodes);
+                         [](const auto& param_info) {
+                           return fmt::format("n{}_nodes{}", param_info.param.ranks, param_info.param.nodes);
                          });
 
 }  // namespace

@@ -34,13 +34,24 @@ class Deadline {
 
 // Spin briefly, then yield, then sleep with a growing interval (capped), so that several
 // ranks oversubscribing a core still all make progress. reset() after useful work.
+// When more ranks than cores share this host, the spinning phase is skipped (MICS_SPIN_ROUNDS
+// overrides): a spinning rank would only delay the peer it waits for.
 class Backoff {
  public:
+  // Spins or yields and returns 0, or returns how long the caller should sleep (ns); the
+  // caller may sleep on something that wakes it early (a completion queue's fd).
+  long step();
+  // step() plus a plain sleep.
   void pause();
   void reset() { idle_rounds_ = 0; }
 
  private:
   uint32_t idle_rounds_ = 0;
 };
+
+// Called once at start-up with the number of ranks on this host; decides the default spin.
+void set_ranks_on_host(int ranks);
+int ranks_on_host();
+int usable_cores();
 
 }  // namespace mics

@@ -56,9 +56,11 @@ const std::vector<KnobSpec>& specs() {
          static const char* names[] = {"error", "warn", "info", "debug"};
          return std::string(names[static_cast<int>(k.log_level)]);
        }},
-      {"MICS_SPIN_ROUNDS", "polls of an idle wait before it yields the core",
-       [](Knobs& k, const std::string& v) { k.spin_rounds = parse_int("MICS_SPIN_ROUNDS", v, 0, 1 << 30); },
-       [](const Knobs& k) { return fmt::format("{}", k.spin_rounds); }},
+      {"MICS_SPIN_ROUNDS", "polls of an idle wait before it yields the core (auto: 2000, 0 when oversubscribed)",
+       [](Knobs& k, const std::string& v) {
+         k.spin_rounds = v == "auto" ? -1 : parse_int("MICS_SPIN_ROUNDS", v, 0, 1 << 30);
+       },
+       [](const Knobs& k) { return k.spin_rounds < 0 ? std::string("auto") : fmt::format("{}", k.spin_rounds); }},
       {"MICS_MAX_SLEEP_US", "longest sleep of an idle wait, microseconds",
        [](Knobs& k, const std::string& v) { k.max_sleep_us = parse_int("MICS_MAX_SLEEP_US", v, 1, 1000000); },
        [](const Knobs& k) { return fmt::format("{}", k.max_sleep_us); }},

@@ -85,7 +85,8 @@ class Communicator {
   std::byte* scratch(size_t bytes, int slot = 0);  // grow-only buffers, reused across calls
   // Sub-communicators of a multi-node communicator for the hierarchical algorithm, created
   // on first use (collective): members with the same local index (one per node), and the
-  // members of our node.
+  // members of our node. Their creation is a split, whose exchange counts as this
+  // communicator's traffic.
   Communicator& cross_node();
   Communicator& same_node();
   uint16_t next_sequence() { return ++sequence_; }

@@ -52,7 +52,7 @@ void Op::wait(fabric::Request* request, const char* what) {
     }
     if (request->done) break;
     if (deadline_.expired()) fail(request, what, true);
-    backoff_.pause();
+    if (long ns = backoff_.step()) transport_.idle_wait(ns);
   }
   if (request->failed()) fail(request, what, false);
   transport_.release(request);

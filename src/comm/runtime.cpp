@@ -1,6 +1,10 @@
 #include "comm/runtime.hpp"
 
+#include <unistd.h>
+
 #include <fmt/format.h>
+
+#include "base/clock.hpp"
 
 #include "base/log.hpp"
 #include "base/strings.hpp"
@@ -21,6 +25,16 @@ std::unique_ptr<Runtime> Runtime::start(const std::string& config) {
       throw Error(ErrorKind::kConfig,
                   fmt::format("MICS_LOCAL_SIZE={} but the ranks found {} per node", *local_size, n),
                   {.layer = "comm", .where = "start-up", .hint = "launch every node alike"});
+  }
+  // Ranks sharing this host's cores decide how idle waits behave (base/clock.hpp).
+  if (rt->job_.store) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    rt->job_.store->set(fmt::format("host/{}", rt->rank()), host);
+    int same_host = 0;
+    for (int r = 0; r < rt->world_size(); ++r)
+      same_host += rt->job_.store->get(fmt::format("host/{}", r)) == host;
+    set_ranks_on_host(same_host);
   }
   rt->transport_ = std::make_unique<fabric::Transport>(rt->job_.env.rank, rt->topology_,
                                                        rt->job_.store.get());

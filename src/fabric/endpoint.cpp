@@ -39,11 +39,18 @@ RailEndpoint::RailEndpoint(Rail rail, const std::string& provider, int world_siz
   check_fi(fi_fabric(info_->fabric_attr, &fabric_, nullptr), "fi_fabric", where);
   check_fi(fi_domain(fabric_, info_, &domain_, nullptr), "fi_domain", where);
 
+  // A CQ with a file descriptor lets an idle rank sleep until the provider has news instead
+  // of napping blindly (the network rail wakes it on arrival); providers without one poll.
   fi_cq_attr cq_attr{};
   cq_attr.format = FI_CQ_FORMAT_TAGGED;
-  cq_attr.wait_obj = FI_WAIT_NONE;
+  cq_attr.wait_obj = rail == Rail::kInter ? FI_WAIT_FD : FI_WAIT_NONE;
   cq_attr.size = 0;  // provider default
-  check_fi(fi_cq_open(domain_, &cq_attr, &cq_, nullptr), "fi_cq_open", where);
+  if (cq_attr.wait_obj != FI_WAIT_NONE && fi_cq_open(domain_, &cq_attr, &cq_, nullptr) == 0) {
+    if (fi_control(&cq_->fid, FI_GETWAIT, &wait_fd_) != 0) wait_fd_ = -1;
+  } else {
+    cq_attr.wait_obj = FI_WAIT_NONE;
+    check_fi(fi_cq_open(domain_, &cq_attr, &cq_, nullptr), "fi_cq_open", where);
+  }
 
   fi_av_attr av_attr{};
   av_attr.type = FI_AV_TABLE;
@@ -130,6 +137,12 @@ void RailEndpoint::finish(Request* request) {
     request->memory_region = nullptr;
   }
   request->done = true;
+}
+
+bool RailEndpoint::ready_to_sleep() {
+  if (wait_fd_ < 0) return true;
+  fid* fids[1] = {&cq_->fid};
+  return fi_trywait(fabric_, fids, 1) == FI_SUCCESS;
 }
 
 int RailEndpoint::poll(RailCounters& counters) {

@@ -38,6 +38,10 @@ class RailEndpoint {
   int post_recv(Request* request, void* buf, size_t bytes);
   // Reads up to a batch of completions, marks their requests done; returns the number read.
   int poll(RailCounters& counters);
+  // File descriptor that becomes readable when a completion may be waiting (-1: none), and
+  // whether it is safe to sleep on it now (false: completions are pending, poll() first).
+  int wait_fd() const { return wait_fd_; }
+  bool ready_to_sleep();
 
  private:
   void* descriptor_for(Request* request, const void* buf, size_t bytes);
@@ -51,6 +55,7 @@ class RailEndpoint {
   fid_av* av_ = nullptr;
   fid_cq* cq_ = nullptr;
   fid_ep* ep_ = nullptr;
+  int wait_fd_ = -1;
   bool needs_local_mr_ = false;
   bool mr_bind_to_endpoint_ = false;
   std::vector<uint64_t> peer_addr_;  // fi_addr_t by global rank

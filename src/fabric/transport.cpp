@@ -1,5 +1,8 @@
 #include "fabric/transport.hpp"
 
+#include <poll.h>
+#include <time.h>
+
 #include <fmt/format.h>
 #include <rdma/fi_errno.h>
 
@@ -94,7 +97,7 @@ static void post_with_retry(Transport& transport, Request* request, const Deadli
       throw_fi(ret, call, fmt::format("posting {} bytes to rank {}", request->bytes, request->peer));
     // Queue full: drain completions so the provider can make room.
     if (transport.progress() > 0) backoff.reset();
-    else backoff.pause();
+    else if (long ns = backoff.step()) transport.idle_wait(ns);
     if (deadline.expired())
       throw Error(ErrorKind::kTimeout,
                   fmt::format("{} stayed refused (queue full) for {:.1f} s", call, deadline.budget_s()),
@@ -132,6 +135,19 @@ Request* Transport::irecv(int peer, uint64_t tag, void* buf, size_t bytes,
   post_with_retry(*this, request, deadline, "fi_trecv",
                   [&] { return endpoint.post_recv(request, buf, bytes); });
   return request;
+}
+
+void Transport::idle_wait(long ns) {
+  pollfd fds[kNumRails];
+  nfds_t count = 0;
+  for (auto& rail : rails_) {
+    if (!rail || rail->wait_fd() < 0) continue;
+    if (!rail->ready_to_sleep()) return;  // completions pending: go read them
+    fds[count++] = {rail->wait_fd(), POLLIN, 0};
+  }
+  timespec ts{0, ns};
+  if (count) ppoll(fds, count, &ts, nullptr);
+  else nanosleep(&ts, nullptr);
 }
 
 int Transport::progress() {

@@ -77,6 +77,9 @@ class Transport {
   void release(Request* request);
   // Reads completions from every open rail; returns how many it handled.
   int progress();
+  // Sleeps up to `ns` nanoseconds, waking early when a rail with a wait descriptor (the network
+  // rail) has completions. Call after progress() found nothing.
+  void idle_wait(long ns);
 
   const RailCounters& counters(Rail rail) const { return counters_[static_cast<int>(rail)]; }
 
