@@ -5,11 +5,10 @@
 //
 //   comm_worker grid          all ops x dtypes x reductions x counts x algorithms, in and out of place
 //   comm_worker groups        MiCS partition / replication groups from split()
-//   comm_worker hang RANK     all-reduces in a loop; RANK stops answering (for the failure tests)
+//   comm_worker loop          all-reduces forever (the failure tests kill or stop a rank)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -285,16 +284,14 @@ int main(int argc, char** argv) {
     auto rt = Runtime::start("comm_worker " + mode);
     if (mode == "grid") grid(*rt);
     else if (mode == "groups") groups(*rt);
-    else if (mode == "hang") {
-      const int victim = argc > 2 ? std::atoi(argv[2]) : 1;
-      std::vector<float> buf(1 << 16, 1.0f);
-      for (int iter = 0;; ++iter) {
-        if (rt->rank() == victim && iter == 3) {
-          std::fprintf(stderr, "rank %d: stopping here (simulated hang)\n", victim);
-          std::fflush(stderr);
-          for (;;) pause();
-        }
+    else if (mode == "loop") {
+      std::vector<float> buf(1 << 20, 1.0f);
+      for (long iter = 0;; ++iter) {
         rt->world().all_reduce(buf.data(), buf.data(), buf.size(), DType::kF32, ReduceOp::kAvg);
+        if (iter == 2) {
+          std::printf("rank %d: looping\n", rt->rank());
+          std::fflush(stdout);
+        }
       }
     } else {
       std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
