@@ -55,7 +55,7 @@ struct StoreClient::Impl {
 
   ErrorContext ctx(const std::string& what, std::string hint = kStoreHint) const {
     ErrorContext c{.layer = "bootstrap",
-                   .where = fmt::format("{} on the store at {}", what, endpoint),
+                   .where = fmt::format("{}, store at {}", what, endpoint),
                    .hint = std::move(hint)};
     if (host_rank >= 0 && host_rank != rank) c.peer = host_rank;
     return c;
@@ -322,8 +322,11 @@ void StoreClient::wait(const std::vector<std::string>& keys, double timeout_s) {
   MissingKeys missing = impl_->wait(keys, timeout_s, what);
   if (missing.total == 0) return;
   throw Error(ErrorKind::kTimeout,
-              fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
-                          missing.total, keys.size(), list_keys(missing.listed, missing.total)),
+              keys.size() == 1
+                  ? fmt::format("timed out after {} s waiting for key '{}'", timeout_s, keys[0])
+                  : fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
+                                missing.total, keys.size(),
+                                list_keys(missing.listed, missing.total)),
               impl_->ctx(what,
                          "the ranks that set these keys have not got this far: check that every "
                          "rank was started and none failed (their output tells), or raise "
@@ -384,20 +387,24 @@ void StoreClient::barrier(const std::string& name, int count) {
     world = impl_->world_size;
   }
   const bool by_rank = rank >= 0 && count == world;
-  if (by_rank) set(prefix + "rank/" + std::to_string(rank), "");
-  const int64_t arrived = add(prefix + "count", 1);
-  if (arrived > count)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("barrier '{}' for {} callers was entered {} times", name, count,
-                            arrived),
-                impl_->ctx(fmt::format("barrier '{}'", name),
-                           "barrier names must be unique per use and every caller must pass the "
-                           "same count"));
-  if (arrived == count) set(prefix + "done", "");
   MissingKeys done;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    done = impl_->wait({prefix + "done"}, timeout_s_, fmt::format("barrier '{}'", name));
+    wire::Writer w(Op::kArrive);
+    w.i64(static_cast<int64_t>(std::max(timeout_s_, 0.0) * 1000.0)).i64(count);
+    w.str(prefix + "count").str(prefix + "done");
+    w.str(by_rank ? prefix + "rank/" + std::to_string(rank) : std::string());
+    const std::string what = fmt::format("barrier '{}'", name);
+    const std::string payload =
+        impl_->request(w.frame(), Deadline(timeout_s_ + kReplyGraceS), what);
+    wire::Reader r(payload);
+    const uint8_t op = r.u8();
+    if (op == static_cast<uint8_t>(Op::kMissing)) {
+      done.total = r.u64();
+    } else if (op != static_cast<uint8_t>(Op::kOk) || !r.at_end()) {
+      impl_->lost(ErrorKind::kProtocol,
+                  fmt::format("garbled reply from the store to ARRIVE (opcode {})", op), what);
+    }
   }
   if (done.total == 0) return;
 

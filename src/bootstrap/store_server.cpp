@@ -397,14 +397,37 @@ void StoreServer::Impl::handle(Conn& c, std::string_view payload) {
       reply(c, wire::Writer(Op::kInt).i64(value));
       return;
     }
-    case Op::kWait: {
+    case Op::kWait:
+    case Op::kArrive: {
       const int64_t timeout_ms = r.i64();
-      const uint32_t n = r.u32();
-      if (!r.ok() || n > r.remaining() / 4) return malformed();
       Wait w;
-      w.keys.reserve(n);
-      for (uint32_t i = 0; i < n; ++i) w.keys.push_back(r.str());
-      if (!r.ok() || !r.at_end()) return malformed();
+      if (static_cast<Op>(op) == Op::kWait) {
+        const uint32_t n = r.u32();
+        if (!r.ok() || n > r.remaining() / 4) return malformed();
+        w.keys.reserve(n);
+        for (uint32_t i = 0; i < n; ++i) w.keys.push_back(r.str());
+        if (!r.ok() || !r.at_end()) return malformed();
+      } else {
+        const int64_t count = r.i64();
+        std::string counter = r.str();
+        std::string done = r.str();
+        std::string marker = r.str();
+        if (!r.ok() || !r.at_end() || counter.empty() || done.empty()) return malformed();
+        if (!marker.empty()) put(marker, "");
+        int64_t arrived = 1;
+        if (auto it = kv.find(counter); it != kv.end())
+          arrived += parse_int64(it->second).value_or(0);
+        put(counter, std::to_string(arrived));
+        if (arrived > count) {
+          reply(c, wire::Writer(Op::kError)
+                       .u8(kErrBadRequest)
+                       .str(fmt::format("barrier for {} callers entered {} times (counter '{}')",
+                                        count, arrived, counter)));
+          return;
+        }
+        if (arrived == count) put(done, "");
+        w.keys.push_back(std::move(done));
+      }
       for (const auto& key : w.keys)
         if (!kv.count(key)) ++w.missing;
       if (w.missing == 0) {

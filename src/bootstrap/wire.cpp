@@ -87,6 +87,7 @@ const char* op_name(uint8_t op) {
     case Op::kAdd: return "ADD";
     case Op::kWait: return "WAIT";
     case Op::kMultiGet: return "MGET";
+    case Op::kArrive: return "ARRIVE";
     case Op::kOk: return "OK";
     case Op::kValue: return "VALUE";
     case Op::kAbsent: return "ABSENT";
