@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "base/clock.hpp"
@@ -159,20 +160,27 @@ struct LaunchRun {
   std::string output;
 };
 
-LaunchRun run_launch(const std::string& mode) {
+std::string self_exe() {
   char self[4096] = {};
   ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
   EXPECT_GT(n, 0);
-  const std::string cmd = "MICS_JOIN_TEST_MODE=" + mode + " MICS_TIMEOUT_S=20 " +
-                          std::string(MICS_BINARY) + " launch -n 4 --nodes 2 -- " + self +
-                          " --gtest_filter=JoinLaunched.RankBody 2>&1";
+  return self;
+}
+
+LaunchRun finish_run(FILE* pipe) {
   LaunchRun run;
-  FILE* pipe = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
   while (fgets(buf.data(), buf.size(), pipe)) run.output += buf.data();
   int status = pclose(pipe);
   run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
+}
+
+LaunchRun run_launch(const std::string& mode) {
+  const std::string cmd = "MICS_JOIN_TEST_MODE=" + mode + " MICS_TIMEOUT_S=20 " +
+                          std::string(MICS_BINARY) + " launch -n 4 --nodes 2 -- " + self_exe() +
+                          " --gtest_filter=JoinLaunched.RankBody 2>&1";
+  return finish_run(popen(cmd.c_str(), "r"));
 }
 
 TEST(JoinLaunched, FourRanksTwoNodes) {
@@ -190,6 +198,30 @@ TEST(JoinLaunched, DisagreementFailsTheJob) {
   EXPECT_TRUE(contains(run.output, "rank 1's job configuration differs from rank 0's"))
       << run.output;
   EXPECT_TRUE(contains(run.output, "'different'")) << run.output;
+}
+
+// Two launchers as two hosts of one job: node rank 0 hosts the store, node rank 1 connects.
+TEST(JoinLaunched, TwoLaunchersAsTwoHosts) {
+  const int port = free_port();
+  auto start = [&](int node_rank) {
+    const std::string cmd = fmt::format(
+        "MICS_JOIN_TEST_MODE=agree MICS_TIMEOUT_S=20 MICS_JOB_TOKEN=two-hosts-{} {} launch -n 2 "
+        "--nnodes 2 --node-rank {} --master-addr 127.0.0.1 --master-port {} -- {} "
+        "--gtest_filter=JoinLaunched.RankBody 2>&1",
+        port, MICS_BINARY, node_rank, port, self_exe());
+    return popen(cmd.c_str(), "r");
+  };
+  FILE* second = start(1);  // the non-hosting one first: it must wait for the store
+  FILE* first = start(0);
+  LaunchRun a = finish_run(first);
+  LaunchRun b = finish_run(second);
+  EXPECT_EQ(a.status, 0) << a.output;
+  EXPECT_EQ(b.status, 0) << b.output;
+  const std::string nodes = " nodes=node0,node0,node1,node1,";
+  EXPECT_TRUE(contains(a.output, "[0] JOINED rank=0" + nodes)) << a.output;
+  EXPECT_TRUE(contains(a.output, "[1] JOINED rank=1" + nodes)) << a.output;
+  EXPECT_TRUE(contains(b.output, "[2] JOINED rank=2" + nodes)) << b.output;
+  EXPECT_TRUE(contains(b.output, "[3] JOINED rank=3" + nodes)) << b.output;
 }
 
 }  // namespace
