@@ -47,9 +47,7 @@ class RankEnvTest : public ::testing::Test {
     }
     for (const auto& [name, value] : saved_) setenv(name.c_str(), value.c_str(), 1);
   }
-  static void set(const char* name, const std::string& value) {
-    setenv(name, value.c_str(), 1);
-  }
+  static void set(const char* name, const std::string& value) { setenv(name, value.c_str(), 1); }
   // Expects a kConfig error whose text names `variable`.
   static void expect_config_error(const std::string& variable) {
     try {

@@ -81,7 +81,8 @@ void expect_error_then_close(int fd) {
   ASSERT_GE(reply.size(), wire::kHeaderBytes + 1);
   const wire::Header h = wire::parse_header(reply.data());
   EXPECT_EQ(h.magic, wire::kMagic);
-  EXPECT_EQ(static_cast<uint8_t>(reply[wire::kHeaderBytes]), static_cast<uint8_t>(wire::Op::kError));
+  EXPECT_EQ(static_cast<uint8_t>(reply[wire::kHeaderBytes]),
+            static_cast<uint8_t>(wire::Op::kError));
   close(fd);
 }
 
@@ -129,7 +130,8 @@ TEST(Store, TryGetAddAndGetMany) {
   EXPECT_EQ(client.get("k"), std::string("bin\0ary", 7));
   EXPECT_EQ(client.add("n", 5), 5);
   EXPECT_EQ(client.add("n", -7), -2);
-  EXPECT_EQ(client.get_many({"n", "k"}), (std::vector<std::string>{"-2", std::string("bin\0ary", 7)}));
+  EXPECT_EQ(client.get_many({"n", "k"}),
+            (std::vector<std::string>{"-2", std::string("bin\0ary", 7)}));
   MissingKeys m = client.missing({"n", "x", "y"});
   EXPECT_EQ(m.total, 2u);
   EXPECT_EQ(m.listed, (std::vector<std::string>{"x", "y"}));
@@ -240,8 +242,8 @@ TEST(Store, WrongTokenIsRejectedClearly) {
     FAIL() << "expected the token to be rejected";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kProtocol);
-    EXPECT_TRUE(contains(e.what(), "job token rejected by store at 127.0.0.1:" +
-                                       std::to_string(server.port())))
+    EXPECT_TRUE(contains(
+        e.what(), "job token rejected by store at 127.0.0.1:" + std::to_string(server.port())))
         << e.what();
     EXPECT_TRUE(contains(e.context().hint, "MICS_JOB_TOKEN")) << e.what();
   }

@@ -25,7 +25,9 @@ using nlohmann::json;
 
 constexpr double kVerdictAckTimeoutS = 10;
 
-std::string rank_key(const char* prefix, int rank) { return fmt::format("{}/{}", prefix, rank); }
+std::string rank_key(const char* prefix, int rank) {
+  return fmt::format("{}/{}", prefix, rank);
+}
 
 std::vector<std::string> rank_keys(const char* prefix, int world) {
   std::vector<std::string> keys;
@@ -47,7 +49,8 @@ void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix) 
     for (size_t i = 0; i < absent.listed.size() && i < 16; ++i)
       ranks.push_back(absent.listed[i].substr(absent.listed[i].rfind('/') + 1));
     std::string list = mics::join(ranks, ", ");
-    if (absent.total > ranks.size()) list += fmt::format(" and {} more", absent.total - ranks.size());
+    if (absent.total > ranks.size())
+      list += fmt::format(" and {} more", absent.total - ranks.size());
     throw Error(
         ErrorKind::kTimeout,
         fmt::format("{} of {} ranks did not join the job within {} s: rank{} {}", absent.total,
@@ -73,9 +76,10 @@ std::string describe_difference(const std::string& a, const std::string& b, int 
     return fmt::format("'{}{}{}'", from > 0 ? "..." : "", s.substr(from, 120),
                        from + 120 < s.size() ? "..." : "");
   };
-  return fmt::format("rank {}'s job configuration differs from rank 0's at byte {}: rank 0 has "
-                     "{}, rank {} has {}",
-                     rank, i, window(a), rank, window(b));
+  return fmt::format(
+      "rank {}'s job configuration differs from rank 0's at byte {}: rank 0 has "
+      "{}, rank {} has {}",
+      rank, i, window(a), rank, window(b));
 }
 
 // Rank 0's check of every rank's world size and configuration against its own.
@@ -90,25 +94,31 @@ json verdict_of(const RankEnv& env, const std::vector<std::string>& checks) {
                                       r, theirs.at("world_size").get<int>(),
                                       theirs.at("source").get<std::string>(),
                                       mine.at("world_size").get<int>())},
-              {"hint", "every rank must be started by the same launcher command with the same "
-                       "world size"}};
+              {"hint",
+               "every rank must be started by the same launcher command with the same "
+               "world size"}};
     const std::string a = mine.at("config").get<std::string>();
     const std::string b = theirs.at("config").get<std::string>();
     if (a != b)
       return {{"ok", false},
               {"peer", r},
               {"message", describe_difference(a, b, r)},
-              {"hint", "start every rank with the same configuration: the same flags, config "
-                       "files and mics version on every node"}};
+              {"hint",
+               "start every rank with the same configuration: the same flags, config "
+               "files and mics version on every node"}};
   }
   return {{"ok", true}};
 }
 
-std::string one_process_token() { return fmt::format("single-rank:{}", ::getpid()); }
+std::string one_process_token() {
+  return fmt::format("single-rank:{}", ::getpid());
+}
 
 }  // namespace
 
-Job join(const std::string& config) { return join(read_rank_env(), config, knobs().timeout_s); }
+Job join(const std::string& config) {
+  return join(read_rank_env(), config, knobs().timeout_s);
+}
 
 Job join(const RankEnv& env, const std::string& config, double timeout_s) {
   log::set_rank(env.rank);

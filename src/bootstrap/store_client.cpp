@@ -114,7 +114,7 @@ bool StoreClient::Impl::hello(const Deadline& deadline, std::string* failure) {
   char header[wire::kHeaderBytes];
   net::IoResult res = net::recv_exact(fd.get(), header, sizeof(header), deadline, &err);
   if (res != net::IoResult::kOk) {
-    *failure = res == net::IoResult::kClosed   ? "the store closed the connection during HELLO"
+    *failure = res == net::IoResult::kClosed    ? "the store closed the connection during HELLO"
                : res == net::IoResult::kTimeout ? "no reply to HELLO before the deadline"
                                                 : "reading the HELLO reply: " + errno_text(err);
     return false;
@@ -152,8 +152,8 @@ bool StoreClient::Impl::hello(const Deadline& deadline, std::string* failure) {
                                 : kStoreHint);
   }
   lost(ErrorKind::kProtocol,
-       fmt::format("garbled HELLO reply from the store at {} (opcode {})", endpoint, op),
-       "connect", kStoreHint);
+       fmt::format("garbled HELLO reply from the store at {} (opcode {})", endpoint, op), "connect",
+       kStoreHint);
 }
 
 std::string StoreClient::Impl::read_reply(const Deadline& io_deadline, const std::string& what) {
@@ -167,8 +167,8 @@ std::string StoreClient::Impl::read_reply(const Deadline& io_deadline, const std
                        io_deadline.budget_s()),
            what);
     if (res == net::IoResult::kClosed)
-      lost(ErrorKind::kPeerFailure,
-           fmt::format("the store at {} closed the connection", endpoint), what,
+      lost(ErrorKind::kPeerFailure, fmt::format("the store at {} closed the connection", endpoint),
+           what,
            "the host of the store (rank 0, or mics launch) exited or failed: look at its output "
            "first");
     lost(ErrorKind::kIo, fmt::format("reading from the store at {}: {}", endpoint, errno_text(err)),
@@ -267,7 +267,9 @@ StoreClient::StoreClient(const std::string& addr, int port, const std::string& j
 
 StoreClient::~StoreClient() = default;
 
-std::string StoreClient::address() const { return impl_->endpoint; }
+std::string StoreClient::address() const {
+  return impl_->endpoint;
+}
 
 void StoreClient::set_identity(int rank, int world_size, int host_rank) {
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -312,7 +314,9 @@ int64_t StoreClient::add(const std::string& key, int64_t delta) {
   impl_->lost(ErrorKind::kProtocol, "garbled reply from the store to ADD", what);
 }
 
-void StoreClient::wait(const std::vector<std::string>& keys) { wait(keys, timeout_s_); }
+void StoreClient::wait(const std::vector<std::string>& keys) {
+  wait(keys, timeout_s_);
+}
 
 void StoreClient::wait(const std::vector<std::string>& keys, double timeout_s) {
   if (keys.empty()) return;
@@ -321,16 +325,16 @@ void StoreClient::wait(const std::vector<std::string>& keys, double timeout_s) {
                                             : fmt::format("wait for {} keys", keys.size());
   MissingKeys missing = impl_->wait(keys, timeout_s, what);
   if (missing.total == 0) return;
-  throw Error(ErrorKind::kTimeout,
-              keys.size() == 1
-                  ? fmt::format("timed out after {} s waiting for key '{}'", timeout_s, keys[0])
-                  : fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
-                                missing.total, keys.size(),
-                                list_keys(missing.listed, missing.total)),
-              impl_->ctx(what,
-                         "the ranks that set these keys have not got this far: check that every "
-                         "rank was started and none failed (their output tells), or raise "
-                         "MICS_TIMEOUT_S if they are only slow"));
+  throw Error(
+      ErrorKind::kTimeout,
+      keys.size() == 1
+          ? fmt::format("timed out after {} s waiting for key '{}'", timeout_s, keys[0])
+          : fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
+                        missing.total, keys.size(), list_keys(missing.listed, missing.total)),
+      impl_->ctx(what,
+                 "the ranks that set these keys have not got this far: check that every "
+                 "rank was started and none failed (their output tells), or raise "
+                 "MICS_TIMEOUT_S if they are only slow"));
 }
 
 std::string StoreClient::get(const std::string& key) {
@@ -377,7 +381,8 @@ MissingKeys StoreClient::missing(const std::vector<std::string>& keys) {
 void StoreClient::barrier(const std::string& name, int count) {
   if (count <= 0)
     throw Error(ErrorKind::kInvalidArgument, fmt::format("barrier of {} callers", count),
-                {.layer = "bootstrap", .where = fmt::format("barrier '{}'", name),
+                {.layer = "bootstrap",
+                 .where = fmt::format("barrier '{}'", name),
                  .hint = "a barrier needs at least one caller"});
   const std::string prefix = "barrier/" + name + "/";
   int rank, world;
@@ -424,10 +429,10 @@ void StoreClient::barrier(const std::string& name, int count) {
       if (!first_missing) first_missing = static_cast<int>(parse_int64(ranks.back()).value_or(-1));
     }
     if (!ranks.empty()) {
-      message += "; missing ranks: " + join(std::vector<std::string>(
-                                             ranks.begin(), ranks.begin() + std::min<size_t>(
-                                                                                ranks.size(), 16)),
-                                         ", ");
+      message += "; missing ranks: " +
+                 join(std::vector<std::string>(ranks.begin(),
+                                               ranks.begin() + std::min<size_t>(ranks.size(), 16)),
+                      ", ");
       if (absent.total > std::min<size_t>(ranks.size(), 16))
         message += fmt::format(" and {} more", absent.total - std::min<size_t>(ranks.size(), 16));
     }

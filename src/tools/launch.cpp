@@ -56,9 +56,9 @@ namespace mics::tools {
 namespace {
 
 constexpr int kDefaultMasterPort = 29570;
-constexpr double kKillGraceS = 3;        // SIGTERM, then SIGKILL this much later
-constexpr double kDrainAfterExitS = 1;   // output still arriving from a rank's children
-constexpr size_t kTailLines = 20;        // stderr lines kept per rank for the failure report
+constexpr double kKillGraceS = 3;       // SIGTERM, then SIGKILL this much later
+constexpr double kDrainAfterExitS = 1;  // output still arriving from a rank's children
+constexpr size_t kTailLines = 20;       // stderr lines kept per rank for the failure report
 constexpr size_t kMaxLineBytes = 64 << 10;
 
 struct Options {
@@ -74,10 +74,10 @@ struct Options {
 
 // What to start, after every source of settings (flags, SageMaker) is resolved.
 struct Layout {
-  int nproc = 0;        // ranks on this host
-  int first_rank = 0;   // global rank of the first one
+  int nproc = 0;       // ranks on this host
+  int first_rank = 0;  // global rank of the first one
   int world = 0;
-  int node_count = 1;   // nodes of the job (emulated or real)
+  int node_count = 1;  // nodes of the job (emulated or real)
   int ranks_per_node = 0;
   bool multi_host = false;
   bool host_store = true;
@@ -85,7 +85,7 @@ struct Layout {
   std::string master_addr;  // what the ranks connect to
   int master_port = 0;      // 0: pick a free one (single host)
   std::string token;
-  std::string origin;       // "flags" or "SageMaker"
+  std::string origin;  // "flags" or "SageMaker"
 };
 
 [[noreturn]] void bad_usage(std::string message, std::string hint) {
@@ -104,14 +104,18 @@ std::string random_token() {
   size_t got = 0;
   while (fd >= 0 && got < sizeof(bytes)) {
     ssize_t n = ::read(fd, bytes + got, sizeof(bytes) - got);
-    if (n > 0) got += static_cast<size_t>(n);
-    else if (n < 0 && errno == EINTR) continue;
-    else break;
+    if (n > 0)
+      got += static_cast<size_t>(n);
+    else if (n < 0 && errno == EINTR)
+      continue;
+    else
+      break;
   }
   if (fd >= 0) ::close(fd);
   if (got < sizeof(bytes))
     throw Error(ErrorKind::kUnavailable, "cannot read /dev/urandom for the job token",
-                {.layer = "launch", .where = "mics launch",
+                {.layer = "launch",
+                 .where = "mics launch",
                  .hint = "set MICS_JOB_TOKEN is not enough here: the single-host launcher needs "
                          "/dev/urandom; check the container's /dev"});
   std::string hex;
@@ -134,10 +138,10 @@ Layout resolve(const Options& o) {
     try {
       hosts = nlohmann::json::parse(*sm_hosts).get<std::vector<std::string>>();
     } catch (const std::exception& e) {
-      bad_config(fmt::format("SM_HOSTS='{}' is not a JSON list of host names ({})", *sm_hosts,
-                             e.what()),
-                 "SageMaker sets SM_HOSTS like [\"algo-1\",\"algo-2\"]; pass -n and --nnodes "
-                 "instead when not on SageMaker");
+      bad_config(
+          fmt::format("SM_HOSTS='{}' is not a JSON list of host names ({})", *sm_hosts, e.what()),
+          "SageMaker sets SM_HOSTS like [\"algo-1\",\"algo-2\"]; pass -n and --nnodes "
+          "instead when not on SageMaker");
     }
     if (hosts.empty()) bad_config("SM_HOSTS is an empty list", "pass -n, --nnodes and --node-rank");
     auto it = std::find(hosts.begin(), hosts.end(), *sm_current);
@@ -164,8 +168,8 @@ Layout resolve(const Options& o) {
   if (o.command.empty()) bad_usage("no command to launch", "mics launch -n 4 -- CMD ARGS...");
   if (o.nodes < 1) bad_usage(fmt::format("--nodes {} is not positive", o.nodes), "--nodes K >= 1");
   if (nproc % o.nodes != 0)
-    bad_usage(fmt::format("-n {} ranks cannot be split into --nodes {} equal emulated nodes",
-                          nproc, o.nodes),
+    bad_usage(fmt::format("-n {} ranks cannot be split into --nodes {} equal emulated nodes", nproc,
+                          o.nodes),
               fmt::format("choose a node count that divides {} (each emulated node gets a "
                           "contiguous block of n/K ranks)",
                           nproc));
@@ -216,7 +220,8 @@ Layout resolve(const Options& o) {
 std::string resolve_program(const std::string& name) {
   auto executable = [](const std::string& path) {
     struct stat st {};
-    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+           ::access(path.c_str(), X_OK) == 0;
   };
   if (name.find('/') != std::string::npos) {
     if (!executable(name))
@@ -327,7 +332,8 @@ std::string describe_status(int status) {
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
-    return fmt::format("was killed by signal {} ({}){}", sig, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?",
+    return fmt::format("was killed by signal {} ({}){}", sig,
+                       sigabbrev_np(sig) ? sigabbrev_np(sig) : "?",
                        WCOREDUMP(status) ? ", core dumped" : "");
   }
   return fmt::format("ended with wait status {}", status);
@@ -339,7 +345,9 @@ int exit_code_of(int status) {
   return 1;
 }
 
-bool failed(int status) { return !(WIFEXITED(status) && WEXITSTATUS(status) == 0); }
+bool failed(int status) {
+  return !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
 
 class Supervisor {
  public:
@@ -363,15 +371,15 @@ class Supervisor {
   bool stopping_ = false;
   bool killed_ = false;
   Clock::time_point kill_at_{};
-  std::optional<int> failed_rank_;      // the first rank that failed on its own
-  std::optional<int> interrupted_by_;   // the signal the launcher got
+  std::optional<int> failed_rank_;     // the first rank that failed on its own
+  std::optional<int> interrupted_by_;  // the signal the launcher got
 };
 
 std::vector<std::string> Supervisor::child_env(int local, int store_port) const {
-  static const char* kOurs[] = {"MICS_RANK=",       "MICS_WORLD_SIZE=",  "MICS_LOCAL_RANK=",
-                                "MICS_LOCAL_SIZE=", "MICS_NODE_ID=",     "MICS_NODE_COUNT=",
-                                "MICS_MASTER_ADDR=", "MICS_MASTER_PORT=", "MICS_JOB_TOKEN=",
-                                "MICS_STORE_HOSTED="};
+  static const char* kOurs[] = {
+      "MICS_RANK=",      "MICS_WORLD_SIZE=",  "MICS_LOCAL_RANK=",  "MICS_LOCAL_SIZE=",
+      "MICS_NODE_ID=",   "MICS_NODE_COUNT=",  "MICS_MASTER_ADDR=", "MICS_MASTER_PORT=",
+      "MICS_JOB_TOKEN=", "MICS_STORE_HOSTED="};
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     std::string_view entry(*e);
@@ -380,8 +388,8 @@ std::vector<std::string> Supervisor::child_env(int local, int store_port) const 
     if (!ours) env.emplace_back(entry);
   }
   const int rank = layout_.first_rank + local;
-  const int node = layout_.multi_host ? layout_.first_rank / layout_.nproc
-                                      : local / layout_.ranks_per_node;
+  const int node =
+      layout_.multi_host ? layout_.first_rank / layout_.nproc : local / layout_.ranks_per_node;
   const int local_rank = layout_.multi_host ? local : local % layout_.ranks_per_node;
   env.push_back(fmt::format("MICS_RANK={}", rank));
   env.push_back(fmt::format("MICS_WORLD_SIZE={}", layout_.world));
@@ -405,9 +413,11 @@ void Supervisor::spawn(Rank& r, const std::string& program, const std::vector<st
   for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
   auto sys_fail = [&](const char* call) {
-    throw Error(ErrorKind::kIo, fmt::format("{} failed for rank {}: {}", call, r.rank,
-                                            errno_text(errno)),
-                {.layer = "launch", .where = "starting the ranks", .peer = r.rank,
+    throw Error(ErrorKind::kIo,
+                fmt::format("{} failed for rank {}: {}", call, r.rank, errno_text(errno)),
+                {.layer = "launch",
+                 .where = "starting the ranks",
+                 .peer = r.rank,
                  .hint = "the host may be out of processes or file descriptors (ulimit -u/-n)"});
   };
   int out_pipe[2], err_pipe[2], exec_pipe[2];
@@ -471,12 +481,14 @@ void Supervisor::spawn(Rank& r, const std::string& program, const std::vector<st
   } while (n < 0 && errno == EINTR);
   ::close(exec_pipe[0]);
   if (n == static_cast<ssize_t>(sizeof(exec_errno)))
-    throw Error(ErrorKind::kUnavailable,
-                fmt::format("cannot execute '{}' for rank {}: {}", program, r.rank,
-                            errno_text(exec_errno)),
-                {.layer = "launch", .where = "starting the ranks", .peer = r.rank,
-                 .hint = "check that the program exists, is executable and is built for this "
-                         "machine"});
+    throw Error(
+        ErrorKind::kUnavailable,
+        fmt::format("cannot execute '{}' for rank {}: {}", program, r.rank, errno_text(exec_errno)),
+        {.layer = "launch",
+         .where = "starting the ranks",
+         .peer = r.rank,
+         .hint = "check that the program exists, is executable and is built for this "
+                 "machine"});
 }
 
 void Supervisor::emit_line(Rank& r, Stream& s, std::string_view line, bool newline) {
@@ -546,8 +558,8 @@ void Supervisor::signal_all(int sig) {
 void Supervisor::begin_stop(int sig, Clock::time_point now) {
   stopping_ = true;
   signal_all(sig);
-  kill_at_ = now + std::chrono::duration_cast<Clock::duration>(
-                       std::chrono::duration<double>(kKillGraceS));
+  kill_at_ =
+      now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kKillGraceS));
 }
 
 int Supervisor::run() {
@@ -589,8 +601,8 @@ int Supervisor::run() {
       for (auto& s : r.streams) any_open |= s.fd >= 0;
     }
     if (!any_running && !all_exited_at) all_exited_at = now;
-    if (!any_running && (!any_open || now - *all_exited_at >= std::chrono::duration<double>(
-                                                                  kDrainAfterExitS)))
+    if (!any_running &&
+        (!any_open || now - *all_exited_at >= std::chrono::duration<double>(kDrainAfterExitS)))
       break;
     if (stopping_ && !killed_ && now >= kill_at_) {
       signal_all(SIGKILL);
@@ -657,12 +669,12 @@ int Supervisor::run() {
 
   if (failed_rank_) {
     const Rank& r = ranks_[static_cast<size_t>(*failed_rank_ - layout_.first_rank)];
-    std::string text = fmt::format("mics launch: error: rank {} {}", r.rank,
-                                   describe_status(r.wait_status));
+    std::string text =
+        fmt::format("mics launch: error: rank {} {}", r.rank, describe_status(r.wait_status));
     int others = 0;
     for (const auto& o : ranks_) others += &o != &r;
-    if (others > 0) text += fmt::format(" (the other {} rank{} were stopped)", others,
-                                        others == 1 ? "" : "s");
+    if (others > 0)
+      text += fmt::format(" (the other {} rank{} were stopped)", others, others == 1 ? "" : "s");
     if (r.err_tail.empty()) {
       text += "; it wrote nothing to stderr\n";
     } else {
