@@ -116,6 +116,40 @@ TEST(Join, LongConfigsShowTheDifference) {
   EXPECT_LT(out[1].error.size(), 1000u);
 }
 
+TEST(Join, BinaryConfigsAreComparedExactly) {
+  auto out = run_ranks(2, 2, 10, [](int r) {
+    return r == 0 ? std::string("\xff\xfe\0a", 4) : std::string("\xff\xfe\0b", 4);
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(out[r].kind, ErrorKind::kConfig) << out[r].error;
+    EXPECT_TRUE(contains(out[r].error, "at byte 3")) << out[r].error;
+  }
+  out = run_ranks(2, 2, 10, [](int) { return std::string("\xff\0", 2); });
+  EXPECT_EQ(out[0].error, "");
+  EXPECT_EQ(out[1].error, "");
+}
+
+TEST(Join, WorldSizeDisagreementIsNamed) {
+  const int port = free_port();
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      RankEnv env = thread_env(r, 3, port);
+      if (r == 2) env.world_size = 5;  // a rank started by another command
+      try {
+        Job job = join(env, "c", 10);
+        finish(job);
+      } catch (const Error& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r)
+    EXPECT_TRUE(contains(errors[r], "rank 2 was started as '5 test'")) << errors[r];
+}
+
 TEST(Join, MissingRankIsNamed) {
   const auto t0 = Clock::now();
   auto out = run_ranks(3, 4, 1.0, [](int) { return std::string("c"); });  // rank 3 never starts

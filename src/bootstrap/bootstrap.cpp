@@ -1,9 +1,10 @@
 // Joining the job (see bootstrap.hpp). Keys used in the store:
 //   join/node/<r>    rank r's node key
-//   join/check/<r>   JSON {world_size, source, config}: what rank 0 checks
+//   join/world/<r>   "<world size> <source>" as rank r sees it
+//   join/config/<r>  rank r's configuration text (any bytes), set last
 //   join/verdict     JSON {ok, message, peer, hint}: rank 0's verdict, read by every rank
-//   join/acks        how many ranks read a negative verdict (rank 0 waits for them before its
-//                    store goes away), join/acked once all did
+//   join/ack/<r>     rank r read a negative verdict (rank 0, hosting the store, waits for these
+//                    before the store goes away)
 #include "bootstrap/bootstrap.hpp"
 
 #include <unistd.h>
@@ -36,15 +37,17 @@ std::vector<std::string> rank_keys(const char* prefix, int world) {
   return keys;
 }
 
-// Waits for every rank's key under prefix; a timeout names the ranks that did not come.
-void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix) {
-  const auto keys = rank_keys(prefix, env.world_size);
+// Waits for `wait_keys`, which appear once every rank has set its key under prefix (the keys
+// themselves, or a key rank 0 sets after seeing them all: then the store keeps one waiter per
+// rank, not world_size). A timeout probes prefix and names the ranks that did not come.
+void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix,
+                    const std::vector<std::string>& wait_keys) {
   try {
-    store.wait(keys);
+    store.wait(wait_keys);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kTimeout) throw;
-    MissingKeys absent = store.missing(keys);
-    if (absent.total == 0) return;  // they came just after the deadline
+    MissingKeys absent = store.missing(rank_keys(prefix, env.world_size));
+    if (absent.total == 0) throw;  // every rank came: the wait is for something else (rank 0)
     std::vector<std::string> ranks;
     for (size_t i = 0; i < absent.listed.size() && i < 16; ++i)
       ranks.push_back(absent.listed[i].substr(absent.listed[i].rfind('/') + 1));
@@ -83,26 +86,21 @@ std::string describe_difference(const std::string& a, const std::string& b, int 
 }
 
 // Rank 0's check of every rank's world size and configuration against its own.
-json verdict_of(const RankEnv& env, const std::vector<std::string>& checks) {
-  const json mine = json::parse(checks[0]);
-  for (int r = 1; r < env.world_size; ++r) {
-    const json theirs = json::parse(checks[static_cast<size_t>(r)]);
-    if (theirs.at("world_size") != mine.at("world_size"))
+json verdict_of(const std::vector<std::string>& worlds, const std::vector<std::string>& configs) {
+  for (size_t r = 1; r < worlds.size(); ++r) {
+    if (worlds[r] != worlds[0])
       return {{"ok", false},
               {"peer", r},
-              {"message", fmt::format("rank {} was started with world size {} ({}), rank 0 with {}",
-                                      r, theirs.at("world_size").get<int>(),
-                                      theirs.at("source").get<std::string>(),
-                                      mine.at("world_size").get<int>())},
+              {"message", fmt::format("rank {} was started as '{}' (world size, launcher), rank 0 "
+                                      "as '{}'",
+                                      r, worlds[r], worlds[0])},
               {"hint",
                "every rank must be started by the same launcher command with the same "
                "world size"}};
-    const std::string a = mine.at("config").get<std::string>();
-    const std::string b = theirs.at("config").get<std::string>();
-    if (a != b)
+    if (configs[r] != configs[0])
       return {{"ok", false},
               {"peer", r},
-              {"message", describe_difference(a, b, r)},
+              {"message", describe_difference(configs[0], configs[r], static_cast<int>(r))},
               {"hint",
                "start every rank with the same configuration: the same flags, config "
                "files and mics version on every node"}};
@@ -121,6 +119,13 @@ Job join(const std::string& config) {
 }
 
 Job join(const RankEnv& env, const std::string& config, double timeout_s) {
+  if (env.world_size < 1 || env.rank < 0 || env.rank >= env.world_size)
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("rank {} of world size {} is not a valid identity", env.rank, env.world_size),
+        {.layer = "bootstrap",
+         .where = "join",
+         .hint = "the rank must be in [0, world size): check the launcher's variables"});
   log::set_rank(env.rank);
   Job job;
   job.env = env;
@@ -145,22 +150,29 @@ Job join(const RankEnv& env, const std::string& config, double timeout_s) {
   store.set_identity(env.rank, env.world_size, host_rank);
 
   store.set(rank_key("join/node", env.rank), env.node_key);
-  const json check = {{"world_size", env.world_size}, {"source", env.source}, {"config", config}};
-  store.set(rank_key("join/check", env.rank), check.dump());
+  store.set(rank_key("join/world", env.rank), fmt::format("{} {}", env.world_size, env.source));
+  store.set(rank_key("join/config", env.rank), config);
 
-  wait_for_ranks(store, env, "join/check");
+  // Rank 0 waits for every rank's check and publishes the verdict; the others wait for it.
   if (env.rank == 0) {
-    const json verdict = verdict_of(env, store.get_many(rank_keys("join/check", env.world_size)));
-    store.set("join/verdict", verdict.dump());
+    wait_for_ranks(store, env, "join/config", rank_keys("join/config", env.world_size));
+    const json verdict = verdict_of(store.get_many(rank_keys("join/world", env.world_size)),
+                                    store.get_many(rank_keys("join/config", env.world_size)));
+    // Configurations are any bytes: replace what is not UTF-8 in the message.
+    store.set("join/verdict", verdict.dump(-1, ' ', false, json::error_handler_t::replace));
+  } else {
+    wait_for_ranks(store, env, "join/config", {"join/verdict"});
   }
   const json verdict = json::parse(store.get("join/verdict"));
   if (!verdict.at("ok").get<bool>()) {
     if (env.rank != 0) {
-      if (store.add("join/acks", 1) == env.world_size - 1) store.set("join/acked", "");
+      store.set(rank_key("join/ack", env.rank), "");
     } else if (job.server && env.world_size > 1) {
       // Keep the store up until the others have read the verdict, so they fail alike.
+      std::vector<std::string> acks = rank_keys("join/ack", env.world_size);
+      acks.erase(acks.begin());
       try {
-        store.wait({"join/acked"}, std::min(timeout_s, kVerdictAckTimeoutS));
+        store.wait(acks, std::min(timeout_s, kVerdictAckTimeoutS));
       } catch (const Error&) {
       }
     }
@@ -171,7 +183,7 @@ Job join(const RankEnv& env, const std::string& config, double timeout_s) {
                  .hint = verdict.at("hint").get<std::string>()});
   }
 
-  wait_for_ranks(store, env, "join/node");
+  // Every rank set its node key before its config, so these are all present now.
   job.node_keys = store.get_many(rank_keys("join/node", env.world_size));
   log::debug("joined: rank {} of {} on node '{}' (via {}, store at {})", env.rank, env.world_size,
              env.node_key, env.source, store.address());
