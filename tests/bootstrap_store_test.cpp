@@ -146,6 +146,24 @@ TEST(Store, TryGetAddAndGetMany) {
   EXPECT_EQ(client.add("n", 2), 0);
 }
 
+TEST(Store, LargeValuesAndTheSizeLimit) {
+  StoreServer server("127.0.0.1", 0, kToken);
+  StoreClient client("127.0.0.1", server.port(), kToken, 10);
+  std::string big(2 << 20, 'v');
+  big[12345] = 'w';
+  client.set("big", big);
+  EXPECT_EQ(client.get("big"), big);
+  try {
+    client.set("huge", std::string(wire::kMaxFrameBytes, 'x'));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_TRUE(contains(e.what(), "larger than the store's limit")) << e.what();
+  }
+  client.set("after", "ok");  // nothing was sent: the connection is fine
+  EXPECT_EQ(client.get("after"), "ok");
+}
+
 TEST(Store, GetBlocksUntilAnotherClientSets) {
   StoreServer server("127.0.0.1", 0, kToken);
   StoreClient reader("127.0.0.1", server.port(), kToken, 10);
