@@ -162,6 +162,29 @@ TEST(Join, MissingRankIsNamed) {
   }
 }
 
+TEST(Join, MissingRankZeroIsNamedWhenALauncherHostsTheStore) {
+  StoreServer server("127.0.0.1", 0, "join-test");
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> threads;
+  const auto t0 = Clock::now();
+  for (int r = 1; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      RankEnv env = thread_env(r, 3, server.port());
+      env.store_hosted = true;
+      try {
+        join(env, "c", 1.0);
+      } catch (const Error& e) {
+        errors[r] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_LT(seconds_since(t0), 8.0);
+  for (int r = 1; r < 3; ++r)
+    EXPECT_TRUE(contains(errors[r], "1 of 3 ranks did not join the job within 1.5 s: rank 0"))
+        << errors[r];
+}
+
 TEST(Join, SingleRankHasAStoreToo) {
   RankEnv env;  // rank 0 of 1, nothing else
   env.node_key = "here";

@@ -25,6 +25,12 @@ namespace {
 using nlohmann::json;
 
 constexpr double kVerdictAckTimeoutS = 10;
+// The other ranks wait longer than rank 0 for the verdict (by a tenth of the deadline, within
+// [0.5 s, 5 s]), so that when a rank is missing rank 0's verdict naming it reaches them before
+// their own deadline (and before rank 0, hosting the store, exits).
+double verdict_grace_s(double timeout_s) {
+  return std::clamp(timeout_s / 10, 0.5, 5.0);
+}
 
 std::string rank_key(const char* prefix, int rank) {
   return fmt::format("{}/{}", prefix, rank);
@@ -41,9 +47,9 @@ std::vector<std::string> rank_keys(const char* prefix, int world) {
 // themselves, or a key rank 0 sets after seeing them all: then the store keeps one waiter per
 // rank, not world_size). A timeout probes prefix and names the ranks that did not come.
 void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix,
-                    const std::vector<std::string>& wait_keys) {
+                    const std::vector<std::string>& wait_keys, double timeout_s) {
   try {
-    store.wait(wait_keys);
+    store.wait(wait_keys, timeout_s);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kTimeout) throw;
     MissingKeys absent = store.missing(rank_keys(prefix, env.world_size));
@@ -57,7 +63,7 @@ void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix,
     throw Error(
         ErrorKind::kTimeout,
         fmt::format("{} of {} ranks did not join the job within {} s: rank{} {}", absent.total,
-                    env.world_size, store.timeout_s(), absent.total == 1 ? "" : "s", list),
+                    env.world_size, timeout_s, absent.total == 1 ? "" : "s", list),
         {.layer = "bootstrap",
          .where = fmt::format("join on the store at {}", store.address()),
          .peer = static_cast<int>(parse_int64(ranks.front()).value_or(-1)),
@@ -153,34 +159,56 @@ Job join(const RankEnv& env, const std::string& config, double timeout_s) {
   store.set(rank_key("join/world", env.rank), fmt::format("{} {}", env.world_size, env.source));
   store.set(rank_key("join/config", env.rank), config);
 
-  // Rank 0 waits for every rank's check and publishes the verdict; the others wait for it.
+  // Rank 0 waits for every rank's config and publishes the verdict, good or bad (a config that
+  // differs, or ranks that never came); the others wait for it, so that every rank that joined
+  // fails with the same error.
   if (env.rank == 0) {
-    wait_for_ranks(store, env, "join/config", rank_keys("join/config", env.world_size));
-    const json verdict = verdict_of(store.get_many(rank_keys("join/world", env.world_size)),
-                                    store.get_many(rank_keys("join/config", env.world_size)));
+    json verdict;
+    try {
+      wait_for_ranks(store, env, "join/config", rank_keys("join/config", env.world_size),
+                     timeout_s);
+      verdict = verdict_of(store.get_many(rank_keys("join/world", env.world_size)),
+                           store.get_many(rank_keys("join/config", env.world_size)));
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kTimeout) throw;
+      verdict = {{"ok", false},
+                 {"kind", "timeout"},
+                 {"peer", e.context().peer.value_or(-1)},
+                 {"message", e.message()},
+                 {"hint", e.context().hint}};
+    }
     // Configurations are any bytes: replace what is not UTF-8 in the message.
     store.set("join/verdict", verdict.dump(-1, ' ', false, json::error_handler_t::replace));
   } else {
-    wait_for_ranks(store, env, "join/config", {"join/verdict"});
+    wait_for_ranks(store, env, "join/config", {"join/verdict"},
+                   timeout_s + verdict_grace_s(timeout_s));
   }
   const json verdict = json::parse(store.get("join/verdict"));
   if (!verdict.at("ok").get<bool>()) {
     if (env.rank != 0) {
       store.set(rank_key("join/ack", env.rank), "");
     } else if (job.server && env.world_size > 1) {
-      // Keep the store up until the others have read the verdict, so they fail alike.
-      std::vector<std::string> acks = rank_keys("join/ack", env.world_size);
-      acks.erase(acks.begin());
+      // Keep the store up until the ranks that joined have read the verdict.
+      const MissingKeys absent = store.missing(rank_keys("join/config", env.world_size));
+      std::vector<std::string> acks;
+      for (int r = 1; r < env.world_size; ++r)
+        if (std::find(absent.listed.begin(), absent.listed.end(), rank_key("join/config", r)) ==
+            absent.listed.end())
+          acks.push_back(rank_key("join/ack", r));
       try {
         store.wait(acks, std::min(timeout_s, kVerdictAckTimeoutS));
       } catch (const Error&) {
       }
     }
-    throw Error(ErrorKind::kConfig, verdict.at("message").get<std::string>(),
-                {.layer = "bootstrap",
-                 .where = fmt::format("join (rank {} of {})", env.rank, env.world_size),
-                 .peer = verdict.at("peer").get<int>(),
-                 .hint = verdict.at("hint").get<std::string>()});
+    const int peer = verdict.at("peer").get<int>();
+    throw Error(
+        verdict.value("kind", "config") == "timeout" ? ErrorKind::kTimeout : ErrorKind::kConfig,
+        verdict.at("message").get<std::string>(),
+        {.layer = "bootstrap",
+         .where = fmt::format("join (rank {} of {}, store at {})", env.rank, env.world_size,
+                              store.address()),
+         .peer = peer >= 0 ? std::optional<int>(peer) : std::nullopt,
+         .hint = verdict.at("hint").get<std::string>()});
   }
 
   // Every rank set its node key before its config, so these are all present now.
