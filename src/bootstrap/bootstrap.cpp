@@ -1,9 +1,10 @@
 // Joining the job (see bootstrap.hpp). Keys used in the store:
 //   join/node/<r>    rank r's node key
-//   join/check/<r>   JSON {world_size, source, config}: what rank 0 checks
+//   join/world/<r>   "<world size> <source>" as rank r sees it
+//   join/config/<r>  rank r's configuration text (any bytes), set last
 //   join/verdict     JSON {ok, message, peer, hint}: rank 0's verdict, read by every rank
-//   join/acks        how many ranks read a negative verdict (rank 0 waits for them before its
-//                    store goes away), join/acked once all did
+//   join/ack/<r>     rank r read a negative verdict (rank 0, hosting the store, waits for these
+//                    before the store goes away)
 #include "bootstrap/bootstrap.hpp"
 
 #include <unistd.h>
@@ -24,8 +25,16 @@ namespace {
 using nlohmann::json;
 
 constexpr double kVerdictAckTimeoutS = 10;
+// The other ranks wait longer than rank 0 for the verdict (by a tenth of the deadline, within
+// [0.5 s, 5 s]), so that when a rank is missing rank 0's verdict naming it reaches them before
+// their own deadline (and before rank 0, hosting the store, exits).
+double verdict_grace_s(double timeout_s) {
+  return std::clamp(timeout_s / 10, 0.5, 5.0);
+}
 
-std::string rank_key(const char* prefix, int rank) { return fmt::format("{}/{}", prefix, rank); }
+std::string rank_key(const char* prefix, int rank) {
+  return fmt::format("{}/{}", prefix, rank);
+}
 
 std::vector<std::string> rank_keys(const char* prefix, int world) {
   std::vector<std::string> keys;
@@ -34,24 +43,27 @@ std::vector<std::string> rank_keys(const char* prefix, int world) {
   return keys;
 }
 
-// Waits for every rank's key under prefix; a timeout names the ranks that did not come.
-void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix) {
-  const auto keys = rank_keys(prefix, env.world_size);
+// Waits for `wait_keys`, which appear once every rank has set its key under prefix (the keys
+// themselves, or a key rank 0 sets after seeing them all: then the store keeps one waiter per
+// rank, not world_size). A timeout probes prefix and names the ranks that did not come.
+void wait_for_ranks(StoreClient& store, const RankEnv& env, const char* prefix,
+                    const std::vector<std::string>& wait_keys, double timeout_s) {
   try {
-    store.wait(keys);
+    store.wait(wait_keys, timeout_s);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kTimeout) throw;
-    MissingKeys absent = store.missing(keys);
-    if (absent.total == 0) return;  // they came just after the deadline
+    MissingKeys absent = store.missing(rank_keys(prefix, env.world_size));
+    if (absent.total == 0) throw;  // every rank came: the wait is for something else (rank 0)
     std::vector<std::string> ranks;
     for (size_t i = 0; i < absent.listed.size() && i < 16; ++i)
       ranks.push_back(absent.listed[i].substr(absent.listed[i].rfind('/') + 1));
     std::string list = mics::join(ranks, ", ");
-    if (absent.total > ranks.size()) list += fmt::format(" and {} more", absent.total - ranks.size());
+    if (absent.total > ranks.size())
+      list += fmt::format(" and {} more", absent.total - ranks.size());
     throw Error(
         ErrorKind::kTimeout,
         fmt::format("{} of {} ranks did not join the job within {} s: rank{} {}", absent.total,
-                    env.world_size, store.timeout_s(), absent.total == 1 ? "" : "s", list),
+                    env.world_size, timeout_s, absent.total == 1 ? "" : "s", list),
         {.layer = "bootstrap",
          .where = fmt::format("join on the store at {}", store.address()),
          .peer = static_cast<int>(parse_int64(ranks.front()).value_or(-1)),
@@ -73,44 +85,53 @@ std::string describe_difference(const std::string& a, const std::string& b, int 
     return fmt::format("'{}{}{}'", from > 0 ? "..." : "", s.substr(from, 120),
                        from + 120 < s.size() ? "..." : "");
   };
-  return fmt::format("rank {}'s job configuration differs from rank 0's at byte {}: rank 0 has "
-                     "{}, rank {} has {}",
-                     rank, i, window(a), rank, window(b));
+  return fmt::format(
+      "rank {}'s job configuration differs from rank 0's at byte {}: rank 0 has "
+      "{}, rank {} has {}",
+      rank, i, window(a), rank, window(b));
 }
 
 // Rank 0's check of every rank's world size and configuration against its own.
-json verdict_of(const RankEnv& env, const std::vector<std::string>& checks) {
-  const json mine = json::parse(checks[0]);
-  for (int r = 1; r < env.world_size; ++r) {
-    const json theirs = json::parse(checks[static_cast<size_t>(r)]);
-    if (theirs.at("world_size") != mine.at("world_size"))
+json verdict_of(const std::vector<std::string>& worlds, const std::vector<std::string>& configs) {
+  for (size_t r = 1; r < worlds.size(); ++r) {
+    if (worlds[r] != worlds[0])
       return {{"ok", false},
               {"peer", r},
-              {"message", fmt::format("rank {} was started with world size {} ({}), rank 0 with {}",
-                                      r, theirs.at("world_size").get<int>(),
-                                      theirs.at("source").get<std::string>(),
-                                      mine.at("world_size").get<int>())},
-              {"hint", "every rank must be started by the same launcher command with the same "
-                       "world size"}};
-    const std::string a = mine.at("config").get<std::string>();
-    const std::string b = theirs.at("config").get<std::string>();
-    if (a != b)
+              {"message", fmt::format("rank {} was started as '{}' (world size, launcher), rank 0 "
+                                      "as '{}'",
+                                      r, worlds[r], worlds[0])},
+              {"hint",
+               "every rank must be started by the same launcher command with the same "
+               "world size"}};
+    if (configs[r] != configs[0])
       return {{"ok", false},
               {"peer", r},
-              {"message", describe_difference(a, b, r)},
-              {"hint", "start every rank with the same configuration: the same flags, config "
-                       "files and mics version on every node"}};
+              {"message", describe_difference(configs[0], configs[r], static_cast<int>(r))},
+              {"hint",
+               "start every rank with the same configuration: the same flags, config "
+               "files and mics version on every node"}};
   }
   return {{"ok", true}};
 }
 
-std::string one_process_token() { return fmt::format("single-rank:{}", ::getpid()); }
+std::string one_process_token() {
+  return fmt::format("single-rank:{}", ::getpid());
+}
 
 }  // namespace
 
-Job join(const std::string& config) { return join(read_rank_env(), config, knobs().timeout_s); }
+Job join(const std::string& config) {
+  return join(read_rank_env(), config, knobs().timeout_s);
+}
 
 Job join(const RankEnv& env, const std::string& config, double timeout_s) {
+  if (env.world_size < 1 || env.rank < 0 || env.rank >= env.world_size)
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("rank {} of world size {} is not a valid identity", env.rank, env.world_size),
+        {.layer = "bootstrap",
+         .where = "join",
+         .hint = "the rank must be in [0, world size): check the launcher's variables"});
   log::set_rank(env.rank);
   Job job;
   job.env = env;
@@ -135,33 +156,62 @@ Job join(const RankEnv& env, const std::string& config, double timeout_s) {
   store.set_identity(env.rank, env.world_size, host_rank);
 
   store.set(rank_key("join/node", env.rank), env.node_key);
-  const json check = {{"world_size", env.world_size}, {"source", env.source}, {"config", config}};
-  store.set(rank_key("join/check", env.rank), check.dump());
+  store.set(rank_key("join/world", env.rank), fmt::format("{} {}", env.world_size, env.source));
+  store.set(rank_key("join/config", env.rank), config);
 
-  wait_for_ranks(store, env, "join/check");
+  // Rank 0 waits for every rank's config and publishes the verdict, good or bad (a config that
+  // differs, or ranks that never came); the others wait for it, so that every rank that joined
+  // fails with the same error.
   if (env.rank == 0) {
-    const json verdict = verdict_of(env, store.get_many(rank_keys("join/check", env.world_size)));
-    store.set("join/verdict", verdict.dump());
+    json verdict;
+    try {
+      wait_for_ranks(store, env, "join/config", rank_keys("join/config", env.world_size),
+                     timeout_s);
+      verdict = verdict_of(store.get_many(rank_keys("join/world", env.world_size)),
+                           store.get_many(rank_keys("join/config", env.world_size)));
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kTimeout) throw;
+      verdict = {{"ok", false},
+                 {"kind", "timeout"},
+                 {"peer", e.context().peer.value_or(-1)},
+                 {"message", e.message()},
+                 {"hint", e.context().hint}};
+    }
+    // Configurations are any bytes: replace what is not UTF-8 in the message.
+    store.set("join/verdict", verdict.dump(-1, ' ', false, json::error_handler_t::replace));
+  } else {
+    wait_for_ranks(store, env, "join/config", {"join/verdict"},
+                   timeout_s + verdict_grace_s(timeout_s));
   }
   const json verdict = json::parse(store.get("join/verdict"));
   if (!verdict.at("ok").get<bool>()) {
     if (env.rank != 0) {
-      if (store.add("join/acks", 1) == env.world_size - 1) store.set("join/acked", "");
+      store.set(rank_key("join/ack", env.rank), "");
     } else if (job.server && env.world_size > 1) {
-      // Keep the store up until the others have read the verdict, so they fail alike.
+      // Keep the store up until the ranks that joined have read the verdict.
+      const MissingKeys absent = store.missing(rank_keys("join/config", env.world_size));
+      std::vector<std::string> acks;
+      for (int r = 1; r < env.world_size; ++r)
+        if (std::find(absent.listed.begin(), absent.listed.end(), rank_key("join/config", r)) ==
+            absent.listed.end())
+          acks.push_back(rank_key("join/ack", r));
       try {
-        store.wait({"join/acked"}, std::min(timeout_s, kVerdictAckTimeoutS));
+        store.wait(acks, std::min(timeout_s, kVerdictAckTimeoutS));
       } catch (const Error&) {
       }
     }
-    throw Error(ErrorKind::kConfig, verdict.at("message").get<std::string>(),
-                {.layer = "bootstrap",
-                 .where = fmt::format("join (rank {} of {})", env.rank, env.world_size),
-                 .peer = verdict.at("peer").get<int>(),
-                 .hint = verdict.at("hint").get<std::string>()});
+    const int peer = verdict.at("peer").get<int>();
+    throw Error(
+        verdict.value("kind", "config") == "timeout" ? ErrorKind::kTimeout : ErrorKind::kConfig,
+        verdict.at("message").get<std::string>(),
+        {.layer = "bootstrap",
+         .where = fmt::format("join (rank {} of {}, store at {})", env.rank, env.world_size,
+                              store.address()),
+         .peer = peer >= 0 ? std::optional<int>(peer) : std::nullopt,
+         .hint = verdict.at("hint").get<std::string>()});
   }
 
-  wait_for_ranks(store, env, "join/node");
+  // Every rank set its node key before its config, so these are all present now.
   job.node_keys = store.get_many(rank_keys("join/node", env.world_size));
   log::debug("joined: rank {} of {} on node '{}' (via {}, store at {})", env.rank, env.world_size,
              env.node_key, env.source, store.address());

@@ -15,7 +15,7 @@ struct Job {
   RankEnv env;
   std::unique_ptr<StoreServer> server;  // set on the rank that hosts the store
   std::unique_ptr<StoreClient> store;
-  std::vector<std::string> node_keys;   // node key of every rank, indexed by rank
+  std::vector<std::string> node_keys;  // node key of every rank, indexed by rank
 };
 
 // `config` is this rank's view of the job configuration as text (e.g. JSON); every rank must

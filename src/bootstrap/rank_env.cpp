@@ -17,8 +17,9 @@ namespace {
 constexpr int kMaxWorld = 1 << 20;
 
 [[noreturn]] void config_error(std::string message, std::string hint) {
-  throw Error(ErrorKind::kConfig, std::move(message),
-              {.layer = "bootstrap", .where = "reading the rank environment", .hint = std::move(hint)});
+  throw Error(
+      ErrorKind::kConfig, std::move(message),
+      {.layer = "bootstrap", .where = "reading the rank environment", .hint = std::move(hint)});
 }
 
 // An integer variable in [lo, hi]; nullopt when unset. Throws naming the variable otherwise.
@@ -86,9 +87,9 @@ RankEnv read_rank_env() {
                          : env.source == "slurm"     ? "SLURM_PROCID"
                                                      : "OMPI_COMM_WORLD_RANK";
   if (env.rank >= env.world_size)
-    config_error(fmt::format("{}={} is not below the world size {}", rank_var, env.rank,
-                             env.world_size),
-                 "the rank must be in [0, world size): check how the job was launched");
+    config_error(
+        fmt::format("{}={} is not below the world size {}", rank_var, env.rank, env.world_size),
+        "the rank must be in [0, world size): check how the job was launched");
 
   // Node key: emulated node id, else Slurm's node index, else the host name.
   if (auto id = env_string("MICS_NODE_ID")) {

@@ -15,12 +15,12 @@ namespace mics::bootstrap {
 struct RankEnv {
   int rank = 0;
   int world_size = 1;
-  int local_rank = 0;       // as the launcher reports it (a hint; topo/ derives the real one)
-  std::string node_key;     // MICS_NODE_ID if set (emulated nodes), else SLURM_NODEID/hostname
-  std::string master_addr;  // rendezvous store host
-  int master_port = 0;      // rendezvous store port
-  std::string job_token;    // shared secret of the job
-  std::string source;       // "mics launch", "slurm", "openmpi", "single"
+  int local_rank = 0;         // as the launcher reports it (a hint; topo/ derives the real one)
+  std::string node_key;       // MICS_NODE_ID if set (emulated nodes), else SLURM_NODEID/hostname
+  std::string master_addr;    // rendezvous store host
+  int master_port = 0;        // rendezvous store port
+  std::string job_token;      // shared secret of the job
+  std::string source;         // "mics launch", "slurm", "openmpi", "single"
   bool store_hosted = false;  // MICS_STORE_HOSTED=1: a launcher hosts the store, rank 0 must not
 };
 

@@ -80,7 +80,8 @@ Fd listen_tcp(const std::string& bind_addr, int port, int* bound_port) {
   if (rc != 0)
     throw Error(ErrorKind::kUnavailable,
                 fmt::format("cannot resolve bind address '{}': {}", bind_addr, gai_strerror(rc)),
-                {.layer = "bootstrap", .where = where,
+                {.layer = "bootstrap",
+                 .where = where,
                  .hint = "bind the store to an address of this host, e.g. 0.0.0.0"});
   int last_err = 0;
   for (addrinfo* ai = list.head; ai; ai = ai->ai_next) {
@@ -98,20 +99,20 @@ Fd listen_tcp(const std::string& bind_addr, int port, int* bound_port) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
-    *bound_port = ss.ss_family == AF_INET6
-                      ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                      : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    *bound_port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                           : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
     set_nonblocking(fd.get());
     return fd;
   }
-  throw Error(ErrorKind::kUnavailable,
-              fmt::format("cannot listen on {}: {}", endpoint_text(bind_addr, port),
-                          errno_text(last_err)),
-              {.layer = "bootstrap", .where = where,
-               .hint = last_err == EADDRINUSE
-                           ? "the port is in use (another job, or an earlier run still exiting): "
-                             "choose another MICS_MASTER_PORT / --port"
-                           : "check the bind address and the port (ports below 1024 need root)"});
+  throw Error(
+      ErrorKind::kUnavailable,
+      fmt::format("cannot listen on {}: {}", endpoint_text(bind_addr, port), errno_text(last_err)),
+      {.layer = "bootstrap",
+       .where = where,
+       .hint = last_err == EADDRINUSE
+                   ? "the port is in use (another job, or an earlier run still exiting): "
+                     "choose another MICS_MASTER_PORT / --port"
+                   : "check the bind address and the port (ports below 1024 need root)"});
 }
 
 Fd try_connect_tcp(const std::string& host, int port, const Deadline& deadline,

@@ -55,7 +55,7 @@ struct StoreClient::Impl {
 
   ErrorContext ctx(const std::string& what, std::string hint = kStoreHint) const {
     ErrorContext c{.layer = "bootstrap",
-                   .where = fmt::format("{} on the store at {}", what, endpoint),
+                   .where = fmt::format("{}, store at {}", what, endpoint),
                    .hint = std::move(hint)};
     if (host_rank >= 0 && host_rank != rank) c.peer = host_rank;
     return c;
@@ -114,7 +114,7 @@ bool StoreClient::Impl::hello(const Deadline& deadline, std::string* failure) {
   char header[wire::kHeaderBytes];
   net::IoResult res = net::recv_exact(fd.get(), header, sizeof(header), deadline, &err);
   if (res != net::IoResult::kOk) {
-    *failure = res == net::IoResult::kClosed   ? "the store closed the connection during HELLO"
+    *failure = res == net::IoResult::kClosed    ? "the store closed the connection during HELLO"
                : res == net::IoResult::kTimeout ? "no reply to HELLO before the deadline"
                                                 : "reading the HELLO reply: " + errno_text(err);
     return false;
@@ -152,8 +152,8 @@ bool StoreClient::Impl::hello(const Deadline& deadline, std::string* failure) {
                                 : kStoreHint);
   }
   lost(ErrorKind::kProtocol,
-       fmt::format("garbled HELLO reply from the store at {} (opcode {})", endpoint, op),
-       "connect", kStoreHint);
+       fmt::format("garbled HELLO reply from the store at {} (opcode {})", endpoint, op), "connect",
+       kStoreHint);
 }
 
 std::string StoreClient::Impl::read_reply(const Deadline& io_deadline, const std::string& what) {
@@ -167,8 +167,8 @@ std::string StoreClient::Impl::read_reply(const Deadline& io_deadline, const std
                        io_deadline.budget_s()),
            what);
     if (res == net::IoResult::kClosed)
-      lost(ErrorKind::kPeerFailure,
-           fmt::format("the store at {} closed the connection", endpoint), what,
+      lost(ErrorKind::kPeerFailure, fmt::format("the store at {} closed the connection", endpoint),
+           what,
            "the host of the store (rank 0, or mics launch) exited or failed: look at its output "
            "first");
     lost(ErrorKind::kIo, fmt::format("reading from the store at {}: {}", endpoint, errno_text(err)),
@@ -267,7 +267,9 @@ StoreClient::StoreClient(const std::string& addr, int port, const std::string& j
 
 StoreClient::~StoreClient() = default;
 
-std::string StoreClient::address() const { return impl_->endpoint; }
+std::string StoreClient::address() const {
+  return impl_->endpoint;
+}
 
 void StoreClient::set_identity(int rank, int world_size, int host_rank) {
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -312,7 +314,9 @@ int64_t StoreClient::add(const std::string& key, int64_t delta) {
   impl_->lost(ErrorKind::kProtocol, "garbled reply from the store to ADD", what);
 }
 
-void StoreClient::wait(const std::vector<std::string>& keys) { wait(keys, timeout_s_); }
+void StoreClient::wait(const std::vector<std::string>& keys) {
+  wait(keys, timeout_s_);
+}
 
 void StoreClient::wait(const std::vector<std::string>& keys, double timeout_s) {
   if (keys.empty()) return;
@@ -321,13 +325,16 @@ void StoreClient::wait(const std::vector<std::string>& keys, double timeout_s) {
                                             : fmt::format("wait for {} keys", keys.size());
   MissingKeys missing = impl_->wait(keys, timeout_s, what);
   if (missing.total == 0) return;
-  throw Error(ErrorKind::kTimeout,
-              fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
-                          missing.total, keys.size(), list_keys(missing.listed, missing.total)),
-              impl_->ctx(what,
-                         "the ranks that set these keys have not got this far: check that every "
-                         "rank was started and none failed (their output tells), or raise "
-                         "MICS_TIMEOUT_S if they are only slow"));
+  throw Error(
+      ErrorKind::kTimeout,
+      keys.size() == 1
+          ? fmt::format("timed out after {} s waiting for key '{}'", timeout_s, keys[0])
+          : fmt::format("timed out after {} s waiting for {} of {} keys: {}", timeout_s,
+                        missing.total, keys.size(), list_keys(missing.listed, missing.total)),
+      impl_->ctx(what,
+                 "the ranks that set these keys have not got this far: check that every "
+                 "rank was started and none failed (their output tells), or raise "
+                 "MICS_TIMEOUT_S if they are only slow"));
 }
 
 std::string StoreClient::get(const std::string& key) {
@@ -374,7 +381,8 @@ MissingKeys StoreClient::missing(const std::vector<std::string>& keys) {
 void StoreClient::barrier(const std::string& name, int count) {
   if (count <= 0)
     throw Error(ErrorKind::kInvalidArgument, fmt::format("barrier of {} callers", count),
-                {.layer = "bootstrap", .where = fmt::format("barrier '{}'", name),
+                {.layer = "bootstrap",
+                 .where = fmt::format("barrier '{}'", name),
                  .hint = "a barrier needs at least one caller"});
   const std::string prefix = "barrier/" + name + "/";
   int rank, world;
@@ -384,20 +392,24 @@ void StoreClient::barrier(const std::string& name, int count) {
     world = impl_->world_size;
   }
   const bool by_rank = rank >= 0 && count == world;
-  if (by_rank) set(prefix + "rank/" + std::to_string(rank), "");
-  const int64_t arrived = add(prefix + "count", 1);
-  if (arrived > count)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("barrier '{}' for {} callers was entered {} times", name, count,
-                            arrived),
-                impl_->ctx(fmt::format("barrier '{}'", name),
-                           "barrier names must be unique per use and every caller must pass the "
-                           "same count"));
-  if (arrived == count) set(prefix + "done", "");
   MissingKeys done;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    done = impl_->wait({prefix + "done"}, timeout_s_, fmt::format("barrier '{}'", name));
+    wire::Writer w(Op::kArrive);
+    w.i64(static_cast<int64_t>(std::max(timeout_s_, 0.0) * 1000.0)).i64(count);
+    w.str(prefix + "count").str(prefix + "done");
+    w.str(by_rank ? prefix + "rank/" + std::to_string(rank) : std::string());
+    const std::string what = fmt::format("barrier '{}'", name);
+    const std::string payload =
+        impl_->request(w.frame(), Deadline(timeout_s_ + kReplyGraceS), what);
+    wire::Reader r(payload);
+    const uint8_t op = r.u8();
+    if (op == static_cast<uint8_t>(Op::kMissing)) {
+      done.total = r.u64();
+    } else if (op != static_cast<uint8_t>(Op::kOk) || !r.at_end()) {
+      impl_->lost(ErrorKind::kProtocol,
+                  fmt::format("garbled reply from the store to ARRIVE (opcode {})", op), what);
+    }
   }
   if (done.total == 0) return;
 
@@ -417,10 +429,10 @@ void StoreClient::barrier(const std::string& name, int count) {
       if (!first_missing) first_missing = static_cast<int>(parse_int64(ranks.back()).value_or(-1));
     }
     if (!ranks.empty()) {
-      message += "; missing ranks: " + join(std::vector<std::string>(
-                                             ranks.begin(), ranks.begin() + std::min<size_t>(
-                                                                                ranks.size(), 16)),
-                                         ", ");
+      message += "; missing ranks: " +
+                 join(std::vector<std::string>(ranks.begin(),
+                                               ranks.begin() + std::min<size_t>(ranks.size(), 16)),
+                      ", ");
       if (absent.total > std::min<size_t>(ranks.size(), 16))
         message += fmt::format(" and {} more", absent.total - std::min<size_t>(ranks.size(), 16));
     }

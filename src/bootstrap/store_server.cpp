@@ -38,7 +38,7 @@ constexpr uint8_t kErrBadVersion = 2;
 constexpr uint8_t kErrMalformed = 3;
 constexpr uint8_t kErrBadRequest = 4;
 
-constexpr double kHelloTimeoutS = 30;     // a client must authenticate within this
+constexpr double kHelloTimeoutS = 30;  // a client must authenticate within this
 constexpr size_t kReadChunk = 64 << 10;
 constexpr size_t kMaxBuffered = wire::kMaxFrameBytes + wire::kHeaderBytes + kReadChunk;
 
@@ -130,7 +130,8 @@ StoreServer::StoreServer(const std::string& bind_addr, int port, std::string job
   int fds[2];
   if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0)
     throw Error(ErrorKind::kIo, fmt::format("pipe2 failed: {}", errno_text(errno)),
-                {.layer = "bootstrap", .where = "starting the store at " + impl_->endpoint,
+                {.layer = "bootstrap",
+                 .where = "starting the store at " + impl_->endpoint,
                  .hint = "the process may be out of file descriptors (ulimit -n)"});
   impl_->wake_read.reset(fds[0]);
   impl_->wake_write.reset(fds[1]);
@@ -146,7 +147,9 @@ StoreServer::~StoreServer() {
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
-int StoreServer::port() const { return impl_->port; }
+int StoreServer::port() const {
+  return impl_->port;
+}
 
 void StoreServer::Impl::run() {
   std::vector<pollfd> fds;
@@ -276,8 +279,8 @@ void StoreServer::Impl::read_from(Conn& c) {
 
 void StoreServer::Impl::flush(Conn& c) {
   while (c.out_pos < c.out.size()) {
-    ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_pos, c.out.size() - c.out_pos,
-                       MSG_NOSIGNAL);
+    ssize_t n =
+        ::send(c.fd.get(), c.out.data() + c.out_pos, c.out.size() - c.out_pos, MSG_NOSIGNAL);
     if (n > 0) {
       c.out_pos += static_cast<size_t>(n);
       continue;
@@ -397,14 +400,37 @@ void StoreServer::Impl::handle(Conn& c, std::string_view payload) {
       reply(c, wire::Writer(Op::kInt).i64(value));
       return;
     }
-    case Op::kWait: {
+    case Op::kWait:
+    case Op::kArrive: {
       const int64_t timeout_ms = r.i64();
-      const uint32_t n = r.u32();
-      if (!r.ok() || n > r.remaining() / 4) return malformed();
       Wait w;
-      w.keys.reserve(n);
-      for (uint32_t i = 0; i < n; ++i) w.keys.push_back(r.str());
-      if (!r.ok() || !r.at_end()) return malformed();
+      if (static_cast<Op>(op) == Op::kWait) {
+        const uint32_t n = r.u32();
+        if (!r.ok() || n > r.remaining() / 4) return malformed();
+        w.keys.reserve(n);
+        for (uint32_t i = 0; i < n; ++i) w.keys.push_back(r.str());
+        if (!r.ok() || !r.at_end()) return malformed();
+      } else {
+        const int64_t count = r.i64();
+        std::string counter = r.str();
+        std::string done = r.str();
+        std::string marker = r.str();
+        if (!r.ok() || !r.at_end() || counter.empty() || done.empty()) return malformed();
+        if (!marker.empty()) put(marker, "");
+        int64_t arrived = 1;
+        if (auto it = kv.find(counter); it != kv.end())
+          arrived += parse_int64(it->second).value_or(0);
+        put(counter, std::to_string(arrived));
+        if (arrived > count) {
+          reply(c, wire::Writer(Op::kError)
+                       .u8(kErrBadRequest)
+                       .str(fmt::format("barrier for {} callers entered {} times (counter '{}')",
+                                        count, arrived, counter)));
+          return;
+        }
+        if (arrived == count) put(done, "");
+        w.keys.push_back(std::move(done));
+      }
       for (const auto& key : w.keys)
         if (!kv.count(key)) ++w.missing;
       if (w.missing == 0) {

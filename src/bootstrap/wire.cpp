@@ -81,19 +81,34 @@ Header parse_header(const char* bytes) {
 
 const char* op_name(uint8_t op) {
   switch (static_cast<Op>(op)) {
-    case Op::kHello: return "HELLO";
-    case Op::kSet: return "SET";
-    case Op::kGet: return "GET";
-    case Op::kAdd: return "ADD";
-    case Op::kWait: return "WAIT";
-    case Op::kMultiGet: return "MGET";
-    case Op::kOk: return "OK";
-    case Op::kValue: return "VALUE";
-    case Op::kAbsent: return "ABSENT";
-    case Op::kInt: return "INT";
-    case Op::kMissing: return "MISSING";
-    case Op::kValues: return "VALUES";
-    case Op::kError: return "ERROR";
+    case Op::kHello:
+      return "HELLO";
+    case Op::kSet:
+      return "SET";
+    case Op::kGet:
+      return "GET";
+    case Op::kAdd:
+      return "ADD";
+    case Op::kWait:
+      return "WAIT";
+    case Op::kMultiGet:
+      return "MGET";
+    case Op::kArrive:
+      return "ARRIVE";
+    case Op::kOk:
+      return "OK";
+    case Op::kValue:
+      return "VALUE";
+    case Op::kAbsent:
+      return "ABSENT";
+    case Op::kInt:
+      return "INT";
+    case Op::kMissing:
+      return "MISSING";
+    case Op::kValues:
+      return "VALUES";
+    case Op::kError:
+      return "ERROR";
   }
   return "unknown";
 }

@@ -10,9 +10,15 @@
 //   ADD    str key, i64 delta                  INT i64         (ERROR if not an integer)
 //   WAIT   i64 timeout_ms, u32 n, str key * n  OK | MISSING u64 total, u32 n, str key * n
 //   MGET   u32 n, str key * n                  VALUES u32 n, (u8 present, str value) * n
+//   ARRIVE i64 timeout_ms, i64 count,          OK | MISSING (as WAIT)  (ERROR past count)
+//          str counter, str done, str marker
 //
 // WAIT answers OK once every key exists, or MISSING (the keys still absent, at most
 // kMaxListedMissing of them) when timeout_ms passes first; timeout 0 is a probe.
+// ARRIVE is a barrier in one round trip: it sets marker (unless empty), adds 1 to counter, sets
+// done when the counter reaches count, then waits for done like WAIT. Being one request, no
+// caller is between its arrival and its wait when the last one arrives, so the host of the
+// store may exit as soon as its own barrier returns: every reply is already queued.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -32,6 +38,7 @@ enum class Op : uint8_t {
   kAdd = 4,
   kWait = 5,
   kMultiGet = 6,
+  kArrive = 7,
   // replies
   kOk = 0x80,
   kValue = 0x81,
