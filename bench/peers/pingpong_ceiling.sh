@@ -8,7 +8,9 @@
 # one-way bandwidth of the provider for that size, the ceiling of one ring step. It has no
 # warm-up and times from the first message, so each size runs enough iterations to move
 # --volume bytes, and each measurement is repeated (--repeat) because the machine may be
-# shared: the best run is the ceiling, the median shows the spread.
+# shared: the best run is the ceiling, the median shows the spread. The JSON also records,
+# per run, how long runnable tasks waited for a CPU (/proc/pressure/cpu): large values mean
+# other load competed with that run.
 #
 # Working invocations for libfabric 1.17 (the address is only for fi_pingpong's own TCP
 # control connection; the data goes over the provider):
@@ -21,8 +23,8 @@
 #   --providers LIST  comma-separated providers (default "shm,tcp;ofi_rxm")
 #   --sizes LIST      sizes with K/M/G suffixes (default "1M 16M 64M 256M")
 #   --addr ADDR       server address for the control connection (default 127.0.0.1)
-#   --repeat N        runs per provider and size (default 3)
-#   --volume BYTES    bytes each run moves one way, sets the iterations (default 1G)
+#   --repeat N        runs per provider and size (default 5)
+#   --volume BYTES    bytes each run moves one way, sets the iterations (default 512M)
 #   --port N          first control port (default 47700; each run takes the next)
 #   --memcpy PATH     memcpy_bw binary (default build/peers/memcpy_bw; "none" skips it)
 #   --json FILE       also write the results as JSON
@@ -33,8 +35,8 @@ root=$(cd "$here/../.." && pwd)
 providers="shm,tcp;ofi_rxm"
 sizes="1M 16M 64M 256M"
 addr=127.0.0.1
-repeat=3
-volume=1G
+repeat=5
+volume=512M
 port=47700
 memcpy_bin="$root/build/peers/memcpy_bw"
 json=""
@@ -75,9 +77,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One fi_pingpong run; prints "MB/sec usec/xfer" of the client, or nothing on failure.
+# Microseconds that runnable tasks have waited for a CPU since boot (PSI), or 0 without PSI:
+# its growth during a run says how much other load competed with the benchmark.
+cpu_stall_us() { awk '/^some/ { split($5, a, "="); print a[2]; f = 1 } END { if (!f) print 0 }' \
+  /proc/pressure/cpu 2>/dev/null || echo 0; }
+
+# One fi_pingpong run; prints "MB/sec usec/xfer stall_ms" of the client, nothing on failure.
 run_once() {
   local prov=$1 size=$2 iters=$3
+  local stall0
+  stall0=$(cpu_stall_us)
   local limit=$(( 60 + iters * size / 50000000 ))  # generous: 50 MB/s worst case
   port=$((port + 1))
   timeout "$limit" fi_pingpong -p "$prov" -e rdm -S "$size" -I "$iters" -B "$port" \
@@ -92,8 +101,9 @@ run_once() {
   done
   wait "$server_pid" 2>/dev/null
   server_pid=""
+  local stall_ms=$(( ($(cpu_stall_us) - stall0) / 1000 ))
   # bytes #sent #ack total time MB/sec usec/xfer Mxfers/sec
-  awk 'NF == 8 && $6 ~ /^[0-9.]+$/ { print $6, $7 }' <<<"$out" | tail -1
+  awk -v st="$stall_ms" 'NF == 8 && $6 ~ /^[0-9.]+$/ { print $6, $7, st }' <<<"$out" | tail -1
   if ! awk 'NF == 8 && $6 ~ /^[0-9.]+$/ { ok = 1 } END { exit !ok }' <<<"$out"; then
     echo "fi_pingpong -p '$prov' -S $size failed: $(tail -2 <<<"$out" | tr '\n' ' ')" >&2
   fi
@@ -125,9 +135,10 @@ for prov in "${prov_list[@]}"; do
     med=$(awk '{ print $1 }' "$tmp/runs.txt" | median)
     best_us=$(awk '{ print $2 }' "$tmp/runs.txt" | sort -g | head -1)
     runs=$(awk '{ printf "%s%.4f", (NR > 1 ? ", " : ""), $1 / 1000 }' "$tmp/runs.txt")
+    stalls=$(awk '{ printf "%s%d", (NR > 1 ? ", " : ""), $3 }' "$tmp/runs.txt")
     printf '  %-14s %12s %7s %10.3f %10.3f %12.1f\n' "$prov" "$size" "$iters" \
       "$(awk -v v="$best" 'BEGIN { print v / 1000 }')" "$(awk -v v="$med" 'BEGIN { print v / 1000 }')" "$best_us"
-    json_rows+=("{\"provider\": \"$prov\", \"size\": $size, \"iters\": $iters, \"ok\": true, \"best_gbps\": $(awk -v v="$best" 'BEGIN { printf "%.4f", v / 1000 }'), \"median_gbps\": $(awk -v v="$med" 'BEGIN { printf "%.4f", v / 1000 }'), \"best_us_per_msg\": $best_us, \"runs_gbps\": [$runs]}")
+    json_rows+=("{\"provider\": \"$prov\", \"size\": $size, \"iters\": $iters, \"ok\": true, \"best_gbps\": $(awk -v v="$best" 'BEGIN { printf "%.4f", v / 1000 }'), \"median_gbps\": $(awk -v v="$med" 'BEGIN { printf "%.4f", v / 1000 }'), \"best_us_per_msg\": $best_us, \"runs_gbps\": [$runs], \"runs_cpu_stall_ms\": [$stalls]}")
   done
 done
 
