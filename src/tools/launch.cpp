@@ -116,8 +116,8 @@ std::string random_token() {
     throw Error(ErrorKind::kUnavailable, "cannot read /dev/urandom for the job token",
                 {.layer = "launch",
                  .where = "mics launch",
-                 .hint = "set MICS_JOB_TOKEN is not enough here: the single-host launcher needs "
-                         "/dev/urandom; check the container's /dev"});
+                 .hint = "the single-host launcher makes a fresh token for every job from "
+                         "/dev/urandom: check that /dev/urandom exists and is readable here"});
   std::string hex;
   for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
   return hex;
