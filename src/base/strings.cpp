@@ -9,7 +9,8 @@
 namespace mics {
 
 std::optional<int64_t> parse_int64(std::string_view text) {
-  text = std::string_view(trim(text));
+  const std::string trimmed = trim(text);
+  text = trimmed;
   int64_t value = 0;
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc() || ptr != text.data() + text.size() || text.empty()) return std::nullopt;
