@@ -4,6 +4,7 @@
 
 #include "base/knobs.hpp"
 #include "base/strings.hpp"
+#include "comm/failure_board.hpp"
 
 namespace mics::comm {
 
@@ -14,7 +15,8 @@ Op::Op(Communicator& comm, const char* name, Algo algo, size_t bytes)
       algo_(algo),
       bytes_(bytes),
       sequence_(comm.next_sequence()),
-      deadline_(knobs().timeout_s) {}
+      deadline_(knobs().timeout_s),
+      next_board_check_(Clock::now() + std::chrono::milliseconds(500)) {}
 
 Op::~Op() = default;
 
@@ -52,6 +54,7 @@ void Op::wait(fabric::Request* request, const char* what) {
     }
     if (request->done) break;
     if (deadline_.expired()) fail(request, what, true);
+    if (Clock::now() >= next_board_check_) check_failure_board();
     if (long ns = backoff_.step()) transport_.idle_wait(ns);
   }
   if (request->failed()) fail(request, what, false);
@@ -75,11 +78,35 @@ void Op::reap(std::vector<fabric::Request*>& requests) {
   requests.erase(requests.begin(), requests.begin() + static_cast<long>(done));
 }
 
+std::string Op::where() const {
+  return fmt::format("{} ({}, {}) on communicator '{}' (member {} of {})", name_, to_string(algo_),
+                     format_bytes(static_cast<double>(bytes_)), comm_.name(), comm_.rank(),
+                     comm_.size());
+}
+
+void Op::check_failure_board() {
+  next_board_check_ = Clock::now() + std::chrono::milliseconds(500);
+  FailureBoard* board = failure_board();
+  if (!board) return;
+  auto report = board->read();
+  if (!report || report->rank == transport_.rank()) return;
+  throw Error(ErrorKind::kPeerFailure,
+              fmt::format("rank {} failed first and reported: {}", report->rank, report->message),
+              {.layer = "comm", .where = where(), .peer = report->rank,
+               .hint = fmt::format("look at rank {}'s output for the cause", report->rank)});
+}
+
 void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
-  const std::string where =
-      fmt::format("{} ({}, {}) on communicator '{}' (member {} of {})", name_, to_string(algo_),
-                  format_bytes(static_cast<double>(bytes_)), comm_.name(), comm_.rank(), comm_.size());
+  const std::string where_text = where();
   const int peer = request->peer;
+  // Tell the other ranks (best effort) before leaving, so that those waiting behind us fail
+  // promptly and name the right rank. Someone else may have failed first: then say that.
+  if (FailureBoard* board = failure_board()) {
+    if (auto report = board->read(); report && report->rank != transport_.rank()) check_failure_board();
+    board->publish(transport_.rank(),
+                   fmt::format("{} in {} with rank {}", timed_out ? "timeout" : "transport error",
+                               where_text, peer));
+  }
   // The pending requests may still be written by the provider: they are never reused, and
   // this communicator should not be used again.
   if (timed_out)
@@ -87,7 +114,7 @@ void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
                 fmt::format("{} rank {} for {:.1f} s ({})",
                             request->is_send ? "no receive posted by" : "no data from", peer,
                             deadline_.budget_s(), what),
-                {.layer = "comm", .where = where, .peer = peer,
+                {.layer = "comm", .where = where_text, .peer = peer,
                  .hint = fmt::format("rank {} may have died, hung or left the collective; check "
                                      "its output. If it is only slow, raise MICS_TIMEOUT_S",
                                      peer)});
@@ -95,7 +122,7 @@ void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
               fmt::format("{} rank {} failed over the {} rail: {}",
                           request->is_send ? "send to" : "receive from", peer,
                           fabric::to_string(request->rail), request->error_text),
-              {.layer = "comm", .where = where, .peer = peer,
+              {.layer = "comm", .where = where_text, .peer = peer,
                .hint = fmt::format("rank {} has probably exited; check its output", peer)});
 }
 

@@ -37,6 +37,9 @@ class Op {
 
  private:
   [[noreturn]] void fail(fabric::Request* request, const char* what, bool timed_out);
+  // Throws if another rank has reported a failure (checked at most twice a second).
+  void check_failure_board();
+  std::string where() const;
   uint64_t tag(uint32_t index) const;
 
   Communicator& comm_;
@@ -48,6 +51,7 @@ class Op {
   Deadline deadline_;
   Backoff backoff_;
   int outstanding_ = 0;
+  Clock::time_point next_board_check_;
 };
 
 }  // namespace mics::comm

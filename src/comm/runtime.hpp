@@ -8,6 +8,7 @@
 #include "bootstrap/bootstrap.hpp"
 #include "bootstrap/topology.hpp"
 #include "comm/communicator.hpp"
+#include "comm/failure_board.hpp"
 #include "fabric/transport.hpp"
 
 namespace mics::comm {
@@ -34,6 +35,7 @@ class Runtime {
   bootstrap::Topology topology_;
   std::unique_ptr<fabric::Transport> transport_;
   std::unique_ptr<Communicator> world_;
+  std::unique_ptr<FailureBoard> board_;
   bool finished_ = false;
 };
 

@@ -49,11 +49,17 @@ Transport::Transport(int rank, const bootstrap::Topology& topology, bootstrap::S
     store->set(fmt::format("fabric/{}/{}", r, rank_), to_hex(rails_[r]->local_address()));
     log::debug("{} rail: {} ({})", to_string(rail), choice.provider, choice.reason);
   }
+  std::vector<std::string> keys;
+  std::vector<int> peers;
   for (int peer = 0; peer < world; ++peer) {
     if (peer == rank_) continue;
-    const int r = static_cast<int>(rail_to(peer));
-    rails_[r]->insert_peer(peer, from_hex(store->get(fmt::format("fabric/{}/{}", r, peer))));
+    keys.push_back(fmt::format("fabric/{}/{}", static_cast<int>(rail_to(peer)), peer));
+    peers.push_back(peer);
   }
+  if (keys.empty()) return;
+  const std::vector<std::string> addresses = store->get_many(keys);
+  for (size_t i = 0; i < peers.size(); ++i)
+    rails_[static_cast<int>(rail_to(peers[i]))]->insert_peer(peers[i], from_hex(addresses[i]));
 }
 
 Transport::~Transport() = default;
