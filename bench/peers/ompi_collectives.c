@@ -6,7 +6,8 @@
  * large arrays; the fair peer for a reduce-scatter is the better of the two.
  *
  *   size   bytes of the whole array: the gathered result (all-gather), the input of the
- *          reduction (reduce-scatter, all-reduce); rounded down to a multiple of 4*ranks
+ *          reduction (reduce-scatter, all-reduce); rounded down to a multiple of 4*ranks for
+ *          all-gather and reduce-scatter, of 4 for all-reduce
  *   count  elements passed to the call, as nccl-tests prints it: per rank for all-gather
  *          and reduce-scatter, the whole array for all-reduce
  *   time   average time of one call in microseconds: each rank times `iters` calls after
@@ -73,45 +74,41 @@ static void usage(const char* prog) {
 /* Exact in float: small integers whose sums stay below 2^24. */
 static float pattern(int rank, size_t i) { return (float)((int)(i % 251) + 3 * rank); }
 
-static double run_op(int op, size_t count_per_rank, int nranks, float* send, float* recv,
-                     const int* recvcounts, int iters) {
+/* count: elements the call takes (per rank for all-gather and reduce-scatter). */
+static double run_op(int op, size_t count, float* send, float* recv, const int* recvcounts,
+                     int iters) {
   double t0 = MPI_Wtime();
   for (int it = 0; it < iters; ++it) {
     if (op == OP_ALLGATHER)
-      MPI_Allgather(send, (int)count_per_rank, MPI_FLOAT, recv, (int)count_per_rank, MPI_FLOAT,
-                    MPI_COMM_WORLD);
+      MPI_Allgather(send, (int)count, MPI_FLOAT, recv, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
     else if (op == OP_REDUCE_SCATTER)
-      MPI_Reduce_scatter_block(send, recv, (int)count_per_rank, MPI_FLOAT, MPI_SUM,
-                               MPI_COMM_WORLD);
+      MPI_Reduce_scatter_block(send, recv, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     else if (op == OP_REDUCE_SCATTER_V)
       MPI_Reduce_scatter(send, recv, recvcounts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     else
-      MPI_Allreduce(send, recv, (int)(count_per_rank * nranks), MPI_FLOAT, MPI_SUM,
-                    MPI_COMM_WORLD);
+      MPI_Allreduce(send, recv, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   }
   return MPI_Wtime() - t0;
 }
 
 /* Fills send with this rank's input. */
-static void fill_input(int op, int rank, size_t count_per_rank, int nranks, float* send) {
-  size_t n = op == OP_ALLGATHER ? count_per_rank : count_per_rank * (size_t)nranks;
+static void fill_input(int op, int rank, size_t count, int nranks, float* send) {
+  size_t n = is_reduce_scatter(op) ? count * (size_t)nranks : count;
   for (size_t i = 0; i < n; ++i) send[i] = pattern(rank, op == OP_ALLGATHER ? i + rank : i);
 }
 
 /* Elements of recv that differ from the exact result. */
-static long long count_wrong(int op, int rank, size_t count_per_rank, int nranks,
-                             const float* recv) {
+static long long count_wrong(int op, int rank, size_t count, int nranks, const float* recv) {
   long long wrong = 0;
   if (op == OP_ALLGATHER) {
     for (int r = 0; r < nranks; ++r)
-      for (size_t i = 0; i < count_per_rank; ++i)
-        if (recv[(size_t)r * count_per_rank + i] != pattern(r, i + r)) ++wrong;
+      for (size_t i = 0; i < count; ++i)
+        if (recv[(size_t)r * count + i] != pattern(r, i + r)) ++wrong;
     return wrong;
   }
   /* sum over ranks of pattern(r, i) = n*(i%251) + 3*n(n-1)/2 */
-  size_t first = is_reduce_scatter(op) ? (size_t)rank * count_per_rank : 0;
-  size_t n = is_reduce_scatter(op) ? count_per_rank : count_per_rank * (size_t)nranks;
-  for (size_t k = 0; k < n; ++k) {
+  size_t first = is_reduce_scatter(op) ? (size_t)rank * count : 0;
+  for (size_t k = 0; k < count; ++k) {
     size_t i = first + k;
     float want = (float)(nranks * (int)(i % 251) + 3 * nranks * (nranks - 1) / 2);
     if (recv[k] != want) ++wrong;
@@ -216,28 +213,28 @@ int main(int argc, char** argv) {
     }
     int64_t last = -1;
     for (double s = (double)minbytes; s <= (double)maxbytes * 1.0000001; s *= factor) {
-      size_t count_per_rank = (size_t)((int64_t)s / (int64_t)unit);
-      size_t bytes = count_per_rank * unit;
+      /* All-reduce takes any count; the others need the array to split evenly over ranks. */
+      size_t count = op == OP_ALLREDUCE ? (size_t)((int64_t)s / (int64_t)sizeof(float))
+                                        : (size_t)((int64_t)s / (int64_t)unit);
+      size_t bytes = op == OP_ALLREDUCE ? count * sizeof(float) : count * unit;
       if ((int64_t)bytes == last) continue;
       last = (int64_t)bytes;
-      for (int r = 0; r < nranks; ++r) recvcounts[r] = (int)count_per_rank;
-      fill_input(op, rank, count_per_rank, nranks, send);
-      if (count_per_rank > 0)
-        run_op(op, count_per_rank, nranks, send, recv, recvcounts, warmup);
+      for (int r = 0; r < nranks; ++r) recvcounts[r] = (int)count;
+      fill_input(op, rank, count, nranks, send);
+      if (count > 0) run_op(op, count, send, recv, recvcounts, warmup);
       double slowest = 0;  /* fastest run of the slowest rank's average */
       for (int run = 0; run < runs; ++run) {
         MPI_Barrier(MPI_COMM_WORLD);
         double elapsed =
-            count_per_rank > 0 ? run_op(op, count_per_rank, nranks, send, recv, recvcounts, iters)
-                               : 0.0;
+            count > 0 ? run_op(op, count, send, recv, recvcounts, iters) : 0.0;
         double mine = elapsed / iters, run_max = 0;
         MPI_Reduce(&mine, &run_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
         if (run == 0 || run_max < slowest) slowest = run_max;
       }
       long long wrong = 0, all_wrong = 0;
-      if (check && count_per_rank > 0) {
-        run_op(op, count_per_rank, nranks, send, recv, recvcounts, 1);
-        wrong = count_wrong(op, rank, count_per_rank, nranks, recv);
+      if (check && count > 0) {
+        run_op(op, count, send, recv, recvcounts, 1);
+        wrong = count_wrong(op, rank, count, nranks, recv);
       }
       MPI_Reduce(&wrong, &all_wrong, 1, MPI_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
       if (rank == 0) {
@@ -245,7 +242,6 @@ int main(int argc, char** argv) {
         double busfactor = op == OP_ALLREDUCE ? 2.0 * (nranks - 1) / nranks
                                               : (double)(nranks - 1) / nranks;
         double busbw = algbw * busfactor;
-        size_t count = op == OP_ALLREDUCE ? count_per_rank * (size_t)nranks : count_per_rank;
         char wrong_text[32];
         if (check) snprintf(wrong_text, sizeof wrong_text, "%lld", all_wrong);
         else snprintf(wrong_text, sizeof wrong_text, "N/A");
