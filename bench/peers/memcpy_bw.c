@@ -24,9 +24,16 @@ static int64_t parse_size(const char* text) {
   char* end = NULL;
   double v = strtod(text, &end);
   if (end == text || v <= 0) return -1;
-  if (*end == 'k' || *end == 'K') { v *= 1024.0; ++end; }
-  else if (*end == 'm' || *end == 'M') { v *= 1024.0 * 1024; ++end; }
-  else if (*end == 'g' || *end == 'G') { v *= 1024.0 * 1024 * 1024; ++end; }
+  if (*end == 'k' || *end == 'K') {
+    v *= 1024.0;
+    ++end;
+  } else if (*end == 'm' || *end == 'M') {
+    v *= 1024.0 * 1024;
+    ++end;
+  } else if (*end == 'g' || *end == 'G') {
+    v *= 1024.0 * 1024 * 1024;
+    ++end;
+  }
   if (*end == 'i') ++end;
   if (*end == 'B' || *end == 'b') ++end;
   return *end ? -1 : (int64_t)v;
@@ -44,14 +51,26 @@ int main(int argc, char** argv) {
   int c;
   while ((c = getopt(argc, argv, "b:e:f:t:j:h")) != -1) {
     switch (c) {
-      case 'b': minbytes = parse_size(optarg); break;
-      case 'e': maxbytes = parse_size(optarg); break;
-      case 'f': factor = atof(optarg); break;
-      case 't': seconds = atof(optarg); break;
-      case 'j': json_path = optarg; break;
+      case 'b':
+        minbytes = parse_size(optarg);
+        break;
+      case 'e':
+        maxbytes = parse_size(optarg);
+        break;
+      case 'f':
+        factor = atof(optarg);
+        break;
+      case 't':
+        seconds = atof(optarg);
+        break;
+      case 'j':
+        json_path = optarg;
+        break;
       default:
-        fprintf(stderr, "usage: %s [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-t SECONDS] "
-                        "[-j FILE]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-t SECONDS] "
+                "[-j FILE]\n",
+                argv[0]);
         return 2;
     }
   }
@@ -98,8 +117,10 @@ int main(int argc, char** argv) {
     qsort(rounds, 5, sizeof(double), cmp_double);
     printf("  %12zu %8ld %10.2f %10.2f\n", n, reps, rounds[4], rounds[2]);
     if (json)
-      fprintf(json, "%s\n  {\"size\": %zu, \"copies\": %ld, \"best_gbps\": %.3f, "
-                    "\"median_gbps\": %.3f}", first ? "" : ",", n, reps, rounds[4], rounds[2]);
+      fprintf(json,
+              "%s\n  {\"size\": %zu, \"copies\": %ld, \"best_gbps\": %.3f, "
+              "\"median_gbps\": %.3f}",
+              first ? "" : ",", n, reps, rounds[4], rounds[2]);
     first = 0;
   }
   if (json) {

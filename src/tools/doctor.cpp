@@ -582,6 +582,10 @@ void section_fabric(Report& r, json& j, Facts& f) {
   r.line(" -DMICS_FABRIC_PREFIX=/opt/amazon/efa)");
   if (f.efa_provider) {
     r.add(Level::kOk, "efa", "EFA is usable through libfabric");
+    if (f.hugepages_total == 0)
+      r.add(Level::kNote, "efa",
+            "no huge pages are reserved: the efa provider falls back to regular pages for its "
+            "internal buffers (reserve some with sysctl vm.nr_hugepages, or leave it)");
   } else if (!devices.empty()) {
     r.add(Level::kWarn, "efa",
           "EFA devices exist but the libfabric mics loaded offers no efa provider: use the EFA "
