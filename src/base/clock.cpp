@@ -12,7 +12,6 @@ namespace mics {
 namespace {
 std::atomic<int> g_ranks_on_host{1};
 constexpr uint32_t kDefaultSpinRounds = 2000;
-constexpr uint32_t kYieldRounds = 16;
 }  // namespace
 
 int usable_cores() {
@@ -32,22 +31,25 @@ static uint32_t spin_rounds() {
 
 long Backoff::step() {
   ++idle_rounds_;
-  const uint32_t spin = spin_rounds();
+  const uint64_t spin = spin_rounds();
   if (idle_rounds_ <= spin) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
     return 0;
   }
-  const uint32_t yields = kYieldRounds;
-  if (idle_rounds_ <= spin + yields) {
+  if (idle_rounds_ == spin + 1) {
+    yield_until_ = Clock::now() + std::chrono::microseconds(knobs().yield_us);
+    sleeps_ = 0;
+  }
+  if (Clock::now() < yield_until_) {
     sched_yield();
     return 0;
   }
   // Sleep 10us, doubling to the cap: short for latency, long enough to give the core away.
-  const uint32_t over = idle_rounds_ - spin - yields;
   const long cap_ns = static_cast<long>(knobs().max_sleep_us) * 1000;
-  long ns = 10'000L << (over < 8 ? over : 8);
+  long ns = 10'000L << (sleeps_ < 8 ? sleeps_ : 8u);
+  ++sleeps_;
   return ns > cap_ns ? cap_ns : ns;
 }
 

@@ -32,10 +32,13 @@ class Deadline {
   double seconds_;
 };
 
-// Spin briefly, then yield, then sleep with a growing interval (capped), so that several
-// ranks oversubscribing a core still all make progress. reset() after useful work.
-// When more ranks than cores share this host, the spinning phase is skipped (MICS_SPIN_ROUNDS
-// overrides): a spinning rank would only delay the peer it waits for.
+// An idle wait spins briefly, then yields the core for up to MICS_YIELD_US, then sleeps with a
+// growing interval (capped at MICS_MAX_SLEEP_US), so that ranks oversubscribing the cores all
+// make progress and a long wait costs no CPU. Yielding (not sleeping) is what keeps
+// oversubscribed collectives fast: sched_yield() hands the core to a peer with work at once
+// and costs nothing when no one else is runnable. When more ranks than cores share this
+// host the spinning phase is skipped (MICS_SPIN_ROUNDS overrides): a spinning rank would
+// only delay the peer it waits for. reset() after useful work.
 class Backoff {
  public:
   // Spins or yields and returns 0, or returns how long the caller should sleep (ns); the
@@ -46,7 +49,9 @@ class Backoff {
   void reset() { idle_rounds_ = 0; }
 
  private:
-  uint32_t idle_rounds_ = 0;
+  uint64_t idle_rounds_ = 0;
+  Clock::time_point yield_until_{};
+  uint32_t sleeps_ = 0;
 };
 
 // Called once at start-up with the number of ranks on this host; decides the default spin.

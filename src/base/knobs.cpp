@@ -61,6 +61,9 @@ const std::vector<KnobSpec>& specs() {
          k.spin_rounds = v == "auto" ? -1 : parse_int("MICS_SPIN_ROUNDS", v, 0, 1 << 30);
        },
        [](const Knobs& k) { return k.spin_rounds < 0 ? std::string("auto") : fmt::format("{}", k.spin_rounds); }},
+      {"MICS_YIELD_US", "microseconds an idle wait yields the core (sched_yield) before it sleeps",
+       [](Knobs& k, const std::string& v) { k.yield_us = parse_int("MICS_YIELD_US", v, 0, int64_t{1} << 40); },
+       [](const Knobs& k) { return fmt::format("{}", k.yield_us); }},
       {"MICS_MAX_SLEEP_US", "longest sleep of an idle wait, microseconds",
        [](Knobs& k, const std::string& v) { k.max_sleep_us = parse_int("MICS_MAX_SLEEP_US", v, 1, 1000000); },
        [](const Knobs& k) { return fmt::format("{}", k.max_sleep_us); }},

@@ -15,6 +15,7 @@ struct Knobs {
   double timeout_s = 300;               // MICS_TIMEOUT_S: deadline of every operation
   LogLevel log_level = LogLevel::kInfo; // MICS_LOG_LEVEL
   int64_t spin_rounds = -1;             // MICS_SPIN_ROUNDS: polls before yielding (-1: auto)
+  int64_t yield_us = 20000;             // MICS_YIELD_US: idle time spent yielding before sleeping
   int64_t max_sleep_us = 200;           // MICS_MAX_SLEEP_US: longest nap of an idle waiter
   std::string intra_provider = "shm";   // MICS_INTRA_PROVIDER: same-node rail provider
   std::string inter_provider;           // FI_PROVIDER: other-node rail provider (empty: auto)
