@@ -1,6 +1,8 @@
 #include "base/knobs.hpp"
 
+#include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <functional>
 #include <mutex>
 
@@ -107,10 +109,15 @@ Loaded load() {
 
 std::mutex g_mutex;
 std::unique_ptr<Loaded> g_loaded;
+std::atomic<const Loaded*> g_current{nullptr};  // read on every idle-wait step: no lock
 
 const Loaded& loaded() {
+  if (const Loaded* current = g_current.load(std::memory_order_acquire)) return *current;
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (!g_loaded) g_loaded = std::make_unique<Loaded>(load());
+  if (!g_loaded) {
+    g_loaded = std::make_unique<Loaded>(load());
+    g_current.store(g_loaded.get(), std::memory_order_release);
+  }
   return *g_loaded;
 }
 
@@ -138,7 +145,11 @@ std::string describe_knobs(bool only_set) {
 
 void reload_knobs_for_testing() {
   std::lock_guard<std::mutex> lock(g_mutex);
+  // The previous table is kept alive: a concurrent reader may still hold it (tests only).
+  static std::vector<std::unique_ptr<Loaded>> retired;
+  if (g_loaded) retired.push_back(std::move(g_loaded));
   g_loaded = std::make_unique<Loaded>(load());
+  g_current.store(g_loaded.get(), std::memory_order_release);
 }
 
 }  // namespace mics

@@ -35,6 +35,7 @@ RailEndpoint::RailEndpoint(Rail rail, const std::string& provider, int world_siz
                  .hint = "run `mics doctor` to see the providers this host has"});
   needs_local_mr_ = (info_->domain_attr->mr_mode & FI_MR_LOCAL) != 0;
   mr_bind_to_endpoint_ = (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) != 0;
+  inject_size_ = info_->tx_attr->inject_size;
 
   check_fi(fi_fabric(info_->fabric_attr, &fabric_, nullptr), "fi_fabric", where);
   check_fi(fi_domain(fabric_, info_, &domain_, nullptr), "fi_domain", where);
@@ -121,6 +122,10 @@ int RailEndpoint::post_send(Request* request, const void* buf, size_t bytes) {
   ssize_t ret = fi_tsend(ep_, buf, bytes, desc, peer_addr_[request->peer], request->tag,
                          request);
   return static_cast<int>(ret);
+}
+
+int RailEndpoint::inject(Request* request, const void* buf, size_t bytes) {
+  return static_cast<int>(fi_tinject(ep_, buf, bytes, peer_addr_[request->peer], request->tag));
 }
 
 int RailEndpoint::post_recv(Request* request, void* buf, size_t bytes) {

@@ -35,6 +35,11 @@ class RailEndpoint {
   // Post one operation; returns 0 or a negative FI_* code (-FI_EAGAIN: queue full, retry
   // after poll()).
   int post_send(Request* request, const void* buf, size_t bytes);
+  // Messages up to inject_size() are injected: the buffer is reusable at once and no
+  // completion will come (the caller marks the request done).
+  size_t inject_size() const { return inject_size_; }
+  bool needs_registration() const { return needs_local_mr_; }
+  int inject(Request* request, const void* buf, size_t bytes);
   int post_recv(Request* request, void* buf, size_t bytes);
   // Reads up to a batch of completions, marks their requests done; returns the number read.
   int poll(RailCounters& counters);
@@ -56,6 +61,7 @@ class RailEndpoint {
   fid_cq* cq_ = nullptr;
   fid_ep* ep_ = nullptr;
   int wait_fd_ = -1;
+  size_t inject_size_ = 0;
   bool needs_local_mr_ = false;
   bool mr_bind_to_endpoint_ = false;
   std::vector<uint64_t> peer_addr_;  // fi_addr_t by global rank
