@@ -41,7 +41,8 @@ std::vector<Layout> layouts() {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, CommGrid, ::testing::ValuesIn(layouts()),
                          [](const auto& param_info) {
-                           return fmt::format("n{}_nodes{}", param_info.param.ranks, param_info.param.nodes);
+                           return fmt::format("n{}_nodes{}", param_info.param.ranks,
+                                              param_info.param.nodes);
                          });
 
 }  // namespace

@@ -3,9 +3,9 @@
 // its results against a reference computed locally in double precision, and checks that the
 // bytes its communicators sent equal each algorithm's documented formula, exactly.
 //
-//   comm_worker grid          all ops x dtypes x reductions x counts x algorithms, in and out of place
-//   comm_worker groups        MiCS partition / replication groups from split()
-//   comm_worker loop          all-reduces forever (the failure tests kill or stop a rank)
+//   comm_worker grid          all ops x dtypes x reductions x counts x algorithms, in and out of
+//   place comm_worker groups        MiCS partition / replication groups from split() comm_worker
+//   loop          all-reduces forever (the failure tests kill or stop a rank)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -26,12 +26,12 @@ using namespace mics::comm;
 namespace {
 
 int g_failures = 0;
-#define EXPECT_OR_COUNT(cond, ...)                                      \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      ++g_failures;                                                     \
+#define EXPECT_OR_COUNT(cond, ...)                                                               \
+  do {                                                                                           \
+    if (!(cond)) {                                                                               \
+      ++g_failures;                                                                              \
       if (g_failures < 20) std::fprintf(stderr, "FAIL: %s\n", fmt::format(__VA_ARGS__).c_str()); \
-    }                                                                   \
+    }                                                                                            \
   } while (0)
 
 uint64_t mix(uint64_t x) {
@@ -52,9 +52,12 @@ float value(uint64_t seed, int rank, size_t i, DType t) {
 }
 
 void store(void* buf, size_t i, DType t, float v) {
-  if (t == DType::kF32) static_cast<float*>(buf)[i] = v;
-  else if (t == DType::kBF16) static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
-  else static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
+  if (t == DType::kF32)
+    static_cast<float*>(buf)[i] = v;
+  else if (t == DType::kBF16)
+    static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
+  else
+    static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
 }
 
 float load(const void* buf, size_t i, DType t) {
@@ -81,14 +84,18 @@ double tolerance(DType t, int n) {
 
 uint64_t checksum(const void* buf, size_t bytes) {
   uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < bytes; ++i) h = (h ^ static_cast<const unsigned char*>(buf)[i]) * 1099511628211ULL;
+  for (size_t i = 0; i < bytes; ++i)
+    h = (h ^ static_cast<const unsigned char*>(buf)[i]) * 1099511628211ULL;
   return h;
 }
 
 // --- traffic formulas, written independently of the algorithm files ---------------------
-size_t blk(size_t count, int n, int i) { return block_of(count, n, mod(i, n)).count; }
+size_t blk(size_t count, int n, int i) {
+  return block_of(count, n, mod(i, n)).count;
+}
 
-uint64_t expected_bytes(const std::string& op, Algo algo, const Communicator& c, size_t count, size_t es) {
+uint64_t expected_bytes(const std::string& op, Algo algo, const Communicator& c, size_t count,
+                        size_t es) {
   const int n = c.size(), r = c.rank();
   const uint64_t M = count * es;
   if (n == 1) return 0;
@@ -143,14 +150,15 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
   const size_t count = k.count;
   const Block mine = block_of(count, n, r);
   std::vector<std::byte> in(count * es + 16), out(count * es + 16);
-  const std::string what = fmt::format("{} {} {} count={} algo={} {} on {}", k.op, to_string(k.dtype),
-                                       to_string(k.redop), count, to_string(k.algo),
-                                       k.in_place ? "in-place" : "out-of-place", c.name());
+  const std::string what = fmt::format(
+      "{} {} {} count={} algo={} {} on {}", k.op, to_string(k.dtype), to_string(k.redop), count,
+      to_string(k.algo), k.in_place ? "in-place" : "out-of-place", c.name());
   std::memset(out.data(), 0xa5, out.size());
   const Traffic before = c.traffic();
   const Algo used = c.choose(k.op.c_str(), count * es, k.algo);
   if (k.op == "all_gather") {
-    for (size_t i = 0; i < mine.count; ++i) store(in.data(), i, k.dtype, value(seed, r, mine.offset + i, k.dtype));
+    for (size_t i = 0; i < mine.count; ++i)
+      store(in.data(), i, k.dtype, value(seed, r, mine.offset + i, k.dtype));
     if (k.in_place) {
       std::memcpy(out.data() + mine.offset * es, in.data(), mine.count * es);
       c.all_gather(out.data() + mine.offset * es, out.data(), count, k.dtype, k.algo);
@@ -173,7 +181,8 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
     for (size_t i = 0; i < mine.count; ++i) {
       const double want = reference(seed, n, mine.offset + i, k.dtype, k.redop);
       const double got = load(dst, i, k.dtype);
-      EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n), "{}: shard element {} = {} want {}", what, i, got, want);
+      EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n),
+                      "{}: shard element {} = {} want {}", what, i, got, want);
       if (std::fabs(got - want) > tolerance(k.dtype, n)) break;
     }
   } else if (k.op == "all_reduce") {
@@ -183,20 +192,25 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
     for (size_t i = 0; i < count; ++i) {
       const double want = reference(seed, n, i, k.dtype, k.redop);
       const double got = load(dst, i, k.dtype);
-      EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n), "{}: element {} = {} want {}", what, i, got, want);
+      EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n), "{}: element {} = {} want {}",
+                      what, i, got, want);
       if (std::fabs(got - want) > tolerance(k.dtype, n)) break;
     }
     // Every member must hold the same bits.
     uint64_t sums[8] = {};
     uint64_t my = checksum(dst, count * es);
     std::vector<uint64_t> all(static_cast<size_t>(n));
-    c.all_gather(&my, all.data(), static_cast<size_t>(n) * 2, DType::kF32, Algo::kRecursiveDoubling);
+    c.all_gather(&my, all.data(), static_cast<size_t>(n) * 2, DType::kF32,
+                 Algo::kRecursiveDoubling);
     (void)sums;
-    for (int m = 0; m < n; ++m) EXPECT_OR_COUNT(all[m] == all[0], "{}: member {} differs from member 0", what, m);
-    return;  // the checksum exchange adds traffic; all_reduce traffic is checked below via ring_only
+    for (int m = 0; m < n; ++m)
+      EXPECT_OR_COUNT(all[m] == all[0], "{}: member {} differs from member 0", what, m);
+    return;  // the checksum exchange adds traffic; all_reduce traffic is checked below via
+             // ring_only
   } else if (k.op == "broadcast") {
     const int root = static_cast<int>(count % static_cast<size_t>(n));
-    for (size_t i = 0; i < count; ++i) store(out.data(), i, k.dtype, r == root ? value(seed, root, i, k.dtype) : -7.0f);
+    for (size_t i = 0; i < count; ++i)
+      store(out.data(), i, k.dtype, r == root ? value(seed, root, i, k.dtype) : -7.0f);
     c.broadcast(out.data(), count, k.dtype, root, k.algo);
     for (size_t i = 0; i < count; ++i) {
       const float got = load(out.data(), i, k.dtype), want = value(seed, root, i, k.dtype);
@@ -208,7 +222,8 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
   const Traffic after = c.traffic();
   const uint64_t sent = after.total_bytes() - before.total_bytes();
   const uint64_t want = expected_bytes(k.op, used, c, count, es);
-  EXPECT_OR_COUNT(sent == want, "{} ({}): sent {} bytes, formula says {}", what, to_string(used), sent, want);
+  EXPECT_OR_COUNT(sent == want, "{} ({}): sent {} bytes, formula says {}", what, to_string(used),
+                  sent, want);
 }
 
 void check_all_reduce_traffic(Communicator& c, size_t count, Algo algo) {
@@ -218,16 +233,17 @@ void check_all_reduce_traffic(Communicator& c, size_t count, Algo algo) {
   c.all_reduce(buf.data(), buf.data(), count, DType::kF32, ReduceOp::kSum, algo);
   const uint64_t sent = c.traffic().total_bytes() - before.total_bytes();
   const uint64_t want = expected_bytes("all_reduce", used, c, count, 4);
-  EXPECT_OR_COUNT(sent == want, "all_reduce count={} ({}) on {}: sent {} bytes, formula says {}", count,
-                  to_string(used), c.name(), sent, want);
+  EXPECT_OR_COUNT(sent == want, "all_reduce count={} ({}) on {}: sent {} bytes, formula says {}",
+                  count, to_string(used), c.name(), sent, want);
 }
 
 void grid(Runtime& rt) {
   Communicator& world = rt.world();
   const int n = world.size();
-  const std::vector<size_t> counts = {0, 1, 2, static_cast<size_t>(n) - 1 + 2, static_cast<size_t>(3 * n + 1), 1000,
-                                      40000, 300007};
-  const std::vector<Algo> algos = {Algo::kAuto, Algo::kRing, Algo::kRecursiveDoubling, Algo::kHierarchical};
+  const std::vector<size_t> counts = {
+      0, 1, 2, static_cast<size_t>(n) - 1 + 2, static_cast<size_t>(3 * n + 1), 1000, 40000, 300007};
+  const std::vector<Algo> algos = {Algo::kAuto, Algo::kRing, Algo::kRecursiveDoubling,
+                                   Algo::kHierarchical};
   uint64_t seed = 1;
   // The first hierarchical all-gather builds the node sub-communicators (a split, whose
   // exchange is world traffic); do it before measuring.
@@ -241,7 +257,8 @@ void grid(Runtime& rt) {
         for (Algo algo : algos) {
           if (count > 40000 && (t != DType::kF32 || algo == Algo::kRecursiveDoubling)) continue;
           for (ReduceOp redop : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax}) {
-            const bool reduces = std::string(op) == "reduce_scatter" || std::string(op) == "all_reduce";
+            const bool reduces =
+                std::string(op) == "reduce_scatter" || std::string(op) == "all_reduce";
             if (!reduces && redop != ReduceOp::kSum) continue;
             if (reduces && redop != ReduceOp::kSum && (t != DType::kF32 || count > 1000)) continue;
             for (bool in_place : {false, true}) {
@@ -251,7 +268,8 @@ void grid(Runtime& rt) {
           }
         }
   for (size_t count : {size_t{1}, size_t{1000}, size_t{300007}})
-    for (Algo algo : {Algo::kRing, Algo::kRecursiveDoubling}) check_all_reduce_traffic(world, count, algo);
+    for (Algo algo : {Algo::kRing, Algo::kRecursiveDoubling})
+      check_all_reduce_traffic(world, count, algo);
   world.barrier();
 }
 
@@ -262,16 +280,20 @@ void groups(Runtime& rt) {
   for (int p = 1; p <= n; ++p) {
     if (n % p) continue;
     auto part = world.split(world.rank() / p, world.rank() % p, fmt::format("partition(p={})", p));
-    auto repl = world.split(world.rank() % p, world.rank() / p, fmt::format("replication(p={})", p));
+    auto repl =
+        world.split(world.rank() % p, world.rank() / p, fmt::format("replication(p={})", p));
     EXPECT_OR_COUNT(part->size() == p && repl->size() == n / p, "group sizes for p={}", p);
     EXPECT_OR_COUNT(part->global_rank(part->rank()) == world.rank(), "partition member identity");
-    run_case(*part, {"all_gather", DType::kF32, ReduceOp::kSum, 10007, Algo::kAuto, false}, 100 + p);
-    run_case(*part, {"reduce_scatter", DType::kBF16, ReduceOp::kSum, 10007, Algo::kRing, false}, 200 + p);
+    run_case(*part, {"all_gather", DType::kF32, ReduceOp::kSum, 10007, Algo::kAuto, false},
+             100 + p);
+    run_case(*part, {"reduce_scatter", DType::kBF16, ReduceOp::kSum, 10007, Algo::kRing, false},
+             200 + p);
     run_case(*repl, {"all_reduce", DType::kF32, ReduceOp::kAvg, 2501, Algo::kRing, true}, 300 + p);
     // Colour < 0 leaves a rank out.
     auto odd = world.split(world.rank() % 2 ? 1 : -1, 0, "odd");
     EXPECT_OR_COUNT((odd != nullptr) == (world.rank() % 2 == 1), "split with negative colour");
-    if (odd) run_case(*odd, {"all_gather", DType::kF16, ReduceOp::kSum, 33, Algo::kAuto, false}, 400 + p);
+    if (odd)
+      run_case(*odd, {"all_gather", DType::kF16, ReduceOp::kSum, 33, Algo::kAuto, false}, 400 + p);
   }
   world.barrier();
 }
@@ -282,8 +304,10 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "grid";
   try {
     auto rt = Runtime::start("comm_worker " + mode);
-    if (mode == "grid") grid(*rt);
-    else if (mode == "groups") groups(*rt);
+    if (mode == "grid")
+      grid(*rt);
+    else if (mode == "groups")
+      groups(*rt);
     else if (mode == "loop") {
       std::vector<float> buf(1 << 20, 1.0f);
       for (long iter = 0;; ++iter) {

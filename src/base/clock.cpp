@@ -20,8 +20,12 @@ int usable_cores() {
   return 1;
 }
 
-void set_ranks_on_host(int ranks) { g_ranks_on_host = ranks; }
-int ranks_on_host() { return g_ranks_on_host; }
+void set_ranks_on_host(int ranks) {
+  g_ranks_on_host = ranks;
+}
+int ranks_on_host() {
+  return g_ranks_on_host;
+}
 
 static uint32_t spin_rounds() {
   const int64_t knob = knobs().spin_rounds;

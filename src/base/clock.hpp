@@ -20,8 +20,8 @@ inline uint64_t now_us() {
 class Deadline {
  public:
   explicit Deadline(double seconds)
-      : end_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                std::chrono::duration<double>(seconds))),
+      : end_(Clock::now() +
+             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds))),
         seconds_(seconds) {}
   bool expired() const { return Clock::now() >= end_; }
   double remaining_s() const { return std::chrono::duration<double>(end_ - Clock::now()).count(); }

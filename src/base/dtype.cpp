@@ -6,22 +6,30 @@
 
 namespace mics {
 
-size_t dtype_size(DType t) { return t == DType::kF32 ? 4 : 2; }
+size_t dtype_size(DType t) {
+  return t == DType::kF32 ? 4 : 2;
+}
 
 const char* to_string(DType t) {
   switch (t) {
-    case DType::kF32: return "float";
-    case DType::kBF16: return "bfloat16";
-    case DType::kF16: return "half";
+    case DType::kF32:
+      return "float";
+    case DType::kBF16:
+      return "bfloat16";
+    case DType::kF16:
+      return "half";
   }
   return "?";
 }
 
 const char* to_string(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMax:
+      return "max";
   }
   return "?";
 }
@@ -88,8 +96,9 @@ void reduce_bf16(uint16_t* dst, const uint16_t* a, const uint16_t* b, size_t n, 
 }
 
 // f16 needs the F16C conversion instructions to be fast; without them, _Float16 in software.
-__attribute__((target("avx2,f16c")))
-void reduce_f16_f16c(uint16_t* dst, const uint16_t* a, const uint16_t* b, size_t n, ReduceOp op) {
+__attribute__((target("avx2,f16c"))) void reduce_f16_f16c(uint16_t* dst, const uint16_t* a,
+                                                          const uint16_t* b, size_t n,
+                                                          ReduceOp op) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));

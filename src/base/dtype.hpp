@@ -17,7 +17,7 @@ enum class ReduceOp : uint8_t { kSum = 0, kAvg = 1, kMax = 2 };
 size_t dtype_size(DType t);
 const char* to_string(DType t);
 const char* to_string(ReduceOp op);
-std::optional<DType> parse_dtype(std::string_view name);      // "float", "f32", "bf16", "half"...
+std::optional<DType> parse_dtype(std::string_view name);  // "float", "f32", "bf16", "half"...
 std::optional<ReduceOp> parse_reduce_op(std::string_view name);
 
 inline float bf16_to_f32(uint16_t v) {

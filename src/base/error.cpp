@@ -8,22 +8,30 @@ namespace mics {
 
 const char* to_string(ErrorKind kind) {
   switch (kind) {
-    case ErrorKind::kInvalidArgument: return "invalid argument";
-    case ErrorKind::kConfig: return "configuration error";
-    case ErrorKind::kUnavailable: return "unavailable";
-    case ErrorKind::kTimeout: return "timeout";
-    case ErrorKind::kPeerFailure: return "peer failure";
-    case ErrorKind::kProtocol: return "protocol error";
-    case ErrorKind::kIo: return "I/O error";
-    case ErrorKind::kInternal: return "internal error";
+    case ErrorKind::kInvalidArgument:
+      return "invalid argument";
+    case ErrorKind::kConfig:
+      return "configuration error";
+    case ErrorKind::kUnavailable:
+      return "unavailable";
+    case ErrorKind::kTimeout:
+      return "timeout";
+    case ErrorKind::kPeerFailure:
+      return "peer failure";
+    case ErrorKind::kProtocol:
+      return "protocol error";
+    case ErrorKind::kIo:
+      return "I/O error";
+    case ErrorKind::kInternal:
+      return "internal error";
   }
   return "error";
 }
 
 static std::string format_error(ErrorKind kind, const std::string& message,
                                 const ErrorContext& ctx) {
-  std::string text = fmt::format("[{}] {}: {}", ctx.layer.empty() ? "mics" : ctx.layer,
-                                 to_string(kind), message);
+  std::string text =
+      fmt::format("[{}] {}: {}", ctx.layer.empty() ? "mics" : ctx.layer, to_string(kind), message);
   if (!ctx.where.empty()) text += fmt::format(" (in {})", ctx.where);
   if (ctx.peer) text += fmt::format(" [peer rank {}]", *ctx.peer);
   if (!ctx.hint.empty()) text += fmt::format(". {}", ctx.hint);
@@ -38,7 +46,8 @@ Error::Error(ErrorKind kind, std::string message, ErrorContext context)
 
 void throw_internal(const char* condition, const char* file, int line, const std::string& detail) {
   throw Error(ErrorKind::kInternal, fmt::format("check '{}' failed: {}", condition, detail),
-              {.layer = "mics", .where = fmt::format("{}:{}", file, line),
+              {.layer = "mics",
+               .where = fmt::format("{}:{}", file, line),
                .hint = "this is a bug in mics; please report it with the command line"});
 }
 

@@ -23,10 +23,10 @@ enum class ErrorKind {
 const char* to_string(ErrorKind kind);
 
 struct ErrorContext {
-  std::string layer;          // "fabric", "comm", "bootstrap", ...
-  std::string where;          // operation and object, e.g. "all_gather on comm 'world'"
-  std::optional<int> peer;    // global rank of the peer involved, if any
-  std::string hint;           // what to do about it
+  std::string layer;        // "fabric", "comm", "bootstrap", ...
+  std::string where;        // operation and object, e.g. "all_gather on comm 'world'"
+  std::optional<int> peer;  // global rank of the peer involved, if any
+  std::string hint;         // what to do about it
 };
 
 class Error : public std::runtime_error {
@@ -47,8 +47,8 @@ class Error : public std::runtime_error {
 [[noreturn]] void throw_internal(const char* condition, const char* file, int line,
                                  const std::string& detail);
 
-#define MICS_CHECK(cond, detail)                                        \
-  do {                                                                  \
+#define MICS_CHECK(cond, detail)                                              \
+  do {                                                                        \
     if (!(cond)) ::mics::throw_internal(#cond, __FILE__, __LINE__, (detail)); \
   } while (0)
 

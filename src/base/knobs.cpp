@@ -2,8 +2,8 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <mutex>
 
 #include <fmt/format.h>
@@ -23,7 +23,8 @@ struct KnobSpec {
 
 [[noreturn]] void bad_value(const char* name, const std::string& value, const char* expected) {
   throw Error(ErrorKind::kConfig, fmt::format("{}='{}' is not valid", name, value),
-              {.layer = "base", .where = "reading environment knobs",
+              {.layer = "base",
+               .where = "reading environment knobs",
                .hint = fmt::format("set {} to {}, or unset it for the default", name, expected)});
 }
 
@@ -44,37 +45,54 @@ double parse_double(const char* name, const std::string& v, double lo, double hi
 const std::vector<KnobSpec>& specs() {
   static const std::vector<KnobSpec> table = {
       {"MICS_TIMEOUT_S", "deadline in seconds of every collective, connect and rendezvous step",
-       [](Knobs& k, const std::string& v) { k.timeout_s = parse_double("MICS_TIMEOUT_S", v, 0.1, 1e7); },
+       [](Knobs& k, const std::string& v) {
+         k.timeout_s = parse_double("MICS_TIMEOUT_S", v, 0.1, 1e7);
+       },
        [](const Knobs& k) { return fmt::format("{}", k.timeout_s); }},
       {"MICS_LOG_LEVEL", "error, warn, info or debug",
        [](Knobs& k, const std::string& v) {
-         if (v == "error") k.log_level = LogLevel::kError;
-         else if (v == "warn") k.log_level = LogLevel::kWarn;
-         else if (v == "info") k.log_level = LogLevel::kInfo;
-         else if (v == "debug") k.log_level = LogLevel::kDebug;
-         else bad_value("MICS_LOG_LEVEL", v, "one of error, warn, info, debug");
+         if (v == "error")
+           k.log_level = LogLevel::kError;
+         else if (v == "warn")
+           k.log_level = LogLevel::kWarn;
+         else if (v == "info")
+           k.log_level = LogLevel::kInfo;
+         else if (v == "debug")
+           k.log_level = LogLevel::kDebug;
+         else
+           bad_value("MICS_LOG_LEVEL", v, "one of error, warn, info, debug");
        },
        [](const Knobs& k) {
          static const char* names[] = {"error", "warn", "info", "debug"};
          return std::string(names[static_cast<int>(k.log_level)]);
        }},
-      {"MICS_SPIN_ROUNDS", "polls of an idle wait before it yields the core (auto: 2000, 0 when oversubscribed)",
+      {"MICS_SPIN_ROUNDS",
+       "polls of an idle wait before it yields the core (auto: 2000, 0 when oversubscribed)",
        [](Knobs& k, const std::string& v) {
          k.spin_rounds = v == "auto" ? -1 : parse_int("MICS_SPIN_ROUNDS", v, 0, 1 << 30);
        },
-       [](const Knobs& k) { return k.spin_rounds < 0 ? std::string("auto") : fmt::format("{}", k.spin_rounds); }},
+       [](const Knobs& k) {
+         return k.spin_rounds < 0 ? std::string("auto") : fmt::format("{}", k.spin_rounds);
+       }},
       {"MICS_YIELD_US", "microseconds an idle wait yields the core (sched_yield) before it sleeps",
-       [](Knobs& k, const std::string& v) { k.yield_us = parse_int("MICS_YIELD_US", v, 0, int64_t{1} << 40); },
+       [](Knobs& k, const std::string& v) {
+         k.yield_us = parse_int("MICS_YIELD_US", v, 0, int64_t{1} << 40);
+       },
        [](const Knobs& k) { return fmt::format("{}", k.yield_us); }},
       {"MICS_MAX_SLEEP_US", "longest sleep of an idle wait, microseconds",
-       [](Knobs& k, const std::string& v) { k.max_sleep_us = parse_int("MICS_MAX_SLEEP_US", v, 1, 1000000); },
+       [](Knobs& k, const std::string& v) {
+         k.max_sleep_us = parse_int("MICS_MAX_SLEEP_US", v, 1, 1000000);
+       },
        [](const Knobs& k) { return fmt::format("{}", k.max_sleep_us); }},
       {"MICS_INTRA_PROVIDER", "libfabric provider of the same-node rail",
        [](Knobs& k, const std::string& v) { k.intra_provider = v; },
        [](const Knobs& k) { return k.intra_provider; }},
-      {"FI_PROVIDER", "libfabric provider of the other-node rail (unset: efa, verbs;ofi_rxm, tcp;ofi_rxm)",
+      {"FI_PROVIDER",
+       "libfabric provider of the other-node rail (unset: efa, verbs;ofi_rxm, tcp;ofi_rxm)",
        [](Knobs& k, const std::string& v) { k.inter_provider = v; },
-       [](const Knobs& k) { return k.inter_provider.empty() ? std::string("(auto)") : k.inter_provider; }},
+       [](const Knobs& k) {
+         return k.inter_provider.empty() ? std::string("(auto)") : k.inter_provider;
+       }},
       {"MICS_ALGO", "force a collective algorithm: ring, rd (recursive doubling), hier, or auto",
        [](Knobs& k, const std::string& v) {
          if (v != "auto" && v != "ring" && v != "rd" && v != "hier")
@@ -83,10 +101,14 @@ const std::vector<KnobSpec>& specs() {
        },
        [](const Knobs& k) { return k.algo.empty() ? std::string("auto") : k.algo; }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
-       [](Knobs& k, const std::string& v) { k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40); },
+       [](Knobs& k, const std::string& v) {
+         k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);
+       },
        [](const Knobs& k) { return fmt::format("{}", k.small_msg_bytes); }},
       {"MICS_CHUNK_BYTES", "pipelining chunk of the ring algorithms",
-       [](Knobs& k, const std::string& v) { k.chunk_bytes = parse_int("MICS_CHUNK_BYTES", v, 4096, int64_t{1} << 34); },
+       [](Knobs& k, const std::string& v) {
+         k.chunk_bytes = parse_int("MICS_CHUNK_BYTES", v, 4096, int64_t{1} << 34);
+       },
        [](const Knobs& k) { return fmt::format("{}", k.chunk_bytes); }},
   };
   return table;
@@ -123,7 +145,9 @@ const Loaded& loaded() {
 
 }  // namespace
 
-const Knobs& knobs() { return loaded().values; }
+const Knobs& knobs() {
+  return loaded().values;
+}
 
 std::vector<KnobRow> knob_rows() {
   const Loaded& l = loaded();

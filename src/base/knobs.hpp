@@ -12,16 +12,16 @@ namespace mics {
 enum class LogLevel { kError = 0, kWarn = 1, kInfo = 2, kDebug = 3 };
 
 struct Knobs {
-  double timeout_s = 300;               // MICS_TIMEOUT_S: deadline of every operation
-  LogLevel log_level = LogLevel::kInfo; // MICS_LOG_LEVEL
-  int64_t spin_rounds = -1;             // MICS_SPIN_ROUNDS: polls before yielding (-1: auto)
-  int64_t yield_us = 20000;             // MICS_YIELD_US: idle time spent yielding before sleeping
-  int64_t max_sleep_us = 200;           // MICS_MAX_SLEEP_US: longest nap of an idle waiter
-  std::string intra_provider = "shm";   // MICS_INTRA_PROVIDER: same-node rail provider
-  std::string inter_provider;           // FI_PROVIDER: other-node rail provider (empty: auto)
-  std::string algo;                     // MICS_ALGO: force a collective algorithm (empty: auto)
-  int64_t small_msg_bytes = 65536;      // MICS_SMALL_MSG_BYTES: latency algorithm up to here
-  int64_t chunk_bytes = 1 << 20;        // MICS_CHUNK_BYTES: pipelining chunk of ring steps
+  double timeout_s = 300;                // MICS_TIMEOUT_S: deadline of every operation
+  LogLevel log_level = LogLevel::kInfo;  // MICS_LOG_LEVEL
+  int64_t spin_rounds = -1;              // MICS_SPIN_ROUNDS: polls before yielding (-1: auto)
+  int64_t yield_us = 20000;              // MICS_YIELD_US: idle time spent yielding before sleeping
+  int64_t max_sleep_us = 200;            // MICS_MAX_SLEEP_US: longest nap of an idle waiter
+  std::string intra_provider = "shm";    // MICS_INTRA_PROVIDER: same-node rail provider
+  std::string inter_provider;            // FI_PROVIDER: other-node rail provider (empty: auto)
+  std::string algo;                      // MICS_ALGO: force a collective algorithm (empty: auto)
+  int64_t small_msg_bytes = 65536;       // MICS_SMALL_MSG_BYTES: latency algorithm up to here
+  int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of ring steps
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

@@ -22,7 +22,8 @@ void warn(fmt::format_string<Args...> f, Args&&... args) {
 }
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(LogLevel::kDebug)) write(LogLevel::kDebug, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(LogLevel::kDebug))
+    write(LogLevel::kDebug, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void error(fmt::format_string<Args...> f, Args&&... args) {

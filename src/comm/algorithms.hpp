@@ -21,8 +21,10 @@ void ring_all_gather_segments(Communicator& comm, const char* op_name, std::byte
                               const std::byte* own_input,
                               const std::vector<std::vector<Segment>>& contributions);
 
-void ring_all_gather(Communicator& comm, const void* shard, void* output, size_t count, DType dtype);
-void bruck_all_gather(Communicator& comm, const void* shard, void* output, size_t count, DType dtype);
+void ring_all_gather(Communicator& comm, const void* shard, void* output, size_t count,
+                     DType dtype);
+void bruck_all_gather(Communicator& comm, const void* shard, void* output, size_t count,
+                      DType dtype);
 void hierarchical_all_gather(Communicator& comm, const void* shard, void* output, size_t count,
                              DType dtype);
 void ring_reduce_scatter(Communicator& comm, const void* input, void* shard, size_t count,

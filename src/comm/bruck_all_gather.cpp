@@ -16,7 +16,8 @@
 
 namespace mics::comm {
 
-void bruck_all_gather(Communicator& comm, const void* shard, void* output, size_t count, DType dtype) {
+void bruck_all_gather(Communicator& comm, const void* shard, void* output, size_t count,
+                      DType dtype) {
   const int n = comm.size();
   const int r = comm.rank();
   const size_t es = dtype_size(dtype);
@@ -24,14 +25,16 @@ void bruck_all_gather(Communicator& comm, const void* shard, void* output, size_
 
   // prefix[i] = bytes of staged blocks 0..i-1
   std::vector<size_t> prefix(static_cast<size_t>(n) + 1, 0);
-  for (int i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + block_of(count, n, mod(r + i, n)).count * es;
+  for (int i = 0; i < n; ++i)
+    prefix[i + 1] = prefix[i] + block_of(count, n, mod(r + i, n)).count * es;
   std::byte* staged = comm.scratch(count * es);
   if (prefix[1]) std::memcpy(staged, shard, prefix[1]);
 
   uint32_t round = 0;
   for (int d = 1; d < n; d <<= 1, ++round) {
     const int blocks = d < n - d ? d : n - d;
-    fabric::Request* rx = op.recv(mod(r + d, n), round, staged + prefix[d], prefix[d + blocks] - prefix[d]);
+    fabric::Request* rx =
+        op.recv(mod(r + d, n), round, staged + prefix[d], prefix[d + blocks] - prefix[d]);
     fabric::Request* tx = op.send(mod(r - d, n), round, staged, prefix[blocks]);
     op.wait(rx, "Bruck round");
     op.wait(tx, "Bruck round");

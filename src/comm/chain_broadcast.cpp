@@ -25,7 +25,8 @@ void chain_broadcast(Communicator& comm, void* buffer, size_t bytes, int root) {
   std::vector<fabric::Request*> sends;
   if (v == 0) {
     for (size_t c = 0; c < chunks.size(); ++c)
-      sends.push_back(op.send(next, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
+      sends.push_back(
+          op.send(next, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
     op.wait_all(sends, "chain broadcast sends");
     return;
   }
@@ -39,7 +40,8 @@ void chain_broadcast(Communicator& comm, void* buffer, size_t bytes, int root) {
     }
     op.wait(recvs[c], "chain broadcast chunk");
     if (next >= 0)
-      sends.push_back(op.send(next, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
+      sends.push_back(
+          op.send(next, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
     op.reap(sends);
   }
   op.wait_all(sends, "chain broadcast sends");

@@ -15,10 +15,14 @@ namespace mics::comm {
 
 const char* to_string(Algo algo) {
   switch (algo) {
-    case Algo::kAuto: return "auto";
-    case Algo::kRing: return "ring";
-    case Algo::kRecursiveDoubling: return "rd";
-    case Algo::kHierarchical: return "hier";
+    case Algo::kAuto:
+      return "auto";
+    case Algo::kRing:
+      return "ring";
+    case Algo::kRecursiveDoubling:
+      return "rd";
+    case Algo::kHierarchical:
+      return "hier";
   }
   return "?";
 }
@@ -149,11 +153,13 @@ Algo Communicator::choose(const char* op, size_t bytes, Algo requested) const {
 static void check_buffers(const Communicator& comm, const char* op, const void* a, const void* b,
                           size_t count) {
   if (count > 0 && (a == nullptr || b == nullptr))
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("{} of {} elements got a null buffer", op, count),
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{} of {} elements got a null buffer", op, count),
                 {.layer = "comm", .where = fmt::format("{} on '{}'", op, comm.name())});
 }
 
-void Communicator::all_gather(const void* shard, void* output, size_t count, DType dtype, Algo algo) {
+void Communicator::all_gather(const void* shard, void* output, size_t count, DType dtype,
+                              Algo algo) {
   check_buffers(*this, "all_gather", shard, output, count);
   const size_t es = dtype_size(dtype);
   if (size() == 1) {
@@ -161,9 +167,12 @@ void Communicator::all_gather(const void* shard, void* output, size_t count, DTy
     return;
   }
   switch (choose("all_gather", count * es, algo)) {
-    case Algo::kRecursiveDoubling: return bruck_all_gather(*this, shard, output, count, dtype);
-    case Algo::kHierarchical: return hierarchical_all_gather(*this, shard, output, count, dtype);
-    default: return ring_all_gather(*this, shard, output, count, dtype);
+    case Algo::kRecursiveDoubling:
+      return bruck_all_gather(*this, shard, output, count, dtype);
+    case Algo::kHierarchical:
+      return hierarchical_all_gather(*this, shard, output, count, dtype);
+    default:
+      return ring_all_gather(*this, shard, output, count, dtype);
   }
 }
 

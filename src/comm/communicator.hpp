@@ -64,7 +64,8 @@ class Communicator {
   int num_nodes() const { return num_nodes_; }
   int members_per_node() const { return members_per_node_; }
 
-  void all_gather(const void* shard, void* output, size_t count, DType dtype, Algo algo = Algo::kAuto);
+  void all_gather(const void* shard, void* output, size_t count, DType dtype,
+                  Algo algo = Algo::kAuto);
   void reduce_scatter(const void* input, void* shard, size_t count, DType dtype, ReduceOp op,
                       Algo algo = Algo::kAuto);
   void all_reduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,

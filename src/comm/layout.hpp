@@ -20,6 +20,8 @@ inline Block block_of(size_t count, int n, int i) {
   return {ui * base + std::min(ui, rem), base + (ui < rem ? 1 : 0)};
 }
 
-inline int mod(int a, int n) { return ((a % n) + n) % n; }
+inline int mod(int a, int n) {
+  return ((a % n) + n) % n;
+}
 
 }  // namespace mics::comm

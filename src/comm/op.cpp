@@ -92,7 +92,9 @@ void Op::check_failure_board() {
   if (!report || report->rank == transport_.rank()) return;
   throw Error(ErrorKind::kPeerFailure,
               fmt::format("rank {} failed first and reported: {}", report->rank, report->message),
-              {.layer = "comm", .where = where(), .peer = report->rank,
+              {.layer = "comm",
+               .where = where(),
+               .peer = report->rank,
                .hint = fmt::format("look at rank {}'s output for the cause", report->rank)});
 }
 
@@ -102,7 +104,8 @@ void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
   // Tell the other ranks (best effort) before leaving, so that those waiting behind us fail
   // promptly and name the right rank. Someone else may have failed first: then say that.
   if (FailureBoard* board = failure_board()) {
-    if (auto report = board->read(); report && report->rank != transport_.rank()) check_failure_board();
+    if (auto report = board->read(); report && report->rank != transport_.rank())
+      check_failure_board();
     board->publish(transport_.rank(),
                    fmt::format("{} in {} with rank {}", timed_out ? "timeout" : "transport error",
                                where_text, peer));
@@ -114,7 +117,9 @@ void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
                 fmt::format("{} rank {} for {:.1f} s ({})",
                             request->is_send ? "no receive posted by" : "no data from", peer,
                             deadline_.budget_s(), what),
-                {.layer = "comm", .where = where_text, .peer = peer,
+                {.layer = "comm",
+                 .where = where_text,
+                 .peer = peer,
                  .hint = fmt::format("rank {} may have died, hung or left the collective; check "
                                      "its output. If it is only slow, raise MICS_TIMEOUT_S",
                                      peer)});
@@ -122,7 +127,9 @@ void Op::fail(fabric::Request* request, const char* what, bool timed_out) {
               fmt::format("{} rank {} failed over the {} rail: {}",
                           request->is_send ? "send to" : "receive from", peer,
                           fabric::to_string(request->rail), request->error_text),
-              {.layer = "comm", .where = where_text, .peer = peer,
+              {.layer = "comm",
+               .where = where_text,
+               .peer = peer,
                .hint = fmt::format("rank {} has probably exited; check its output", peer)});
 }
 

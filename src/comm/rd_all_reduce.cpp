@@ -59,8 +59,10 @@ void rd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
 
   if (r < 2 * rem) {
     const uint32_t last = 1 + static_cast<uint32_t>(__builtin_ctz(static_cast<unsigned>(p2)));
-    if (r % 2 == 1) op.wait(op.send(r - 1, last, out, bytes), "returning the result");
-    else op.wait(op.recv(r + 1, last, out, bytes), "receiving the result");
+    if (r % 2 == 1)
+      op.wait(op.send(r - 1, last, out, bytes), "returning the result");
+    else
+      op.wait(op.recv(r + 1, last, out, bytes), "receiving the result");
   }
   if (reduce == ReduceOp::kAvg) scale(out, count, dtype, 1.0 / n);
 }

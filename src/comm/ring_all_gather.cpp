@@ -83,8 +83,9 @@ void ring_all_gather_segments(Communicator& comm, const char* op_name, std::byte
         continue;
       }
       const Segment& seg = list[post_chunk];
-      posted.push_back({post_step, post_chunk,
-                        op.recv(left, index(post_step, post_chunk), output + seg.offset, seg.bytes)});
+      posted.push_back(
+          {post_step, post_chunk,
+           op.recv(left, index(post_step, post_chunk), output + seg.offset, seg.bytes)});
       ++post_chunk;
       ++next_post;
     }
@@ -104,7 +105,8 @@ void ring_all_gather_segments(Communicator& comm, const char* op_name, std::byte
   op.wait_all(sends, "ring all-gather sends");
 }
 
-void ring_all_gather(Communicator& comm, const void* shard, void* output, size_t count, DType dtype) {
+void ring_all_gather(Communicator& comm, const void* shard, void* output, size_t count,
+                     DType dtype) {
   const size_t es = dtype_size(dtype);
   const int n = comm.size();
   std::vector<std::vector<Segment>> contributions(static_cast<size_t>(n));

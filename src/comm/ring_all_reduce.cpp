@@ -1,5 +1,5 @@
-// Ring all-reduce: the ring reduce-scatter phase, in place in the output with received
-// partials staged in a small window of slots, then the ring all-gather of the reduced blocks.
+// Ring all-reduce: the ring reduce-scatter phase forming partial sums in the output, then the
+// ring all-gather of the reduced blocks in place.
 //
 // Traffic: bytes_sent(r) = (M - |block r|) + (M - |block (r+1) mod n|), i.e. 2(n-1)/n * M when
 // n divides the count.
@@ -12,22 +12,26 @@
 
 namespace mics::comm {
 
-int64_t knobs_chunk_bytes() { return knobs().chunk_bytes; }
+int64_t knobs_chunk_bytes() {
+  return knobs().chunk_bytes;
+}
 
 void ring_all_reduce(Communicator& comm, const void* input, void* output, size_t count, DType dtype,
                      ReduceOp reduce) {
   const size_t es = dtype_size(dtype);
   const int n = comm.size();
   auto* out = static_cast<std::byte*>(output);
-  if (input != output && count) std::memcpy(out, input, count * es);
   const Block mine = block_of(count, n, comm.rank());
   {
     Op op(comm, "all_reduce", Algo::kRing, count * es);
     RingReduceBuffers buf;
-    buf.input = out;
+    // Out of place, partials land straight in the output (nothing there to keep yet) and are
+    // combined with the input: no copy of the input and no staging. In place, received
+    // partials must not overwrite the input, so they land in a small window of slots.
+    buf.input = static_cast<const std::byte*>(input);
     buf.accumulator = out;
     buf.final_block = out + mine.offset * es;
-    buf.staging = comm.scratch(ring_staging_bytes());
+    buf.staging = input == output ? comm.scratch(ring_staging_bytes()) : nullptr;
     ring_reduce_phase(comm, op, buf, count, dtype, reduce);
   }
   if (reduce == ReduceOp::kAvg) scale(out + mine.offset * es, mine.count, dtype, 1.0 / n);

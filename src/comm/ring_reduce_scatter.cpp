@@ -21,6 +21,9 @@ namespace mics::comm {
 
 namespace {
 constexpr size_t kRecvWindow = 64;
+// Staged receives (in-place all-reduce) land in this many chunk slots, few enough that a slot
+// is still in cache when its partial is combined.
+constexpr size_t kStagingSlots = 16;
 }
 
 void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf, size_t count,
@@ -46,7 +49,8 @@ void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf,
   {
     const int sb = mod(r - 1, n);
     for (size_t c = 0; c < chunks[sb].size(); ++c)
-      sends.push_back(op.send(right, index(0, c), buf.input + chunks[sb][c].offset, chunks[sb][c].bytes));
+      sends.push_back(
+          op.send(right, index(0, c), buf.input + chunks[sb][c].offset, chunks[sb][c].bytes));
   }
 
   struct Pending {
@@ -60,7 +64,8 @@ void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf,
   int post_step = 0;
   size_t post_chunk = 0;
   auto post_more = [&] {
-    while (post_step < n - 1 && posted.size() < next_wait + kRecvWindow) {
+    const size_t window = staged ? kStagingSlots : kRecvWindow;
+    while (post_step < n - 1 && posted.size() < next_wait + window) {
       const int rb = mod(r - post_step - 2, n);
       if (post_chunk >= chunks[rb].size()) {
         ++post_step;
@@ -68,7 +73,7 @@ void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf,
         continue;
       }
       const Segment& seg = chunks[rb][post_chunk];
-      std::byte* landing = staged ? buf.staging + (posted.size() % kRecvWindow) * max_chunk_bytes
+      std::byte* landing = staged ? buf.staging + (posted.size() % kStagingSlots) * max_chunk_bytes
                                   : buf.accumulator + seg.offset;
       posted.push_back({post_step, post_chunk, landing,
                         op.recv(left, index(post_step, post_chunk), landing, seg.bytes)});
@@ -83,7 +88,8 @@ void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf,
     const Segment& seg = chunks[rb][p.chunk];
     const size_t elems = seg.bytes / es;
     const bool last = p.step == n - 2;
-    std::byte* dst = last ? buf.final_block + (seg.offset - mine_offset) : buf.accumulator + seg.offset;
+    std::byte* dst =
+        last ? buf.final_block + (seg.offset - mine_offset) : buf.accumulator + seg.offset;
     // accumulated = received partial (op) our own input
     reduce_to(dst, p.landing, buf.input + seg.offset, elems, dtype, reduce);
     ++next_wait;
@@ -95,7 +101,7 @@ void ring_reduce_phase(Communicator& comm, Op& op, const RingReduceBuffers& buf,
 }
 
 size_t ring_staging_bytes() {
-  return kRecvWindow * static_cast<size_t>(std::max<int64_t>(knobs_chunk_bytes(), 16));
+  return kStagingSlots * static_cast<size_t>(std::max<int64_t>(knobs_chunk_bytes(), 16));
 }
 
 void ring_reduce_scatter(Communicator& comm, const void* input, void* shard, size_t count,

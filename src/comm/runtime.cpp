@@ -24,7 +24,8 @@ class StoreFailureBoard : public FailureBoard {
  public:
   explicit StoreFailureBoard(const bootstrap::RankEnv& env) {
     try {
-      store_ = std::make_unique<bootstrap::StoreClient>(env.master_addr, env.master_port, env.job_token, 2.0);
+      store_ = std::make_unique<bootstrap::StoreClient>(env.master_addr, env.master_port,
+                                                        env.job_token, 2.0);
     } catch (const Error&) {
       store_.reset();
     }
@@ -32,7 +33,8 @@ class StoreFailureBoard : public FailureBoard {
   void publish(int rank, const std::string& message) override {
     if (!store_) return;
     try {
-      if (store_->add("failure/count", 1) == 1) store_->set("failure/report", fmt::format("{}\n{}", rank, message));
+      if (store_->add("failure/count", 1) == 1)
+        store_->set("failure/report", fmt::format("{}\n{}", rank, message));
     } catch (const Error&) {
       store_.reset();
     }
@@ -56,8 +58,12 @@ class StoreFailureBoard : public FailureBoard {
 
 }  // namespace
 
-void set_failure_board(FailureBoard* board) { g_board = board; }
-FailureBoard* failure_board() { return g_board; }
+void set_failure_board(FailureBoard* board) {
+  g_board = board;
+}
+FailureBoard* failure_board() {
+  return g_board;
+}
 
 std::unique_ptr<Runtime> Runtime::start(const std::string& config) {
   std::unique_ptr<Runtime> rt(new Runtime());
@@ -84,8 +90,8 @@ std::unique_ptr<Runtime> Runtime::start(const std::string& config) {
     for (const auto& h : rt->job_.store->get_many(keys)) same_host += h == host;
     set_ranks_on_host(same_host);
   }
-  rt->transport_ = std::make_unique<fabric::Transport>(rt->job_.env.rank, rt->topology_,
-                                                       rt->job_.store.get());
+  rt->transport_ =
+      std::make_unique<fabric::Transport>(rt->job_.env.rank, rt->topology_, rt->job_.store.get());
   rt->world_ = Communicator::world(*rt->transport_);
   if (rt->world_size() > 1) {
     rt->board_ = std::make_unique<StoreFailureBoard>(rt->job_.env);

@@ -26,12 +26,14 @@ void close_fid(fid* f) {
 
 RailEndpoint::RailEndpoint(Rail rail, const std::string& provider, int world_size)
     : rail_(rail), provider_(provider), peer_addr_(world_size, FI_ADDR_UNSPEC) {
-  const std::string where = fmt::format("opening the {} rail on provider {}", to_string(rail), provider);
+  const std::string where =
+      fmt::format("opening the {} rail on provider {}", to_string(rail), provider);
   info_ = get_rdm_info(provider);
   if (!info_)
     throw Error(ErrorKind::kUnavailable,
                 fmt::format("provider '{}' offers no tagged RDM endpoint", provider),
-                {.layer = "fabric", .where = where,
+                {.layer = "fabric",
+                 .where = where,
                  .hint = "run `mics doctor` to see the providers this host has"});
   needs_local_mr_ = (info_->domain_attr->mr_mode & FI_MR_LOCAL) != 0;
   mr_bind_to_endpoint_ = (info_->domain_attr->mr_mode & FI_MR_ENDPOINT) != 0;
@@ -93,7 +95,8 @@ void RailEndpoint::insert_peer(int rank, const std::string& address) {
     throw Error(ErrorKind::kPeerFailure,
                 fmt::format("fi_av_insert of the peer's {} address failed ({})", provider_,
                             ret < 0 ? fi_strerror(-ret) : "address not accepted"),
-                {.layer = "fabric", .where = fmt::format("{} rail address exchange", to_string(rail_)),
+                {.layer = "fabric",
+                 .where = fmt::format("{} rail address exchange", to_string(rail_)),
                  .peer = rank,
                  .hint = "the ranks may run different libfabric versions or providers; check "
                          "`mics doctor` on both hosts"});
@@ -119,8 +122,7 @@ void* RailEndpoint::descriptor_for(Request* request, const void* buf, size_t byt
 int RailEndpoint::post_send(Request* request, const void* buf, size_t bytes) {
   void* desc = request->memory_region ? fi_mr_desc(static_cast<fid_mr*>(request->memory_region))
                                       : descriptor_for(request, buf, bytes);
-  ssize_t ret = fi_tsend(ep_, buf, bytes, desc, peer_addr_[request->peer], request->tag,
-                         request);
+  ssize_t ret = fi_tsend(ep_, buf, bytes, desc, peer_addr_[request->peer], request->tag, request);
   return static_cast<int>(ret);
 }
 
@@ -131,8 +133,8 @@ int RailEndpoint::inject(Request* request, const void* buf, size_t bytes) {
 int RailEndpoint::post_recv(Request* request, void* buf, size_t bytes) {
   void* desc = request->memory_region ? fi_mr_desc(static_cast<fid_mr*>(request->memory_region))
                                       : descriptor_for(request, buf, bytes);
-  ssize_t ret = fi_trecv(ep_, buf, bytes, desc, peer_addr_[request->peer], request->tag, 0,
-                         request);
+  ssize_t ret =
+      fi_trecv(ep_, buf, bytes, desc, peer_addr_[request->peer], request->tag, 0, request);
   return static_cast<int>(ret);
 }
 
@@ -175,8 +177,8 @@ int RailEndpoint::poll(RailCounters& counters) {
     request->error = err.err ? err.err : FI_EIO;
     char buf[256];
     const char* detail = fi_cq_strerror(cq_, err.prov_errno, err.err_data, buf, sizeof(buf));
-    request->error_text = fmt::format("{}{}{}", fi_strerror(request->error),
-                                      detail ? ": " : "", detail ? detail : "");
+    request->error_text = fmt::format("{}{}{}", fi_strerror(request->error), detail ? ": " : "",
+                                      detail ? detail : "");
     if (err.err == FI_ETRUNC)
       request->error_text += fmt::format(" (message of {} bytes longer than the {} posted)",
                                          err.olen + err.len, err.len);

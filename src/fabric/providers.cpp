@@ -13,7 +13,9 @@
 
 namespace mics::fabric {
 
-const char* to_string(Rail rail) { return rail == Rail::kIntra ? "intra-node" : "inter-node"; }
+const char* to_string(Rail rail) {
+  return rail == Rail::kIntra ? "intra-node" : "inter-node";
+}
 
 void throw_fi(int ret, const std::string& call, const std::string& where, std::string hint) {
   throw Error(ret == -FI_ENODATA ? ErrorKind::kUnavailable : ErrorKind::kIo,
@@ -66,9 +68,8 @@ const std::vector<std::string>& rdm_providers() {
   static std::once_flag once;
   std::call_once(once, [] {
     prepare_libfabric_environment();
-    for (const char* candidate :
-         {"efa", "shm", "verbs;ofi_rxm", "tcp;ofi_rxm", "tcp", "verbs", "psm3", "psm2", "opx",
-          "cxi", "udp;ofi_rxd", "sockets"}) {
+    for (const char* candidate : {"efa", "shm", "verbs;ofi_rxm", "tcp;ofi_rxm", "tcp", "verbs",
+                                  "psm3", "psm2", "opx", "cxi", "udp;ofi_rxd", "sockets"}) {
       std::unique_ptr<fi_info, InfoDeleter> info(get_rdm_info(candidate));
       if (info) names.emplace_back(candidate);
     }
@@ -90,9 +91,11 @@ RailChoice choose_rail(Rail rail) {
     if (!present(name))
       throw Error(ErrorKind::kUnavailable,
                   fmt::format("same-node provider '{}' offers no tagged RDM endpoint", name),
-                  {.layer = "fabric", .where = "choosing the intra-node rail",
+                  {.layer = "fabric",
+                   .where = "choosing the intra-node rail",
                    .hint = fmt::format("providers available here: {}; set MICS_INTRA_PROVIDER "
-                                       "to one of them", listed)});
+                                       "to one of them",
+                                       listed)});
     return {name, knobs().intra_provider == "shm" ? "default (shm)" : "MICS_INTRA_PROVIDER"};
   }
   const std::string& wanted = knobs().inter_provider;
@@ -103,17 +106,21 @@ RailChoice choose_rail(Rail rail) {
       return {wanted + ";ofi_rxm", fmt::format("FI_PROVIDER={} (RDM through ofi_rxm)", wanted)};
     throw Error(ErrorKind::kUnavailable,
                 fmt::format("FI_PROVIDER='{}' names a provider that is not available", wanted),
-                {.layer = "fabric", .where = "choosing the inter-node rail",
+                {.layer = "fabric",
+                 .where = "choosing the inter-node rail",
                  .hint = fmt::format("providers available here: {}; set FI_PROVIDER to one of "
-                                     "them or unset it to choose automatically", listed)});
+                                     "them or unset it to choose automatically",
+                                     listed)});
   }
   for (const char* candidate : {"efa", "verbs;ofi_rxm", "tcp;ofi_rxm"})
     if (present(candidate))
       return {candidate, fmt::format("first available of efa, verbs;ofi_rxm, tcp;ofi_rxm")};
   throw Error(ErrorKind::kUnavailable, "no provider for the inter-node rail",
-              {.layer = "fabric", .where = "choosing the inter-node rail",
+              {.layer = "fabric",
+               .where = "choosing the inter-node rail",
                .hint = fmt::format("providers available here: {}; install libfabric's tcp "
-                                   "provider (libfabric1) or set FI_PROVIDER", listed)});
+                                   "provider (libfabric1) or set FI_PROVIDER",
+                                   listed)});
 }
 
 }  // namespace mics::fabric

@@ -100,15 +100,21 @@ static void post_with_retry(Transport& transport, Request* request, const Deadli
     int ret = post();
     if (ret == 0) return;
     if (ret != -FI_EAGAIN)
-      throw_fi(ret, call, fmt::format("posting {} bytes to rank {}", request->bytes, request->peer));
+      throw_fi(ret, call,
+               fmt::format("posting {} bytes to rank {}", request->bytes, request->peer));
     // Queue full: drain completions so the provider can make room.
-    if (transport.progress() > 0) backoff.reset();
-    else if (long ns = backoff.step()) transport.idle_wait(ns);
+    if (transport.progress() > 0)
+      backoff.reset();
+    else if (long ns = backoff.step())
+      transport.idle_wait(ns);
     if (deadline.expired())
-      throw Error(ErrorKind::kTimeout,
-                  fmt::format("{} stayed refused (queue full) for {:.1f} s", call, deadline.budget_s()),
-                  {.layer = "fabric", .where = fmt::format("{} to rank {}", call, request->peer),
-                   .peer = request->peer, .hint = "the peer is not receiving; is it alive?"});
+      throw Error(
+          ErrorKind::kTimeout,
+          fmt::format("{} stayed refused (queue full) for {:.1f} s", call, deadline.budget_s()),
+          {.layer = "fabric",
+           .where = fmt::format("{} to rank {}", call, request->peer),
+           .peer = request->peer,
+           .hint = "the peer is not receiving; is it alive?"});
   }
 }
 
@@ -160,8 +166,10 @@ void Transport::idle_wait(long ns) {
     fds[count++] = {rail->wait_fd(), POLLIN, 0};
   }
   timespec ts{0, ns};
-  if (count) ppoll(fds, count, &ts, nullptr);
-  else nanosleep(&ts, nullptr);
+  if (count)
+    ppoll(fds, count, &ts, nullptr);
+  else
+    nanosleep(&ts, nullptr);
 }
 
 int Transport::progress() {

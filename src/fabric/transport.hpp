@@ -92,7 +92,7 @@ class Transport {
   bootstrap::Topology topology_;
   std::array<std::unique_ptr<RailEndpoint>, kNumRails> rails_;
   std::array<RailCounters, kNumRails> counters_{};
-  std::deque<Request> pool_;     // stable addresses
+  std::deque<Request> pool_;  // stable addresses
   std::vector<Request*> free_;
 };
 

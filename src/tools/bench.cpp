@@ -43,14 +43,19 @@ struct BenchOptions {
 };
 
 // Deterministic inputs whose sums stay exact in bf16 and f16 (small integers).
-float input_value(int rank, size_t i) { return static_cast<float>((rank * 3 + static_cast<int>(i % 13)) % 7 + 1); }
+float input_value(int rank, size_t i) {
+  return static_cast<float>((rank * 3 + static_cast<int>(i % 13)) % 7 + 1);
+}
 
 void fill(void* buf, size_t count, DType t, int rank, size_t first_index) {
   for (size_t i = 0; i < count; ++i) {
     const float v = input_value(rank, first_index + i);
-    if (t == DType::kF32) static_cast<float*>(buf)[i] = v;
-    else if (t == DType::kBF16) static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
-    else static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
+    if (t == DType::kF32)
+      static_cast<float*>(buf)[i] = v;
+    else if (t == DType::kBF16)
+      static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
+    else
+      static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
   }
 }
 
@@ -62,7 +67,8 @@ float load(const void* buf, size_t i, DType t) {
 
 float expected_reduction(int n, size_t i, ReduceOp op) {
   float acc = op == ReduceOp::kMax ? -INFINITY : 0.0f;
-  for (int r = 0; r < n; ++r) acc = op == ReduceOp::kMax ? std::max(acc, input_value(r, i)) : acc + input_value(r, i);
+  for (int r = 0; r < n; ++r)
+    acc = op == ReduceOp::kMax ? std::max(acc, input_value(r, i)) : acc + input_value(r, i);
   if (op == ReduceOp::kAvg) acc /= static_cast<float>(n);
   return acc;
 }
@@ -109,10 +115,12 @@ int run_bench(const BenchOptions& o) {
   for (const auto& op : ops)
     if (op != "all_gather" && op != "reduce_scatter" && op != "all_reduce" && op != "broadcast")
       throw Error(ErrorKind::kInvalidArgument, fmt::format("unknown --op '{}'", op),
-                  {.layer = "bench", .hint = "use all_gather, reduce_scatter, all_reduce, broadcast or all"});
+                  {.layer = "bench",
+                   .hint = "use all_gather, reduce_scatter, all_reduce, broadcast or all"});
 
-  const std::string config = fmt::format("bench ops={} b={} e={} f={} dtype={} redop={} algo={} iters={}",
-                                         o.ops, *lo, *hi, o.factor, o.dtype, o.redop, o.algo, o.iters);
+  const std::string config =
+      fmt::format("bench ops={} b={} e={} f={} dtype={} redop={} algo={} iters={}", o.ops, *lo, *hi,
+                  o.factor, o.dtype, o.redop, o.algo, o.iters);
   auto rt = comm::Runtime::start(config);
   comm::Communicator& world = rt->world();
   const int n = world.size(), me = world.rank();
@@ -140,19 +148,25 @@ int run_bench(const BenchOptions& o) {
       const comm::Block mine = comm::block_of(count, n, me);
       std::vector<std::byte> input(std::max<size_t>(bytes, 1)), output(std::max<size_t>(bytes, 1));
       auto run_once = [&] {
-        if (op == "all_gather") world.all_gather(input.data(), output.data(), count, *dtype, algo);
+        if (op == "all_gather")
+          world.all_gather(input.data(), output.data(), count, *dtype, algo);
         else if (op == "reduce_scatter")
           world.reduce_scatter(input.data(), output.data(), count, *dtype, *redop, algo);
         else if (op == "all_reduce")
           world.all_reduce(input.data(), output.data(), count, *dtype, *redop, algo);
-        else world.broadcast(output.data(), count, *dtype, 0, algo);
+        else
+          world.broadcast(output.data(), count, *dtype, 0, algo);
       };
       auto prepare = [&] {
-        if (op == "all_gather") fill(input.data(), mine.count, *dtype, 0, mine.offset);
+        if (op == "all_gather")
+          fill(input.data(), mine.count, *dtype, 0, mine.offset);
         else if (op == "broadcast") {
-          if (me == 0) fill(output.data(), count, *dtype, 0, 0);
-          else std::memset(output.data(), 0xff, bytes);
-        } else fill(input.data(), count, *dtype, me, 0);
+          if (me == 0)
+            fill(output.data(), count, *dtype, 0, 0);
+          else
+            std::memset(output.data(), 0xff, bytes);
+        } else
+          fill(input.data(), count, *dtype, me, 0);
       };
       prepare();
       for (int i = 0; i < o.warmup; ++i) run_once();
@@ -189,7 +203,8 @@ int run_bench(const BenchOptions& o) {
                                    expected_reduction(n, mine.offset + i, *redop), *dtype);
         } else if (op == "all_reduce") {
           for (size_t i = 0; i < count; ++i)
-            wrong += !close_enough(load(output.data(), i, *dtype), expected_reduction(n, i, *redop), *dtype);
+            wrong += !close_enough(load(output.data(), i, *dtype), expected_reduction(n, i, *redop),
+                                   *dtype);
         } else {
           for (size_t i = 0; i < count; ++i)
             wrong += !close_enough(load(output.data(), i, *dtype), input_value(0, i), *dtype);
@@ -198,12 +213,14 @@ int run_bench(const BenchOptions& o) {
       // Reduce across ranks: slowest time, total wrong, per-rank and per-node rail bytes.
       const double iters = std::max(1, o.iters);
       std::vector<float> mine_stats = {
-          static_cast<float>(elapsed),
-          static_cast<float>(wrong),
-          static_cast<float>((after.bytes(fabric::Rail::kIntra) - before.bytes(fabric::Rail::kIntra)) / iters),
-          static_cast<float>((after.bytes(fabric::Rail::kInter) - before.bytes(fabric::Rail::kInter)) / iters)};
+          static_cast<float>(elapsed), static_cast<float>(wrong),
+          static_cast<float>(
+              (after.bytes(fabric::Rail::kIntra) - before.bytes(fabric::Rail::kIntra)) / iters),
+          static_cast<float>(
+              (after.bytes(fabric::Rail::kInter) - before.bytes(fabric::Rail::kInter)) / iters)};
       std::vector<float> all(4 * static_cast<size_t>(n));
-      world.all_gather(mine_stats.data(), all.data(), all.size(), DType::kF32, comm::Algo::kRecursiveDoubling);
+      world.all_gather(mine_stats.data(), all.data(), all.size(), DType::kF32,
+                       comm::Algo::kRecursiveDoubling);
       double slowest = 0, intra = 0, inter = 0;
       long wrong_total = 0;
       std::vector<double> inter_per_node(static_cast<size_t>(topo.num_nodes), 0.0);
@@ -219,11 +236,13 @@ int run_bench(const BenchOptions& o) {
       const double time_us = o.iters ? slowest / o.iters * 1e6 : 0;
       const double algbw = time_us > 0 ? static_cast<double>(bytes) / (time_us * 1e-6) / 1e9 : 0;
       const std::string algo_used = comm::to_string(world.choose(op.c_str(), bytes, algo));
-      Row row{op, bytes, count, time_us, algbw, algbw * bus_factor(op, n), wrong_total, intra, inter, node_max, algo_used};
+      Row row{op,          bytes, count, time_us,  algbw,    algbw * bus_factor(op, n),
+              wrong_total, intra, inter, node_max, algo_used};
       rows.push_back(row);
       if (me == 0) {
-        std::printf("  %10zu %12zu %8s %6s %6s %10.2f %10.3f %10.3f %7s %12.0f %12.0f %12.0f\n", bytes, count,
-                    to_string(*dtype), op == "all_gather" || op == "broadcast" ? "none" : o.redop.c_str(),
+        std::printf("  %10zu %12zu %8s %6s %6s %10.2f %10.3f %10.3f %7s %12.0f %12.0f %12.0f\n",
+                    bytes, count, to_string(*dtype),
+                    op == "all_gather" || op == "broadcast" ? "none" : o.redop.c_str(),
                     algo_used.c_str(), time_us, algbw, row.busbw,
                     o.check ? std::to_string(wrong_total).c_str() : "N/A", intra, inter, node_max);
         std::fflush(stdout);
@@ -235,7 +254,8 @@ int run_bench(const BenchOptions& o) {
   long total_wrong = 0;
   for (const auto& r : rows) total_wrong += r.wrong;
   if (me == 0) {
-    if (o.check) std::printf("# out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
+    if (o.check)
+      std::printf("# out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
     if (!o.json_path.empty()) {
       nlohmann::json j;
       j["world_size"] = n;
@@ -244,9 +264,15 @@ int run_bench(const BenchOptions& o) {
       j["inter_provider"] = rt->transport().provider(fabric::Rail::kInter);
       j["dtype"] = o.dtype;
       for (const auto& r : rows)
-        j["results"].push_back({{"op", r.op}, {"bytes", r.bytes}, {"count", r.count}, {"algo", r.algo},
-                                {"time_us", r.time_us}, {"algbw_gbps", r.algbw}, {"busbw_gbps", r.busbw},
-                                {"wrong", o.check ? r.wrong : -1}, {"intra_bytes_per_rank", r.intra_bytes},
+        j["results"].push_back({{"op", r.op},
+                                {"bytes", r.bytes},
+                                {"count", r.count},
+                                {"algo", r.algo},
+                                {"time_us", r.time_us},
+                                {"algbw_gbps", r.algbw},
+                                {"busbw_gbps", r.busbw},
+                                {"wrong", o.check ? r.wrong : -1},
+                                {"intra_bytes_per_rank", r.intra_bytes},
                                 {"inter_bytes_per_rank", r.inter_bytes},
                                 {"inter_bytes_per_node", r.inter_bytes_per_node}});
       std::ofstream out(o.json_path);
@@ -264,20 +290,33 @@ int run_bench(const BenchOptions& o) {
 
 Runner add_bench_command(CLI::App& app) {
   auto opts = std::make_shared<BenchOptions>();
-  CLI::App* sub = app.add_subcommand("bench", "nccl-tests-style collective benchmark (run under mics launch or mpirun)");
-  sub->add_option("--op", opts->ops, "all_gather, reduce_scatter, all_reduce, broadcast, a comma list, or all")
+  CLI::App* sub = app.add_subcommand(
+      "bench", "nccl-tests-style collective benchmark (run under mics launch or mpirun)");
+  sub->add_option("--op", opts->ops,
+                  "all_gather, reduce_scatter, all_reduce, broadcast, a comma list, or all")
       ->capture_default_str();
-  sub->add_option("-b,--minbytes", opts->min_bytes, "smallest size (whole array), e.g. 8, 1K, 1M")->capture_default_str();
+  sub->add_option("-b,--minbytes", opts->min_bytes, "smallest size (whole array), e.g. 8, 1K, 1M")
+      ->capture_default_str();
   sub->add_option("-e,--maxbytes", opts->max_bytes, "largest size")->capture_default_str();
-  sub->add_option("-f,--stepfactor", opts->factor, "multiply the size by this each step")->capture_default_str();
-  sub->add_option("-w,--warmup", opts->warmup, "untimed iterations per size")->capture_default_str()->check(CLI::NonNegativeNumber);
-  sub->add_option("-n,--iters", opts->iters, "timed iterations per size")->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("-f,--stepfactor", opts->factor, "multiply the size by this each step")
+      ->capture_default_str();
+  sub->add_option("-w,--warmup", opts->warmup, "untimed iterations per size")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("-n,--iters", opts->iters, "timed iterations per size")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("-d,--dtype", opts->dtype, "float, bf16 or half")->capture_default_str();
   sub->add_option("-o,--redop", opts->redop, "sum, avg or max")->capture_default_str();
-  sub->add_option("--algo", opts->algo, "auto, ring, rd (latency: recursive doubling/Bruck/tree) or hier")->capture_default_str();
-  sub->add_option("-r,--runs", opts->runs, "timed blocks of --iters per size; the fastest is reported")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_flag("-c,--check", opts->check, "validate results (the #wrong column); exit 1 on any error");
+  sub->add_option("--algo", opts->algo,
+                  "auto, ring, rd (latency: recursive doubling/Bruck/tree) or hier")
+      ->capture_default_str();
+  sub->add_option("-r,--runs", opts->runs,
+                  "timed blocks of --iters per size; the fastest is reported")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("-c,--check", opts->check,
+                "validate results (the #wrong column); exit 1 on any error");
   sub->add_option("--json", opts->json_path, "write the results as JSON to this file (rank 0)");
   return [opts] { return run_bench(*opts); };
 }

@@ -40,7 +40,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const mics::Error& e) {
     std::fprintf(stderr, "mics: error: %s\n", e.what());
-    return e.kind() == mics::ErrorKind::kInvalidArgument || e.kind() == mics::ErrorKind::kConfig ? 2 : 1;
+    return e.kind() == mics::ErrorKind::kInvalidArgument || e.kind() == mics::ErrorKind::kConfig
+               ? 2
+               : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mics: error: %s\n", e.what());
     return 1;
