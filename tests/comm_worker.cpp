@@ -19,6 +19,7 @@
 #include "comm/algorithms.hpp"
 #include "comm/layout.hpp"
 #include "comm/runtime.hpp"
+#include "comm/traffic_model.hpp"
 
 using namespace mics;
 using namespace mics::comm;
@@ -224,6 +225,13 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
   const uint64_t want = expected_bytes(k.op, used, c, count, es);
   EXPECT_OR_COUNT(sent == want, "{} ({}): sent {} bytes, formula says {}", what, to_string(used),
                   sent, want);
+  // The library's traffic model (comm/traffic_model.hpp) must agree, per rail.
+  const Traffic model = predict_traffic(c, k.op, count, k.dtype, k.algo);
+  for (int rail = 0; rail < 2; ++rail)
+    EXPECT_OR_COUNT(model.bytes_sent[rail] == after.bytes_sent[rail] - before.bytes_sent[rail],
+                    "{} ({}): rail {} sent {} bytes, predict_traffic says {}", what,
+                    to_string(used), rail, after.bytes_sent[rail] - before.bytes_sent[rail],
+                    model.bytes_sent[rail]);
 }
 
 void check_all_reduce_traffic(Communicator& c, size_t count, Algo algo) {
@@ -235,6 +243,11 @@ void check_all_reduce_traffic(Communicator& c, size_t count, Algo algo) {
   const uint64_t want = expected_bytes("all_reduce", used, c, count, 4);
   EXPECT_OR_COUNT(sent == want, "all_reduce count={} ({}) on {}: sent {} bytes, formula says {}",
                   count, to_string(used), c.name(), sent, want);
+  const Traffic model = predict_traffic(c, "all_reduce", count, DType::kF32, algo);
+  for (int rail = 0; rail < 2; ++rail)
+    EXPECT_OR_COUNT(model.bytes_sent[rail] == c.traffic().bytes_sent[rail] - before.bytes_sent[rail],
+                    "all_reduce count={} on {}: rail {} predict_traffic says {}", count, c.name(),
+                    rail, model.bytes_sent[rail]);
 }
 
 void grid(Runtime& rt) {

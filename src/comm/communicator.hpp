@@ -78,6 +78,7 @@ class Communicator {
 
   const Traffic& traffic() const { return traffic_; }
   fabric::Transport& transport() { return transport_; }
+  const fabric::Transport& transport() const { return transport_; }
 
   // --- used by the algorithm files ---------------------------------------------------------
   struct Internals;
