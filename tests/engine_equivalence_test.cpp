@@ -43,12 +43,13 @@ TEST_P(EngineEquivalence, StrategiesMatchReference) {
 }
 
 std::vector<Layout> layouts() {
-  return {{1, 1}, {2, 1}, {2, 2}, {4, 1}, {4, 2}, {4, 4}, {8, 2}};
+  return {{1, 1}, {2, 1}, {2, 2}, {4, 1}, {4, 2}, {4, 4}, {8, 1}, {8, 2}};
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, EngineEquivalence, ::testing::ValuesIn(layouts()),
-                         [](const auto& info) {
-                           return fmt::format("n{}_nodes{}", info.param.ranks, info.param.nodes);
+                         [](const auto& param_info) {
+                           return fmt::format("n{}_nodes{}", param_info.param.ranks,
+                                              param_info.param.nodes);
                          });
 
 TEST(EngineEquivalenceMore, EightRanksFourNodesMics) {
@@ -76,6 +77,19 @@ TEST(EngineEquivalenceMore, KeepGatheredAndLargeUnits) {
   // One gather per unit per micro-step; units above the 64 KiB small-message threshold.
   const auto result = launch(
       {4, 2}, "--keep-gathered --sizes 129,131,67,3 --batch 2 --steps 3 --configs zero3,mics:2");
+  EXPECT_EQ(result.status, 0) << result.output;
+}
+
+TEST(EngineTraffic, LargeUnitsFollowTheDocumentedFormula) {
+  // Every collective above the 64 KiB small-message threshold (units of 65792 elements): the
+  // ring algorithms, so the bytes sent equal shard/engine.hpp's formula exactly.
+  // eps 1e-6: Adam divides by |g| + eps, so an element whose averaged gradient nearly cancels
+  // amplifies the fp32 rounding of the sum; among 197k parameters some element always does
+  // (two summation orders of the reference itself differ by 1.8e-5 x max |param| at eps 1e-8,
+  // by 5e-7 at 1e-6).
+  const auto result = launch({4, 2},
+                             "--sizes 256,256,256 --eps 1e-6 --batch 2 --steps 2 --accums 2 "
+                             "--documented-formula --configs ddp,zero3,mics:2");
   EXPECT_EQ(result.status, 0) << result.output;
 }
 
