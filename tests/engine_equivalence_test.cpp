@@ -73,6 +73,15 @@ TEST(EngineEquivalenceMore, NonFiniteGradientSkipsTheStep) {
   EXPECT_NE(result.output.find("skipped"), std::string::npos) << result.output;
 }
 
+TEST(EngineErrors, TooManyNonFiniteStepsInARowStopTraining) {
+  // max_skipped_steps = 3: the fourth poisoned step in a row is an error on every rank.
+  const auto result = launch({2, 2}, "--nan-at-step 0,1,2,3 --steps 5 --configs zero3 --accums 1");
+  EXPECT_NE(result.status, 0) << result.output;
+  EXPECT_NE(result.output.find("4 optimizer steps in a row had non-finite gradients"),
+            std::string::npos)
+      << result.output;
+}
+
 TEST(EngineEquivalenceMore, KeepGatheredAndLargeUnits) {
   // One gather per unit per micro-step; units above the 64 KiB small-message threshold.
   const auto result = launch(

@@ -12,7 +12,7 @@
 //
 //   engine_worker [--configs ddp,zero3,mics:2,mics:4] [--accums 1,4] [--steps 4] [--batch 3]
 //                 [--sizes 13,17,9,5] [--lr 0.01] [--wd 0.01] [--clip 0] [--eps 1e-8]
-//                 [--nan-at-step K]
+//                 [--nan-at-step K[,K2...]]
 //                 [--nan-rank R] [--keep-gathered] [--comm-dtype bf16] [--replicate-below N]
 //                 [--tol 1e-5] [--strict] [--documented-formula]
 // Configurations whose partition size does not fit the layout are skipped unless --strict
@@ -56,7 +56,8 @@ struct Args {
   int batch = 3;
   std::vector<int> sizes = {13, 17, 9, 5};
   float lr = 0.01f, wd = 0.01f, clip = 0.0f, eps = 1e-8f;
-  int nan_at_step = -1, nan_rank = -1;
+  std::vector<int> nan_steps;  // steps whose gradient gets a NaN on nan_rank
+  int nan_rank = -1;
   bool keep_gathered = false;
   DType comm_dtype = DType::kF32;
   size_t replicate_below = 0;
@@ -113,7 +114,7 @@ Args parse(int argc, char** argv) {
     else if (flag == "--eps")
       a.eps = std::stof(value());
     else if (flag == "--nan-at-step")
-      a.nan_at_step = std::stoi(value());
+      a.nan_steps = int_list(value());
     else if (flag == "--nan-rank")
       a.nan_rank = std::stoi(value());
     else if (flag == "--keep-gathered")
@@ -134,6 +135,10 @@ Args parse(int argc, char** argv) {
       throw Error(ErrorKind::kInvalidArgument, "unknown flag " + flag, {.layer = "test"});
   }
   return a;
+}
+
+bool poisoned(const Args& a, int step) {
+  return std::find(a.nan_steps.begin(), a.nan_steps.end(), step) != a.nan_steps.end();
 }
 
 struct Config {
@@ -310,7 +315,7 @@ void run_config(comm::Runtime& rt, const Args& a, const Config& c) {
         pass.backward(l, engine.gather(l), grads[l].data());
         engine.release(l);
         const int nan_rank = a.nan_rank >= 0 ? a.nan_rank : world - 1;
-        if (t == a.nan_at_step && s == 0 && rank == nan_rank && l == L / 2)
+        if (poisoned(a, t) && s == 0 && rank == nan_rank && l == L / 2)
           grads[l][grads[l].size() / 2] = std::numeric_limits<float>::quiet_NaN();
         engine.reduce_gradients(l, grads[l].data());
       }
@@ -319,7 +324,7 @@ void run_config(comm::Runtime& rt, const Args& a, const Config& c) {
       EXPECT_OR_COUNT(rep.boundary == boundary, "[{}] step {} micro {}: boundary {}", name, t, s,
                       rep.boundary);
       if (!boundary) continue;
-      const auto want = ref.step(t, t == a.nan_at_step);
+      const auto want = ref.step(t, poisoned(a, t));
       skipped += want.skipped;
       EXPECT_OR_COUNT(rep.skipped == want.skipped, "[{}] step {}: skipped {} expected {}", name, t,
                       rep.skipped, want.skipped);
@@ -411,7 +416,7 @@ void run_config(comm::Runtime& rt, const Args& a, const Config& c) {
     model::ReferenceTrainer plain(mlp, data, plain_opt, a.seed, world, c.accum, a.batch);
     double apart = 0;
     for (int t = 0; t < a.steps; ++t) {
-      const auto r = plain.step(t, t == a.nan_at_step);
+      const auto r = plain.step(t, poisoned(a, t));
       EXPECT_OR_COUNT(r.skipped || r.grad_norm > a.clip, "[{}] step {} was not clipped", name, t);
     }
     for (int l = 0; l < L; ++l)
