@@ -134,16 +134,19 @@ int run_engine_bench(const EngineBenchOptions& o) {
                          (inter_gbps > 0 ? r.inter / (inter_gbps * 1e9) : 0);
     // The slowest rank defines the step; bytes are the busiest rank's (ring neighbours differ
     // per rank: in a 2x2 layout only every other rank sends across nodes).
-    float worst[4] = {static_cast<float>(r.step_s), static_cast<float>(r.exposed_s),
-                      static_cast<float>(r.intra), static_cast<float>(r.inter)};
-    float comm_time = static_cast<float>(r.predicted_comm_s);
-    world.all_reduce(worst, worst, 4, DType::kF32, ReduceOp::kMax);
-    world.all_reduce(&comm_time, &comm_time, 1, DType::kF32, ReduceOp::kMax);
+    float worst[3] = {static_cast<float>(r.step_s), static_cast<float>(r.exposed_s),
+                      static_cast<float>(r.predicted_comm_s)};
+    world.all_reduce(worst, worst, 3, DType::kF32, ReduceOp::kMax);
     r.step_s = worst[0];
     r.exposed_s = worst[1];
-    r.intra = static_cast<uint64_t>(worst[2]);
-    r.inter = static_cast<uint64_t>(worst[3]);
-    r.predicted_comm_s = comm_time;
+    r.predicted_comm_s = worst[2];
+    uint64_t mine[2] = {r.intra, r.inter};
+    std::vector<uint64_t> all(2 * static_cast<size_t>(world.size()));  // exact: moved as raw bytes
+    world.all_gather(mine, all.data(), all.size() * 2, DType::kF32);
+    for (int rank = 0; rank < world.size(); ++rank) {
+      r.intra = std::max(r.intra, all[2 * rank]);
+      r.inter = std::max(r.inter, all[2 * rank + 1]);
+    }
     results.push_back(r);
   }
 
