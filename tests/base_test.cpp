@@ -57,3 +57,38 @@ TEST(Knobs, BadValueNamesTheVariable) {
 }
 
 }  // namespace mics
+
+#include "topo/groups.hpp"
+#include "topo/partition_auto.hpp"
+
+namespace mics {
+
+TEST(Topo, ValidPartitionSizes) {
+  EXPECT_EQ(topo::valid_partition_sizes(8, 4), (std::vector<int>{1, 2, 4, 8}));
+  EXPECT_EQ(topo::valid_partition_sizes(12, 4), (std::vector<int>{1, 2, 4, 12}));
+  EXPECT_EQ(topo::valid_partition_sizes(6, 3), (std::vector<int>{1, 3, 6}));
+  EXPECT_EQ(topo::resolve_partition_size(topo::Strategy::kMics, 0, 8, 4), 4);
+  EXPECT_EQ(topo::resolve_partition_size(topo::Strategy::kZero3, 0, 8, 4), 8);
+  EXPECT_EQ(topo::resolve_partition_size(topo::Strategy::kDdp, 0, 8, 4), 1);
+  try {
+    topo::resolve_partition_size(topo::Strategy::kMics, 3, 8, 4);
+    FAIL() << "p=3 on 8 ranks must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("valid here: 1, 2, 4, 8"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Topo, AutoPartitionSizePicksTheSmallestThatFits) {
+  topo::MemoryEstimate e;
+  e.parameters = 1'000'000'000;             // 16 GB of model states unsharded
+  e.unit_sizes = {50'000'000, 50'000'000};  // 400 MB of gather buffers
+  e.activation_bytes = 1'000'000'000;
+  // p=4: 4 GB + 0.4 GB + 1 GB = 5.4 GB; p=2: 9.4 GB.
+  auto choice = topo::choose_partition_size(e, 6'000'000'000ULL, 16, 8);
+  EXPECT_EQ(choice.partition_size, 4);
+  EXPECT_EQ(choice.bytes_per_rank, 4'000'000'000ULL + 400'000'000ULL + 1'000'000'000ULL);
+  EXPECT_NE(choice.explanation.find("p=4"), std::string::npos);
+  EXPECT_THROW(topo::choose_partition_size(e, 1'000'000'000ULL, 16, 8), Error);
+}
+
+}  // namespace mics

@@ -51,12 +51,22 @@ std::optional<ReduceOp> parse_reduce_op(std::string_view n) {
 namespace {
 
 // Hot loops: written so that GCC vectorizes them (no aliasing between dst and the sources
-// except exact overlap, branch-free conversions), built for AVX2 / AVX-512 with a portable
-// fallback chosen at load time (target_clones).
-#define MICS_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// except exact overlap, branch-free conversions), built for AVX-512, AVX2 and baseline x86-64,
+// one chosen at first use. (Not target_clones: its load-time resolver runs before the
+// sanitizer runtimes start and crashes TSan builds.)
+#define MICS_DISPATCHED(name, params, args)                                                \
+  __attribute__((target("avx512f,avx512bw"))) void name##_avx512 params { name##_body args; } \
+  __attribute__((target("avx2,fma"))) void name##_avx2 params { name##_body args; }        \
+  void name##_baseline params { name##_body args; }                                        \
+  void name params {                                                                       \
+    static const auto impl = __builtin_cpu_supports("avx512bw") ? name##_avx512            \
+                             : __builtin_cpu_supports("avx2")   ? name##_avx2              \
+                                                                : name##_baseline;         \
+    impl args;                                                                             \
+  }
 
-MICS_VECTOR_CLONES
-void reduce_f32(float* dst, const float* a, const float* b, size_t n, ReduceOp op) {
+inline __attribute__((always_inline)) void reduce_f32_body(float* dst, const float* a,
+                                                           const float* b, size_t n, ReduceOp op) {
   if (op == ReduceOp::kMax) {
     for (size_t i = 0; i < n; ++i) dst[i] = a[i] > b[i] ? a[i] : b[i];
   } else {
@@ -81,8 +91,9 @@ inline uint16_t f32_to_bf16_branchless(float f) {
   return static_cast<uint16_t>(nan ? quiet_nan : rounded);
 }
 
-MICS_VECTOR_CLONES
-void reduce_bf16(uint16_t* dst, const uint16_t* a, const uint16_t* b, size_t n, ReduceOp op) {
+inline __attribute__((always_inline)) void reduce_bf16_body(uint16_t* dst, const uint16_t* a,
+                                                            const uint16_t* b, size_t n,
+                                                            ReduceOp op) {
   if (op == ReduceOp::kMax) {
     for (size_t i = 0; i < n; ++i) {
       const float x = bf16_bits_to_f32(a[i]), y = bf16_bits_to_f32(b[i]);
@@ -94,6 +105,12 @@ void reduce_bf16(uint16_t* dst, const uint16_t* a, const uint16_t* b, size_t n, 
       dst[i] = f32_to_bf16_branchless(bf16_bits_to_f32(a[i]) + bf16_bits_to_f32(b[i]));
   }
 }
+
+MICS_DISPATCHED(reduce_f32, (float* dst, const float* a, const float* b, size_t n, ReduceOp op),
+                (dst, a, b, n, op))
+MICS_DISPATCHED(reduce_bf16,
+                (uint16_t * dst, const uint16_t* a, const uint16_t* b, size_t n, ReduceOp op),
+                (dst, a, b, n, op))
 
 // f16 needs the F16C conversion instructions to be fast; without them, _Float16 in software.
 __attribute__((target("avx2,f16c"))) void reduce_f16_f16c(uint16_t* dst, const uint16_t* a,

@@ -14,5 +14,6 @@ using Runner = std::function<int()>;
 Runner add_launch_command(CLI::App& app);
 Runner add_bench_command(CLI::App& app);
 Runner add_doctor_command(CLI::App& app);
+Runner add_engine_bench_command(CLI::App& app);
 
 }  // namespace mics::tools
