@@ -27,14 +27,19 @@
 // so that gathers and reduce-scatters overlap compute; the time the caller spends waiting for
 // it is the exposed communication time, reported per step.
 //
-// Traffic per optimizer step and rank (units padded so every shard splits evenly), with
-// M = padded parameter bytes of the sharded units, p, r = N/p, S micro-steps, and G the
-// gathers per unit per micro-step (2; 1 with keep_gathered):
+// Traffic per optimizer step and rank (sharded units padded so every shard splits evenly),
+// with M = padded parameter bytes of the sharded units, p, r = N/p, S micro-steps, and G the
+// gathers per unit per micro-step (2; 1 with keep_gathered), for messages above
+// MICS_SMALL_MSG_BYTES (ring algorithms):
 //   all-gathers:     S * G * (p-1)/p * M      (hierarchical when the group spans nodes)
 //   reduce-scatters: S * (p-1)/p * M          (in comm_dtype)
 //   2-hop all-reduce:    2 * (r-1)/r * M/p    (once, at the boundary)
-// plus the replicated small units' gradient all-reduce 2*(N-1)/N * R and a one-float
-// all-reduce for the global gradient norm. expected_traffic() gives these per rail, exactly.
+// plus the replicated units' gradient all-reduce 2*(N-1)/N * R and a one-float all-reduce for
+// the global gradient norm. Smaller messages take the latency algorithms (Bruck all-gather,
+// recursive-doubling all-reduce, which also serves small reduce-scatters), which send more.
+// expected_traffic() follows the algorithm each call really takes (comm::predict_traffic),
+// per rail, exactly. Replicated units (ddp's p = 1, or below replicate_below) are kept
+// unpadded: their states cost 16 bytes per parameter.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -72,7 +77,7 @@ struct StepReport {
   bool skipped = false;      // non-finite gradients: the update was skipped
   double grad_norm = 0;      // global norm before clipping (at a boundary)
   double exposed_comm_s = 0; // time the caller waited for communication since the last report
-  double step_s = 0;
+  double step_s = 0;         // wall time since the last report (the last step() call)
 };
 
 class Engine {
