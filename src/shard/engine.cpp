@@ -12,6 +12,7 @@
 #include "comm/layout.hpp"
 #include "comm/traffic_model.hpp"
 #include "shard/comm_thread.hpp"
+#include "topo/partition_auto.hpp"
 
 namespace mics::shard {
 
@@ -96,6 +97,8 @@ struct Engine::Impl {
   std::unique_ptr<CommThread> thread;  // last: stops before the rest goes away
 
   Impl(comm::Runtime& rt, const EngineOptions& o) : runtime(rt), options(o) {}
+  int ranks_per_node() const;
+  void setup(int partition);  // collective: groups, the engine's world, the comm thread
 
   comm::Traffic engine_traffic() const {
     comm::Traffic t;
@@ -149,20 +152,36 @@ Engine::Engine(comm::Runtime& runtime, const EngineOptions& options)
   if (options.grad_accum < 1)
     throw Error(ErrorKind::kInvalidArgument, fmt::format("grad_accum {} < 1", options.grad_accum),
                 {.layer = "shard", .hint = "use 1 or more micro-steps per optimizer step"});
-  comm::Communicator& world = runtime.world();
-  s.world_size = world.size();
-  const int per_node = runtime.topology().uniform_ranks_per_node();
-  s.p = topo::resolve_partition_size(options.strategy, options.partition_size, s.world_size,
-                                     per_node ? per_node : s.world_size);
+  s.world_size = runtime.world().size();
+  const bool automatic = options.strategy == topo::Strategy::kMics &&
+                         options.partition_size == EngineOptions::kAutoPartition;
+  if (automatic && options.memory_budget_bytes == 0)
+    throw Error(ErrorKind::kInvalidArgument, "automatic partition size without a memory budget",
+                {.layer = "shard", .hint = "set memory_budget_bytes (per rank)"});
+  // With an automatic partition size the groups wait for finalize(), which knows the units.
+  if (!automatic)
+    s.setup(topo::resolve_partition_size(options.strategy, options.partition_size, s.world_size,
+                                         s.ranks_per_node()));
+}
+
+int Engine::Impl::ranks_per_node() const {
+  const int n = runtime.topology().uniform_ranks_per_node();
+  return n ? n : world_size;
+}
+
+void Engine::Impl::setup(int partition) {
+  Impl& s = *this;
+  comm::Communicator& job = runtime.world();
+  s.p = partition;
   s.r = s.world_size / s.p;
-  s.groups = topo::build_groups(world, s.p);
-  s.world = world.split(0, world.rank(), "engine-world");
+  s.groups = topo::build_groups(job, s.p);
+  s.world = job.split(0, job.rank(), "engine-world");
   // Build the hierarchical sub-communicators now, so that their set-up is not step traffic.
   if (s.groups.partition->num_nodes() > 1 && s.groups.partition->members_per_node() > 1)
     s.groups.partition->cross_node();
   s.base = s.engine_traffic();
   s.thread = std::make_unique<CommThread>();
-  if (world.rank() == 0)
+  if (job.rank() == 0)
     log::info("engine: {} with p={} r={} over {}", topo::to_string(options.strategy), s.p, s.r,
               runtime.topology().describe());
 }
@@ -182,15 +201,29 @@ int Engine::add_unit(const std::string& name, size_t numel) {
   un.numel = numel;
   const size_t n = static_cast<size_t>(s.world_size);
   un.padded = (numel + n - 1) / n * n;
-  un.replicated = s.p == 1 || numel < s.options.replicate_below;
   s.units.push_back(std::move(un));
   return static_cast<int>(s.units.size()) - 1;
 }
 
 void Engine::finalize(const std::function<void(int unit, float* params)>& init) {
   Impl& s = *impl_;
+  if (!s.groups.partition) {
+    topo::MemoryEstimate estimate;
+    for (const auto& un : s.units) {
+      estimate.parameters += un.padded;
+      estimate.unit_sizes.push_back(un.padded);
+    }
+    estimate.activation_bytes = s.options.activation_bytes;
+    estimate.keep_gathered = s.options.keep_gathered;
+    const topo::PartitionChoice choice = topo::choose_partition_size(
+        estimate, s.options.memory_budget_bytes, s.world_size, s.ranks_per_node());
+    if (s.runtime.rank() == 0)
+      log::info("partition size auto: p={}\n{}", choice.partition_size, choice.explanation);
+    s.setup(choice.partition_size);
+  }
   size_t sharded = 0, replicated = 0;
   for (auto& un : s.units) {
+    un.replicated = s.p == 1 || un.numel < s.options.replicate_below;
     if (un.replicated) {
       un.shard = un.numel;
       un.offset = replicated;

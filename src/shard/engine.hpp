@@ -54,7 +54,11 @@ namespace mics::shard {
 
 struct EngineOptions {
   topo::Strategy strategy = topo::Strategy::kMics;
-  int partition_size = 0;       // mics only; 0: the ranks per node
+  static constexpr int kAutoPartition = -1;
+  int partition_size = 0;       // mics only; 0: the ranks per node; kAutoPartition: the
+                                // smallest that fits memory_budget_bytes (topo/partition_auto)
+  uint64_t memory_budget_bytes = 0;  // per rank, for kAutoPartition
+  uint64_t activation_bytes = 0;     // the caller's activation estimate per rank, likewise
   int grad_accum = 1;           // S: micro-steps per optimizer step
   float lr = 1e-3f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
@@ -103,7 +107,7 @@ class Engine {
   std::vector<float> full_parameters(int unit);
   int num_units() const;
   size_t unit_size(int unit) const;
-  int partition_size() const;
+  int partition_size() const;  // known after finalize() when chosen automatically
   int replicas() const;
   const topo::Groups& groups() const;
   MemoryReport memory() const;

@@ -32,6 +32,7 @@ struct EngineBenchOptions {
   int batch = 4;
   int accum = 4;
   int steps = 3;
+  std::string memory_budget = "0";
   std::string json_path;
 };
 
@@ -79,7 +80,10 @@ int run_engine_bench(const EngineBenchOptions& o) {
     const auto parts = split(spec, ':');
     shard::EngineOptions eo;
     eo.strategy = topo::parse_strategy(parts[0]);
-    eo.partition_size = parts.size() > 1 ? std::atoi(parts[1].c_str()) : 0;
+    eo.partition_size = parts.size() < 2 ? 0
+                        : parts[1] == "auto" ? shard::EngineOptions::kAutoPartition
+                                             : std::atoi(parts[1].c_str());
+    eo.memory_budget_bytes = static_cast<uint64_t>(parse_size(o.memory_budget).value_or(0));
     eo.grad_accum = o.accum;
     eo.lr = 1e-3f;
     shard::Engine engine(*rt, eo);
@@ -193,12 +197,13 @@ int run_engine_bench(const EngineBenchOptions& o) {
 Runner add_engine_bench_command(CLI::App& app) {
   auto opts = std::make_shared<EngineBenchOptions>();
   CLI::App* sub = app.add_subcommand("engine-bench", "train an MLP stack through the sharded engine per strategy");
-  sub->add_option("--strategies", opts->strategies, "comma list of ddp, zero3, mics or mics:P")->capture_default_str();
+  sub->add_option("--strategies", opts->strategies, "comma list of ddp, zero3, mics, mics:P or mics:auto")->capture_default_str();
   sub->add_option("--layers", opts->layers, "MLP layers (units)")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--width", opts->width, "features per layer")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--batch", opts->batch, "micro-batch per rank")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--accum", opts->accum, "micro-steps per optimizer step (S)")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--steps", opts->steps, "timed optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--memory-budget", opts->memory_budget, "per-rank budget for mics:auto, e.g. 16M");
   sub->add_option("--json", opts->json_path, "write the results as JSON (rank 0)");
   return [opts] { return run_engine_bench(*opts); };
 }
