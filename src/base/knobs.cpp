@@ -105,7 +105,10 @@ const std::vector<KnobSpec>& specs() {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);
        },
        [](const Knobs& k) { return fmt::format("{}", k.small_msg_bytes); }},
-      {"MICS_CHUNK_BYTES", "pipelining chunk of the ring algorithms",
+      {"MICS_GATHER_CHUNK_BYTES", "largest message of the ring all-gather (no reduction to pipeline)",
+       [](Knobs& k, const std::string& v) { k.gather_chunk_bytes = parse_int("MICS_GATHER_CHUNK_BYTES", v, 4096, int64_t{1} << 34); },
+       [](const Knobs& k) { return fmt::format("{}", k.gather_chunk_bytes); }},
+      {"MICS_CHUNK_BYTES", "pipelining chunk of the reducing ring algorithms and the chain broadcast",
        [](Knobs& k, const std::string& v) {
          k.chunk_bytes = parse_int("MICS_CHUNK_BYTES", v, 4096, int64_t{1} << 34);
        },

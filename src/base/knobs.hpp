@@ -21,7 +21,8 @@ struct Knobs {
   std::string inter_provider;            // FI_PROVIDER: other-node rail provider (empty: auto)
   std::string algo;                      // MICS_ALGO: force a collective algorithm (empty: auto)
   int64_t small_msg_bytes = 65536;       // MICS_SMALL_MSG_BYTES: latency algorithm up to here
-  int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of ring steps
+  int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of reducing rings
+  int64_t gather_chunk_bytes = 64 << 20; // MICS_GATHER_CHUNK_BYTES: largest ring all-gather message
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

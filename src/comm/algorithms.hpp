@@ -37,7 +37,9 @@ void tree_broadcast(Communicator& comm, void* buffer, size_t bytes, int root);
 void chain_broadcast(Communicator& comm, void* buffer, size_t bytes, int root);
 void dissemination_barrier(Communicator& comm);
 
-// Chunks of at most MICS_CHUNK_BYTES (rounded down to whole elements) covering a range.
-std::vector<Segment> chunk_range(size_t offset, size_t bytes, size_t element_size);
+// Chunks of at most `chunk_bytes` (default MICS_CHUNK_BYTES; rounded down to whole elements)
+// covering a range.
+std::vector<Segment> chunk_range(size_t offset, size_t bytes, size_t element_size,
+                                 size_t chunk_bytes = 0);
 
 }  // namespace mics::comm

@@ -225,8 +225,9 @@ void Communicator::barrier() {
   if (size() > 1) dissemination_barrier(*this);
 }
 
-std::vector<Segment> chunk_range(size_t offset, size_t bytes, size_t element_size) {
-  size_t chunk = static_cast<size_t>(knobs().chunk_bytes);
+std::vector<Segment> chunk_range(size_t offset, size_t bytes, size_t element_size,
+                                 size_t chunk_bytes) {
+  size_t chunk = chunk_bytes ? chunk_bytes : static_cast<size_t>(knobs().chunk_bytes);
   chunk = std::max(element_size, chunk / element_size * element_size);
   std::vector<Segment> chunks;
   for (size_t done = 0; done < bytes; done += chunk)

@@ -2,8 +2,8 @@
 //
 // Members form a ring (member m sends to m+1, receives from m-1). At step s = 0..n-2, member
 // r forwards contribution (r-s) mod n and receives contribution (r-s-1) mod n, straight into
-// its place in the output. Each contribution is cut into chunks of MICS_CHUNK_BYTES so that a
-// chunk is forwarded as soon as it arrives, and up to a window of receives stay posted.
+// its place in the output. Contributions larger than MICS_GATHER_CHUNK_BYTES are cut into
+// chunks, each forwarded as soon as it arrives, and up to a window of receives stay posted.
 //
 // Traffic: member r sends every contribution except that of member r+1:
 //   bytes_sent(r) = total - |contribution (r+1) mod n|; with equal shards of B bytes,
@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/knobs.hpp"
 #include "comm/algorithms.hpp"
 #include "comm/layout.hpp"
 #include "comm/op.hpp"
@@ -30,12 +31,17 @@ void ring_all_gather_segments(Communicator& comm, const char* op_name, std::byte
 
   // Chunks of each contribution, in output coordinates. Sender and receiver cut the same
   // contribution the same way, so (step, chunk) identifies a message on both sides.
+  // Whole blocks per message (up to MICS_GATHER_CHUNK_BYTES): with nothing to reduce there is
+  // nothing to overlap inside a step, and every extra message is a handshake that needs the
+  // neighbour scheduled (costly when ranks share cores).
+  const size_t gather_chunk = static_cast<size_t>(knobs().gather_chunk_bytes);
   std::vector<std::vector<Segment>> chunks(static_cast<size_t>(n));
   size_t total = 0, max_chunks = 1;
   for (int m = 0; m < n; ++m) {
     for (const auto& seg : contributions[m]) {
       total += seg.bytes;
-      for (const auto& c : chunk_range(seg.offset, seg.bytes, 1)) chunks[m].push_back(c);
+      for (const auto& c : chunk_range(seg.offset, seg.bytes, 1, gather_chunk))
+        chunks[m].push_back(c);
     }
     max_chunks = std::max(max_chunks, chunks[m].size());
   }
