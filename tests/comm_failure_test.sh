@@ -6,7 +6,7 @@
 set -u
 MICS=$1
 WORKER=$(dirname "$MICS")/tests/comm_worker
-TIMEOUT_S=3
+TIMEOUT_S=6
 fail=0
 tmp=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT

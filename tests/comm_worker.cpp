@@ -52,20 +52,7 @@ float value(uint64_t seed, int rank, size_t i, DType t) {
   return v;
 }
 
-void store(void* buf, size_t i, DType t, float v) {
-  if (t == DType::kF32)
-    static_cast<float*>(buf)[i] = v;
-  else if (t == DType::kBF16)
-    static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
-  else
-    static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
-}
 
-float load(const void* buf, size_t i, DType t) {
-  if (t == DType::kF32) return static_cast<const float*>(buf)[i];
-  if (t == DType::kBF16) return bf16_to_f32(static_cast<const uint16_t*>(buf)[i]);
-  return f16_to_f32(static_cast<const uint16_t*>(buf)[i]);
-}
 
 double reference(uint64_t seed, int n, size_t i, DType t, ReduceOp op) {
   double acc = op == ReduceOp::kMax ? -1e30 : 0.0;
@@ -159,7 +146,7 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
   const Algo used = c.choose(k.op.c_str(), count * es, k.algo);
   if (k.op == "all_gather") {
     for (size_t i = 0; i < mine.count; ++i)
-      store(in.data(), i, k.dtype, value(seed, r, mine.offset + i, k.dtype));
+      store_f32(in.data(), i, k.dtype, value(seed, r, mine.offset + i, k.dtype));
     if (k.in_place) {
       std::memcpy(out.data() + mine.offset * es, in.data(), mine.count * es);
       c.all_gather(out.data() + mine.offset * es, out.data(), count, k.dtype, k.algo);
@@ -169,30 +156,30 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
     for (size_t m = 0; m < static_cast<size_t>(n); ++m) {
       const Block b = block_of(count, n, static_cast<int>(m));
       for (size_t i = 0; i < b.count; ++i) {
-        const float got = load(out.data(), b.offset + i, k.dtype);
+        const float got = load_f32(out.data(), b.offset + i, k.dtype);
         const float want = value(seed, static_cast<int>(m), b.offset + i, k.dtype);
         EXPECT_OR_COUNT(got == want, "{}: element {} = {} want {}", what, b.offset + i, got, want);
         if (got != want) break;
       }
     }
   } else if (k.op == "reduce_scatter") {
-    for (size_t i = 0; i < count; ++i) store(in.data(), i, k.dtype, value(seed, r, i, k.dtype));
+    for (size_t i = 0; i < count; ++i) store_f32(in.data(), i, k.dtype, value(seed, r, i, k.dtype));
     void* dst = k.in_place ? static_cast<void*>(in.data() + mine.offset * es) : out.data();
     c.reduce_scatter(in.data(), dst, count, k.dtype, k.redop, k.algo);
     for (size_t i = 0; i < mine.count; ++i) {
       const double want = reference(seed, n, mine.offset + i, k.dtype, k.redop);
-      const double got = load(dst, i, k.dtype);
+      const double got = load_f32(dst, i, k.dtype);
       EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n),
                       "{}: shard element {} = {} want {}", what, i, got, want);
       if (std::fabs(got - want) > tolerance(k.dtype, n)) break;
     }
   } else if (k.op == "all_reduce") {
-    for (size_t i = 0; i < count; ++i) store(in.data(), i, k.dtype, value(seed, r, i, k.dtype));
+    for (size_t i = 0; i < count; ++i) store_f32(in.data(), i, k.dtype, value(seed, r, i, k.dtype));
     void* dst = k.in_place ? static_cast<void*>(in.data()) : out.data();
     c.all_reduce(in.data(), dst, count, k.dtype, k.redop, k.algo);
     for (size_t i = 0; i < count; ++i) {
       const double want = reference(seed, n, i, k.dtype, k.redop);
-      const double got = load(dst, i, k.dtype);
+      const double got = load_f32(dst, i, k.dtype);
       EXPECT_OR_COUNT(std::fabs(got - want) <= tolerance(k.dtype, n), "{}: element {} = {} want {}",
                       what, i, got, want);
       if (std::fabs(got - want) > tolerance(k.dtype, n)) break;
@@ -211,10 +198,10 @@ void run_case(Communicator& c, const Case& k, uint64_t seed) {
   } else if (k.op == "broadcast") {
     const int root = static_cast<int>(count % static_cast<size_t>(n));
     for (size_t i = 0; i < count; ++i)
-      store(out.data(), i, k.dtype, r == root ? value(seed, root, i, k.dtype) : -7.0f);
+      store_f32(out.data(), i, k.dtype, r == root ? value(seed, root, i, k.dtype) : -7.0f);
     c.broadcast(out.data(), count, k.dtype, root, k.algo);
     for (size_t i = 0; i < count; ++i) {
-      const float got = load(out.data(), i, k.dtype), want = value(seed, root, i, k.dtype);
+      const float got = load_f32(out.data(), i, k.dtype), want = value(seed, root, i, k.dtype);
       EXPECT_OR_COUNT(got == want, "{}: element {} = {} want {}", what, i, got, want);
       if (got != want) break;
     }

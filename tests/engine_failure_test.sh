@@ -6,7 +6,7 @@
 set -u
 MICS=$1
 EXAMPLE=$(dirname "$MICS")/examples/train_mlp
-TIMEOUT_S=3
+TIMEOUT_S=6
 n=4 k=2 victim=2 fail=0
 tmp=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT

@@ -75,34 +75,18 @@ inline __attribute__((always_inline)) void reduce_f32_body(float* dst, const flo
   }
 }
 
-inline float bf16_bits_to_f32(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16_branchless(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
-  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
-  return static_cast<uint16_t>(nan ? quiet_nan : rounded);
-}
-
 inline __attribute__((always_inline)) void reduce_bf16_body(uint16_t* dst, const uint16_t* a,
                                                             const uint16_t* b, size_t n,
                                                             ReduceOp op) {
   if (op == ReduceOp::kMax) {
     for (size_t i = 0; i < n; ++i) {
-      const float x = bf16_bits_to_f32(a[i]), y = bf16_bits_to_f32(b[i]);
-      dst[i] = f32_to_bf16_branchless(x > y ? x : y);
+      const float x = bf16_to_f32(a[i]), y = bf16_to_f32(b[i]);
+      dst[i] = f32_to_bf16(x > y ? x : y);
     }
   } else {
 #pragma GCC ivdep
     for (size_t i = 0; i < n; ++i)
-      dst[i] = f32_to_bf16_branchless(bf16_bits_to_f32(a[i]) + bf16_bits_to_f32(b[i]));
+      dst[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
   }
 }
 

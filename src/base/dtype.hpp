@@ -26,13 +26,14 @@ inline float bf16_to_f32(uint16_t v) {
   std::memcpy(&f, &bits, 4);
   return f;
 }
+// Round to nearest even; a NaN stays a quiet NaN. Branch-free, so loops over it vectorise.
 inline uint16_t f32_to_bf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu))  // NaN stays a quiet NaN
-    return static_cast<uint16_t>((bits >> 16) | 0x0040u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
-  return static_cast<uint16_t>(bits >> 16);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  return static_cast<uint16_t>(nan ? quiet_nan : rounded);
 }
 inline float f16_to_f32(uint16_t v) {
   _Float16 h;
@@ -44,6 +45,17 @@ inline uint16_t f32_to_f16(float f) {
   uint16_t v;
   std::memcpy(&v, &h, 2);
   return v;
+}
+
+// Element i of a buffer of type t, widened to f32 / stored from f32 (rounded once).
+inline float load_f32(const void* buf, size_t i, DType t) {
+  if (t == DType::kF32) return static_cast<const float*>(buf)[i];
+  const uint16_t v = static_cast<const uint16_t*>(buf)[i];
+  return t == DType::kBF16 ? bf16_to_f32(v) : f16_to_f32(v);
+}
+inline void store_f32(void* buf, size_t i, DType t, float v) {
+  if (t == DType::kF32) static_cast<float*>(buf)[i] = v;
+  else static_cast<uint16_t*>(buf)[i] = t == DType::kBF16 ? f32_to_bf16(v) : f32_to_f16(v);
 }
 
 // dst[i] = dst[i] (op) src[i] for count elements of type t. kAvg accumulates as a sum; the

@@ -1,7 +1,12 @@
 #include "fabric/endpoint.hpp"
 
+#include <dirent.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
+#include <mutex>
 
 #include <fmt/format.h>
 #include <rdma/fabric.h>
@@ -11,6 +16,7 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_tagged.h>
 
+#include "base/log.hpp"
 #include "fabric/fabric_error.hpp"
 #include "fabric/transport.hpp"
 
@@ -18,6 +24,28 @@ namespace mics::fabric {
 
 namespace {
 static_assert(sizeof(Request::provider_context) >= sizeof(fi_context2));
+
+// libfabric's shm provider names its shared-memory region after the process id
+// ("/dev/shm/<pid>:<domain>:<endpoint>") and removes it at exit, but not when the process is
+// killed. A later process that gets the same pid then fails fi_enable with EBUSY. No live
+// process but us can own a region with our pid, so before our first shm endpoint such
+// regions are stale leftovers: remove them.
+void remove_stale_shm_regions() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const std::string prefix = std::to_string(getpid()) + ":";
+    DIR* dir = opendir("/dev/shm");
+    if (!dir) return;
+    while (dirent* entry = readdir(dir)) {
+      const std::string name = entry->d_name;
+      if (name.rfind(prefix, 0) == 0) {
+        log::debug("removing stale shm region /dev/shm/{} left by a killed process", name);
+        shm_unlink(("/" + name).c_str());
+      }
+    }
+    closedir(dir);
+  });
+}
 
 void close_fid(fid* f) {
   if (f) fi_close(f);
@@ -28,6 +56,7 @@ RailEndpoint::RailEndpoint(Rail rail, const std::string& provider, int world_siz
     : rail_(rail), provider_(provider), peer_addr_(world_size, FI_ADDR_UNSPEC) {
   const std::string where =
       fmt::format("opening the {} rail on provider {}", to_string(rail), provider);
+  if (provider == "shm") remove_stale_shm_regions();
   info_ = get_rdm_info(provider);
   if (!info_)
     throw Error(ErrorKind::kUnavailable,

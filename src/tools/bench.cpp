@@ -48,22 +48,9 @@ float input_value(int rank, size_t i) {
 }
 
 void fill(void* buf, size_t count, DType t, int rank, size_t first_index) {
-  for (size_t i = 0; i < count; ++i) {
-    const float v = input_value(rank, first_index + i);
-    if (t == DType::kF32)
-      static_cast<float*>(buf)[i] = v;
-    else if (t == DType::kBF16)
-      static_cast<uint16_t*>(buf)[i] = f32_to_bf16(v);
-    else
-      static_cast<uint16_t*>(buf)[i] = f32_to_f16(v);
-  }
+  for (size_t i = 0; i < count; ++i) store_f32(buf, i, t, input_value(rank, first_index + i));
 }
 
-float load(const void* buf, size_t i, DType t) {
-  if (t == DType::kF32) return static_cast<const float*>(buf)[i];
-  if (t == DType::kBF16) return bf16_to_f32(static_cast<const uint16_t*>(buf)[i]);
-  return f16_to_f32(static_cast<const uint16_t*>(buf)[i]);
-}
 
 float expected_reduction(int n, size_t i, ReduceOp op) {
   float acc = op == ReduceOp::kMax ? -INFINITY : 0.0f;
@@ -196,18 +183,18 @@ int run_bench(const BenchOptions& o) {
         run_once();
         if (op == "all_gather") {
           for (size_t i = 0; i < count; ++i)
-            wrong += !close_enough(load(output.data(), i, *dtype), input_value(0, i), *dtype);
+            wrong += !close_enough(load_f32(output.data(), i, *dtype), input_value(0, i), *dtype);
         } else if (op == "reduce_scatter") {
           for (size_t i = 0; i < mine.count; ++i)
-            wrong += !close_enough(load(output.data(), i, *dtype),
+            wrong += !close_enough(load_f32(output.data(), i, *dtype),
                                    expected_reduction(n, mine.offset + i, *redop), *dtype);
         } else if (op == "all_reduce") {
           for (size_t i = 0; i < count; ++i)
-            wrong += !close_enough(load(output.data(), i, *dtype), expected_reduction(n, i, *redop),
+            wrong += !close_enough(load_f32(output.data(), i, *dtype), expected_reduction(n, i, *redop),
                                    *dtype);
         } else {
           for (size_t i = 0; i < count; ++i)
-            wrong += !close_enough(load(output.data(), i, *dtype), input_value(0, i), *dtype);
+            wrong += !close_enough(load_f32(output.data(), i, *dtype), input_value(0, i), *dtype);
         }
       }
       // Reduce across ranks: slowest time, total wrong, per-rank and per-node rail bytes.
