@@ -19,6 +19,7 @@
 #include "comm/algorithms.hpp"
 #include "comm/layout.hpp"
 #include "comm/runtime.hpp"
+#include "worker_check.hpp"
 #include "comm/traffic_model.hpp"
 
 using namespace mics;
@@ -26,14 +27,6 @@ using namespace mics::comm;
 
 namespace {
 
-int g_failures = 0;
-#define EXPECT_OR_COUNT(cond, ...)                                                               \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      ++g_failures;                                                                              \
-      if (g_failures < 20) std::fprintf(stderr, "FAIL: %s\n", fmt::format(__VA_ARGS__).c_str()); \
-    }                                                                                            \
-  } while (0)
 
 uint64_t mix(uint64_t x) {
   x ^= x >> 33;

@@ -31,6 +31,7 @@
 #include "base/knobs.hpp"
 #include "base/strings.hpp"
 #include "comm/runtime.hpp"
+#include "worker_check.hpp"
 #include "model/mlp.hpp"
 #include "model/reference.hpp"
 #include "shard/engine.hpp"
@@ -40,14 +41,6 @@ using namespace mics;
 
 namespace {
 
-int g_failures = 0;
-#define EXPECT_OR_COUNT(cond, ...)                                                               \
-  do {                                                                                           \
-    if (!(cond)) {                                                                               \
-      ++g_failures;                                                                              \
-      if (g_failures < 30) std::fprintf(stderr, "FAIL: %s\n", fmt::format(__VA_ARGS__).c_str()); \
-    }                                                                                            \
-  } while (0)
 
 struct Args {
   std::vector<std::string> configs = {"ddp", "zero3", "mics:2", "mics:4"};

@@ -119,6 +119,8 @@ struct StoreServer::Impl {
   void put(const std::string& key, std::string value);
   void finish_wait(Conn& c);
   void expire_waits(Clock::time_point now);
+  // Processes the frames buffered behind waits that have completed (which may complete more).
+  void process_resumed();
   void final_flush();
 };
 
@@ -195,14 +197,7 @@ void StoreServer::Impl::run() {
         if (!c.dead) process(c);
       }
       // Waits completed by this round's SETs/ADDs: their connections may have more frames.
-      while (!resumed.empty()) {
-        std::vector<uint64_t> ids;
-        ids.swap(resumed);
-        for (uint64_t id : ids) {
-          auto it = conns.find(id);
-          if (it != conns.end() && !it->second->dead) process(*it->second);
-        }
-      }
+      process_resumed();
       expire_waits(Clock::now());
       const auto later = Clock::now();
       for (auto it = conns.begin(); it != conns.end();) {
@@ -505,9 +500,7 @@ void StoreServer::Impl::finish_wait(Conn& c) {
   resumed.push_back(c.id);
 }
 
-void StoreServer::Impl::expire_waits(Clock::time_point now) {
-  for (auto& [id, conn] : conns)
-    if (conn->wait && !conn->dead && now >= conn->wait->end) finish_wait(*conn);
+void StoreServer::Impl::process_resumed() {
   while (!resumed.empty()) {
     std::vector<uint64_t> ids;
     ids.swap(resumed);
@@ -516,6 +509,12 @@ void StoreServer::Impl::expire_waits(Clock::time_point now) {
       if (it != conns.end() && !it->second->dead) process(*it->second);
     }
   }
+}
+
+void StoreServer::Impl::expire_waits(Clock::time_point now) {
+  for (auto& [id, conn] : conns)
+    if (conn->wait && !conn->dead && now >= conn->wait->end) finish_wait(*conn);
+  process_resumed();
 }
 
 // On shutdown, replies already queued (e.g. the last barrier's) still reach their clients.
