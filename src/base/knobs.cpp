@@ -113,6 +113,9 @@ const std::vector<KnobSpec>& specs() {
          k.chunk_bytes = parse_int("MICS_CHUNK_BYTES", v, 4096, int64_t{1} << 34);
        },
        [](const Knobs& k) { return fmt::format("{}", k.chunk_bytes); }},
+      {"MICS_DATA_DIR", "where mics train keeps the embedded synthetic corpus (generated on first use)",
+       [](Knobs& k, const std::string& v) { k.data_dir = v; },
+       [](const Knobs& k) { return k.data_dir.empty() ? std::string("(~/.cache/mics)") : k.data_dir; }},
   };
   return table;
 }

@@ -23,6 +23,7 @@ struct Knobs {
   int64_t small_msg_bytes = 65536;       // MICS_SMALL_MSG_BYTES: latency algorithm up to here
   int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of reducing rings
   int64_t gather_chunk_bytes = 64 << 20; // MICS_GATHER_CHUNK_BYTES: largest ring all-gather message
+  std::string data_dir;                  // MICS_DATA_DIR: the embedded corpus' cache (empty: ~/.cache/mics)
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

@@ -93,6 +93,9 @@ struct Engine::Impl {
   double exposed_s = 0;
   Clock::time_point report_start = Clock::now();
   uint64_t gathered_bytes = 0, gathered_peak = 0;
+  // Released units' gather buffers, reused by the next gathers: the resident working set
+  // stays at the largest number of units gathered at once, not the whole model.
+  std::vector<std::vector<float>> spare_gathered;
   comm::Traffic base;
   std::unique_ptr<CommThread> thread;  // last: stops before the rest goes away
 
@@ -127,7 +130,7 @@ struct Engine::Impl {
   }
 
   void start_gather(Unit& un) {
-    un.gathered.resize(un.padded);  // allocated once, kept across releases
+    take_gather_buffer(un);
     gathered_bytes += un.padded * sizeof(float);
     gathered_peak = std::max(gathered_peak, gathered_bytes);
     un.state = GatherState::kInFlight;
@@ -138,11 +141,28 @@ struct Engine::Impl {
     un.pending = thread->submit([=] { partition->all_gather(shard, out, count, DType::kF32); });
   }
 
+  void take_gather_buffer(Unit& un) {
+    // The smallest spare that fits, else a new one.
+    size_t best = spare_gathered.size();
+    for (size_t i = 0; i < spare_gathered.size(); ++i)
+      if (spare_gathered[i].capacity() >= un.padded &&
+          (best == spare_gathered.size() || spare_gathered[i].capacity() < spare_gathered[best].capacity()))
+        best = i;
+    if (best < spare_gathered.size()) {
+      un.gathered = std::move(spare_gathered[best]);
+      spare_gathered.erase(spare_gathered.begin() + static_cast<long>(best));
+    }
+    un.gathered.resize(un.padded);
+  }
+
   void drop(Unit& un) {
     if (un.state == GatherState::kInFlight) wait(un.pending);
-    if (un.state != GatherState::kNone) gathered_bytes -= un.padded * sizeof(float);
+    if (un.state != GatherState::kNone) {
+      gathered_bytes -= un.padded * sizeof(float);
+      spare_gathered.push_back(std::move(un.gathered));
+      un.gathered = {};
+    }
     un.state = GatherState::kNone;
-    // Keep the allocation (reused by the next gather): only the working-set figure drops.
   }
 };
 
@@ -419,6 +439,20 @@ StepReport Engine::step() {
   s.exposed_s = 0;
   s.report_start = Clock::now();
   return report;
+}
+
+void Engine::set_lr(float lr) { impl_->options.lr = lr; }
+float Engine::lr() const { return impl_->options.lr; }
+int64_t Engine::optimizer_steps() const { return impl_->optimizer_steps; }
+
+void Engine::control_all_reduce(float* values, size_t count, ReduceOp op) {
+  Impl& s = *impl_;
+  if (s.world_size == 1 || count == 0) return;
+  comm::Communicator* world = s.world.get();
+  const comm::Traffic before = s.engine_traffic();
+  std::future<void> f = s.thread->submit([=] { world->all_reduce(values, values, count, DType::kF32, op); });
+  f.get();
+  add_to(s.base, s.engine_traffic() - before);  // control, not training: left out of traffic()
 }
 
 std::vector<float> Engine::full_parameters(int unit) {

@@ -102,6 +102,15 @@ class Engine {
   void reduce_gradients(int unit, const float* grads);  // full-size gradient of the unit
   StepReport step();               // end of a micro-step
 
+  // The learning rate of the next optimizer steps (a schedule sets it before each step()).
+  void set_lr(float lr);
+  float lr() const;
+  int64_t optimizer_steps() const;  // applied (not skipped) so far
+
+  // An all-reduce of a few floats over every rank, for control and reporting (the mean loss,
+  // an agreed stop): collective, blocking, and left out of traffic() like full_parameters.
+  void control_all_reduce(float* values, size_t count, ReduceOp op);
+
   // The full parameters of a unit (collective: gathers the shards; its traffic is not counted
   // in traffic()), for checkpoints and tests.
   std::vector<float> full_parameters(int unit);

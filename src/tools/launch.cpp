@@ -21,8 +21,9 @@
 // When a rank exits non-zero or dies by a signal, the others get SIGTERM (whole process
 // groups), then SIGKILL 3 s later, and the launcher exits with the failed rank's status
 // (128+signal for a signal) after naming it and showing its last stderr lines. SIGINT,
-// SIGTERM and SIGHUP sent to the launcher are forwarded to every rank the same way (a second
-// one kills at once); the launcher then exits with 128+signal. All ranks exit 0: exit 0.
+// SIGTERM and SIGHUP sent to the launcher are forwarded to every rank (a trainer finishes its
+// step and stops), with SIGKILL only 30 s later or at a second signal; the launcher then exits
+// with 128+signal. All ranks exit 0: exit 0.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -56,7 +57,10 @@ namespace mics::tools {
 namespace {
 
 constexpr int kDefaultMasterPort = 29570;
-constexpr double kKillGraceS = 3;       // SIGTERM, then SIGKILL this much later
+constexpr double kKillGraceS = 3;       // a rank failed: SIGTERM the others, SIGKILL this much later
+// A signal from the user (or a spot reclaim's SIGTERM) lets the ranks finish their step: a
+// trainer stops cleanly after the current step, which can take a while on a large model.
+constexpr double kSignalGraceS = 30;
 constexpr double kDrainAfterExitS = 1;  // output still arriving from a rank's children
 constexpr size_t kTailLines = 20;       // stderr lines kept per rank for the failure report
 constexpr size_t kMaxLineBytes = 64 << 10;
@@ -362,7 +366,7 @@ class Supervisor {
   void close_stream(Rank& r, Stream& s);
   void reap();
   void signal_all(int sig);
-  void begin_stop(int sig, Clock::time_point now);
+  void begin_stop(int sig, Clock::time_point now, double grace_s = kKillGraceS);
 
   const Options& opts_;
   const Layout& layout_;
@@ -555,11 +559,11 @@ void Supervisor::signal_all(int sig) {
     if (r.running) ::kill(-r.pid, sig);
 }
 
-void Supervisor::begin_stop(int sig, Clock::time_point now) {
+void Supervisor::begin_stop(int sig, Clock::time_point now, double grace_s) {
   stopping_ = true;
   signal_all(sig);
   kill_at_ =
-      now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kKillGraceS));
+      now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s));
 }
 
 int Supervisor::run() {
@@ -642,7 +646,7 @@ int Supervisor::run() {
           write_all(2, fmt::format("mics launch: got {}, forwarding it to the ranks\n",
                                    sigabbrev_np(sig) ? std::string("SIG") + sigabbrev_np(sig)
                                                      : std::to_string(sig)));
-          begin_stop(sig, Clock::now());
+          begin_stop(sig, Clock::now(), kSignalGraceS);
         } else if (!killed_) {
           write_all(2, "mics launch: second signal, killing the ranks\n");
           signal_all(SIGKILL);

@@ -1,0 +1,73 @@
+#pragma once
+// What a run reports: one record per optimizer step and a final summary, as JSON lines
+// (--metrics) and on the terminal (a line per step like torchtitan's, or a progress bar with
+// ETA when stdout is a terminal).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "base/clock.hpp"
+
+namespace mics::train {
+
+struct StepRecord {
+  int step = 0;  // 1-based
+  double loss = 0;
+  double lr = 0;
+  double grad_norm = 0;
+  bool skipped = false;  // non-finite gradients: no update
+  double step_ms = 0;
+  double tokens_per_s = 0;
+  double comm_exposed_ms = 0;  // time compute waited for the engine's communication
+  double data_wait_ms = 0;     // time it waited for the data prefetcher
+  double eval_loss = NAN;      // when an evaluation ran after this step
+};
+
+struct Summary {
+  std::string strategy, model;
+  int world_size = 1, nodes = 1, partition_size = 1, grad_accum = 1, micro_batch = 1, seq_len = 0, steps = 0;
+  bool stopped_early = false, recompute = false;
+  double final_loss = NAN, eval_loss = NAN, entropy_floor = -1;
+  double tokens_per_s = 0, train_seconds = 0, comm_exposed_ms_per_step = 0, data_wait_ms_per_step = 0;
+  double intra_node_bytes_per_step = 0, inter_node_bytes_per_step = 0;
+  bool traffic_matches_model = false;
+  uint64_t model_state_bytes_per_rank = 0, peak_rss_bytes = 0, activation_bytes = 0;
+  uint64_t params = 0;
+  double flops_per_token = 0;
+};
+
+// JSON lines, flushed after every record so a killed run keeps what it measured.
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path);  // throws naming the path
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
+  void step(const StepRecord& record);
+  void summary(const Summary& summary);
+
+ private:
+  void write_line(const std::string& line);
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+
+// The terminal view (rank 0 only; a no-op elsewhere).
+class StepPrinter {
+ public:
+  StepPrinter(bool active, int total_steps, int every);
+  void step(const StepRecord& record);
+  void note(const std::string& line);  // a line that must not be overwritten by the bar
+  void finish();
+
+ private:
+  bool active_, bar_;
+  int total_, every_;
+  Clock::time_point start_ = Clock::now();
+  bool bar_drawn_ = false;
+};
+
+std::string format_summary(const Summary& summary);
+
+}  // namespace mics::train

@@ -1,0 +1,576 @@
+#include "train/trainer.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "base/clock.hpp"
+#include "base/error.hpp"
+#include "base/knobs.hpp"
+#include "base/log.hpp"
+#include "comm/runtime.hpp"
+#include "io/byte_tokenizer.hpp"
+#include "io/dataset.hpp"
+#include "io/markov_corpus.hpp"
+#include "model/gpt.hpp"
+#include "shard/engine.hpp"
+#include "topo/groups.hpp"
+#include "train/metrics.hpp"
+#include "train/schedule.hpp"
+#include "train/stop_signal.hpp"
+
+namespace mics::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The embedded corpus: an order-1 Markov source over 64 of the 256 byte ids, 4 successors per
+// state (model/io: io/markov_corpus.hpp). Fixed, so every run and every machine sees the same.
+constexpr size_t kIntraRail = static_cast<size_t>(fabric::Rail::kIntra);
+constexpr size_t kInterRail = static_cast<size_t>(fabric::Rail::kInter);
+
+constexpr uint64_t kEmbeddedTrainTokens = 4'000'000;
+constexpr uint64_t kEmbeddedValTokens = 131'072;
+io::MarkovSpec embedded_spec() {
+  io::MarkovSpec spec;
+  spec.vocab = 256;
+  spec.states = 64;
+  spec.branching = 4;
+  spec.seed = 20241201;
+  return spec;
+}
+
+[[noreturn]] void bad_input(std::string message, std::string hint) {
+  throw Error(ErrorKind::kInvalidArgument, std::move(message), {.layer = "train", .where = "mics train", .hint = std::move(hint)});
+}
+
+std::string gib(uint64_t bytes) { return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1u << 30)); }
+std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1u << 20)); }
+
+uint64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+uint64_t peak_rss_bytes() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // Linux: KiB
+}
+
+struct DataPlan {
+  std::vector<std::string> train, val;
+  double entropy_floor = -1;  // nats per token; < 0: unknown
+  std::string origin;
+};
+
+DataPlan plan_data(const TrainConfig& c) {
+  DataPlan plan;
+  if (c.data.empty()) {
+    const std::string dir = ensure_embedded_corpus();
+    plan.train = io::expand_shard_glob(dir + "/synth_train_*.bin");
+    plan.val = io::expand_shard_glob(dir + "/synth_val_*.bin");
+    plan.entropy_floor = io::read_entropy_floor(dir);
+    plan.origin = fmt::format("embedded synthetic corpus in {}", dir);
+    return plan;
+  }
+  plan.train = io::expand_shard_glob(c.data);
+  plan.origin = c.data;
+  if (!c.eval_data.empty()) {
+    plan.val = io::expand_shard_glob(c.eval_data);
+  } else if (c.data.find("train") != std::string::npos) {
+    std::string guess = c.data;
+    for (size_t at = guess.find("train"); at != std::string::npos; at = guess.find("train", at + 3))
+      guess.replace(at, 5, "val");
+    try {
+      plan.val = io::expand_shard_glob(guess);
+    } catch (const Error&) {
+      plan.val.clear();  // no validation shards next to the training ones: no eval loss
+    }
+  }
+  plan.entropy_floor = io::read_entropy_floor(fs::path(plan.train.front()).parent_path().string());
+  return plan;
+}
+
+// Bytes per rank the run will hold: what the memory plan prints and the budget checks.
+struct MemoryPlan {
+  int partition_size = 1;
+  uint64_t model_states = 0;  // fp32 master + grad accumulator + 2 AdamW moments, this rank's share
+  uint64_t gathered = 0;      // unit 0 held through the backward, plus a block and its prefetch
+  uint64_t grad_buffers = 0;  // the full-size gradients of unit 0 and one block
+  uint64_t activations = 0;
+  uint64_t total() const { return model_states + gathered + grad_buffers + activations; }
+};
+
+MemoryPlan plan_memory(const model::Gpt& gpt, int p, int world, int micro_batch, int seq_len, bool recompute) {
+  MemoryPlan m;
+  m.partition_size = p;
+  const auto padded = [world](uint64_t n) { return (n + world - 1) / world * world; };
+  const uint64_t unit0 = gpt.unit_numel(0), block = gpt.num_units() > 1 ? gpt.unit_numel(1) : 0;
+  for (int u = 0; u < gpt.num_units(); ++u)
+    m.model_states += 16 * (p == 1 ? gpt.unit_numel(u) : padded(gpt.unit_numel(u)) / p);
+  m.gathered = p == 1 ? 0 : 4 * (padded(unit0) + 2 * padded(block));
+  m.grad_buffers = 4 * (unit0 + block);
+  m.activations = gpt.activation_bytes(micro_batch, seq_len, recompute);
+  return m;
+}
+
+// A rank's forward over one micro-batch up to the loss (gathering every unit; no gradients).
+float forward_loss(shard::Engine& engine, model::GptPass& pass, int layers) {
+  pass.embed_forward(engine.gather(0));
+  engine.prefetch(layers > 0 ? 1 : 0);
+  engine.release(0);
+  for (int l = 0; l < layers; ++l) {
+    const float* block = engine.gather(1 + l);
+    engine.prefetch(l + 1 < layers ? 2 + l : 0);
+    pass.block_forward(l, block);
+    engine.release(1 + l);
+  }
+  const float loss = pass.head_forward(engine.gather(0));
+  return loss;
+}
+
+// One micro-step: forward, loss, backward, gradients handed to the engine.
+float train_micro_step(shard::Engine& engine, model::GptPass& pass, int layers, std::vector<float>& grad0,
+                       std::vector<float>& grad_block) {
+  const float loss = forward_loss(engine, pass, layers);
+  const float* unit0 = engine.gather(0);  // held until the embedding's backward
+  if (layers > 0) engine.prefetch(layers);
+  pass.head_backward(unit0, grad0.data());
+  for (int l = layers - 1; l >= 0; --l) {
+    const float* block = engine.gather(1 + l);
+    if (l > 0) engine.prefetch(l);
+    pass.block_backward(l, block, grad_block.data());
+    engine.release(1 + l);
+    engine.reduce_gradients(1 + l, grad_block.data());
+  }
+  pass.embed_backward(unit0, grad0.data());
+  engine.release(0);
+  engine.reduce_gradients(0, grad0.data());
+  return loss;
+}
+
+struct EvalResult {
+  double loss = NAN;
+  double seconds = 0;
+};
+
+// The mean loss over eval_batches micro-batches per rank of the validation sequences, the same
+// on every rank. Sequences i*world + rank (wrapping), in order: a fixed set every time.
+EvalResult evaluate(shard::Engine& engine, const model::Gpt& gpt, const io::TokenDataset& val, int rank, int world,
+                    int micro_batch, int batches) {
+  const auto t0 = Clock::now();
+  const int T = val.seq_len();
+  model::GptPass pass(gpt, micro_batch, T, /*recompute=*/false);
+  std::vector<int32_t> inputs(static_cast<size_t>(micro_batch) * T), targets(inputs.size());
+  double sum = 0;
+  for (int b = 0; b < batches; ++b) {
+    for (int row = 0; row < micro_batch; ++row) {
+      const uint64_t index = (static_cast<uint64_t>(b) * micro_batch + row) * world + rank;
+      val.sequence(index % val.num_sequences(), inputs.data() + static_cast<size_t>(row) * T,
+                   targets.data() + static_cast<size_t>(row) * T);
+    }
+    pass.set_tokens(inputs.data(), targets.data());
+    sum += forward_loss(engine, pass, gpt.config().layers);
+    engine.release(0);
+  }
+  float total = static_cast<float>(sum / batches);
+  engine.control_all_reduce(&total, 1, ReduceOp::kSum);
+  return {static_cast<double>(total) / world, seconds_since(t0)};
+}
+
+// Continuations of a prompt, one row per sample: row 0 greedy, the others at temperature 0.8.
+// Every rank runs it (the engine's gathers are collective) with the same random stream.
+std::vector<std::vector<int32_t>> sample(shard::Engine& engine, const model::Gpt& gpt, const std::vector<int32_t>& prompt,
+                                         int rows, int new_tokens, uint64_t seed) {
+  const int V = gpt.config().vocab;
+  const int window = std::min<int>(gpt.config().max_seq, static_cast<int>(prompt.size()) + new_tokens);
+  model::GptPass pass(gpt, rows, window, /*recompute=*/false);
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(rows), prompt);
+  std::vector<int32_t> inputs(static_cast<size_t>(rows) * window);
+  uint64_t state = seed * 0x9E3779B97F4A7C15ull + 1;
+  auto uniform = [&state] {
+    state ^= state >> 12, state ^= state << 25, state ^= state >> 27;
+    return static_cast<double>((state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+  };
+  for (int t = 0; t < new_tokens; ++t) {
+    int pos = 0;
+    for (int r = 0; r < rows; ++r) {
+      const auto& s = seqs[static_cast<size_t>(r)];
+      const int len = static_cast<int>(s.size());
+      const int start = std::max(0, len - window);
+      pos = len - start - 1;
+      std::fill(inputs.begin() + static_cast<long>(r) * window, inputs.begin() + static_cast<long>(r + 1) * window, 0);
+      std::copy(s.begin() + start, s.end(), inputs.begin() + static_cast<long>(r) * window);
+    }
+    pass.set_tokens(inputs.data(), nullptr);
+    forward_loss(engine, pass, gpt.config().layers);
+    engine.release(0);
+    for (int r = 0; r < rows; ++r) {
+      const float* logits = pass.logits() + (static_cast<size_t>(r) * window + pos) * V;
+      int32_t next = 0;
+      if (r == 0) {
+        next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+      } else {
+        const double temperature = 0.8;
+        const float top = *std::max_element(logits, logits + V);
+        std::vector<double> p(static_cast<size_t>(V));
+        double z = 0;
+        for (int v = 0; v < V; ++v) z += p[static_cast<size_t>(v)] = std::exp((logits[v] - top) / temperature);
+        double u = uniform() * z;
+        next = V - 1;
+        for (int v = 0; v < V; ++v)
+          if ((u -= p[static_cast<size_t>(v)]) <= 0) {
+            next = v;
+            break;
+          }
+      }
+      seqs[static_cast<size_t>(r)].push_back(next);
+    }
+  }
+  return seqs;
+}
+
+std::string render_tokens(const std::vector<int32_t>& ids, int vocab) {
+  if (vocab <= 256) return io::byte_decode(std::span<const int32_t>(ids));
+  std::string text;
+  for (int32_t id : ids) text += fmt::format("{} ", id);
+  return text;
+}
+
+std::string thousands(double value) {
+  std::string digits = fmt::format("{:.0f}", value), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string ensure_embedded_corpus() {
+  std::string root = knobs().data_dir;
+  if (root.empty()) {
+    const char* home = std::getenv("HOME");
+    root = std::string(home && *home ? home : "/tmp") + "/.cache/mics";
+  }
+  const io::MarkovSpec spec = embedded_spec();
+  const std::string dir = fmt::format("{}/synth-markov-s{}-k{}-b{}-{}", root, spec.seed, spec.states, spec.branching,
+                                      kEmbeddedTrainTokens);
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec)
+    throw Error(ErrorKind::kIo, fmt::format("cannot create {}: {}", root, ec.message()),
+                {.layer = "train", .where = "the embedded corpus", .hint = "set MICS_DATA_DIR to a writable directory, or pass --data"});
+  io::write_synthetic_corpus(dir, spec, kEmbeddedTrainTokens, kEmbeddedValTokens);
+  return dir;
+}
+
+namespace {
+
+// What every rank (and the `-n` parent, before it launches them) checks first.
+struct Prepared {
+  model::Gpt gpt;
+  int seq_len = 0;
+  DataPlan data;
+  std::unique_ptr<io::TokenDataset> train, val;
+};
+
+Prepared prepare(const TrainConfig& c) {
+  validate(c);
+  Prepared pr{model::Gpt(model::GptConfig::from_name(c.model)), 0, {}, nullptr, nullptr};
+  const model::GptConfig& mc = pr.gpt.config();
+  pr.seq_len = c.seq_len > 0 ? c.seq_len : mc.max_seq;
+  if (pr.seq_len > mc.max_seq)
+    bad_input(fmt::format("--seq-len {} is longer than the model's context ({} positions)", pr.seq_len, mc.max_seq),
+              fmt::format("use --seq-len {} or less, or a model with a longer context (T{} in a free size)", mc.max_seq,
+                          pr.seq_len));
+  pr.data = plan_data(c);
+  pr.train = std::make_unique<io::TokenDataset>(pr.data.train, mc.vocab, pr.seq_len);
+  if (!pr.data.val.empty()) pr.val = std::make_unique<io::TokenDataset>(pr.data.val, mc.vocab, pr.seq_len);
+  return pr;
+}
+
+uint64_t memory_budget(const TrainConfig& c, int ranks_here) {
+  return !c.memory_budget.empty() ? parse_bytes(c.memory_budget, "--memory-budget")
+                                  : available_memory_bytes() * 9 / 10 / static_cast<uint64_t>(std::max(1, ranks_here));
+}
+
+// Throws when the plan for partition size p does not fit the budget.
+void check_memory(const TrainConfig& c, const model::Gpt& gpt, int p, int world, int seq_len, uint64_t budget) {
+  const MemoryPlan mp = plan_memory(gpt, p, world, c.micro_batch, seq_len, c.recompute);
+  if (mp.total() <= budget) return;
+  bad_input(fmt::format("model {} ({}) needs {} per rank with {} p={} (states {}, gathered {}, gradients {}, "
+                        "activations {}) but the budget is {}",
+                        c.model, gpt.config().describe(), gib(mp.total()), c.strategy, p, gib(mp.model_states),
+                        gib(mp.gathered), gib(mp.grad_buffers), gib(mp.activations), gib(budget)),
+            "shard wider (--strategy zero3, or mics with a larger --partition-size or 'auto'), use --recompute or a "
+            "smaller --micro-batch, or raise --memory-budget if the memory is really there");
+}
+
+}  // namespace
+
+void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on_this_host) {
+  const Prepared pr = prepare(c);
+  if (c.partition_size == "auto") return;  // the ranks choose p from the budget
+  const int p = topo::resolve_partition_size(topo::parse_strategy(c.strategy), std::stoi(c.partition_size), world,
+                                             ranks_per_node);
+  check_memory(c, pr.gpt, p, world, pr.seq_len, memory_budget(c, ranks_on_this_host));
+}
+
+int run_training(const TrainConfig& c) {
+  // --- everything that can be checked before the job starts ---------------------------
+  const Prepared pr = prepare(c);
+  const model::Gpt& gpt = pr.gpt;
+  const model::GptConfig& mc = gpt.config();
+  const int T = pr.seq_len;
+  const DataPlan& data_plan = pr.data;
+  const io::TokenDataset& train_data = *pr.train;
+  const io::TokenDataset* val_data = pr.val.get();
+
+  auto rt = comm::Runtime::start("train " + describe(c));
+  const int rank = rt->rank(), world = rt->world_size();
+  log::set_rank(rank);
+  const bool leader = rank == 0;
+  const auto& topology = rt->topology();
+  const int per_node = topology.uniform_ranks_per_node() ? topology.uniform_ranks_per_node() : world;
+
+  const int threads = c.threads > 0 ? c.threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
+  model::set_compute_threads(threads);
+
+  // --- memory plan and the engine -------------------------------------------------------
+  const topo::Strategy strategy = topo::parse_strategy(c.strategy);
+  const bool auto_partition = c.partition_size == "auto";
+  const uint64_t budget = memory_budget(c, ranks_on_host());
+  shard::EngineOptions eo;
+  eo.strategy = strategy;
+  eo.partition_size = auto_partition ? shard::EngineOptions::kAutoPartition : std::stoi(c.partition_size);
+  eo.memory_budget_bytes = budget;
+  eo.grad_accum = c.grad_accum;
+  eo.lr = c.lr;
+  eo.beta1 = 0.9f;
+  eo.beta2 = 0.95f;
+  eo.eps = 1e-8f;
+  eo.weight_decay = c.weight_decay;
+  eo.clip_norm = c.clip;
+  eo.comm_dtype = c.comm_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  // The engine's automatic choice counts two gathered units; the trainer also holds unit 0
+  // and two full-size gradient buffers: add them to the activation estimate it is given.
+  eo.activation_bytes = gpt.activation_bytes(c.micro_batch, T, c.recompute) + 4 * (2 * gpt.unit_numel(0) + gpt.unit_numel(1));
+  int p = 0;
+  if (!auto_partition) {
+    p = topo::resolve_partition_size(strategy, eo.partition_size, world, per_node);
+    check_memory(c, gpt, p, world, T, budget);
+  }
+  shard::Engine engine(*rt, eo);
+  for (int u = 0; u < gpt.num_units(); ++u) engine.add_unit(gpt.unit_name(u), gpt.unit_numel(u));
+  engine.finalize([&](int unit, float* params) { gpt.init_unit(unit, c.seed, params); });
+  p = engine.partition_size();
+  const MemoryPlan mp = plan_memory(gpt, p, world, c.micro_batch, T, c.recompute);
+
+  // --- start-up block ------------------------------------------------------------------
+  const uint64_t tokens_per_step = static_cast<uint64_t>(world) * c.grad_accum * c.micro_batch * T;
+  if (leader) {
+    std::string block;
+    block += fmt::format("mics train: {} ({})\n", c.model, mc.describe());
+    block += fmt::format("  strategy {} | partition size p={} | replicas r={} | {}\n", c.strategy, p, engine.replicas(),
+                         topology.describe());
+    block += fmt::format("  partition groups: contiguous blocks of {} ranks; replication groups: ranks {} apart\n", p, p);
+    block += fmt::format("  rails: intra-node {} | inter-node {}\n", rt->transport().provider(fabric::Rail::kIntra),
+                         topology.num_nodes > 1 ? rt->transport().provider(fabric::Rail::kInter) : std::string("(unused: one node)"));
+    block += fmt::format("  batch: {} ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
+                         world, c.grad_accum, c.micro_batch, T, thousands(static_cast<double>(tokens_per_step)), c.steps);
+    block += fmt::format("  optimizer: AdamW lr {:.2e} (warm-up {}, cosine to {:.2e}), weight decay {}, clip {}\n", c.lr,
+                         c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.lr * c.min_lr_ratio, c.weight_decay, c.clip);
+    block += fmt::format("  data: {} ({} sequences; eval: {})\n", data_plan.origin,
+                         thousands(static_cast<double>(train_data.num_sequences())),
+                         val_data ? fmt::format("{} sequences", val_data->num_sequences()) : std::string("none"));
+    if (data_plan.entropy_floor >= 0) block += fmt::format("  entropy floor of the data: {:.4f} nats/token\n", data_plan.entropy_floor);
+    block += fmt::format("  memory per rank: model states {} + gathered {} + gradients {} + activations {}{} = {} (budget {})\n",
+                         mib(mp.model_states), mib(mp.gathered), mib(mp.grad_buffers), mib(mp.activations),
+                         c.recompute ? " (recompute)" : "", mib(mp.total()), gib(budget));
+    block += fmt::format("  compute threads per rank: {}\n", threads);
+    std::fputs(block.c_str(), stdout);
+    std::fflush(stdout);
+  }
+
+  // --- outputs (only now: bad input has been ruled out) ------------------------------------
+  std::unique_ptr<MetricsWriter> metrics;
+  std::string metrics_path = c.metrics;
+  if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
+  if (leader) {
+    if (!c.out.empty()) {
+      std::error_code ec;
+      fs::create_directories(c.out, ec);
+      if (ec)
+        throw Error(ErrorKind::kIo, fmt::format("cannot create --out {}: {}", c.out, ec.message()),
+                    {.layer = "train", .where = "mics train", .hint = "choose a writable directory"});
+    }
+    if (!metrics_path.empty()) metrics = std::make_unique<MetricsWriter>(metrics_path);
+  }
+
+  // --- training ------------------------------------------------------------------------------
+  StopSignal stop;
+  const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
+  const io::Sampler sampler(train_data.num_sequences(), c.seed);
+  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, 0);
+  model::GptPass pass(gpt, c.micro_batch, T, c.recompute);
+  std::vector<float> grad0(gpt.unit_numel(0)), grad_block(gpt.num_units() > 1 ? gpt.unit_numel(1) : 0);
+  StepPrinter printer(leader, c.steps, c.log_every);
+
+  comm::Traffic excluded;  // evaluation traffic, left out of the per-step figures
+  auto subtract_traffic = [](comm::Traffic& total, const comm::Traffic& after, const comm::Traffic& before) {
+    for (int i = 0; i < fabric::kNumRails; ++i) {
+      total.bytes_sent[i] += after.bytes_sent[i] - before.bytes_sent[i];
+      total.msgs_sent[i] += after.msgs_sent[i] - before.msgs_sent[i];
+    }
+  };
+  double train_seconds = 0, steady_seconds = 0, exposed_total = 0, data_wait_total = 0;
+  int steps_done = 0, steady_steps = 0;
+  double last_loss = NAN, eval_loss = NAN;
+  bool stopped = false;
+  for (int step = 0; step < c.steps; ++step) {
+    const float lr = schedule.at(step);
+    engine.set_lr(lr);
+    const auto t0 = Clock::now();
+    const double wait_before = prefetcher.wait_seconds();
+    double loss_sum = 0, exposed = 0;
+    shard::StepReport report;
+    for (int m = 0; m < c.grad_accum; ++m) {
+      io::MicroBatch mb = prefetcher.next();
+      pass.set_tokens(mb.inputs.data(), mb.targets.data());
+      loss_sum += train_micro_step(engine, pass, mc.layers, grad0, grad_block);
+      report = engine.step();
+      exposed += report.exposed_comm_s;
+    }
+    // The mean loss over the global batch and an agreed stop (a signal on any rank stops all
+    // after this step): one small control all-reduce.
+    float control[2] = {static_cast<float>(loss_sum / c.grad_accum), stop.requested() ? 1.0f : 0.0f};
+    engine.control_all_reduce(control, 2, ReduceOp::kSum);
+    const double step_s = seconds_since(t0);
+    const double loss = static_cast<double>(control[0]) / world;
+    last_loss = loss;
+    ++steps_done;
+    train_seconds += step_s;
+    if (step > 0 || c.steps == 1) {
+      steady_seconds += step_s;
+      ++steady_steps;
+    }
+    exposed_total += exposed;
+    const double data_wait = prefetcher.wait_seconds() - wait_before;
+    data_wait_total += data_wait;
+    StepRecord rec;
+    rec.step = step + 1;
+    rec.loss = loss;
+    rec.lr = lr;
+    rec.grad_norm = report.grad_norm;
+    rec.skipped = report.skipped;
+    rec.step_ms = step_s * 1e3;
+    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
+    rec.comm_exposed_ms = exposed * 1e3;
+    rec.data_wait_ms = data_wait * 1e3;
+    if (val_data && c.eval_every > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps) {
+      const comm::Traffic before = engine.traffic();
+      const EvalResult ev = evaluate(engine, gpt, *val_data, rank, world, c.micro_batch, c.eval_batches);
+      subtract_traffic(excluded, engine.traffic(), before);
+      rec.eval_loss = ev.loss;
+      eval_loss = ev.loss;
+    }
+    printer.step(rec);
+    if (metrics) metrics->step(rec);
+    if (control[1] > 0) {
+      stopped = true;
+      if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
+      break;
+    }
+  }
+  printer.finish();
+
+  // --- final evaluation, samples, summary -----------------------------------------------------
+  if (val_data && !stopped) {
+    const comm::Traffic before = engine.traffic();
+    eval_loss = evaluate(engine, gpt, *val_data, rank, world, c.micro_batch, c.eval_batches).loss;
+    subtract_traffic(excluded, engine.traffic(), before);
+  }
+  if (c.samples > 0 && !stopped) {
+    const comm::Traffic before = engine.traffic();
+    const io::TokenDataset& source = val_data ? *val_data : train_data;
+    std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
+    source.sequence(0, in.data(), tg.data());
+    const std::vector<int32_t> prompt(in.begin(), in.begin() + std::min(8, T));
+    const auto seqs = sample(engine, gpt, prompt, c.samples, c.sample_tokens, c.seed);
+    subtract_traffic(excluded, engine.traffic(), before);
+    if (leader) {
+      std::string text = fmt::format("samples (prompt: the first {} tokens of a {} sequence):\n", prompt.size(),
+                                     val_data ? "validation" : "training");
+      for (size_t r = 0; r < seqs.size(); ++r)
+        text += fmt::format("  [{}] {}\n", r == 0 ? "greedy" : "t=0.8", render_tokens(seqs[r], mc.vocab));
+      std::fputs(text.c_str(), stdout);
+    }
+  }
+
+  comm::Traffic trained = engine.traffic();
+  for (int i = 0; i < fabric::kNumRails; ++i) trained.bytes_sent[i] -= excluded.bytes_sent[i];
+  const comm::Traffic expected = engine.expected_traffic(steps_done);
+  // The largest peak RSS over the ranks; whether every rank's traffic matched the model.
+  float rss_max = static_cast<float>(static_cast<double>(peak_rss_bytes()) / (1 << 20));  // MiB
+  engine.control_all_reduce(&rss_max, 1, ReduceOp::kMax);
+  const bool traffic_matches = trained.bytes_sent[kIntraRail] == expected.bytes_sent[kIntraRail] &&
+                               trained.bytes_sent[kInterRail] == expected.bytes_sent[kInterRail];
+  float mismatch = traffic_matches ? 0.0f : 1.0f;
+  engine.control_all_reduce(&mismatch, 1, ReduceOp::kMax);
+
+  Summary sum;
+  sum.strategy = c.strategy;
+  sum.model = c.model;
+  sum.world_size = world;
+  sum.nodes = topology.num_nodes;
+  sum.partition_size = p;
+  sum.grad_accum = c.grad_accum;
+  sum.micro_batch = c.micro_batch;
+  sum.seq_len = T;
+  sum.steps = steps_done;
+  sum.stopped_early = stopped;
+  sum.final_loss = last_loss;
+  sum.eval_loss = eval_loss;
+  sum.entropy_floor = data_plan.entropy_floor;
+  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
+  sum.train_seconds = train_seconds;
+  sum.comm_exposed_ms_per_step = steps_done ? exposed_total * 1e3 / steps_done : 0;
+  sum.data_wait_ms_per_step = steps_done ? data_wait_total * 1e3 / steps_done : 0;
+  // Rank 0's bytes per step, as the traffic formulas in shard/engine.hpp count them per rank.
+  sum.intra_node_bytes_per_step = steps_done ? static_cast<double>(trained.bytes_sent[kIntraRail]) / steps_done : 0;
+  sum.inter_node_bytes_per_step = steps_done ? static_cast<double>(trained.bytes_sent[kInterRail]) / steps_done : 0;
+  sum.traffic_matches_model = mismatch == 0.0f;
+  sum.model_state_bytes_per_rank = engine.memory().model_state_bytes;
+  sum.peak_rss_bytes = static_cast<uint64_t>(static_cast<double>(rss_max) * (1 << 20));
+  sum.recompute = c.recompute;
+  sum.activation_bytes = mp.activations;
+  sum.params = mc.num_params();
+  sum.flops_per_token = mc.flops_per_token(T);
+  if (leader) {
+    std::fputs(format_summary(sum).c_str(), stdout);
+    std::fflush(stdout);
+    if (metrics) metrics->summary(sum);
+  }
+  rt->finish();
+  return 0;
+}
+
+}  // namespace mics::train
