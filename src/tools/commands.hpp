@@ -15,5 +15,6 @@ Runner add_launch_command(CLI::App& app);
 Runner add_bench_command(CLI::App& app);
 Runner add_doctor_command(CLI::App& app);
 Runner add_engine_bench_command(CLI::App& app);
+Runner add_data_command(CLI::App& app);
 
 }  // namespace mics::tools
