@@ -363,6 +363,19 @@ TEST(Prefetcher, StopsCleanlyWhileFullOrFresh) {
   EXPECT_HAS(error_of([&] { Prefetcher bad(data, sampler, 2, 2, 1, 1, 0); }), "rank 2 of world 2");
 }
 
+TEST(Prefetcher, AnErrorOnTheThreadIsRethrownByNext) {
+  TwoShards d;
+  const TokenDataset data(d.paths, 256, 4);
+  // A sampler over more sequences than the dataset has: the read of sequence >= 5 fails on the
+  // thread; the batches before it are still handed out, then next() throws a mics::Error.
+  const Sampler sampler(1000, 3);
+  Prefetcher pf(data, sampler, 0, 1, 1, 1, 0, 2);
+  std::string msg;
+  for (int i = 0; i < 1000 && msg.empty(); ++i) msg = error_of([&] { (void)pf.next(); });
+  EXPECT_HAS(msg, "sequence");
+  EXPECT_HAS(error_of([&] { (void)pf.next(); }), "sequence");  // and again, not a hang
+}
+
 // ---- the Markov source -------------------------------------------------------------------------
 
 TEST(MarkovSource, StationaryDistributionIsStationary) {

@@ -107,7 +107,6 @@ TokenShard TokenShard::open(const std::string& path) {
                      file_bytes, count, shard.token_bytes_, expected,
                      file_bytes < expected ? "truncated?" : "trailing bytes?"),
          "regenerate it (mics data prepare / synth)");
-  ::madvise(const_cast<unsigned char*>(shard.map_), shard.map_bytes_, MADV_WILLNEED);
   return shard;
 }
 
