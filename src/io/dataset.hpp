@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,6 +48,7 @@ class Sampler {
   Sampler(uint64_t num_sequences, uint64_t seed);
   // The sequence at global position pos (epoch = pos / num_sequences).
   uint64_t sequence_at(uint64_t pos) const;
+  uint64_t num_sequences() const { return n_; }
   // Global position of rank r's micro-step m, row b at optimizer step t.
   static uint64_t position(uint64_t step, int micro, int rank, int row, int world, int grad_accum,
                            int micro_batch);
@@ -87,7 +89,7 @@ class Prefetcher {
   std::condition_variable cv_;
   bool stop_ = false;
   double wait_s_ = 0;
-  std::string error_;  // a read error on the thread, rethrown by next()
+  std::exception_ptr error_;  // a read error on the thread (a mics::Error), rethrown by next()
   std::thread thread_;
 };
 
