@@ -4,13 +4,14 @@
 //
 // Finite differences: f is a scalar computed in double from the fp32 outputs (a random
 // projection sum_k r_k out_k for a layer, the loss for a head or the whole model); every
-// parameter or input entry is moved by +-h (h = 1e-2) and the difference quotient uses the
-// step actually taken in fp32. The error measure of a tensor is
+// parameter or input entry is moved by +-h (h = 1e-2 for a layer, 5e-3 for the whole model,
+// whose larger curvature makes the h^2 term dominate at 1e-2) and the difference quotient uses
+// the step actually taken in fp32. The error measure of a tensor is
 //   max_i |analytic_i - numeric_i| / max_i |numeric_i|,
 // relative to the tensor's largest gradient so that tiny entries do not dominate. Its sources
-// are the truncation term h^2/6 f''' and fp32 rounding of f amplified by 1/(2h); the observed
-// values are a few 1e-4 at most, and the bounds (kLayerTol, kModelTol) leave a margin of
-// about 5x. Every check is double-checked: the same comparison must FAIL when the analytic
+// are the truncation term h^2/6 f''' and fp32 rounding of f amplified by 1/(2h). Observed: at
+// most 1.1e-4 for a layer or the head (bound kLayerTol = 1e-3) and 4.5e-4 for the whole model
+// (bound kModelTol = 2e-3), margins of about 5-10x. Every check is double-checked: the same comparison must FAIL when the analytic
 // gradient's largest entry is off by 5% or one whole tensor has its sign flipped, so a bound
 // loose enough to hide a wrong sign or a dropped term would be caught here.
 #include <gtest/gtest.h>
@@ -43,7 +44,7 @@ using mics::model::hash_uniform;
 constexpr double kH = 1e-2;       // layers and the head
 constexpr double kModelH = 5e-3;  // the whole model: more curvature, a smaller step
 constexpr double kLayerTol = 1e-3;  // one layer or the head (observed <= 1.1e-4)
-constexpr double kModelTol = 2e-3;  // the whole model (observed <= 3.5e-4)
+constexpr double kModelTol = 2e-3;  // the whole model (observed <= 4.5e-4)
 
 // B=2, T=5, C=8, H=2, V=11: small enough to check every entry.
 constexpr int kB = 2, kT = 5, kC = 8, kHeads = 2, kV = 11;
