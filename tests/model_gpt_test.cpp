@@ -394,4 +394,214 @@ TEST(GptModel, LossAndGradientsMatchFiniteDifferences) {
   }
 }
 
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The engine's schedule, unit by unit, on parameters copied into fresh buffers for every call
+// (as gathered shards would be) and gradients that start as NaN: the same bits as the helper.
+TEST(GptModel, UnitByUnitPassEqualsWholeModel) {
+  for (const bool recompute : {false, true}) {
+    Model m(small_config());
+    const auto in = random_tokens(kN, 71, kV), tgt = random_tokens(kN, 72, kV);
+    const float loss = m.run(in, tgt, kB, kT, recompute);
+
+    const int L = m.gpt.config().layers;
+    std::vector<std::vector<float>> grads;
+    for (int u = 0; u < m.gpt.num_units(); ++u) grads.emplace_back(m.gpt.unit_numel(u), NAN);
+    auto gathered = [&](int unit) { return std::vector<float>(m.params[unit]); };
+    GptPass pass(m.gpt, kB, kT, recompute);
+    pass.set_tokens(in.data(), tgt.data());
+    pass.embed_forward(gathered(0).data());
+    for (int l = 0; l < L; ++l) pass.block_forward(l, gathered(l + 1).data());
+    const float pass_loss = pass.head_forward(gathered(0).data());
+    pass.head_backward(gathered(0).data(), grads[0].data());
+    for (int l = L - 1; l >= 0; --l) pass.block_backward(l, gathered(l + 1).data(), grads[l + 1].data());
+    pass.embed_backward(gathered(0).data(), grads[0].data());
+
+    EXPECT_EQ(std::memcmp(&loss, &pass_loss, sizeof loss), 0) << loss << " vs " << pass_loss;
+    for (int u = 0; u < m.gpt.num_units(); ++u)
+      EXPECT_TRUE(same_bits(grads[u], m.grads[u])) << m.gpt.unit_name(u) << " recompute " << recompute;
+  }
+}
+
+TEST(GptModel, RecomputeGivesTheSameBitsWithLessMemory) {
+  GptConfig cfg = small_config();
+  cfg.layers = 3;
+  Model plain(cfg), recomputed(cfg);
+  const auto in = random_tokens(kN, 81, kV), tgt = random_tokens(kN, 82, kV);
+  const float loss = plain.run(in, tgt, kB, kT, false);
+  const float loss_r = recomputed.run(in, tgt, kB, kT, true);
+  EXPECT_EQ(std::memcmp(&loss, &loss_r, sizeof loss), 0);
+  for (int u = 0; u < plain.gpt.num_units(); ++u)
+    EXPECT_TRUE(same_bits(plain.grads[u], recomputed.grads[u])) << plain.gpt.unit_name(u);
+
+  // The model's estimate is exactly what a pass allocates, for both modes and several sizes.
+  for (const auto& [batch, t] : {std::pair{2, 5}, std::pair{1, 7}, std::pair{3, 1}})
+    for (const bool recompute : {false, true}) {
+      GptPass pass(plain.gpt, batch, t, recompute);
+      EXPECT_EQ(plain.gpt.activation_bytes(batch, t, recompute), pass.activation_bytes())
+          << batch << "x" << t << " recompute " << recompute;
+    }
+  EXPECT_LT(plain.gpt.activation_bytes(kB, kT, true), plain.gpt.activation_bytes(kB, kT, false));
+  // With recompute only one block keeps its internals: the saving is (L-1) blocks' worth.
+  const ly::Dims d{kB, kT, kC, kHeads};
+  EXPECT_EQ(plain.gpt.activation_bytes(kB, kT, false) - plain.gpt.activation_bytes(kB, kT, true),
+            (cfg.layers - 1) * ly::block_activation_floats(d) * sizeof(float));
+}
+
+// Every reduction is split by output column and the GEMMs split their outputs, so 1 and 2
+// threads give the same bits (on a size where the OpenMP loops and BLAS do split).
+TEST(GptModel, ThreadCountDoesNotChangeResults) {
+  GptConfig cfg = GptConfig::from_name("tiny");
+  Model one(cfg, /*gpt2_init=*/true), two(cfg, /*gpt2_init=*/true);
+  const int batch = 2, t = 64;
+  const auto in = random_tokens(batch * t, 91, cfg.vocab), tgt = random_tokens(batch * t, 92, cfg.vocab);
+  mics::model::set_compute_threads(1);
+  EXPECT_EQ(mics::model::compute_threads(), 1);
+  const float loss1 = one.run(in, tgt, batch, t, false);
+  mics::model::set_compute_threads(2);
+  EXPECT_EQ(mics::model::compute_threads(), 2);
+  const float loss2 = two.run(in, tgt, batch, t, false);
+  mics::model::set_compute_threads(0);
+  EXPECT_GE(mics::model::compute_threads(), 1);
+  EXPECT_EQ(std::memcmp(&loss1, &loss2, sizeof loss1), 0) << loss1 << " vs " << loss2;
+  for (int u = 0; u < one.gpt.num_units(); ++u)
+    EXPECT_TRUE(same_bits(one.grads[u], two.grads[u])) << one.gpt.unit_name(u);
+}
+
+// At GPT-2's initialisation the logits are small, so the loss on random tokens is near ln V.
+TEST(GptModel, InitialLossIsNearLogVocab) {
+  const GptConfig cfg = GptConfig::from_name("tiny");
+  Model m(cfg, /*gpt2_init=*/true, 7);
+  const int batch = 4, t = cfg.max_seq;
+  const auto in = random_tokens(batch * t, 101, cfg.vocab), tgt = random_tokens(batch * t, 102, cfg.vocab);
+  const float loss = m.run(in, tgt, batch, t, false, false);
+  // Logits have a std of about 0.02 * sqrt(C) = 0.16: the loss exceeds ln V by about
+  // var/2 = 0.013 plus sampling noise.
+  EXPECT_NEAR(loss, std::log(static_cast<double>(cfg.vocab)), 0.05);
+}
+
+// init_unit: the same numbers for the same (seed, unit), GPT-2's scales, any thread count.
+TEST(GptModel, InitIsDeterministicWithGpt2Scales) {
+  GptConfig cfg = GptConfig::from_name("L4H4C64V512T128");
+  const Gpt gpt(cfg);
+  auto init = [&](int unit, uint64_t seed) {
+    std::vector<float> p(gpt.unit_numel(unit));
+    gpt.init_unit(unit, seed, p.data());
+    return p;
+  };
+  mics::model::set_compute_threads(1);
+  const auto block_1thread = init(2, 5);
+  mics::model::set_compute_threads(2);
+  EXPECT_TRUE(same_bits(block_1thread, init(2, 5)));
+  mics::model::set_compute_threads(0);
+  EXPECT_FALSE(same_bits(block_1thread, init(2, 6)));  // another seed
+  EXPECT_FALSE(same_bits(block_1thread, init(3, 5)));  // another unit
+
+  auto stddev = [](const float* v, size_t n) {
+    double sum = 0, squares = 0;
+    for (size_t i = 0; i < n; ++i) {
+      sum += v[i];
+      squares += static_cast<double>(v[i]) * v[i];
+    }
+    const double mean = sum / n;
+    return std::sqrt(squares / n - mean * mean);
+  };
+  const size_t c = 64;
+  const auto u0 = init(0, 5);
+  const auto e = ly::embed_tensors(u0.data(), cfg.vocab, cfg.max_seq, cfg.channels);
+  EXPECT_NEAR(stddev(e.wte, cfg.vocab * c), 0.02, 0.001);
+  EXPECT_NEAR(stddev(e.wpe, cfg.max_seq * c), 0.01, 0.0005);
+  EXPECT_EQ(e.lnf_w[3], 1.0f);
+  EXPECT_EQ(e.lnf_b[3], 0.0f);
+  const auto b = ly::block_tensors(block_1thread.data(), cfg.channels);
+  EXPECT_NEAR(stddev(b.qkv_w, 3 * c * c), 0.02, 0.001);
+  EXPECT_NEAR(stddev(b.fc_w, 4 * c * c), 0.02, 0.001);
+  const double residual_std = 0.02 / std::sqrt(2.0 * cfg.layers);
+  EXPECT_NEAR(stddev(b.fcproj_w, 4 * c * c), residual_std, 0.05 * residual_std);
+  EXPECT_NEAR(stddev(b.proj_w, c * c), residual_std, 0.1 * residual_std);
+  EXPECT_EQ(b.ln1_w[0], 1.0f);
+  EXPECT_EQ(b.ln2_w[c - 1], 1.0f);
+  EXPECT_EQ(b.qkv_b[0], 0.0f);
+  EXPECT_EQ(b.fcproj_b[c - 1], 0.0f);
+}
+
+// --- configuration ---------------------------------------------------------------------
+
+// GPT-2's parameter count from the architecture: wte + wpe + final LayerNorm, and per block
+// two LayerNorms (4C), qkv (3C^2 + 3C), proj (C^2 + C), fc (4C^2 + 4C), fcproj (4C^2 + C).
+size_t expected_params(size_t L, size_t C, size_t V, size_t T) {
+  const size_t block = 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) +
+                       (4 * C * C + C);
+  return V * C + T * C + 2 * C + L * block;
+}
+
+TEST(GptConfig, PresetsHaveGpt2Sizes) {
+  const auto m124 = GptConfig::from_name("gpt2-124m");
+  EXPECT_EQ(m124.num_params(), 124439808u);  // llm.c's count, head tied to wte
+  EXPECT_EQ(m124.describe(), "L12 H12 C768 V50257 T1024 (124.4M params)");
+  struct Expected {
+    const char* name;
+    size_t L, H, C;
+  };
+  for (const Expected& e : {Expected{"gpt2-124m", 12, 12, 768}, Expected{"gpt2-350m", 24, 16, 1024},
+                            Expected{"gpt2-774m", 36, 20, 1280}, Expected{"gpt2-1.5b", 48, 25, 1600}}) {
+    const auto cfg = GptConfig::from_name(e.name);
+    EXPECT_EQ(static_cast<size_t>(cfg.layers), e.L) << e.name;
+    EXPECT_EQ(static_cast<size_t>(cfg.heads), e.H) << e.name;
+    EXPECT_EQ(static_cast<size_t>(cfg.channels), e.C) << e.name;
+    EXPECT_EQ(cfg.vocab, 50257) << e.name;
+    EXPECT_EQ(cfg.max_seq, 1024) << e.name;
+    EXPECT_EQ(cfg.num_params(), expected_params(e.L, e.C, 50257, 1024)) << e.name;
+    // The units partition the parameters.
+    const Gpt gpt(cfg);
+    size_t total = 0;
+    for (int u = 0; u < gpt.num_units(); ++u) total += gpt.unit_numel(u);
+    EXPECT_EQ(total, cfg.num_params()) << e.name;
+  }
+  const auto tiny = GptConfig::from_name("tiny");
+  EXPECT_EQ(tiny.num_params(), expected_params(2, 64, 256, 64));
+  EXPECT_DOUBLE_EQ(m124.flops_per_token(1024), 6.0 * 124439808 + 6.0 * 12 * 768 * 1024);
+  const Gpt gpt(tiny);
+  EXPECT_EQ(gpt.unit_name(0), "embed");
+  EXPECT_EQ(gpt.unit_name(2), "block.1");
+}
+
+TEST(GptConfig, FreeSizesAndErrors) {
+  const auto cfg = GptConfig::from_name("L3H2C16");
+  EXPECT_EQ(cfg.layers, 3);
+  EXPECT_EQ(cfg.heads, 2);
+  EXPECT_EQ(cfg.channels, 16);
+  EXPECT_EQ(cfg.vocab, 256);  // from tiny
+  EXPECT_EQ(cfg.max_seq, 64);
+  const auto full = GptConfig::from_name("T32V1000C48H3L1");
+  EXPECT_EQ(full.max_seq, 32);
+  EXPECT_EQ(full.vocab, 1000);
+
+  auto expect_invalid = [](const std::string& name, const std::string& in_message) {
+    try {
+      GptConfig::from_name(name);
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const mics::Error& e) {
+      EXPECT_EQ(e.kind(), mics::ErrorKind::kInvalidArgument) << name;
+      EXPECT_NE(std::string(e.what()).find(in_message), std::string::npos) << e.what();
+      EXPECT_FALSE(e.context().hint.empty()) << name;
+    }
+  };
+  for (const char* bad : {"gpt2-125m", "", "L", "L2L3", "X5", "L2H"}) {
+    expect_invalid(bad, "unknown GPT model");
+    try {
+      GptConfig::from_name(bad);
+    } catch (const mics::Error& e) {
+      for (const auto& preset : GptConfig::preset_names())
+        EXPECT_NE(e.message().find(preset), std::string::npos) << preset;
+    }
+  }
+  expect_invalid("C10H3", "heads");
+  expect_invalid("L0", ">= 1");
+  EXPECT_THROW(Gpt(GptConfig{2, 3, 8, 11, 7}), mics::Error);
+  EXPECT_THROW(GptPass(Gpt(small_config()), 1, 8, false), mics::Error);  // T > max_seq
+}
+
 }  // namespace
