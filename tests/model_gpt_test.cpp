@@ -11,9 +11,10 @@
 // relative to the tensor's largest gradient so that tiny entries do not dominate. Its sources
 // are the truncation term h^2/6 f''' and fp32 rounding of f amplified by 1/(2h). Observed: at
 // most 1.1e-4 for a layer or the head (bound kLayerTol = 1e-3) and 4.5e-4 for the whole model
-// (bound kModelTol = 2e-3), margins of about 5-10x. Every check is double-checked: the same comparison must FAIL when the analytic
-// gradient's largest entry is off by 5% or one whole tensor has its sign flipped, so a bound
-// loose enough to hide a wrong sign or a dropped term would be caught here.
+// (bound kModelTol = 2e-3), margins of about 5-10x. Every check is double-checked: the same
+// comparison must FAIL when the analytic gradient's largest entry is off by 5% or one whole tensor
+// has its sign flipped, so a bound loose enough to hide a wrong sign or a dropped term would be
+// caught here.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -41,8 +42,8 @@ using mics::model::GptConfig;
 using mics::model::GptPass;
 using mics::model::hash_uniform;
 
-constexpr double kH = 1e-2;       // layers and the head
-constexpr double kModelH = 5e-3;  // the whole model: more curvature, a smaller step
+constexpr double kH = 1e-2;         // layers and the head
+constexpr double kModelH = 5e-3;    // the whole model: more curvature, a smaller step
 constexpr double kLayerTol = 1e-3;  // one layer or the head (observed <= 1.1e-4)
 constexpr double kModelTol = 2e-3;  // the whole model (observed <= 4.5e-4)
 
@@ -195,8 +196,8 @@ TEST(GptLayers, CausalAttentionBackwardMatchesFiniteDifferences) {
   f();
 
   std::vector<float> dqkv(qkv.size()), scratch(kT * kT);
-  kn::attention_backward(r.data(), qkv.data(), att.data(), dqkv.data(), scratch.data(), kB, kT,
-                         kC, kHeads);
+  kn::attention_backward(r.data(), qkv.data(), att.data(), dqkv.data(), scratch.data(), kB, kT, kC,
+                         kHeads);
   expect_gradient("attention dqkv", qkv.data(), dqkv.data(), qkv.size(), f, kLayerTol);
 }
 
@@ -212,7 +213,8 @@ TEST(GptLayers, GeluMlpBackwardMatchesFiniteDifferences) {
   constexpr int kF = 4 * kC;
   std::vector<float> x = random_vector(kN * kC, 21, 1.0f);
   std::vector<float> fc_w = random_vector(kF * kC, 22, 0.5f), fc_b = random_vector(kF, 23, 0.5f);
-  std::vector<float> proj_w = random_vector(kC * kF, 24, 0.3f), proj_b = random_vector(kC, 25, 0.5f);
+  std::vector<float> proj_w = random_vector(kC * kF, 24, 0.3f),
+                     proj_b = random_vector(kC, 25, 0.5f);
   const std::vector<float> r = random_vector(kN * kC, 26, 1.0f);
   std::vector<float> h(kN * kF), g(kN * kF), y(kN * kC);
   auto f = [&] {
@@ -225,8 +227,8 @@ TEST(GptLayers, GeluMlpBackwardMatchesFiniteDifferences) {
   std::vector<float> dg(kN * kF), dx(kN * kC);
   std::vector<float> dfc_w(fc_w.size()), dfc_b(fc_b.size()), dproj_w(proj_w.size()),
       dproj_b(proj_b.size());
-  kn::linear_backward(r.data(), g.data(), proj_w.data(), dg.data(), dproj_w.data(),
-                      dproj_b.data(), kN, kF, kC);
+  kn::linear_backward(r.data(), g.data(), proj_w.data(), dg.data(), dproj_w.data(), dproj_b.data(),
+                      kN, kF, kC);
   kn::gelu_backward(h.data(), dg.data(), dg.data(), dg.size());
   kn::linear_backward(dg.data(), x.data(), fc_w.data(), dx.data(), dfc_w.data(), dfc_b.data(), kN,
                       kC, kF);
@@ -261,11 +263,16 @@ TEST(GptLayers, BlockBackwardMatchesFiniteDifferences) {
   const auto g = ly::block_tensors(grad.data(), kC);
   const size_t c = kC;
   const std::vector<std::tuple<const char*, float*, float*, size_t>> tensors = {
-      {"block ln1_w", p.ln1_w, g.ln1_w, c},        {"block ln1_b", p.ln1_b, g.ln1_b, c},
-      {"block qkv_w", p.qkv_w, g.qkv_w, 3 * c * c}, {"block qkv_b", p.qkv_b, g.qkv_b, 3 * c},
-      {"block proj_w", p.proj_w, g.proj_w, c * c},  {"block proj_b", p.proj_b, g.proj_b, c},
-      {"block ln2_w", p.ln2_w, g.ln2_w, c},        {"block ln2_b", p.ln2_b, g.ln2_b, c},
-      {"block fc_w", p.fc_w, g.fc_w, 4 * c * c},    {"block fc_b", p.fc_b, g.fc_b, 4 * c},
+      {"block ln1_w", p.ln1_w, g.ln1_w, c},
+      {"block ln1_b", p.ln1_b, g.ln1_b, c},
+      {"block qkv_w", p.qkv_w, g.qkv_w, 3 * c * c},
+      {"block qkv_b", p.qkv_b, g.qkv_b, 3 * c},
+      {"block proj_w", p.proj_w, g.proj_w, c * c},
+      {"block proj_b", p.proj_b, g.proj_b, c},
+      {"block ln2_w", p.ln2_w, g.ln2_w, c},
+      {"block ln2_b", p.ln2_b, g.ln2_b, c},
+      {"block fc_w", p.fc_w, g.fc_w, 4 * c * c},
+      {"block fc_b", p.fc_b, g.fc_b, 4 * c},
       {"block fcproj_w", p.fcproj_w, g.fcproj_w, 4 * c * c},
       {"block fcproj_b", p.fcproj_b, g.fcproj_b, c}};
   for (const auto& [name, value, gradient, count] : tensors)
@@ -276,7 +283,8 @@ TEST(GptLayers, EmbeddingBackwardMatchesFiniteDifferences) {
   constexpr int kMaxSeq = 7;  // wpe has rows past T that must get no gradient
   std::vector<int32_t> tokens = random_tokens(kN, 41, kV);
   tokens[3] = tokens[7] = tokens[8] = 4;  // repeated tokens accumulate
-  std::vector<float> wte = random_vector(kV * kC, 42, 0.5f), wpe = random_vector(kMaxSeq * kC, 43, 0.5f);
+  std::vector<float> wte = random_vector(kV * kC, 42, 0.5f),
+                     wpe = random_vector(kMaxSeq * kC, 43, 0.5f);
   const std::vector<float> r = random_vector(kN * kC, 44, 1.0f);
   std::vector<float> out(kN * kC);
   auto f = [&] {
@@ -299,9 +307,9 @@ TEST(GptLayers, HeadCrossEntropyBackwardMatchesFiniteDifferences) {
   std::vector<float> storage(ly::head_activation_floats(d, kV));
   const auto acts = ly::head_activations(storage.data(), d, kV);
   auto f = [&] {
-    return static_cast<double>(ly::head_forward(
-        d, kV, ly::embed_tensors<const float>(unit0.data(), kV, kMaxSeq, kC), x.data(),
-        targets.data(), acts));
+    return static_cast<double>(
+        ly::head_forward(d, kV, ly::embed_tensors<const float>(unit0.data(), kV, kMaxSeq, kC),
+                         x.data(), targets.data(), acts));
   };
   const double loss = f();
   // The loss is the mean over rows of log-sum-exp minus the target's logit, in double here.
@@ -416,12 +424,14 @@ TEST(GptModel, UnitByUnitPassEqualsWholeModel) {
     for (int l = 0; l < L; ++l) pass.block_forward(l, gathered(l + 1).data());
     const float pass_loss = pass.head_forward(gathered(0).data());
     pass.head_backward(gathered(0).data(), grads[0].data());
-    for (int l = L - 1; l >= 0; --l) pass.block_backward(l, gathered(l + 1).data(), grads[l + 1].data());
+    for (int l = L - 1; l >= 0; --l)
+      pass.block_backward(l, gathered(l + 1).data(), grads[l + 1].data());
     pass.embed_backward(gathered(0).data(), grads[0].data());
 
     EXPECT_EQ(std::memcmp(&loss, &pass_loss, sizeof loss), 0) << loss << " vs " << pass_loss;
     for (int u = 0; u < m.gpt.num_units(); ++u)
-      EXPECT_TRUE(same_bits(grads[u], m.grads[u])) << m.gpt.unit_name(u) << " recompute " << recompute;
+      EXPECT_TRUE(same_bits(grads[u], m.grads[u]))
+          << m.gpt.unit_name(u) << " recompute " << recompute;
   }
 }
 
@@ -451,12 +461,14 @@ TEST(GptModel, RecomputeGivesTheSameBitsWithLessMemory) {
 }
 
 // Every reduction is split by output column and the GEMMs split their outputs, so 1 and 2
-// threads give the same bits (on a size where the OpenMP loops and BLAS do split).
+// threads give the same bits. The size is large enough for OpenBLAS to use its threads (the
+// head's GEMM is 512 x 2048 x 128).
 TEST(GptModel, ThreadCountDoesNotChangeResults) {
-  GptConfig cfg = GptConfig::from_name("tiny");
+  const GptConfig cfg = GptConfig::from_name("L1H4C128V2048T128");
   Model one(cfg, /*gpt2_init=*/true), two(cfg, /*gpt2_init=*/true);
-  const int batch = 2, t = 64;
-  const auto in = random_tokens(batch * t, 91, cfg.vocab), tgt = random_tokens(batch * t, 92, cfg.vocab);
+  const int batch = 4, t = 128;
+  const auto in = random_tokens(batch * t, 91, cfg.vocab),
+             tgt = random_tokens(batch * t, 92, cfg.vocab);
   mics::model::set_compute_threads(1);
   EXPECT_EQ(mics::model::compute_threads(), 1);
   const float loss1 = one.run(in, tgt, batch, t, false);
@@ -475,7 +487,8 @@ TEST(GptModel, InitialLossIsNearLogVocab) {
   const GptConfig cfg = GptConfig::from_name("tiny");
   Model m(cfg, /*gpt2_init=*/true, 7);
   const int batch = 4, t = cfg.max_seq;
-  const auto in = random_tokens(batch * t, 101, cfg.vocab), tgt = random_tokens(batch * t, 102, cfg.vocab);
+  const auto in = random_tokens(batch * t, 101, cfg.vocab),
+             tgt = random_tokens(batch * t, 102, cfg.vocab);
   const float loss = m.run(in, tgt, batch, t, false, false);
   // Logits have a std of about 0.02 * sqrt(C) = 0.16: the loss exceeds ln V by about
   // var/2 = 0.013 plus sampling noise.
@@ -532,8 +545,8 @@ TEST(GptModel, InitIsDeterministicWithGpt2Scales) {
 // GPT-2's parameter count from the architecture: wte + wpe + final LayerNorm, and per block
 // two LayerNorms (4C), qkv (3C^2 + 3C), proj (C^2 + C), fc (4C^2 + 4C), fcproj (4C^2 + C).
 size_t expected_params(size_t L, size_t C, size_t V, size_t T) {
-  const size_t block = 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) +
-                       (4 * C * C + C);
+  const size_t block =
+      4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C);
   return V * C + T * C + 2 * C + L * block;
 }
 
@@ -545,8 +558,9 @@ TEST(GptConfig, PresetsHaveGpt2Sizes) {
     const char* name;
     size_t L, H, C;
   };
-  for (const Expected& e : {Expected{"gpt2-124m", 12, 12, 768}, Expected{"gpt2-350m", 24, 16, 1024},
-                            Expected{"gpt2-774m", 36, 20, 1280}, Expected{"gpt2-1.5b", 48, 25, 1600}}) {
+  for (const Expected& e :
+       {Expected{"gpt2-124m", 12, 12, 768}, Expected{"gpt2-350m", 24, 16, 1024},
+        Expected{"gpt2-774m", 36, 20, 1280}, Expected{"gpt2-1.5b", 48, 25, 1600}}) {
     const auto cfg = GptConfig::from_name(e.name);
     EXPECT_EQ(static_cast<size_t>(cfg.layers), e.L) << e.name;
     EXPECT_EQ(static_cast<size_t>(cfg.heads), e.H) << e.name;

@@ -48,19 +48,21 @@ void fill_normal(float* out, size_t count, float stddev, uint64_t seed, int unit
   const auto n = static_cast<int64_t>(count);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
-    out[i] = stddev * hash_normal(seed, static_cast<uint64_t>(unit),
-                                  first_index + static_cast<size_t>(i));
+    out[i] = stddev *
+             hash_normal(seed, static_cast<uint64_t>(unit), first_index + static_cast<size_t>(i));
 }
 
-void fill(float* out, size_t count, float value) { std::fill(out, out + count, value); }
+void fill(float* out, size_t count, float value) {
+  std::fill(out, out + count, value);
+}
 
 struct PassSizes {
-  size_t tokens;          // int32 entries: inputs and targets
-  size_t residual;        // floats: the residual stream, L+1 rows of [N, C]
-  size_t block_acts;      // floats: every block's kept activations (one block's with recompute)
-  size_t head_acts;       // floats
-  size_t dresid;          // floats
-  size_t block_scratch;   // floats
+  size_t tokens;         // int32 entries: inputs and targets
+  size_t residual;       // floats: the residual stream, L+1 rows of [N, C]
+  size_t block_acts;     // floats: every block's kept activations (one block's with recompute)
+  size_t head_acts;      // floats
+  size_t dresid;         // floats
+  size_t block_scratch;  // floats
   uint64_t bytes() const {
     return tokens * sizeof(int32_t) +
            (residual + block_acts + head_acts + dresid + block_scratch) * sizeof(float);
@@ -94,7 +96,9 @@ std::atomic<int> g_compute_threads{0};
 
 // --- Gpt ---------------------------------------------------------------------------------
 
-Gpt::Gpt(GptConfig config) : config_(config) { config_.validate(); }
+Gpt::Gpt(GptConfig config) : config_(config) {
+  config_.validate();
+}
 
 size_t Gpt::unit_numel(int unit) const {
   MICS_CHECK(unit >= 0 && unit < num_units(), "unit index out of range");
@@ -206,7 +210,9 @@ GptPass::GptPass(const Gpt& gpt, int batch, int seq_len, bool recompute) {
   impl_ = new Impl(gpt, batch, seq_len, recompute);
 }
 
-GptPass::~GptPass() { delete impl_; }
+GptPass::~GptPass() {
+  delete impl_;
+}
 
 void GptPass::set_tokens(const int32_t* inputs, const int32_t* targets) {
   Impl& m = *impl_;
@@ -215,8 +221,8 @@ void GptPass::set_tokens(const int32_t* inputs, const int32_t* targets) {
     for (size_t i = 0; i < n; ++i) {
       if (from[i] < 0 || from[i] >= m.cfg.vocab)
         throw Error(ErrorKind::kInvalidArgument,
-                    fmt::format("{} token {} at position {} is outside the vocabulary of {}",
-                                what, from[i], i, m.cfg.vocab),
+                    fmt::format("{} token {} at position {} is outside the vocabulary of {}", what,
+                                from[i], i, m.cfg.vocab),
                     {.layer = "model",
                      .where = "setting the GPT micro-batch",
                      .hint = "the data set's vocabulary must fit the model's (V)"});
@@ -238,8 +244,8 @@ void GptPass::embed_forward(const float* unit0) {
 void GptPass::block_forward(int layer, const float* block) {
   Impl& m = *impl_;
   m.check_layer(layer);
-  layers::block_forward(m.dims, layers::block_tensors(block, m.cfg.channels),
-                        m.residual_at(layer), m.acts(layer), m.residual_at(layer + 1));
+  layers::block_forward(m.dims, layers::block_tensors(block, m.cfg.channels), m.residual_at(layer),
+                        m.acts(layer), m.residual_at(layer + 1));
   m.shared_acts_layer = layer;
 }
 
@@ -249,7 +255,9 @@ float GptPass::head_forward(const float* unit0) {
                               m.has_targets ? m.targets.data() : nullptr, m.head);
 }
 
-const float* GptPass::logits() const { return impl_->head.logits; }
+const float* GptPass::logits() const {
+  return impl_->head.logits;
+}
 
 void GptPass::head_backward(const float* unit0, float* grad0) {
   Impl& m = *impl_;

@@ -63,11 +63,21 @@ bool parse_free_size(const std::string& text, GptConfig& config) {
     if (i == digits_start) return false;
     const int v = static_cast<int>(value);
     switch (letter) {
-      case 'L': config.layers = v; break;
-      case 'H': config.heads = v; break;
-      case 'C': config.channels = v; break;
-      case 'V': config.vocab = v; break;
-      default: config.max_seq = v; break;
+      case 'L':
+        config.layers = v;
+        break;
+      case 'H':
+        config.heads = v;
+        break;
+      case 'C':
+        config.channels = v;
+        break;
+      case 'V':
+        config.vocab = v;
+        break;
+      default:
+        config.max_seq = v;
+        break;
     }
   }
   return true;
@@ -87,9 +97,9 @@ GptConfig GptConfig::from_name(const std::string& name) {
     if (name == preset.name) return preset.config;
   GptConfig config;
   if (!parse_free_size(name, config))
-    throw config_error(fmt::format("unknown GPT model '{}'; presets: {}", name,
-                                   join(preset_names(), ", ")),
-                       "parsing the model name");
+    throw config_error(
+        fmt::format("unknown GPT model '{}'; presets: {}", name, join(preset_names(), ", ")),
+        "parsing the model name");
   config.validate();
   return config;
 }

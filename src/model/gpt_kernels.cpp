@@ -13,15 +13,25 @@ namespace {
 // each column's sum is then taken by one thread in row order, whatever the thread count.
 constexpr int kColumnBlock = 16;
 
-int column_blocks(int columns) { return (columns + kColumnBlock - 1) / kColumnBlock; }
+int column_blocks(int columns) {
+  return (columns + kColumnBlock - 1) / kColumnBlock;
+}
 
-size_t offset(int64_t row, int64_t width) { return static_cast<size_t>(row * width); }
+size_t offset(int64_t row, int64_t width) {
+  return static_cast<size_t>(row * width);
+}
+
+// Loops over fewer elements run on the calling thread: waking the team costs more than the
+// work (and much more on a loaded machine). Each output is computed the same way either way.
+bool worth_threads(int64_t rows, int64_t width) {
+  return rows * width >= 32768;
+}
 
 }  // namespace
 
 void layernorm_forward(const float* x, const float* w, const float* b, float* out, float* mean,
                        float* rstd, int rows, int channels) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, channels))
   for (int n = 0; n < rows; ++n) {
     const float* xr = x + offset(n, channels);
     float* yr = out + offset(n, channels);
@@ -45,7 +55,7 @@ void layernorm_forward(const float* x, const float* w, const float* b, float* ou
 void layernorm_backward(const float* dout, const float* x, const float* mean, const float* rstd,
                         const float* w, float* dx, float* dw, float* db, int rows, int channels,
                         bool accumulate_dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, channels))
   for (int n = 0; n < rows; ++n) {
     const float* xr = x + offset(n, channels);
     const float* gr = dout + offset(n, channels);
@@ -66,7 +76,7 @@ void layernorm_backward(const float* dout, const float* x, const float* mean, co
       dxr[c] = accumulate_dx ? dxr[c] + v : v;
     }
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, channels))
   for (int block = 0; block < column_blocks(channels); ++block) {
     const int c0 = block * kColumnBlock, c1 = std::min(channels, c0 + kColumnBlock);
     float sw[kColumnBlock] = {}, sb[kColumnBlock] = {};
@@ -87,7 +97,7 @@ void layernorm_backward(const float* dout, const float* x, const float* mean, co
 
 void linear_forward(const float* in, const float* w, const float* b, const float* add, float* out,
                     int rows, int in_channels, int out_channels) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, out_channels))
   for (int n = 0; n < rows; ++n) {
     float* yr = out + offset(n, out_channels);
     const float* ar = add ? add + offset(n, out_channels) : nullptr;
@@ -105,7 +115,7 @@ void linear_backward(const float* dout, const float* in, const float* w, float* 
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_channels, in_channels, rows, 1.0f, dout,
               out_channels, in, in_channels, 0.0f, dw, in_channels);
   if (!db) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, out_channels))
   for (int block = 0; block < column_blocks(out_channels); ++block) {
     const int o0 = block * kColumnBlock, o1 = std::min(out_channels, o0 + kColumnBlock);
     float sums[kColumnBlock] = {};
@@ -124,7 +134,7 @@ constexpr float kGeluCubic = 0.044715f;
 
 void gelu_forward(const float* x, float* out, size_t count) {
   const auto n = static_cast<int64_t>(count);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n, 1))
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     out[i] = 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + kGeluCubic * v * v * v)));
@@ -133,7 +143,7 @@ void gelu_forward(const float* x, float* out, size_t count) {
 
 void gelu_backward(const float* x, const float* dout, float* dx, size_t count) {
   const auto n = static_cast<int64_t>(count);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n, 1))
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float t = std::tanh(kGeluScale * (v + kGeluCubic * v * v * v));
@@ -152,11 +162,11 @@ void attention_forward(const float* qkv, float* att, float* out, int batch, int 
   for (int b = 0; b < batch; ++b)
     for (int h = 0; h < heads; ++h) {
       const float* q = qkv + offset(int64_t{b} * T, 3 * C) + h * hs;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, 3 * C, q + C,
-                  3 * C, 0.0f, att + (static_cast<size_t>(b) * heads + h) * tt, T);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, 3 * C, q + C, 3 * C,
+                  0.0f, att + (static_cast<size_t>(b) * heads + h) * tt, T);
     }
   const int64_t total_rows = int64_t{batch} * heads * T;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(total_rows, T))
   for (int64_t r = 0; r < total_rows; ++r) {
     const int t = static_cast<int>(r % T);
     float* row = att + static_cast<size_t>(r) * T;
@@ -201,7 +211,7 @@ void attention_backward(const float* dout, const float* qkv, const float* att, f
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dy, C, 0.0f, dv,
                   3 * C);
       // Softmax backward per row: dS = P * (dP - sum_j P dP), zero where masked.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(T, T))
       for (int t = 0; t < T; ++t) {
         const float* pr = p + static_cast<size_t>(t) * T;
         float* dr = scratch + static_cast<size_t>(t) * T;
@@ -221,7 +231,7 @@ void attention_backward(const float* dout, const float* qkv, const float* att, f
 
 float cross_entropy_forward(const float* logits, const int32_t* targets, float* lse, float* losses,
                             int rows, int vocab) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, vocab))
   for (int n = 0; n < rows; ++n) {
     const float* lr = logits + offset(n, vocab);
     float mx = lr[0];
@@ -240,7 +250,7 @@ float cross_entropy_forward(const float* logits, const int32_t* targets, float* 
 void cross_entropy_backward(float* logits, const int32_t* targets, const float* lse, int rows,
                             int vocab) {
   const float inv_rows = 1.0f / static_cast<float>(rows);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, vocab))
   for (int n = 0; n < rows; ++n) {
     float* lr = logits + offset(n, vocab);
     for (int v = 0; v < vocab; ++v) lr[v] = std::exp(lr[v] - lse[n]) * inv_rows;
@@ -251,7 +261,7 @@ void cross_entropy_backward(float* logits, const int32_t* targets, const float* 
 void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out,
                        int batch, int seq_len, int channels) {
   const int rows = batch * seq_len;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, channels))
   for (int n = 0; n < rows; ++n) {
     const float* te = wte + offset(tokens[n], channels);
     const float* pe = wpe + offset(n % seq_len, channels);
@@ -264,7 +274,7 @@ void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, f
                         int batch, int seq_len, int channels) {
   const int rows = batch * seq_len;
   // Split by channel: a token seen twice is accumulated by one thread, in row order.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(rows, channels))
   for (int block = 0; block < column_blocks(channels); ++block) {
     const int c0 = block * kColumnBlock, c1 = std::min(channels, c0 + kColumnBlock);
     for (int n = 0; n < rows; ++n) {

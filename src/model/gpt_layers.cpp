@@ -134,8 +134,8 @@ void block_backward(const Dims& d, const BlockTensors<const float>& p,
   const int n = static_cast<int>(d.rows()), c = d.channels;
   // MLP: out = res2 + fcproj(gelu(fc(ln2(res2)))); the residual passes dresid through, so
   // the LayerNorm's input gradient is added to it.
-  k::linear_backward(dresid, a.fch_gelu, p.fcproj_w, s.dfch, grad.fcproj_w, grad.fcproj_b, n,
-                     4 * c, c);
+  k::linear_backward(dresid, a.fch_gelu, p.fcproj_w, s.dfch, grad.fcproj_w, grad.fcproj_b, n, 4 * c,
+                     c);
   k::gelu_backward(a.fch, s.dfch, s.dfch, 4 * d.rows() * static_cast<size_t>(c));
   k::linear_backward(s.dfch, a.ln2, p.fc_w, s.dln, grad.fc_w, grad.fc_b, n, c, 4 * c);
   k::layernorm_backward(s.dln, a.res2, a.ln2_mean, a.ln2_rstd, p.ln2_w, dresid, grad.ln2_w,
