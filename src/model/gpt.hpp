@@ -87,7 +87,9 @@ class GptPass {
   void block_forward(int layer, const float* block);  // layer in [0, L)
   // Final LayerNorm, logits and (with targets) the mean cross-entropy, returned (0 without).
   float head_forward(const float* unit0);
-  const float* logits() const;  // [B, T, V], valid after head_forward
+  // [B, T, V], valid from head_forward until head_backward, which turns the buffer into the
+  // logits' gradient in place (a second B*T*V buffer would double the largest activation).
+  const float* logits() const;
 
   // Gradients. grad0 (unit_numel(0) floats) is overwritten by head_backward and accumulated
   // into by embed_backward; a block's grad is overwritten by block_backward.
@@ -108,7 +110,9 @@ float gpt_forward_backward(const Gpt& gpt, const std::vector<const float*>& unit
                            std::vector<float*>* grads, const int32_t* inputs,
                            const int32_t* targets, int batch, int seq_len, bool recompute);
 
-// Threads for the model's loops and BLAS in this process (0: one per core this rank may use).
+// Threads for the model's loops and BLAS in this process (0: one per core this rank may use,
+// from its CPU affinity). Sets OpenMP's and OpenBLAS's thread counts for the calling thread's
+// parallel regions. compute_threads() returns the count in effect (never 0).
 void set_compute_threads(int threads);
 int compute_threads();
 
