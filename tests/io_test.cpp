@@ -455,7 +455,12 @@ TEST(MarkovSource, GenerateIsDeterministicPerStream) {
   const MarkovSource cyc({.vocab = 8, .states = 8, .branching = 1, .seed = 1});
   EXPECT_NEAR(cyc.entropy_rate_nats(), 0.0, 1e-15);
   EXPECT_NEAR(cyc.stationary()[3], 0.125, 1e-9);
-  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 10, .states = 20}); }), "branching <= states <= vocab");
+  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 10, .states = 20}); }), "first_token + states <= vocab");
+  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 80, .states = 64, .first_token = 48}); }), "from token 48");
+  // An offset moves the ids and nothing else.
+  const MarkovSource shifted({.vocab = 256, .states = 64, .branching = 4, .seed = 1, .first_token = 48});
+  EXPECT_DOUBLE_EQ(shifted.entropy_rate_nats(), d.entropy_rate_nats());
+  EXPECT_EQ(shifted.generate(10, 0), (std::vector<uint32_t>{82, 79, 51, 106, 75, 76, 77, 101, 84, 108}));
 }
 
 // ---- the synthetic corpus ---------------------------------------------------------------------

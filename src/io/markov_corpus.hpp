@@ -7,7 +7,8 @@
 // is H = sum_i pi_i * H(P_i) in nats, pi the stationary distribution (power iteration to
 // 1e-12). A model with context T >= 2 can reach H; no model can beat it in expectation.
 //
-// Choices made here: state i is token id i (ids 0..states-1; ids >= states never occur).
+// Choices made here: state i is token id first_token + i (other ids never occur; the embedded
+// corpus starts at '0' so that its byte-level samples print as text).
 // Successor 0 of state i is always i+1 mod states, so the chain has a cycle through every
 // state (irreducible: pi exists and is unique); the other branching-1 successors are distinct
 // states drawn at random. Probabilities are hash uniforms in (0.05, 1], normalized. pi is
@@ -25,6 +26,7 @@ struct MarkovSpec {
   int states = 64;
   int branching = 4;
   uint64_t seed = 1;
+  int first_token = 0;  // state i emits token first_token + i
 };
 
 class MarkovSource {

@@ -10,13 +10,13 @@
 namespace mics::io {
 
 MarkovSource::MarkovSource(const MarkovSpec& spec) : spec_(spec) {
-  if (spec.vocab < 1 || spec.states < 1 || spec.states > spec.vocab || spec.branching < 1 ||
-      spec.branching > spec.states)
+  if (spec.vocab < 1 || spec.states < 1 || spec.first_token < 0 ||
+      spec.first_token + spec.states > spec.vocab || spec.branching < 1 || spec.branching > spec.states)
     throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("Markov source with vocab {}, states {}, branching {}", spec.vocab,
-                            spec.states, spec.branching),
+                fmt::format("Markov source with vocab {}, states {} from token {}, branching {}",
+                            spec.vocab, spec.states, spec.first_token, spec.branching),
                 {.layer = "io", .where = "building the synthetic corpus source",
-                 .hint = "need 1 <= branching <= states <= vocab"});
+                 .hint = "need 1 <= branching <= states and first_token + states <= vocab"});
   const auto S = static_cast<uint32_t>(spec.states);
   const auto B = static_cast<uint32_t>(spec.branching);
   next_.resize(S);
@@ -112,6 +112,9 @@ std::vector<uint32_t> MarkovSource::generate(uint64_t n, uint64_t stream) const 
     state = pick;
     out.push_back(state);
   }
+  const auto first = static_cast<uint32_t>(spec_.first_token);
+  if (first != 0)
+    for (auto& token : out) token += first;
   return out;
 }
 

@@ -95,6 +95,7 @@ std::optional<SynthResult> existing_corpus(const fs::path& dir, const MarkovSpec
   try {
     const bool same = m.at("source") == "markov" && m.at("vocab") == spec.vocab &&
                       m.at("states") == spec.states && m.at("branching") == spec.branching &&
+                      m.value("first_token", 0) == spec.first_token &&
                       m.at("seed") == spec.seed && m.at("train_tokens") == train_tokens &&
                       m.at("val_tokens") == val_tokens;
     if (!same)
@@ -181,6 +182,7 @@ SynthResult write_synthetic_corpus(const std::string& dir_arg, const MarkovSpec&
                  {"vocab", spec.vocab},
                  {"states", spec.states},
                  {"branching", spec.branching},
+                 {"first_token", spec.first_token},
                  {"seed", spec.seed},
                  {"entropy_rate_nats", source.entropy_rate_nats()},
                  {"train_tokens", train_tokens},

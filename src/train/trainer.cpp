@@ -34,7 +34,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // The embedded corpus: an order-1 Markov source over 64 of the 256 byte ids, 4 successors per
-// state (model/io: io/markov_corpus.hpp). Fixed, so every run and every machine sees the same.
+// state (io/markov_corpus.hpp). Fixed, so every run and every machine sees the same.
 constexpr size_t kIntraRail = static_cast<size_t>(fabric::Rail::kIntra);
 constexpr size_t kInterRail = static_cast<size_t>(fabric::Rail::kInter);
 
@@ -46,6 +46,7 @@ io::MarkovSpec embedded_spec() {
   spec.states = 64;
   spec.branching = 4;
   spec.seed = 20241201;
+  spec.first_token = '0';  // ids 48..111: digits, punctuation and letters, so samples print as text
   return spec;
 }
 
@@ -270,8 +271,8 @@ std::string ensure_embedded_corpus() {
     root = std::string(home && *home ? home : "/tmp") + "/.cache/mics";
   }
   const io::MarkovSpec spec = embedded_spec();
-  const std::string dir = fmt::format("{}/synth-markov-s{}-k{}-b{}-{}", root, spec.seed, spec.states, spec.branching,
-                                      kEmbeddedTrainTokens);
+  const std::string dir = fmt::format("{}/synth-markov-s{}-k{}-b{}-f{}-{}", root, spec.seed, spec.states, spec.branching,
+                                      spec.first_token, kEmbeddedTrainTokens);
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec)
@@ -392,7 +393,8 @@ int run_training(const TrainConfig& c) {
     block += fmt::format("  strategy {} | partition size p={} | replicas r={} | {}\n", c.strategy, p, engine.replicas(),
                          topology.describe());
     block += fmt::format("  partition groups: contiguous blocks of {} ranks; replication groups: ranks {} apart\n", p, p);
-    block += fmt::format("  rails: intra-node {} | inter-node {}\n", rt->transport().provider(fabric::Rail::kIntra),
+    block += fmt::format("  rails: intra-node {} | inter-node {}\n",
+                         per_node > 1 ? rt->transport().provider(fabric::Rail::kIntra) : std::string("(unused: one rank per node)"),
                          topology.num_nodes > 1 ? rt->transport().provider(fabric::Rail::kInter) : std::string("(unused: one node)"));
     block += fmt::format("  batch: {} ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
                          world, c.grad_accum, c.micro_batch, T, thousands(static_cast<double>(tokens_per_step)), c.steps);
