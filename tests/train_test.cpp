@@ -189,6 +189,16 @@ TEST(Train, SigtermStopsCleanlyAfterTheCurrentStep) {
   EXPECT_NE(run.result.output.find("stopping after step"), std::string::npos) << run.result.output;
 }
 
+TEST(Train, ConfigFileSettingsAndFlagsOverrideThem) {
+  const std::string config = scratch() + "/settings.toml";
+  std::ofstream(config) << "[train]\nstrategy = \"zero3\"  # a comment\ngrad_accum = 3\nsteps = 9\n";
+  const TrainRun run = train(2, 1, "--config " + config, "config");  // with --steps 4
+  ASSERT_EQ(run.result.status, 0) << run.result.output;
+  EXPECT_EQ(run.summary["strategy"], "zero3");
+  EXPECT_EQ(run.summary["grad_accum"], 3);
+  EXPECT_EQ(run.summary["steps"], 4);  // the flag wins over the file's 9
+}
+
 // Bad input: one line naming what and where, non-zero exit, nothing written.
 struct BadInput {
   std::string name, args, expect;
@@ -239,6 +249,11 @@ std::vector<BadInput> bad_inputs() {
       {"partition_with_ddp", "--strategy ddp --partition-size 2", "--partition-size"},
       {"invalid_partition", "--strategy mics --partition-size 3", "3"},
       {"seq_too_long", "--seq-len 4096", "--seq-len"},
+      {"unknown_config_setting", "--config " + [&] {
+         const std::string path = dir + "/bad.toml";
+         std::ofstream(path) << "steps = 3\nbogus_knob = 1\n";
+         return path;
+       }(), "bad.toml:2: unknown setting 'bogus-knob'"},
   };
 }
 

@@ -3,7 +3,11 @@
 // starts the N local ranks itself through `mics launch`.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
+#include <fstream>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -25,6 +29,7 @@ struct TrainFlags {
   int nproc = 0;
   int nodes = 1;
   std::vector<std::string> argv;  // this process' arguments, for the -n re-launch
+  std::string config_file;
 };
 
 bool inside_a_job() {
@@ -70,6 +75,55 @@ std::string self_executable() {
               {.layer = "train", .where = "mics train -n", .hint = "run the ranks with mics launch"});
 }
 
+std::string trim(std::string s) {
+  const auto space = [](unsigned char ch) { return std::isspace(ch) != 0; };
+  while (!s.empty() && space(static_cast<unsigned char>(s.back()))) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && space(static_cast<unsigned char>(s[i]))) ++i;
+  return s.substr(i);
+}
+
+// Settings from --config: `name = value` lines (TOML's simple form: "strings", numbers,
+// true/false; # comments; a [train] header is allowed), where name is a flag's long name
+// (dashes or underscores). A setting applies only when its flag was not given.
+void apply_config_file(CLI::App& sub, const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("--config {}: cannot read it: {}", path, errno_text(errno)),
+                {.layer = "train", .where = "mics train", .hint = "give the path of an existing settings file"});
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    auto bad = [&](const std::string& what, const std::string& hint) {
+      throw Error(ErrorKind::kInvalidArgument, fmt::format("--config {}:{}: {}", path, number, what),
+                  {.layer = "train", .where = "mics train", .hint = hint});
+    };
+    bool quoted = false;  // a '#' outside quotes starts a comment
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '"') quoted = !quoted;
+      if (line[i] == '#' && !quoted) {
+        line.resize(i);
+        break;
+      }
+    }
+    line = trim(line);
+    if (line.empty() || line == "[train]") continue;
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) bad(fmt::format("'{}' is not 'name = value'", line), "write one setting per line, e.g. steps = 200");
+    std::string name = trim(line.substr(0, eq)), value = trim(line.substr(eq + 1));
+    std::replace(name.begin(), name.end(), '_', '-');
+    if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+    CLI::Option* opt = name == "config" || name == "nproc" || name == "nodes" ? nullptr : sub.get_option_no_throw("--" + name);
+    if (!opt) bad(fmt::format("unknown setting '{}'", name), "settings are the long flag names of mics train --help (model, strategy, steps, ...)");
+    if (opt->count() > 0) continue;  // the command line wins
+    try {
+      opt->add_result(value);
+      opt->run_callback();
+    } catch (const CLI::Error& e) {
+      bad(fmt::format("{} = {}: {}", name, value, e.what()), "see mics train --help for the values it takes");
+    }
+  }
+}
+
 }  // namespace
 
 Runner add_train_command(CLI::App& app, int argc, char** argv) {
@@ -77,7 +131,8 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
   f->argv.assign(argv, argv + argc);
   train::TrainConfig& c = f->config;
   CLI::App* sub = app.add_subcommand("train", "train a GPT model with ddp, zero3 or mics sharding (every rank runs this)");
-  sub->set_config("--config", "", "a TOML file of settings (keys are the flag names); flags given here override it");
+  sub->add_option("--config", f->config_file,
+                  "a file of settings, one 'flag-name = value' per line (TOML style); flags given here override it");
   const std::string presets = [] {
     std::string s;
     for (const auto& p : model::GptConfig::preset_names()) s += (s.empty() ? "" : ", ") + p;
@@ -116,7 +171,8 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
       "  mics train -n 4 --nodes 2 --strategy mics --partition-size 2\n"
       "  mics launch -n 8 --nodes 2 -- mics train --model gpt2-124m --strategy zero3 --data 'shards/*_train_*.bin'\n"
       "  srun -N 2 --ntasks-per-node 8 mics train --strategy mics --partition-size 8   (MICS_MASTER_ADDR/PORT set)");
-  return [f]() -> int {
+  return [f, sub]() -> int {
+    if (!f->config_file.empty()) apply_config_file(*sub, f->config_file);
     if (f->nproc > 0 && !inside_a_job()) {
       if (f->nproc % f->nodes != 0)
         throw Error(ErrorKind::kInvalidArgument, fmt::format("-n {} ranks do not split into --nodes {}", f->nproc, f->nodes),
