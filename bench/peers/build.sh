@@ -15,3 +15,5 @@ else
 fi
 ${CC:-cc} "${cflags[@]}" -o "$out/memcpy_bw" "$here/memcpy_bw.c"
 echo "built $out/memcpy_bw"
+${CC:-cc} "${cflags[@]}" -O3 -I/usr/include/x86_64-linux-gnu/openblas-pthread -o "$out/sgemm_rate" "$here/sgemm_rate.c" -lopenblas
+echo "built $out/sgemm_rate"
