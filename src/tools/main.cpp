@@ -1,6 +1,9 @@
 // The mics binary: parses the subcommand, runs it, and is the one place where an error
 // becomes an exit status.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 
@@ -11,7 +14,22 @@
 #include "mics/build_info.hpp"
 #include "tools/commands.hpp"
 
+namespace {
+
+// OpenMP threads that finish a parallel loop spin for a while by default (libgomp), which on
+// a busy or oversubscribed host takes the core from the thread with work: measured 20x slower
+// training on 2 busy cores. libgomp reads OMP_WAIT_POLICY when it loads, before main, so
+// `mics train` re-runs itself once with the passive policy unless the user chose one.
+void prefer_passive_openmp_waits(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) != "train" || std::getenv("OMP_WAIT_POLICY")) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  prefer_passive_openmp_waits(argc, argv);
   CLI::App app{"mics: MiCS sharded data-parallel training over libfabric and NCCL"};
   app.set_version_flag("--version", std::string("mics ") + mics::build::kVersion);
   app.require_subcommand(1);
