@@ -136,7 +136,8 @@ TEST(TokenShard, IndependentWriterLoadsUnchanged) {
   // And ours is byte-identical to the independent writer's.
   write_token_shard(dir / "ours.bin", std::vector<uint32_t>(tokens.begin(), tokens.end()));
   std::ifstream a(dir / "llmc.bin", std::ios::binary), b(dir / "ours.bin", std::ios::binary);
-  const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+  const std::string sa((std::istreambuf_iterator<char>(a)), {}),
+      sb((std::istreambuf_iterator<char>(b)), {});
   EXPECT_EQ(sa, sb);
 }
 
@@ -169,7 +170,8 @@ TEST(TokenShard, EachCorruptionIsNamed) {
     short_file << "not a shard";
   }
   const std::vector<Case> cases = {
-      {"truncated.bin", "size 2050 bytes, header says 600 tokens of 2 bytes -> expected 2224 bytes (truncated?"},
+      {"truncated.bin",
+       "size 2050 bytes, header says 600 tokens of 2 bytes -> expected 2224 bytes (truncated?"},
       {"trailing.bin", "expected 1034 bytes (trailing bytes?"},
       {"magic.bin", "bad magic 12345"},
       {"version.bin", "unknown version 3 for magic 20240520"},
@@ -182,7 +184,8 @@ TEST(TokenShard, EachCorruptionIsNamed) {
     EXPECT_HAS(msg, dir / c.name);
     EXPECT_HAS(msg, c.expect);
   }
-  EXPECT_HAS(error_of([&] { TokenShard::open(dir / "version.bin"); }), "supported: magic 20240520 version 1");
+  EXPECT_HAS(error_of([&] { TokenShard::open(dir / "version.bin"); }),
+             "supported: magic 20240520 version 1");
   EXPECT_HAS(error_of([&] { TokenShard::open(dir / "truncated.bin"); }), "regenerate");
 
   // A token id >= vocab: the file, the index and the id.
@@ -199,7 +202,8 @@ TEST(TokenShard, EachCorruptionIsNamed) {
 TEST(TokenShard, FailedWriteNamesThePathAndLeavesNothing) {
   TempDir dir;
   // A file size limit makes write() fail (EFBIG) the way a full disk does (ENOSPC).
-  struct sigaction ignore {}, old {};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &old), 0);
   rlimit saved{};
@@ -221,7 +225,8 @@ TEST(TokenShard, FailedWriteNamesThePathAndLeavesNothing) {
 
 TEST(TokenShard, GlobExpandsSortedAndNamesWhatIsMissing) {
   TempDir dir;
-  for (const char* name : {"d_train_000002.bin", "d_train_000000.bin", "d_train_000001.bin", "d_val_000000.bin"})
+  for (const char* name :
+       {"d_train_000002.bin", "d_train_000000.bin", "d_train_000001.bin", "d_val_000000.bin"})
     write_token_shard(dir / name, std::vector<uint32_t>{1, 2, 3});
   const auto files = expand_shard_glob(dir / "d_train_*.bin");
   ASSERT_EQ(files.size(), 3u);
@@ -230,7 +235,8 @@ TEST(TokenShard, GlobExpandsSortedAndNamesWhatIsMissing) {
   const auto both = expand_shard_glob((dir / "d_val_*.bin") + "," + (dir / "d_train_000001.bin"));
   ASSERT_EQ(both.size(), 2u);
   EXPECT_EQ(both[0], dir / "d_train_000001.bin");
-  EXPECT_HAS(error_of([&] { expand_shard_glob(dir / "nope.bin"); }), (dir / "nope.bin") + ": no such file");
+  EXPECT_HAS(error_of([&] { expand_shard_glob(dir / "nope.bin"); }),
+             (dir / "nope.bin") + ": no such file");
   EXPECT_HAS(error_of([&] { expand_shard_glob(dir / "x_*.bin"); }), "matches no file");
   EXPECT_HAS(error_of([&] { expand_shard_glob(" , "); }), "no shard path given");
 }
@@ -294,7 +300,8 @@ TEST(Sampler, EachEpochIsABijectionFromSeedAndEpoch) {
   const Sampler fixed(10, 1);
   std::vector<uint64_t> first;
   for (uint64_t p = 0; p < 20; ++p) first.push_back(fixed.sequence_at(p));
-  EXPECT_EQ(first, (std::vector<uint64_t>{4, 2, 3, 8, 9, 6, 7, 5, 1, 0, 3, 6, 5, 1, 2, 4, 9, 8, 0, 7}));
+  EXPECT_EQ(first,
+            (std::vector<uint64_t>{4, 2, 3, 8, 9, 6, 7, 5, 1, 0, 3, 6, 5, 1, 2, 4, 9, 8, 0, 7}));
 }
 
 TEST(Sampler, RanksMicroStepsAndRowsCoverTheGlobalBatchDisjointly) {
@@ -322,7 +329,8 @@ TEST(Sampler, SameGlobalBatchAtAnotherWorldSizeVisitsTheSameSequences) {
     for (int m = 0; m < 4; ++m)
       for (int b = 0; b < 2; ++b) one.insert(s.sequence_at(Sampler::position(t, m, 0, b, 1, 4, 2)));
     for (int r = 0; r < 4; ++r)
-      for (int b = 0; b < 2; ++b) four.insert(s.sequence_at(Sampler::position(t, 0, r, b, 4, 1, 2)));
+      for (int b = 0; b < 2; ++b)
+        four.insert(s.sequence_at(Sampler::position(t, 0, r, b, 4, 1, 2)));
     ASSERT_EQ(one, four) << "step " << t;
   }
 }
@@ -434,7 +442,8 @@ TEST(MarkovSource, EmpiricalLossMatchesTheEntropyRate) {
   for (double m : means) var += (m - mean) * (m - mean) / (batches - 1);
   const double se = std::sqrt(var / batches);
   EXPECT_LT(std::fabs(mean - src.entropy_rate_nats()), 4 * se + 1e-9)
-      << "empirical " << mean << " vs entropy rate " << src.entropy_rate_nats() << " (se " << se << ")";
+      << "empirical " << mean << " vs entropy rate " << src.entropy_rate_nats() << " (se " << se
+      << ")";
   EXPECT_LT(se, 0.01);
 }
 
@@ -455,12 +464,16 @@ TEST(MarkovSource, GenerateIsDeterministicPerStream) {
   const MarkovSource cyc({.vocab = 8, .states = 8, .branching = 1, .seed = 1});
   EXPECT_NEAR(cyc.entropy_rate_nats(), 0.0, 1e-15);
   EXPECT_NEAR(cyc.stationary()[3], 0.125, 1e-9);
-  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 10, .states = 20}); }), "first_token + states <= vocab");
-  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 80, .states = 64, .first_token = 48}); }), "from token 48");
+  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 10, .states = 20}); }),
+             "first_token + states <= vocab");
+  EXPECT_HAS(error_of([] { MarkovSource({.vocab = 80, .states = 64, .first_token = 48}); }),
+             "from token 48");
   // An offset moves the ids and nothing else.
-  const MarkovSource shifted({.vocab = 256, .states = 64, .branching = 4, .seed = 1, .first_token = 48});
+  const MarkovSource shifted(
+      {.vocab = 256, .states = 64, .branching = 4, .seed = 1, .first_token = 48});
   EXPECT_DOUBLE_EQ(shifted.entropy_rate_nats(), d.entropy_rate_nats());
-  EXPECT_EQ(shifted.generate(10, 0), (std::vector<uint32_t>{82, 79, 51, 106, 75, 76, 77, 101, 84, 108}));
+  EXPECT_EQ(shifted.generate(10, 0),
+            (std::vector<uint32_t>{82, 79, 51, 106, 75, 76, 77, 101, 84, 108}));
 }
 
 // ---- the synthetic corpus ---------------------------------------------------------------------
@@ -482,12 +495,14 @@ TEST(SyntheticCorpus, WritesReadsAndIsIdempotent) {
   EXPECT_EQ(again.val, r.val);
   EXPECT_EQ(fs::last_write_time(r.train[0]), mtime) << "regenerated instead of reusing";
   // Another spec in the same directory is an error, not an overwrite.
-  const std::string msg = error_of([&] { write_synthetic_corpus(dir / "c", {.seed = 5}, 2500, 300); });
+  const std::string msg =
+      error_of([&] { write_synthetic_corpus(dir / "c", {.seed = 5}, 2500, 300); });
   EXPECT_HAS(msg, dir / "c");
   EXPECT_HAS(msg, "another synthetic corpus");
   // A damaged corpus is named.
   fs::remove(r.train[1]);
-  EXPECT_HAS(error_of([&] { write_synthetic_corpus(dir / "c", spec, 2500, 300, 1000); }), "damaged");
+  EXPECT_HAS(error_of([&] { write_synthetic_corpus(dir / "c", spec, 2500, 300, 1000); }),
+             "damaged");
   EXPECT_LT(read_entropy_floor(dir.str()), 0.0);
 }
 
@@ -520,7 +535,8 @@ TEST(SyntheticCorpus, ConcurrentCallsAgreeAndLeaveNoTemporaries) {
   EXPECT_EQ(data.num_tokens(), 200000u);
 }
 
-// ---- the byte tokenizer --------------------------------------------------------------------------
+// ---- the byte tokenizer
+// --------------------------------------------------------------------------
 
 TEST(ByteTokenizer, EncodesBytesAndDecodesPrintably) {
   const std::string text = "Hi\n\\ \xff\t";

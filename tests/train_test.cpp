@@ -30,14 +30,17 @@ namespace fs = std::filesystem;
 // A scratch directory per test process; the embedded corpus is cached there once.
 const std::string& scratch() {
   static const std::string dir = [] {
-    std::string d = fmt::format("{}/mics-train-test-{}", fs::temp_directory_path().string(), ::getpid());
+    std::string d =
+        fmt::format("{}/mics-train-test-{}", fs::temp_directory_path().string(), ::getpid());
     fs::create_directories(d);
     return d;
   }();
   return dir;
 }
 
-std::string env_prefix() { return fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data", scratch()); }
+std::string env_prefix() {
+  return fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data", scratch());
+}
 
 struct TrainRun {
   mics::testing::RunResult result;
@@ -57,12 +60,14 @@ TrainRun read_metrics(mics::testing::RunResult r, const std::string& metrics) {
   return run;
 }
 
-const std::string kCommon = "--model tiny --micro-batch 2 --seq-len 32 --steps 4 --samples 0 --eval-batches 1 --seed 3";
+const std::string kCommon =
+    "--model tiny --micro-batch 2 --seq-len 32 --steps 4 --samples 0 --eval-batches 1 --seed 3";
 
 TrainRun train(int ranks, int nodes, const std::string& args, const std::string& tag) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
-  const auto r = mics::testing::run_command(fmt::format("{} {} train -n {} --nodes {} {} {} --metrics {}", env_prefix(),
-                                                        MICS_BINARY, ranks, nodes, kCommon, args, metrics));
+  const auto r = mics::testing::run_command(
+      fmt::format("{} {} train -n {} --nodes {} {} {} --metrics {}", env_prefix(), MICS_BINARY,
+                  ranks, nodes, kCommon, args, metrics));
   return read_metrics(r, metrics);
 }
 
@@ -80,7 +85,8 @@ void expect_matches_reference(const TrainRun& run) {
   ASSERT_EQ(run.result.status, 0) << run.result.output;
   ASSERT_EQ(run.losses.size(), ref.size()) << run.result.output;
   for (size_t i = 0; i < ref.size(); ++i)
-    EXPECT_NEAR(run.losses[i], ref[i], 1e-5 * ref[i]) << "step " << i + 1 << "\n" << run.result.output;
+    EXPECT_NEAR(run.losses[i], ref[i], 1e-5 * ref[i]) << "step " << i + 1 << "\n"
+                                                      << run.result.output;
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
 }
 
@@ -101,7 +107,9 @@ class TrainEquivalence : public ::testing::TestWithParam<Layout> {};
 TEST_P(TrainEquivalence, LossCurveMatchesOneProcess) {
   const Layout l = GetParam();
   const int accum = 8 / l.ranks;
-  const TrainRun run = train(l.ranks, l.nodes, fmt::format("--grad-accum {} --strategy {}", accum, l.strategy), name_of(l));
+  const TrainRun run =
+      train(l.ranks, l.nodes, fmt::format("--grad-accum {} --strategy {}", accum, l.strategy),
+            name_of(l));
   expect_matches_reference(run);
   EXPECT_EQ(run.summary["world_size"], l.ranks);
   EXPECT_EQ(run.summary["nodes"], l.nodes);
@@ -126,61 +134,73 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainEquivalence, ::testing::ValuesIn(layouts(
                          [](const auto& param_info) { return name_of(param_info.param); });
 
 TEST(Train, MpirunTrainsExactlyLikeMicsLaunch) {
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun (openmpi-bin) not installed";
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "mpirun (openmpi-bin) not installed";
   const std::string args = "--strategy mics --partition-size 2 --grad-accum 2";
   const TrainRun launched = train(4, 1, args, "launched");
   ASSERT_EQ(launched.result.status, 0) << launched.result.output;
   const std::string metrics = scratch() + "/mpirun.jsonl";
   const int port = 20000 + ::getpid() % 20000;
-  const auto r = mics::testing::run_command(fmt::format(
-      "{} MICS_MASTER_ADDR=127.0.0.1 MICS_MASTER_PORT={} mpirun --allow-run-as-root --oversubscribe -np 4 "
-      "-x MICS_TIMEOUT_S -x MICS_DATA_DIR -x MICS_MASTER_ADDR -x MICS_MASTER_PORT {} train {} {} --metrics {}",
-      env_prefix(), port, MICS_BINARY, kCommon, args, metrics));
+  const auto r = mics::testing::run_command(
+      fmt::format("{} MICS_MASTER_ADDR=127.0.0.1 MICS_MASTER_PORT={} mpirun --allow-run-as-root "
+                  "--oversubscribe -np 4 "
+                  "-x MICS_TIMEOUT_S -x MICS_DATA_DIR -x MICS_MASTER_ADDR -x MICS_MASTER_PORT {} "
+                  "train {} {} --metrics {}",
+                  env_prefix(), port, MICS_BINARY, kCommon, args, metrics));
   const TrainRun mpi = read_metrics(r, metrics);
   ASSERT_EQ(mpi.result.status, 0) << mpi.result.output;
   ASSERT_EQ(mpi.losses.size(), launched.losses.size());
-  for (size_t i = 0; i < mpi.losses.size(); ++i) EXPECT_EQ(mpi.losses[i], launched.losses[i]) << "step " << i + 1;
+  for (size_t i = 0; i < mpi.losses.size(); ++i)
+    EXPECT_EQ(mpi.losses[i], launched.losses[i]) << "step " << i + 1;
   EXPECT_EQ(mpi.summary["world_size"], 4);
 }
 
 TEST(Train, SummaryHasTheDocumentedFields) {
   const TrainRun run = train(4, 2, "--strategy mics --partition-size 2 --grad-accum 2", "summary");
   ASSERT_EQ(run.result.status, 0) << run.result.output;
-  for (const char* key : {"strategy", "world_size", "nodes", "partition_size", "grad_accum", "steps", "final_loss",
-                          "eval_loss", "entropy_floor", "tokens_per_s", "intra_node_bytes_per_step",
-                          "inter_node_bytes_per_step", "model_state_bytes_per_rank", "peak_rss_bytes"})
+  for (const char* key :
+       {"strategy", "world_size", "nodes", "partition_size", "grad_accum", "steps", "final_loss",
+        "eval_loss", "entropy_floor", "tokens_per_s", "intra_node_bytes_per_step",
+        "inter_node_bytes_per_step", "model_state_bytes_per_rank", "peak_rss_bytes"})
     EXPECT_TRUE(run.summary.contains(key)) << key;
   EXPECT_EQ(run.summary["partition_size"], 2);
   // p = 2 = ranks per node: gathers and reduce-scatters stay on the node; only the 2-hop
   // all-reduce of the shards crosses nodes.
   EXPECT_GT(run.summary["intra_node_bytes_per_step"].get<double>(), 0);
   EXPECT_GT(run.summary["inter_node_bytes_per_step"].get<double>(), 0);
-  EXPECT_LT(run.summary["inter_node_bytes_per_step"].get<double>(), run.summary["intra_node_bytes_per_step"].get<double>());
+  EXPECT_LT(run.summary["inter_node_bytes_per_step"].get<double>(),
+            run.summary["intra_node_bytes_per_step"].get<double>());
   EXPECT_GT(run.summary["entropy_floor"].get<double>(), 0);
   // The start-up block and the samples are printed.
   EXPECT_NE(run.result.output.find("memory per rank"), std::string::npos) << run.result.output;
-  EXPECT_NE(run.result.output.find("rails: intra-node shm"), std::string::npos) << run.result.output;
+  EXPECT_NE(run.result.output.find("rails: intra-node shm"), std::string::npos)
+      << run.result.output;
 }
 
 TEST(Train, RecomputeGivesTheSameLossWithLessActivationMemory) {
   const TrainRun plain = train(2, 1, "--strategy zero3 --grad-accum 4", "plain");
-  const TrainRun recompute = train(2, 1, "--strategy zero3 --grad-accum 4 --recompute", "recompute");
+  const TrainRun recompute =
+      train(2, 1, "--strategy zero3 --grad-accum 4 --recompute", "recompute");
   ASSERT_EQ(plain.result.status, 0) << plain.result.output;
   ASSERT_EQ(recompute.result.status, 0) << recompute.result.output;
   EXPECT_EQ(plain.losses, recompute.losses);
-  EXPECT_LT(recompute.summary["activation_bytes"].get<uint64_t>(), plain.summary["activation_bytes"].get<uint64_t>());
+  EXPECT_LT(recompute.summary["activation_bytes"].get<uint64_t>(),
+            plain.summary["activation_bytes"].get<uint64_t>());
 }
 
 TEST(Train, SigtermStopsCleanlyAfterTheCurrentStep) {
   const std::string metrics = scratch() + "/sigterm.jsonl";
   // A long run; SIGTERM to the launcher after the first steps reach the metrics file.
   const std::string cmd = fmt::format(
-      "{} {} train -n 2 --model tiny --micro-batch 2 --seq-len 32 --steps 100000 --samples 0 --metrics {} & pid=$!; "
-      "for i in $(seq 1 600); do [ -s {} ] && [ $(grep -c '\"step\"' {}) -ge 2 ] && break; sleep 0.1; done; "
+      "{} {} train -n 2 --model tiny --micro-batch 2 --seq-len 32 --steps 100000 --samples 0 "
+      "--metrics {} & pid=$!; "
+      "for i in $(seq 1 600); do [ -s {} ] && [ $(grep -c '\"step\"' {}) -ge 2 ] && break; sleep "
+      "0.1; done; "
       "kill -TERM $pid; wait $pid",
       env_prefix(), MICS_BINARY, metrics, metrics, metrics);
   const TrainRun run = read_metrics(mics::testing::run_command(cmd), metrics);
-  EXPECT_EQ(run.result.status, 128 + SIGTERM) << run.result.output;  // the launcher reports the signal
+  EXPECT_EQ(run.result.status, 128 + SIGTERM)
+      << run.result.output;  // the launcher reports the signal
   EXPECT_GE(run.losses.size(), 2u);
   EXPECT_LT(run.losses.size(), 100000u);
   ASSERT_TRUE(run.summary.is_object()) << run.result.output;
@@ -191,7 +211,8 @@ TEST(Train, SigtermStopsCleanlyAfterTheCurrentStep) {
 
 TEST(Train, ConfigFileSettingsAndFlagsOverrideThem) {
   const std::string config = scratch() + "/settings.toml";
-  std::ofstream(config) << "[train]\nstrategy = \"zero3\"  # a comment\ngrad_accum = 3\nsteps = 9\n";
+  std::ofstream(config)
+      << "[train]\nstrategy = \"zero3\"  # a comment\ngrad_accum = 3\nsteps = 9\n";
   const TrainRun run = train(2, 1, "--config " + config, "config");  // with --steps 4
   ASSERT_EQ(run.result.status, 0) << run.result.output;
   EXPECT_EQ(run.summary["strategy"], "zero3");
@@ -209,14 +230,17 @@ class TrainBadInput : public ::testing::TestWithParam<BadInput> {};
 TEST_P(TrainBadInput, OneLineErrorAndNothingWritten) {
   const BadInput b = GetParam();
   const std::string out = fmt::format("{}/bad-{}", scratch(), b.name);
-  const auto r = mics::testing::run_command(
-      fmt::format("cd {} && {} {} train -n 2 --steps 2 --out {} {}", scratch(), env_prefix(), MICS_BINARY, out, b.args));
+  const auto r =
+      mics::testing::run_command(fmt::format("cd {} && {} {} train -n 2 --steps 2 --out {} {}",
+                                             scratch(), env_prefix(), MICS_BINARY, out, b.args));
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_NE(r.output.find(b.expect), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(out)) << r.output;
   // One error line (the message, with its hint on the same line).
   size_t error_lines = 0;
-  for (size_t at = r.output.find("error:"); at != std::string::npos; at = r.output.find("error:", at + 1)) ++error_lines;
+  for (size_t at = r.output.find("error:"); at != std::string::npos;
+       at = r.output.find("error:", at + 1))
+    ++error_lines;
   EXPECT_EQ(error_lines, 1u) << r.output;
 }
 
@@ -238,7 +262,8 @@ std::vector<BadInput> bad_inputs() {
     f.write(reinterpret_cast<const char*>(header), sizeof(header));
     std::vector<uint16_t> tokens(200, 7);
     tokens[123] = 300;
-    f.write(reinterpret_cast<const char*>(tokens.data()), static_cast<std::streamsize>(tokens.size() * 2));
+    f.write(reinterpret_cast<const char*>(tokens.data()),
+            static_cast<std::streamsize>(tokens.size() * 2));
   }
   return {
       {"missing_shard", "--data " + dir + "/nothing_*.bin", "nothing_"},
@@ -249,11 +274,14 @@ std::vector<BadInput> bad_inputs() {
       {"partition_with_ddp", "--strategy ddp --partition-size 2", "--partition-size"},
       {"invalid_partition", "--strategy mics --partition-size 3", "3"},
       {"seq_too_long", "--seq-len 4096", "--seq-len"},
-      {"unknown_config_setting", "--config " + [&] {
-         const std::string path = dir + "/bad.toml";
-         std::ofstream(path) << "steps = 3\nbogus_knob = 1\n";
-         return path;
-       }(), "bad.toml:2: unknown setting 'bogus-knob'"},
+      {"unknown_config_setting",
+       "--config " +
+           [&] {
+             const std::string path = dir + "/bad.toml";
+             std::ofstream(path) << "steps = 3\nbogus_knob = 1\n";
+             return path;
+           }(),
+       "bad.toml:2: unknown setting 'bogus-knob'"},
   };
 }
 

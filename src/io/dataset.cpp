@@ -12,9 +12,9 @@ TokenDataset::TokenDataset(const std::vector<std::string>& paths, int vocab, int
     : seq_len_(seq_len) {
   const ErrorContext ctx{.layer = "io", .where = "opening the token dataset"};
   if (seq_len < 1 || vocab < 1)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("sequence length {} and vocabulary {} must be positive", seq_len, vocab),
-                ctx);
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("sequence length {} and vocabulary {} must be positive", seq_len, vocab), ctx);
   if (paths.empty()) {
     ErrorContext c = ctx;
     c.hint = "give the shard files (--data DIR/*_train_*.bin)";
@@ -34,12 +34,12 @@ TokenDataset::TokenDataset(const std::vector<std::string>& paths, int vocab, int
   if (total_ == 0) {
     ErrorContext c = ctx;
     c.hint = "use a shorter sequence length or more data";
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("the {} shard(s) ({}{}) hold {} tokens: no shard has a sequence of "
-                            "seq_len + 1 = {} tokens",
-                            paths.size(), paths.front(), paths.size() > 1 ? ", ..." : "", tokens,
-                            T + 1),
-                c);
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("the {} shard(s) ({}{}) hold {} tokens: no shard has a sequence of "
+                    "seq_len + 1 = {} tokens",
+                    paths.size(), paths.front(), paths.size() > 1 ? ", ..." : "", tokens, T + 1),
+        c);
   }
 }
 

@@ -69,8 +69,8 @@ struct MicroBatch {
 
 class Prefetcher {
  public:
-  Prefetcher(const TokenDataset& data, const Sampler& sampler, int rank, int world,
-             int grad_accum, int micro_batch, uint64_t first_step, int depth = 4);
+  Prefetcher(const TokenDataset& data, const Sampler& sampler, int rank, int world, int grad_accum,
+             int micro_batch, uint64_t first_step, int depth = 4);
   ~Prefetcher();
   // The next micro-batch in (step, micro) order; blocks while it is being read. Time spent
   // blocked is added to wait_seconds().

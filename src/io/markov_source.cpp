@@ -11,11 +11,13 @@ namespace mics::io {
 
 MarkovSource::MarkovSource(const MarkovSpec& spec) : spec_(spec) {
   if (spec.vocab < 1 || spec.states < 1 || spec.first_token < 0 ||
-      spec.first_token + spec.states > spec.vocab || spec.branching < 1 || spec.branching > spec.states)
+      spec.first_token + spec.states > spec.vocab || spec.branching < 1 ||
+      spec.branching > spec.states)
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("Markov source with vocab {}, states {} from token {}, branching {}",
                             spec.vocab, spec.states, spec.first_token, spec.branching),
-                {.layer = "io", .where = "building the synthetic corpus source",
+                {.layer = "io",
+                 .where = "building the synthetic corpus source",
                  .hint = "need 1 <= branching <= states and first_token + states <= vocab"});
   const auto S = static_cast<uint32_t>(spec.states);
   const auto B = static_cast<uint32_t>(spec.branching);
@@ -67,7 +69,8 @@ MarkovSource::MarkovSource(const MarkovSpec& spec) : spec_(spec) {
                 fmt::format("the stationary distribution of the Markov source (states {}, "
                             "branching {}) did not converge in {} iterations",
                             spec.states, spec.branching, kMaxIterations),
-                {.layer = "io", .where = "building the synthetic corpus source",
+                {.layer = "io",
+                 .where = "building the synthetic corpus source",
                  .hint = "use fewer states or a larger branching"});
   stationary_ = std::move(pi);
   entropy_ = 0;

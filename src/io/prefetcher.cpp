@@ -22,7 +22,8 @@ Prefetcher::Prefetcher(const TokenDataset& data, const Sampler& sampler, int ran
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("rank {} of world {}, grad_accum {}, micro_batch {}, depth {}", rank,
                             world, grad_accum, micro_batch, depth),
-                {.layer = "io", .where = "starting the data prefetcher",
+                {.layer = "io",
+                 .where = "starting the data prefetcher",
                  .hint = "need 0 <= rank < world and positive grad_accum, micro_batch, depth"});
   thread_ = std::thread([this] { run(); });
 }
@@ -52,8 +53,8 @@ void Prefetcher::run() {
       mb.inputs.resize(static_cast<size_t>(micro_batch_) * T);
       mb.targets.resize(static_cast<size_t>(micro_batch_) * T);
       for (int b = 0; b < micro_batch_; ++b) {
-        const uint64_t pos = Sampler::position(mb.step, mb.micro, rank_, b, world_, grad_accum_,
-                                               micro_batch_);
+        const uint64_t pos =
+            Sampler::position(mb.step, mb.micro, rank_, b, world_, grad_accum_, micro_batch_);
         const uint64_t seq = sampler_.sequence_at(pos);
         data_.sequence(seq, mb.inputs.data() + static_cast<size_t>(b) * T,
                        mb.targets.data() + static_cast<size_t>(b) * T);
@@ -65,10 +66,10 @@ void Prefetcher::run() {
       return;
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(mutex_);
-      error_ = std::make_exception_ptr(Error(
-          ErrorKind::kIo,
-          fmt::format("reading step {} micro-batch {}: {}", mb.step, mb.micro, e.what()),
-          {.layer = "io", .where = "the data prefetcher thread"}));
+      error_ = std::make_exception_ptr(
+          Error(ErrorKind::kIo,
+                fmt::format("reading step {} micro-batch {}: {}", mb.step, mb.micro, e.what()),
+                {.layer = "io", .where = "the data prefetcher thread"}));
       cv_.notify_all();
       return;
     }

@@ -10,7 +10,8 @@ namespace mics::io {
 Sampler::Sampler(uint64_t num_sequences, uint64_t seed) : n_(num_sequences), seed_(seed) {
   if (n_ == 0)
     throw Error(ErrorKind::kInvalidArgument, "a sampler over 0 sequences",
-                {.layer = "io", .where = "creating the data sampler",
+                {.layer = "io",
+                 .where = "creating the data sampler",
                  .hint = "the dataset holds no sequence"});
 }
 
@@ -37,7 +38,8 @@ uint64_t Sampler::position(uint64_t step, int micro, int rank, int row, int worl
   const uint64_t G = static_cast<uint64_t>(world) * static_cast<uint64_t>(grad_accum) *
                      static_cast<uint64_t>(micro_batch);
   return step * G +
-         (static_cast<uint64_t>(micro) * static_cast<uint64_t>(world) + static_cast<uint64_t>(rank)) *
+         (static_cast<uint64_t>(micro) * static_cast<uint64_t>(world) +
+          static_cast<uint64_t>(rank)) *
              static_cast<uint64_t>(micro_batch) +
          static_cast<uint64_t>(row);
 }

@@ -14,7 +14,8 @@ namespace mics::io {
 
 std::vector<std::string> expand_shard_glob(const std::string& patterns) {
   std::vector<std::string> files;
-  const ErrorContext ctx{.layer = "io", .where = fmt::format("expanding shard paths '{}'", patterns)};
+  const ErrorContext ctx{.layer = "io",
+                         .where = fmt::format("expanding shard paths '{}'", patterns)};
   for (const std::string& raw : split(patterns, ',')) {
     const std::string pattern = trim(raw);
     if (pattern.empty()) continue;
@@ -26,7 +27,8 @@ std::vector<std::string> expand_shard_glob(const std::string& patterns) {
       ErrorContext c = ctx;
       c.hint = "check the path; mics data prepare / synth write shards";
       if (is_pattern)
-        throw Error(ErrorKind::kUnavailable, fmt::format("pattern '{}' matches no file", pattern), c);
+        throw Error(ErrorKind::kUnavailable, fmt::format("pattern '{}' matches no file", pattern),
+                    c);
       throw Error(ErrorKind::kUnavailable, fmt::format("shard {}: no such file", pattern), c);
     }
     if (rc != 0) {

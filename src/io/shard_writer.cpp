@@ -24,7 +24,8 @@ std::atomic<uint64_t> g_tmp_counter{0};
   std::string hint = "check the directory exists and is writable";
   if (err == ENOSPC || err == EDQUOT) hint = "the disk is full: free space or write elsewhere";
   if (err == EFBIG) hint = "the file is too large for this file system or process limit";
-  throw Error(ErrorKind::kIo, fmt::format("cannot write shard {}: {}: {}", path, what, errno_text(err)),
+  throw Error(ErrorKind::kIo,
+              fmt::format("cannot write shard {}: {}: {}", path, what, errno_text(err)),
               {.layer = "io", .where = "writing a token shard", .hint = hint});
 }
 
@@ -59,7 +60,8 @@ void write_token_shard(const std::string& path, std::span<const uint32_t> tokens
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("shard {}: {} tokens do not fit the int32 count of the header", path,
                             tokens.size()),
-                {.layer = "io", .where = "writing a token shard",
+                {.layer = "io",
+                 .where = "writing a token shard",
                  .hint = "split the tokens over several shards"});
   uint32_t max_id = 0;
   for (uint32_t t : tokens) max_id = std::max(max_id, t);
@@ -71,8 +73,7 @@ void write_token_shard(const std::string& path, std::span<const uint32_t> tokens
   put_le32(header.data() + 4, static_cast<uint32_t>(wide ? kShardVersionU32 : kShardVersionU16));
   put_le32(header.data() + 8, static_cast<uint32_t>(tokens.size()));
 
-  const std::string tmp =
-      fmt::format("{}.tmp-{}-{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
+  const std::string tmp = fmt::format("{}.tmp-{}-{}", path, ::getpid(), g_tmp_counter.fetch_add(1));
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) write_failed(path, fmt::format("cannot create {}", tmp), errno);
   auto abandon = [&](const std::string& what, int err) {

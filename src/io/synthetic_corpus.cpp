@@ -41,7 +41,8 @@ void fsync_path(const fs::path& p, bool directory) {
 void write_text_durable(const fs::path& path, const std::string& text) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0)
-    throw Error(ErrorKind::kIo, fmt::format("cannot create {}: {}", path.string(), errno_text(errno)),
+    throw Error(ErrorKind::kIo,
+                fmt::format("cannot create {}: {}", path.string(), errno_text(errno)),
                 ctx("check the directory is writable"));
   size_t done = 0;
   while (done < text.size()) {
@@ -50,7 +51,8 @@ void write_text_durable(const fs::path& path, const std::string& text) {
     if (w <= 0) {
       const int err = w < 0 ? errno : EIO;
       ::close(fd);
-      throw Error(ErrorKind::kIo, fmt::format("cannot write {}: {}", path.string(), errno_text(err)),
+      throw Error(ErrorKind::kIo,
+                  fmt::format("cannot write {}: {}", path.string(), errno_text(err)),
                   ctx(err == ENOSPC ? "the disk is full" : ""));
     }
     done += static_cast<size_t>(w);
@@ -69,8 +71,10 @@ std::optional<json> read_corpus_json(const fs::path& file) {
   try {
     return json::parse(in);
   } catch (const json::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("{} is not valid JSON: {}", file.string(), e.what()),
-                {.layer = "io", .where = "reading a corpus description",
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{} is not valid JSON: {}", file.string(), e.what()),
+                {.layer = "io",
+                 .where = "reading a corpus description",
                  .hint = "remove the corpus directory and generate it again"});
   }
 }
@@ -81,33 +85,35 @@ std::optional<SynthResult> existing_corpus(const fs::path& dir, const MarkovSpec
                                            uint64_t train_tokens, uint64_t val_tokens) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) return std::nullopt;
-  const std::string hint = fmt::format("remove {} or choose another output directory", dir.string());
+  const std::string hint =
+      fmt::format("remove {} or choose another output directory", dir.string());
   if (!fs::is_directory(dir, ec))
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("{} exists and is not a directory", dir.string()),
-                ctx(hint));
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{} exists and is not a directory", dir.string()), ctx(hint));
   const auto meta = read_corpus_json(dir / "corpus.json");
   if (!meta) {
     if (fs::is_empty(dir, ec)) return std::nullopt;
     throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("{} exists, is not empty and has no corpus.json", dir.string()), ctx(hint));
+                fmt::format("{} exists, is not empty and has no corpus.json", dir.string()),
+                ctx(hint));
   }
   const json& m = *meta;
   try {
     const bool same = m.at("source") == "markov" && m.at("vocab") == spec.vocab &&
                       m.at("states") == spec.states && m.at("branching") == spec.branching &&
-                      m.value("first_token", 0) == spec.first_token &&
-                      m.at("seed") == spec.seed && m.at("train_tokens") == train_tokens &&
-                      m.at("val_tokens") == val_tokens;
+                      m.value("first_token", 0) == spec.first_token && m.at("seed") == spec.seed &&
+                      m.at("train_tokens") == train_tokens && m.at("val_tokens") == val_tokens;
     if (!same)
-      throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("{} holds another synthetic corpus (vocab {}, states {}, branching {}, "
-                              "seed {}, {} train / {} val tokens); asked for vocab {}, states {}, "
-                              "branching {}, seed {}, {} train / {} val tokens",
-                              dir.string(), m.at("vocab").dump(), m.at("states").dump(),
-                              m.at("branching").dump(), m.at("seed").dump(),
-                              m.at("train_tokens").dump(), m.at("val_tokens").dump(), spec.vocab,
-                              spec.states, spec.branching, spec.seed, train_tokens, val_tokens),
-                  ctx(hint));
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          fmt::format("{} holds another synthetic corpus (vocab {}, states {}, branching {}, "
+                      "seed {}, {} train / {} val tokens); asked for vocab {}, states {}, "
+                      "branching {}, seed {}, {} train / {} val tokens",
+                      dir.string(), m.at("vocab").dump(), m.at("states").dump(),
+                      m.at("branching").dump(), m.at("seed").dump(), m.at("train_tokens").dump(),
+                      m.at("val_tokens").dump(), spec.vocab, spec.states, spec.branching, spec.seed,
+                      train_tokens, val_tokens),
+          ctx(hint));
     SynthResult r;
     r.entropy_rate_nats = m.at("entropy_rate_nats").get<double>();
     uint64_t train_found = 0, val_found = 0;
@@ -120,15 +126,16 @@ std::optional<SynthResult> existing_corpus(const fs::path& dir, const MarkovSpec
       val_found += TokenShard::open(r.val.back()).size();
     }
     if (train_found != train_tokens || val_found != val_tokens)
-      throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("the shards in {} hold {} train / {} val tokens, corpus.json says {} / {}",
-                              dir.string(), train_found, val_found, train_tokens, val_tokens),
-                  ctx(hint));
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          fmt::format("the shards in {} hold {} train / {} val tokens, corpus.json says {} / {}",
+                      dir.string(), train_found, val_found, train_tokens, val_tokens),
+          ctx(hint));
     return r;
   } catch (const json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("{} lacks a field of a synthetic corpus: {}", (dir / "corpus.json").string(),
-                            e.what()),
+                fmt::format("{} lacks a field of a synthetic corpus: {}",
+                            (dir / "corpus.json").string(), e.what()),
                 ctx(hint));
   } catch (const Error& e) {
     if (e.context().where == "writing the synthetic corpus") throw;
@@ -155,7 +162,8 @@ SynthResult write_synthetic_corpus(const std::string& dir_arg, const MarkovSpec&
   const MarkovSource source(spec);
   std::error_code ec;
   if (dir.has_parent_path()) fs::create_directories(dir.parent_path(), ec);
-  const fs::path tmp = fmt::format("{}.tmp-{}-{}", dir.string(), ::getpid(), g_tmp_counter.fetch_add(1));
+  const fs::path tmp =
+      fmt::format("{}.tmp-{}-{}", dir.string(), ::getpid(), g_tmp_counter.fetch_add(1));
   if (!fs::create_directory(tmp, ec) || ec)
     throw Error(ErrorKind::kIo, fmt::format("cannot create {}: {}", tmp.string(), ec.message()),
                 ctx("check the parent directory exists and is writable"));
@@ -204,9 +212,10 @@ SynthResult write_synthetic_corpus(const std::string& dir_arg, const MarkovSpec&
       // Another process or thread renamed its copy first: use it (it must be the same corpus).
       if (auto found = existing_corpus(dir, spec, train_tokens, val_tokens)) return *found;
     }
-    throw Error(ErrorKind::kIo,
-                fmt::format("cannot rename {} to {}: {}", tmp.string(), dir.string(), errno_text(err)),
-                ctx(fmt::format("remove {} or choose another output directory", dir.string())));
+    throw Error(
+        ErrorKind::kIo,
+        fmt::format("cannot rename {} to {}: {}", tmp.string(), dir.string(), errno_text(err)),
+        ctx(fmt::format("remove {} or choose another output directory", dir.string())));
   }
   fsync_path(dir.has_parent_path() ? dir.parent_path() : fs::path("."), true);
 

@@ -72,9 +72,8 @@ TokenShard TokenShard::open(const std::string& path) {
   const int map_err = errno;
   ::close(fd);  // the mapping stays valid
   if (map == MAP_FAILED)
-    fail(ErrorKind::kIo, path, fmt::format("cannot mmap {} bytes: {}", file_bytes,
-                                           errno_text(map_err)),
-         "");
+    fail(ErrorKind::kIo, path,
+         fmt::format("cannot mmap {} bytes: {}", file_bytes, errno_text(map_err)), "");
 
   TokenShard shard;
   shard.path_ = path;
@@ -100,7 +99,8 @@ TokenShard TokenShard::open(const std::string& path) {
   shard.version_ = version;
   shard.token_bytes_ = magic == kShardMagicU16 ? 2 : 4;
   shard.count_ = static_cast<uint64_t>(count);
-  const uint64_t expected = kShardHeaderBytes + shard.count_ * static_cast<uint64_t>(shard.token_bytes_);
+  const uint64_t expected =
+      kShardHeaderBytes + shard.count_ * static_cast<uint64_t>(shard.token_bytes_);
   if (file_bytes != expected)
     fail(ErrorKind::kInvalidArgument, path,
          fmt::format("size {} bytes, header says {} tokens of {} bytes -> expected {} bytes ({})",
@@ -142,15 +142,16 @@ uint32_t TokenShard::token(uint64_t i) const {
 }
 
 void TokenShard::read(uint64_t first, size_t n, int32_t* out) const {
-  MICS_CHECK(first <= count_ && n <= count_ - first,
-             fmt::format("tokens [{}, {}) of shard {} with {} tokens", first, first + n, path_,
-                         count_));
+  MICS_CHECK(
+      first <= count_ && n <= count_ - first,
+      fmt::format("tokens [{}, {}) of shard {} with {} tokens", first, first + n, path_, count_));
   const unsigned char* p = map_ + kShardHeaderBytes + first * static_cast<uint64_t>(token_bytes_);
   if (token_bytes_ == 2) {
     for (size_t i = 0; i < n; ++i) {
       uint16_t v;
       std::memcpy(&v, p + 2 * i, 2);
-      if constexpr (std::endian::native == std::endian::big) v = static_cast<uint16_t>(v << 8 | v >> 8);
+      if constexpr (std::endian::native == std::endian::big)
+        v = static_cast<uint16_t>(v << 8 | v >> 8);
       out[i] = static_cast<int32_t>(v);
     }
   } else {

@@ -33,7 +33,7 @@ class TokenShard {
   ~TokenShard();
 
   const std::string& path() const { return path_; }
-  uint64_t size() const { return count_; }       // tokens
+  uint64_t size() const { return count_; }          // tokens
   int token_bytes() const { return token_bytes_; }  // 2 or 4
   int32_t version() const { return version_; }
   uint32_t token(uint64_t i) const;

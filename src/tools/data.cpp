@@ -40,8 +40,8 @@ struct PrepareOptions {
 };
 
 std::string read_input(const std::string& path) {
-  const ErrorContext ctx{.layer = "io", .where = "mics data prepare",
-                         .hint = "check the input file paths"};
+  const ErrorContext ctx{
+      .layer = "io", .where = "mics data prepare", .hint = "check the input file paths"};
   std::error_code ec;
   if (!fs::exists(path, ec))
     throw Error(ErrorKind::kUnavailable, fmt::format("input {}: no such file", path), ctx);
@@ -49,7 +49,8 @@ std::string read_input(const std::string& path) {
     throw Error(ErrorKind::kInvalidArgument, fmt::format("input {}: is a directory", path), ctx);
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f)
-    throw Error(ErrorKind::kIo, fmt::format("input {}: cannot open: {}", path, errno_text(errno)), ctx);
+    throw Error(ErrorKind::kIo, fmt::format("input {}: cannot open: {}", path, errno_text(errno)),
+                ctx);
   std::string text;
   char buf[1 << 16];
   size_t n;
@@ -58,7 +59,8 @@ std::string read_input(const std::string& path) {
   const int err = errno;
   std::fclose(f);
   if (failed)
-    throw Error(ErrorKind::kIo, fmt::format("input {}: read error: {}", path, errno_text(err)), ctx);
+    throw Error(ErrorKind::kIo, fmt::format("input {}: read error: {}", path, errno_text(err)),
+                ctx);
   return text;
 }
 
@@ -69,7 +71,8 @@ int run_prepare(const PrepareOptions& o) {
                 {.layer = "io", .where = "mics data prepare", .hint = "use a fraction in [0, 1)"});
   if (o.shard_tokens < 1 || o.shard_tokens > static_cast<uint64_t>(INT32_MAX))
     throw Error(ErrorKind::kInvalidArgument, fmt::format("--shard-tokens {}", o.shard_tokens),
-                {.layer = "io", .where = "mics data prepare",
+                {.layer = "io",
+                 .where = "mics data prepare",
                  .hint = fmt::format("use 1 .. {} (the header's count is an int32)", INT32_MAX)});
   // Read and tokenize everything before writing anything.
   std::vector<uint32_t> tokens;
@@ -79,8 +82,9 @@ int run_prepare(const PrepareOptions& o) {
   }
   const std::string name = o.name.empty() ? fs::path(o.files.front()).stem().string() : o.name;
   if (name.empty() || name.find('/') != std::string::npos)
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("shard name '{}'", name),
-                {.layer = "io", .where = "mics data prepare", .hint = "give --name NAME without '/'"});
+    throw Error(
+        ErrorKind::kInvalidArgument, fmt::format("shard name '{}'", name),
+        {.layer = "io", .where = "mics data prepare", .hint = "give --name NAME without '/'"});
   const auto total = static_cast<uint64_t>(tokens.size());
   const auto val = static_cast<uint64_t>(std::floor(static_cast<double>(total) * o.val_fraction));
   const uint64_t train = total - val;
@@ -88,15 +92,17 @@ int run_prepare(const PrepareOptions& o) {
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("the input ({}) holds {} bytes: nothing to train on",
                             join(o.files, ", "), total),
-                {.layer = "io", .where = "mics data prepare",
+                {.layer = "io",
+                 .where = "mics data prepare",
                  .hint = "give non-empty text files (or a smaller --val-fraction)"});
 
   std::error_code ec;
   const bool created = !fs::exists(o.out, ec);
   fs::create_directories(o.out, ec);
   if (ec || !fs::is_directory(o.out))
-    throw Error(ErrorKind::kIo, fmt::format("cannot create output directory {}: {}", o.out,
-                                            ec ? ec.message() : "exists and is not a directory"),
+    throw Error(ErrorKind::kIo,
+                fmt::format("cannot create output directory {}: {}", o.out,
+                            ec ? ec.message() : "exists and is not a directory"),
                 {.layer = "io", .where = "mics data prepare", .hint = "choose another --out"});
   std::vector<std::string> written;
   std::vector<std::string> report;
@@ -121,10 +127,10 @@ int run_prepare(const PrepareOptions& o) {
     throw;
   }
   for (const std::string& line : report) fmt::print("{}\n", line);
-  fmt::print("prepared {} tokens from {} file(s): {} train in {} shard(s), {} val; byte-level "
-             "vocabulary {}\n",
-             total, o.files.size(), train, written.size() - (val > 0 ? 1 : 0), val,
-             io::kByteVocab);
+  fmt::print(
+      "prepared {} tokens from {} file(s): {} train in {} shard(s), {} val; byte-level "
+      "vocabulary {}\n",
+      total, o.files.size(), train, written.size() - (val > 0 ? 1 : 0), val, io::kByteVocab);
   return 0;
 }
 
@@ -149,25 +155,28 @@ int run_inspect(const std::vector<std::string>& files, bool as_json) {
       entropy -= p * std::log(p);
       by_count.emplace_back(hist[id], static_cast<uint32_t>(id));
     }
-    std::sort(by_count.begin(), by_count.end(),
-              [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+    std::sort(by_count.begin(), by_count.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
     if (by_count.size() > 10) by_count.resize(10);
     json top = json::array();
     for (const auto& [count, id] : by_count)
-      top.push_back({{"id", id}, {"count", count},
+      top.push_back({{"id", id},
+                     {"count", count},
                      {"share", static_cast<double>(count) / static_cast<double>(s.size())}});
     const bool wide = s.token_bytes() == 4;
-    json j = {{"path", s.path()},
-              {"magic", wide ? io::kShardMagicU32 : io::kShardMagicU16},
-              {"version", s.version()},
-              {"token_bytes", s.token_bytes()},
-              {"tokens", s.size()},
-              {"file_bytes", io::kShardHeaderBytes + s.size() * static_cast<uint64_t>(s.token_bytes())},
-              {"distinct_ids", distinct},
-              {"min_id", min_id},
-              {"max_id", max_id},
-              {"top", top},
-              {"unigram_entropy_nats", entropy}};
+    json j = {
+        {"path", s.path()},
+        {"magic", wide ? io::kShardMagicU32 : io::kShardMagicU16},
+        {"version", s.version()},
+        {"token_bytes", s.token_bytes()},
+        {"tokens", s.size()},
+        {"file_bytes", io::kShardHeaderBytes + s.size() * static_cast<uint64_t>(s.token_bytes())},
+        {"distinct_ids", distinct},
+        {"min_id", min_id},
+        {"max_id", max_id},
+        {"top", top},
+        {"unigram_entropy_nats", entropy}};
     // A synthetic corpus knows the best loss possible on it.
     try {
       const double floor = io::read_entropy_floor(fs::path(s.path()).parent_path().string());
@@ -202,7 +211,8 @@ int run_inspect(const std::vector<std::string>& files, bool as_json) {
                  j["source_entropy_rate_nats"].get<double>());
     fmt::print("  top ids:  ");
     for (const json& t : j["top"])
-      fmt::print(" {} ({}, {:.2f}%)", t["id"].dump(), t["count"].dump(), 100 * t["share"].get<double>());
+      fmt::print(" {} ({}, {:.2f}%)", t["id"].dump(), t["count"].dump(),
+                 100 * t["share"].get<double>());
     fmt::print("\n");
     if (j.contains("sample")) fmt::print("  as bytes:  \"{}\"\n", j["sample"].get<std::string>());
   }
@@ -221,7 +231,8 @@ struct SynthOptions {
 int run_synth(const SynthOptions& o) {
   const bool existed = fs::exists(fs::path(o.out) / "corpus.json");
   const uint64_t val = o.val_tokens >= 0 ? static_cast<uint64_t>(o.val_tokens) : o.tokens / 10;
-  const io::SynthResult r = io::write_synthetic_corpus(o.out, o.spec, o.tokens, val, o.shard_tokens);
+  const io::SynthResult r =
+      io::write_synthetic_corpus(o.out, o.spec, o.tokens, val, o.shard_tokens);
   fmt::print("{} {}: Markov source with {} states, branching {}, vocabulary {}, seed {}\n",
              existed ? "reused" : "wrote", o.out, o.spec.states, o.spec.branching, o.spec.vocab,
              o.spec.seed);
@@ -242,7 +253,8 @@ Runner add_data_command(CLI::App& app) {
   CLI::App* p = data->add_subcommand("prepare", "Text files -> byte-level token shards");
   p->add_option("--out", prep->out, "output directory")->required()->type_name("DIR");
   p->add_option("--name", prep->name, "shard name prefix (default: the first file's stem)");
-  p->add_option("--val-fraction", prep->val_fraction, "share of the tokens (the last ones) for validation")
+  p->add_option("--val-fraction", prep->val_fraction,
+                "share of the tokens (the last ones) for validation")
       ->capture_default_str();
   p->add_option("--shard-tokens", prep->shard_tokens, "tokens per train shard at most")
       ->capture_default_str();
@@ -256,7 +268,9 @@ Runner add_data_command(CLI::App& app) {
 
   auto syn = std::make_shared<SynthOptions>();
   CLI::App* s = data->add_subcommand("synth", "The synthetic Markov corpus and its entropy rate");
-  s->add_option("--out", syn->out, "output directory (made atomically)")->required()->type_name("DIR");
+  s->add_option("--out", syn->out, "output directory (made atomically)")
+      ->required()
+      ->type_name("DIR");
   s->add_option("--tokens", syn->tokens, "train tokens")->required()->check(CLI::PositiveNumber);
   s->add_option("--seed", syn->spec.seed, "seed of the source")->capture_default_str();
   s->add_option("--val-tokens", syn->val_tokens, "validation tokens (default: tokens / 10)");
