@@ -78,9 +78,14 @@ double ModelDesc::unit_forward_flops_per_token(int unit, int seq_len) const {
   return 2.0 * params_u + (unit > 0 ? 2.0 * config.channels * static_cast<double>(seq_len) : 0.0);
 }
 
+double ModelDesc::layer_activation_bytes(int micro_batch, int seq_len) const {
+  const double s = seq_len, b = micro_batch, h = config.channels, a = config.heads;
+  return s * b * h * 34.0 + 5.0 * a * s * s * b;
+}
+
 uint64_t ModelDesc::gpu_activation_bytes(int micro_batch, int seq_len, bool recompute) const {
-  const double s = seq_len, b = micro_batch, h = config.channels, a = config.heads, L = config.layers;
-  const double full_layer = s * b * h * 34.0 + 5.0 * a * s * s * b;
+  const double s = seq_len, b = micro_batch, h = config.channels, L = config.layers;
+  const double full_layer = layer_activation_bytes(micro_batch, seq_len);
   const double layers_bytes = recompute ? L * 2.0 * s * b * h + full_layer : L * full_layer;
   const double logits = 4.0 * s * b * config.vocab;
   return static_cast<uint64_t>(layers_bytes + logits);

@@ -32,6 +32,8 @@ struct ModelDesc {
   // during its recomputation. Plus the fp32 logits and their gradient, 2 * 4*s*b*V... counted
   // once as 4*s*b*V (the gradient overwrites the logits in place, as model::GptPass does).
   uint64_t gpu_activation_bytes(int micro_batch, int seq_len, bool recompute) const;
+  // One transformer layer's activations without recompute: s*b*h*34 + 5*a*s^2*b bytes.
+  double layer_activation_bytes(int micro_batch, int seq_len) const;
   // The CPU engine's activations, exactly model::Gpt::activation_bytes.
   uint64_t engine_activation_bytes(int micro_batch, int seq_len, bool recompute) const;
 };

@@ -20,6 +20,7 @@ struct Op {
   int unit;
   std::string what;
   double flops_per_token;  // this op's compute
+  double memory_passes;    // elementwise passes over the layer's activations (accelerators)
   bool gather;             // needs the unit gathered first
   bool reduce;             // its gradient is reduced after it
 };
@@ -28,15 +29,17 @@ std::vector<Op> micro_step_ops(const ModelDesc& m, int seq_len, bool recompute, 
   std::vector<Op> ops;
   const int L = m.config.layers;
   const double u0 = m.unit_forward_flops_per_token(0, seq_len);
-  ops.push_back({0, "fwd embed", 0.0, sharded, false});
+  ops.push_back({0, "fwd embed", 0.0, 0.0, sharded, false});
   for (int l = 1; l <= L; ++l)
-    ops.push_back({l, fmt::format("fwd block.{}", l - 1), m.unit_forward_flops_per_token(l, seq_len), sharded, false});
-  ops.push_back({0, "fwd head", u0, sharded, false});
-  ops.push_back({0, "bwd head", 2 * u0, false, false});
+    ops.push_back(
+        {l, fmt::format("fwd block.{}", l - 1), m.unit_forward_flops_per_token(l, seq_len), 1.0, sharded, false});
+  ops.push_back({0, "fwd head", u0, 0.0, sharded, false});
+  ops.push_back({0, "bwd head", 2 * u0, 0.0, false, false});
   for (int l = L; l >= 1; --l)
     ops.push_back({l, fmt::format("bwd block.{}", l - 1),
-                   (recompute ? 3.0 : 2.0) * m.unit_forward_flops_per_token(l, seq_len), sharded, sharded});
-  ops.push_back({0, "bwd embed", 0.0, false, sharded});
+                   (recompute ? 3.0 : 2.0) * m.unit_forward_flops_per_token(l, seq_len), recompute ? 3.0 : 2.0,
+                   sharded, sharded});
+  ops.push_back({0, "bwd embed", 0.0, 0.0, false, sharded});
   return ops;
 }
 
@@ -106,6 +109,12 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   const auto padded = [N](uint64_t numel) { return static_cast<double>((numel + N - 1) / N * N); };
   const double tokens = static_cast<double>(s.micro_batch) * s.seq_len;
   const double flops_rate = cl.peak_flops * params.compute_efficiency;
+  // Accelerators: a layer's elementwise work (LayerNorm, GELU, softmax, dropout, residuals) is
+  // bound by memory bandwidth, not FLOPs: per forward pass its activations (Korthikanti et al.)
+  // written once and read once at HBM bandwidth; the backward twice that. Not fitted. The CPU
+  // engine's compute efficiency covers everything (calibrated).
+  const double elementwise_s =
+      cl.cpu_engine ? 0.0 : 2.0 * s.model.layer_activation_bytes(s.micro_batch, s.seq_len) / cl.memory_bandwidth;
 
   const auto gather_time = [&](int u) { return cm.partition_all_gather(p, padded(sizes[u]) * param_bytes, hierarchical); };
   const auto rs_time = [&](int u) { return cm.partition_reduce_scatter(p, padded(sizes[u]) * grad_bytes); };
@@ -128,7 +137,7 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   Fifo compute{Stream::kCompute}, gather{Stream::kGather}, reduce{Stream::kReduce};
   Fifo& reducer = cl.cpu_engine ? gather : reduce;  // one communication thread on the CPU engine
   std::vector<Event>& tl = pr.timeline;
-  const int depth = std::max(1, s.prefetch_depth);
+  const int depth = std::max(0, s.prefetch_depth);
   std::vector<double> gather_end(ops.size(), 0.0);
   const auto issue_gather = [&](size_t i, double at) {
     if (i >= ops.size() || !ops[i].op.gather) return;
@@ -137,17 +146,21 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   };
   for (size_t i = 0; i < static_cast<size_t>(depth) && i < ops.size(); ++i) issue_gather(i, 0.0);
   const bool boundary_in_backward = !cl.cpu_engine;
+  const bool sync_micro = s.sync_reductions_each_micro_step < 0 ? !cl.cpu_engine : s.sync_reductions_each_micro_step > 0;
   for (size_t i = 0; i < ops.size(); ++i) {
     const Flat& f = ops[i];
+    if (depth == 0) issue_gather(i, compute.free_at);  // no prefetch: gathered when needed
     const double ready = f.op.gather ? gather_end[i] : 0.0;
     const double start = std::max(compute.free_at, ready);
-    issue_gather(i + static_cast<size_t>(depth), start);
-    const Event c = compute.run(tl, f.op.what, f.micro, f.op.unit, start, f.op.flops_per_token * tokens / flops_rate);
+    if (depth > 0) issue_gather(i + static_cast<size_t>(depth), start);
+    const double duration = f.op.flops_per_token * tokens / flops_rate + f.op.memory_passes * elementwise_s;
+    const Event c = compute.run(tl, f.op.what, f.micro, f.op.unit, start, duration);
     if (f.op.reduce)
       reducer.run(tl, "reduce_scatter " + unit_name(f.op.unit), f.micro, f.op.unit, c.end, rs_time(f.op.unit));
     const bool is_grad_done = f.op.what.rfind("bwd", 0) == 0 && (f.op.unit > 0 || f.op.what == "bwd embed");
     if (r > 1 && is_grad_done && (s.all_reduce_every_micro_step || (f.last_use_of_grad && boundary_in_backward)))
       reducer.run(tl, "all_reduce " + unit_name(f.op.unit), f.micro, f.op.unit, c.end, ar_time(f.op.unit));
+    if (sync_micro && f.op.what == "bwd embed") compute.free_at = std::max(compute.free_at, reducer.free_at);
   }
   if (r > 1 && !boundary_in_backward && !s.all_reduce_every_micro_step)
     for (int u = static_cast<int>(sizes.size()) - 1; u >= 0; --u)

@@ -34,11 +34,15 @@ struct RunSpec {
   int partition_size = 0;  // mics: 0 = one node; resolved by resolve() (ddp 1, zero3 N)
   int micro_batch = 1, grad_accum = 1, seq_len = 0;  // seq_len 0: the model's context
   bool recompute = false;
-  int prefetch_depth = 1;
+  int prefetch_depth = 1;  // 0: each gather issued when its compute is reached (no overlap)
   // Flat ring all-gathers for ZeRO-3 (DeepSpeed) instead of the hierarchical one. The CPU
   // engine and MiCS use the hierarchical all-gather whenever a partition group spans nodes.
   bool flat_zero3_gather = true;
   bool all_reduce_every_micro_step = false;
+  // NCCL frameworks (FSDP's post-backward callback, DeepSpeed's gradient epilogue) wait for a
+  // micro-step's reductions before its backward returns; the CPU engine lets them run into the
+  // next micro-step (its FIFO comm thread orders them before the next gathers). -1: by cluster.
+  int sync_reductions_each_micro_step = -1;
 };
 
 // Fills the defaults: seq_len, the partition size (checked against the topology).
