@@ -101,30 +101,40 @@ RunSpec run_spec(const MeasuredRun& run, Cluster cluster) {
   return s;
 }
 
-Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const CostParams& prior) {
+Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const CostParams& prior, bool fit_latency) {
   Calibration cal;
   cal.params = prior;
   const RunSpec spec = run_spec(run, cluster);
   const double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
-  const auto with = [&](double compute, double inter) {
+  const auto with = [&](double compute, double latency_scale) {
     CostParams q = cal.params;
     q.compute_efficiency = compute;
-    q.inter_efficiency = inter;
+    q.latency_scale = latency_scale;
     return simulate(spec, q);
   };
-  cal.params.compute_efficiency = solve_monotonic(
-      [&](double e) { return with(e, cal.params.inter_efficiency).compute_s; }, measured_compute, 1e-6, 10.0);
-  std::string inter_note = "inter-node efficiency: prior (one node)";
-  if (run.nodes > 1 && run.exposed_comm_s > 0) {
+  std::string net_note = fmt::format("rails: intra {:.2f} GB/s, inter {:.2f} GB/s per node; hop latency intra {:.0f} us, "
+                                     "inter {:.0f} us",
+                                     cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
+                                     cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9,
+                                     cluster.intra.latency * cal.params.latency_scale * 1e6,
+                                     cluster.inter.latency * cal.params.latency_scale * 1e6);
+  // Compute first, then the latency, then compute again (the exposed time shifts a little).
+  for (int round = 0; round < 2; ++round) {
+    cal.params.compute_efficiency = solve_monotonic(
+        [&](double e) { return with(e, cal.params.latency_scale).compute_s; }, measured_compute, 1e-6, 10.0);
+    if (!fit_latency || run.exposed_comm_s <= 0) continue;
     const auto exposed = [&](double x) { return with(cal.params.compute_efficiency, x).exposed_comm_s; };
-    const double lo = 1e-4, hi = 100.0;
-    if (exposed(lo) >= run.exposed_comm_s && exposed(hi) <= run.exposed_comm_s) {
-      cal.params.inter_efficiency = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
-      inter_note = fmt::format("inter-node efficiency {:.3f} (effective {:.2f} GB/s per node) from the exposed "
-                               "communication",
-                               cal.params.inter_efficiency, cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
+    const double lo = 1e-3, hi = 1e4;
+    if (exposed(lo) <= run.exposed_comm_s && exposed(hi) >= run.exposed_comm_s) {
+      cal.params.latency_scale = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
+      net_note = fmt::format("hop latency x{:.1f} fitted to the exposed communication: intra {:.0f} us, inter {:.0f} us "
+                             "(bandwidths kept: intra {:.2f} GB/s, inter {:.2f} GB/s per node)",
+                             cal.params.latency_scale, cluster.intra.latency * cal.params.latency_scale * 1e6,
+                             cluster.inter.latency * cal.params.latency_scale * 1e6,
+                             cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
+                             cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
     } else {
-      inter_note = "inter-node efficiency: prior (no value reproduces the measured exposed communication)";
+      net_note += " (no latency reproduces the measured exposed communication; kept)";
     }
   }
   cal.prediction = simulate(spec, cal.params);
@@ -135,7 +145,7 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
-      inter_note, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
+      net_note, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
       cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
   return cal;
 }

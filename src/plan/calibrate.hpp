@@ -7,8 +7,11 @@
 // left out: it warms caches and connections) is split into compute (step - exposed
 // communication) and exposed communication. Fitted, in order:
 //   compute efficiency: the simulator's compute time equals the measured compute time;
-//   inter-node efficiency (runs over several nodes): its exposed communication equals the
-//   measured one (left at its prior when the run exposes none, or no value reaches it).
+//   per-hop latency scale (fit_latency): its exposed communication equals the measured one
+//   (left at its prior when the run exposes none, or no value reaches it). On a host with
+//   fewer cores than ranks a collective's exposed time is mostly ranks waiting for a core at
+//   every hop, not the wire: the bandwidths stay the cluster's (host:BENCH.json measures them)
+//   and the hop latency absorbs the wake-ups.
 #include <string>
 
 #include "plan/simulator.hpp"
@@ -38,6 +41,6 @@ struct Calibration {
   StepPrediction prediction;  // of the run the parameters were fitted on
   std::string report;         // what was fitted, predicted vs measured
 };
-Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const CostParams& prior);
+Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const CostParams& prior, bool fit_latency);
 
 }  // namespace mics::plan

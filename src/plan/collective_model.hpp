@@ -25,6 +25,7 @@ struct CostParams {
   double compute_efficiency = 0.5;  // achieved / peak FLOP/s in the model's compute
   double intra_efficiency = 0.8;    // achieved / nominal intra-node bandwidth
   double inter_efficiency = 0.8;    // achieved / nominal inter-node bandwidth
+  double latency_scale = 1.0;       // multiplies both rails' per-hop latency
 };
 
 enum class Collective { kAllGather, kReduceScatter, kAllReduce };

@@ -25,7 +25,7 @@ namespace {
 struct PlanOptions {
   std::string model = "100b", cluster = "p4d.24xlarge", strategy = "mics", partition = "auto", sweep, svg, timeline;
   int gpus = 512, micro_batch = 1, grad_accum = 1, seq_len = 0, prefetch = 1;
-  bool recompute = false, json = false, validate = false, hierarchical_zero3 = false;
+  bool recompute = false, json = false, validate = false, hierarchical_zero3 = false, fit_latency = true;
   double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8;
   std::string calibrate;
   std::vector<std::string> check;
@@ -202,7 +202,7 @@ void write_timeline(const std::string& path, const plan::StepPrediction& p) {
 int run_calibrate(const PlanOptions& o) {
   plan::Cluster cluster = plan::find_cluster(o.cluster == "p4d.24xlarge" ? "host" : o.cluster);
   const plan::MeasuredRun run = plan::read_run(o.calibrate);
-  const plan::Calibration cal = plan::calibrate(run, cluster, params_of(o));
+  const plan::Calibration cal = plan::calibrate(run, cluster, params_of(o), o.fit_latency);
   nlohmann::json j = {{"calibrated_on", run.path},
                       {"compute_efficiency", cal.params.compute_efficiency},
                       {"inter_efficiency", cal.params.inter_efficiency},
@@ -351,6 +351,8 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_option("--timeline", o->timeline, "write the predicted step as a Chrome trace (JSON)");
   sub->add_flag("--json", o->json, "print JSON");
   sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured `mics train --out` run directory");
+  sub->add_flag("--fit-latency,!--no-fit-latency", o->fit_latency,
+                "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");
   sub->add_option("--check", o->check, "with --calibrate: runs to predict with the fitted parameters");
   sub->add_flag("--validate", o->validate, "the published anchors: fitted and predicted (docs/PLANNING.md)");
   return [o] { return run_plan(*o); };
