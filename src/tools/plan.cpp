@@ -25,7 +25,7 @@ namespace {
 struct PlanOptions {
   std::string model = "100b", cluster = "p4d.24xlarge", strategy = "mics", partition = "auto", sweep, svg, timeline;
   int gpus = 512, micro_batch = 1, grad_accum = 1, seq_len = 0, prefetch = 1;
-  bool recompute = false, json = false, validate = false, hierarchical_zero3 = false, fit_latency = true;
+  bool cluster_given = false, recompute = false, json = false, validate = false, hierarchical_zero3 = false, fit_latency = true;
   double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8;
   std::string calibrate;
   std::vector<std::string> check;
@@ -200,7 +200,8 @@ void write_timeline(const std::string& path, const plan::StepPrediction& p) {
 }
 
 int run_calibrate(const PlanOptions& o) {
-  plan::Cluster cluster = plan::find_cluster(o.cluster == "p4d.24xlarge" ? "host" : o.cluster);
+  // A measured `mics train` run is this host's CPU engine unless --cluster says otherwise.
+  const plan::Cluster cluster = plan::find_cluster(o.cluster_given ? o.cluster : "host");
   const plan::MeasuredRun run = plan::read_run(o.calibrate);
   const plan::Calibration cal = plan::calibrate(run, cluster, params_of(o), o.fit_latency);
   nlohmann::json j = {{"calibrated_on", run.path},
@@ -331,7 +332,7 @@ Runner add_plan_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("plan", "cost model: memory plan, partition size, predicted step and scaling");
   sub->add_option("--model", o->model, "model: 1.3b, 6.7b, 13b, 100b, 175b, roberta-10b/50b, gpt2-*, tiny or L..H..C..V..T..")
       ->capture_default_str();
-  sub->add_option("--cluster", o->cluster, "instance type, host, or host:BENCH.json (mics bench --json)")
+  CLI::Option* cluster_flag = sub->add_option("--cluster", o->cluster, "instance type, host, or host:BENCH.json (mics bench --json)")
       ->capture_default_str();
   sub->add_option("--gpus", o->gpus, "accelerators (whole nodes)")->capture_default_str();
   sub->add_option("--strategy", o->strategy, "ddp, zero3 or mics (the one explained; the table shows all)")
@@ -355,7 +356,10 @@ Runner add_plan_command(CLI::App& app) {
                 "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");
   sub->add_option("--check", o->check, "with --calibrate: runs to predict with the fitted parameters");
   sub->add_flag("--validate", o->validate, "the published anchors: fitted and predicted (docs/PLANNING.md)");
-  return [o] { return run_plan(*o); };
+  return [o, cluster_flag] {
+    o->cluster_given = cluster_flag->count() > 0;
+    return run_plan(*o);
+  };
 }
 
 }  // namespace mics::tools
