@@ -29,8 +29,8 @@ struct ModelDesc {
   // al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1, no
   // tensor/sequence parallelism): per layer s*b*h*(34 + 5*a*s/h) bytes; with full recompute
   // each layer keeps only its bf16 input, 2*s*b*h, plus one layer's full activations live
-  // during its recomputation. Plus the fp32 logits and their gradient, 2 * 4*s*b*V... counted
-  // once as 4*s*b*V (the gradient overwrites the logits in place, as model::GptPass does).
+  // during its recomputation. Plus the fp32 logits, 4*s*b*V (their gradient overwrites them in
+  // place, as model::GptPass does).
   uint64_t gpu_activation_bytes(int micro_batch, int seq_len, bool recompute) const;
   // One transformer layer's activations without recompute: s*b*h*34 + 5*a*s^2*b bytes.
   double layer_activation_bytes(int micro_batch, int seq_len) const;
