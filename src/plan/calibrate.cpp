@@ -1,0 +1,153 @@
+// Fitting the cost model to a measured run (see calibrate.hpp).
+#include "plan/calibrate.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "base/error.hpp"
+#include "plan/validation.hpp"
+
+namespace mics::plan {
+
+namespace {
+
+Error run_error(const std::string& message, const std::string& path) {
+  return Error(ErrorKind::kInvalidArgument, message,
+               {.layer = "plan", .where = "--calibrate " + path,
+                .hint = "pass a run directory of `mics train --out DIR` (or its metrics.jsonl) that finished"});
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+}  // namespace
+
+MeasuredRun read_run(const std::string& path) {
+  MeasuredRun run;
+  run.path = std::filesystem::is_directory(path) ? path + "/metrics.jsonl" : path;
+  std::ifstream in(run.path);
+  if (!in)
+    throw Error(ErrorKind::kIo, fmt::format("cannot read {}", run.path),
+                {.layer = "plan", .where = "--calibrate", .hint = "run `mics train --out DIR` first and pass DIR"});
+  std::vector<double> steps, exposed;
+  nlohmann::json summary;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      throw run_error(fmt::format("{}:{} is not JSON: {}", run.path, line_no, e.what()), path);
+    }
+    if (j.value("event", "") == "step" && !j.value("skipped", false)) {
+      steps.push_back(j.value("step_ms", 0.0) / 1e3);
+      exposed.push_back(j.value("comm_exposed_ms", 0.0) / 1e3);
+    } else if (j.value("event", "") == "summary") {
+      summary = j;
+    }
+  }
+  if (summary.is_null()) throw run_error(fmt::format("{} has no summary record", run.path), path);
+  if (steps.empty()) throw run_error(fmt::format("{} has no step records", run.path), path);
+  try {
+    run.model = summary.at("model").get<std::string>();
+    run.strategy = summary.at("strategy").get<std::string>();
+    run.world = summary.at("world_size").get<int>();
+    run.nodes = summary.at("nodes").get<int>();
+    run.partition_size = summary.at("partition_size").get<int>();
+    run.grad_accum = summary.at("grad_accum").get<int>();
+    run.micro_batch = summary.at("micro_batch").get<int>();
+    run.seq_len = summary.at("seq_len").get<int>();
+    run.steps = summary.at("steps").get<int>();
+    run.recompute = summary.value("recompute", false);
+    run.tokens_per_s = summary.value("tokens_per_s", 0.0);
+    run.model_state_bytes = summary.value("model_state_bytes_per_rank", uint64_t{0});
+    run.activation_bytes = summary.value("activation_bytes", uint64_t{0});
+  } catch (const std::exception& e) {
+    throw run_error(fmt::format("{}: the summary lacks a field: {}", run.path, e.what()), path);
+  }
+  if (steps.size() > 1) {
+    steps.erase(steps.begin());
+    exposed.erase(exposed.begin());
+  }
+  run.step_s = median(steps);
+  run.exposed_comm_s = median(exposed);
+  return run;
+}
+
+RunSpec run_spec(const MeasuredRun& run, Cluster cluster) {
+  cluster.gpus_per_node = std::max(1, run.world / std::max(1, run.nodes));
+  RunSpec s;
+  s.model = find_model(run.model);
+  s.cluster = cluster;
+  s.world = run.world;
+  s.strategy = topo::parse_strategy(run.strategy);
+  s.partition_size = run.partition_size;
+  s.micro_batch = run.micro_batch;
+  s.grad_accum = run.grad_accum;
+  s.seq_len = run.seq_len;
+  s.recompute = run.recompute;
+  s.flat_zero3_gather = false;  // the engine gathers hierarchically
+  return s;
+}
+
+Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const CostParams& prior, bool fit_latency) {
+  Calibration cal;
+  cal.params = prior;
+  const RunSpec spec = run_spec(run, cluster);
+  const double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
+  const auto with = [&](double compute, double latency_scale) {
+    CostParams q = cal.params;
+    q.compute_efficiency = compute;
+    q.latency_scale = latency_scale;
+    return simulate(spec, q);
+  };
+  std::string net_note = fmt::format("rails: intra {:.2f} GB/s, inter {:.2f} GB/s per node; hop latency intra {:.0f} us, "
+                                     "inter {:.0f} us",
+                                     cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
+                                     cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9,
+                                     cluster.intra.latency * cal.params.latency_scale * 1e6,
+                                     cluster.inter.latency * cal.params.latency_scale * 1e6);
+  // Compute first, then the latency, then compute again (the exposed time shifts a little).
+  for (int round = 0; round < 2; ++round) {
+    cal.params.compute_efficiency = solve_monotonic(
+        [&](double e) { return with(e, cal.params.latency_scale).compute_s; }, measured_compute, 1e-6, 10.0);
+    if (!fit_latency || run.exposed_comm_s <= 0) continue;
+    const auto exposed = [&](double x) { return with(cal.params.compute_efficiency, x).exposed_comm_s; };
+    const double lo = 1e-3, hi = 1e4;
+    if (exposed(lo) <= run.exposed_comm_s && exposed(hi) >= run.exposed_comm_s) {
+      cal.params.latency_scale = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
+      net_note = fmt::format("hop latency x{:.1f} fitted to the exposed communication: intra {:.0f} us, inter {:.0f} us "
+                             "(bandwidths kept: intra {:.2f} GB/s, inter {:.2f} GB/s per node)",
+                             cal.params.latency_scale, cluster.intra.latency * cal.params.latency_scale * 1e6,
+                             cluster.inter.latency * cal.params.latency_scale * 1e6,
+                             cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
+                             cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
+    } else {
+      net_note += " (no latency reproduces the measured exposed communication; kept)";
+    }
+  }
+  cal.prediction = simulate(spec, cal.params);
+  cal.report = fmt::format(
+      "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
+      "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank = {:.2f} GFLOP/s achieved\n  {}\n"
+      "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
+      "measured {:.1f} ms\n",
+      run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
+      cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
+      net_note, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
+      cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
+  return cal;
+}
+
+}  // namespace mics::plan

@@ -1,0 +1,44 @@
+#pragma once
+// The cluster catalog of `mics plan`: per instance type, the accelerators of a node and the two
+// rails every rank uses (intra-node: NVLink/NVSwitch/NeuronLink or shm; inter-node: EFA, or
+// the tcp/verbs rail here). Numbers are the vendors' nominal figures (sources in catalog.cpp);
+// the cost model multiplies the bandwidths by an efficiency (CostParams) that is stated, or
+// fitted by `mics plan --calibrate`.
+#include <string>
+#include <vector>
+
+namespace mics::plan {
+
+// One rail in the alpha-beta model: a message of b bytes over one hop costs latency + b/bandwidth.
+struct Rail {
+  double bandwidth = 0;  // bytes/s, one direction. intra: per accelerator; inter: per node (all NICs)
+  double latency = 0;    // seconds per hop (alpha)
+};
+
+struct Cluster {
+  std::string name;
+  std::string description;
+  int gpus_per_node = 8;
+  double peak_flops = 0;       // per accelerator, dense bf16 (fp16 on V100), FLOP/s
+  double memory_bytes = 0;     // per accelerator
+  double memory_bandwidth = 0; // per accelerator (HBM), bytes/s: the optimizer step is bound by it
+  Rail intra, inter;
+  // The CPU engine of this repository (fp32 parameters, gradients and gathers; the memory of
+  // `mics train`) instead of bf16 mixed precision on accelerators.
+  bool cpu_engine = false;
+};
+
+const std::vector<Cluster>& catalog();
+std::vector<std::string> cluster_names();
+
+// An instance name from the catalog, "host" (this machine with default rails), or
+// "host:FILE.json[,FILE2.json]": this machine with rails measured by `mics bench --json`
+// (a run on one node gives the intra-node rail, a run over several nodes the inter-node one).
+// Throws mics::Error (layer plan) naming the valid clusters.
+Cluster find_cluster(const std::string& name);
+
+// The rail a `mics bench --json` file measured: the largest message's bus bandwidth, and the
+// smallest message's time per ring step as latency. nodes_out: the run's node count.
+Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out);
+
+}  // namespace mics::plan

@@ -1,0 +1,372 @@
+// The cost model (src/plan/): collective times against their closed forms, the simulator's
+// timeline rules, memory against the engine's own accounting (real `mics train` runs), the
+// published anchors within 15%, calibration on a synthetic run, and errors that name the
+// valid choices.
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "base/error.hpp"
+#include "plan/calibrate.hpp"
+#include "plan/collective_model.hpp"
+#include "plan/simulator.hpp"
+#include "plan/validation.hpp"
+#include "process_util.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace mics::plan;
+
+const std::string& scratch() {
+  static const std::string dir = [] {
+    std::string d = fmt::format("{}/mics-plan-test-{}", fs::temp_directory_path().string(), ::getpid());
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+// --- collective model ----------------------------------------------------------------------
+
+TEST(PlanCollectives, RingClosedForms) {
+  const Rail rail{25e9, 7e-6};
+  for (int n : {1, 2, 3, 8, 64}) {
+    for (double m : {0.0, 1.0, 1e6, 3.3e9}) {
+      const double ag = n > 1 && m > 0 ? (n - 1) * rail.latency + (n - 1.0) / n * m / rail.bandwidth : 0.0;
+      EXPECT_DOUBLE_EQ(ring_time(Collective::kAllGather, n, m, rail), ag) << n << " " << m;
+      EXPECT_DOUBLE_EQ(ring_time(Collective::kReduceScatter, n, m, rail), ag);
+      const double ar = n > 1 && m > 0 ? 2 * (n - 1) * rail.latency + 2 * (n - 1.0) / n * m / rail.bandwidth : 0.0;
+      EXPECT_DOUBLE_EQ(ring_time(Collective::kAllReduce, n, m, rail), ar);
+    }
+  }
+}
+
+TEST(PlanCollectives, GroupsHierarchicalAndTwoHop) {
+  Cluster c = find_cluster("p4d.24xlarge");
+  CostParams q;
+  q.intra_efficiency = 0.5;
+  q.inter_efficiency = 0.25;
+  const int N = 64, n = 8;
+  const CollectiveModel cm(c, q, N);
+  const Rail intra{c.intra.bandwidth * 0.5, c.intra.latency}, inter{c.inter.bandwidth * 0.25, c.inter.latency};
+  const double M = 1e9;
+  // Inside a node: the intra-node ring.
+  EXPECT_DOUBLE_EQ(cm.partition_all_gather(4, M, true), ring_time(Collective::kAllGather, 4, M, intra));
+  EXPECT_DOUBLE_EQ(cm.partition_reduce_scatter(8, M), ring_time(Collective::kReduceScatter, 8, M, intra));
+  // p = 32 = 4 nodes: stage 1 over k = 4 ranks, M/n each, n groups sharing a node's network;
+  // stage 2 over the node's 8 ranks.
+  const int k = 4;
+  const double stage1 = (k - 1) * inter.latency + (k - 1.0) / k * (M / n) / (inter.bandwidth / n);
+  const double stage2 = (n - 1) * intra.latency + (n - 1.0) / n * M / intra.bandwidth;
+  EXPECT_NEAR(cm.hierarchical_all_gather(32, M), stage1 + stage2, 1e-12);
+  // Per node, stage 1 sends (k-1)/k * M over the network; the flat ring (p-1)/p * M.
+  const double flat = 31 * inter.latency + 31.0 / 32 * M / std::min(intra.bandwidth, inter.bandwidth);
+  EXPECT_NEAR(cm.partition_all_gather(32, M, false), flat, 1e-12);
+  // 2-hop: the shard M/p over r = N/p ranks, one per node, n such groups per node.
+  const int p = 16, r = N / p;
+  const double shard = M / p;
+  const double two_hop = 2 * (r - 1) * inter.latency + 2 * (r - 1.0) / r * shard / (inter.bandwidth / n);
+  EXPECT_NEAR(cm.replication_all_reduce(p, shard), two_hop, 1e-12);
+  // p < n: the replication group has n/p members per node, p groups share the network.
+  const int p2 = 2, r2 = N / p2;
+  const double ar2 = 2 * (r2 - 1) * inter.latency +
+                     2 * (r2 - 1.0) / r2 * (M / p2) / std::min(intra.bandwidth, inter.bandwidth / p2);
+  EXPECT_NEAR(cm.replication_all_reduce(p2, M / p2), ar2, 1e-12);
+}
+
+// --- simulator -----------------------------------------------------------------------------
+
+bool needs_gather(const std::string& what) { return what.rfind("fwd", 0) == 0 || what.rfind("bwd block", 0) == 0; }
+bool reduces(const std::string& what) { return what.rfind("bwd block", 0) == 0 || what == "bwd embed"; }
+
+void expect_timeline_rules(const StepPrediction& pr, const std::string& label) {
+  std::map<Stream, std::vector<const Event*>> by_stream;
+  for (const auto& e : pr.timeline) by_stream[e.stream].push_back(&e);
+  const double eps = 1e-12;
+  for (auto& [stream, events] : by_stream)
+    for (size_t i = 1; i < events.size(); ++i)
+      ASSERT_GE(events[i]->start + eps, events[i - 1]->end)
+          << label << ": " << to_string(stream) << " overlaps: " << events[i - 1]->what << " / " << events[i]->what;
+  std::vector<const Event*> compute, gathers, scatters;
+  double comm_end = 0;
+  for (const auto& e : pr.timeline) {
+    ASSERT_LE(e.start, e.end) << label;
+    if (e.stream == Stream::kCompute && e.what != "optimizer") compute.push_back(&e);
+    if (e.what.rfind("all_gather", 0) == 0) gathers.push_back(&e);
+    if (e.what.rfind("reduce_scatter", 0) == 0) scatters.push_back(&e);
+    if (e.stream != Stream::kCompute) comm_end = std::max(comm_end, e.end);
+  }
+  const bool sharded = pr.partition_size > 1;
+  size_t g = 0, s = 0;
+  for (const Event* c : compute) {
+    if (sharded && needs_gather(c->what)) {
+      ASSERT_LT(g, gathers.size()) << label;
+      EXPECT_EQ(gathers[g]->unit, c->unit) << label;
+      EXPECT_GE(c->start + eps, gathers[g]->end) << label << ": " << c->what << " before its gather";
+      ++g;
+    }
+    if (sharded && reduces(c->what)) {
+      ASSERT_LT(s, scatters.size()) << label;
+      EXPECT_EQ(scatters[s]->unit, c->unit) << label;
+      EXPECT_GE(scatters[s]->start + eps, c->end) << label << ": reduce-scatter before its backward";
+      ++s;
+    }
+  }
+  EXPECT_EQ(g, gathers.size()) << label;
+  EXPECT_EQ(s, scatters.size()) << label;
+  const Event& opt = pr.timeline.back();
+  EXPECT_EQ(opt.what, "optimizer");
+  EXPECT_GE(opt.start + eps, comm_end) << label << ": optimizer before the collectives ended";
+  EXPECT_DOUBLE_EQ(pr.step_s, opt.end);
+  EXPECT_GE(pr.exposed_comm_s, -eps);
+}
+
+TEST(PlanSimulator, TimelineKeepsItsRules) {
+  for (const std::string cluster : {"p4d.24xlarge", "host"}) {
+    for (auto strategy : {mics::topo::Strategy::kDdp, mics::topo::Strategy::kZero3, mics::topo::Strategy::kMics}) {
+      for (int depth : {0, 1, 3}) {
+        for (int accum : {1, 3}) {
+          for (bool every : {false, true}) {
+            RunSpec s;
+            s.model = find_model(cluster == "host" ? "L3H4C64V256T32" : "1.3b");
+            s.cluster = find_cluster(cluster);
+            s.world = cluster == "host" ? 8 : 32;
+            s.strategy = strategy;
+            s.partition_size = cluster == "host" ? 2 : 16;
+            s.grad_accum = accum;
+            s.micro_batch = 2;
+            s.prefetch_depth = depth;
+            s.all_reduce_every_micro_step = every;
+            s.recompute = every;
+            const auto pr = simulate(s, CostParams{});
+            expect_timeline_rules(pr, fmt::format("{} {} depth {} S {} every {}", cluster,
+                                                  mics::topo::to_string(strategy), depth, accum, every));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(PlanSimulator, FlopsAndTokensAddUp) {
+  RunSpec s;
+  s.model = find_model("6.7b");
+  s.cluster = find_cluster("p5.48xlarge");
+  s.world = 64;
+  s.micro_batch = 2;
+  s.grad_accum = 4;
+  const auto pr = simulate(s, CostParams{});
+  const double tokens = 64.0 * 4 * 2 * 2048;
+  EXPECT_NEAR(pr.tokens_per_s, tokens / pr.step_s, 1e-6 * pr.tokens_per_s);
+  EXPECT_NEAR(pr.tflops_per_gpu, s.model.flops_per_token(2048) * tokens / 64 / pr.step_s / 1e12, 1e-9);
+  double per_token = 0;
+  for (int u = 0; u <= s.model.config.layers; ++u) per_token += 3 * s.model.unit_forward_flops_per_token(u, 2048);
+  EXPECT_NEAR(per_token, s.model.flops_per_token(2048), 1e-6 * per_token);
+  EXPECT_EQ(pr.partition_size, 8);  // mics default: one node
+}
+
+// --- memory against the engine -----------------------------------------------------------
+
+struct Layout {
+  int ranks, nodes;
+  std::string strategy;
+  int p;
+  bool recompute;
+};
+
+TEST(PlanMemory, MatchesTheEngineExactly) {
+  // Unit sizes that do not divide the world: unit 0 = 17388, a block = 48447 parameters.
+  const std::string model = "L2H3C63V257T17";
+  const ModelDesc desc = find_model(model);
+  const Cluster host = find_cluster("host");
+  for (const Layout& l : {Layout{4, 2, "mics", 2, false}, Layout{4, 2, "zero3", 4, true}, Layout{2, 1, "ddp", 1, false},
+                          Layout{3, 1, "zero3", 3, false}}) {
+    const std::string metrics = fmt::format("{}/mem-{}-{}-{}.jsonl", scratch(), l.ranks, l.nodes, l.strategy);
+    const auto r = mics::testing::run_command(fmt::format(
+        "MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --nodes {} --model {} --strategy {} {} --micro-batch 2 "
+        "--seq-len 16 --steps 1 --samples 0 --eval-batches 1 {} --metrics {}",
+        scratch(), MICS_BINARY, l.ranks, l.nodes, model, l.strategy,
+        l.strategy == "mics" ? fmt::format("--partition-size {}", l.p) : "", l.recompute ? "--recompute" : "", metrics));
+    ASSERT_EQ(r.status, 0) << r.output;
+    const MeasuredRun run = read_run(metrics);
+    ASSERT_EQ(run.partition_size, l.p);
+    const MemoryPlan m = memory_plan(desc, host, l.ranks, l.p, 2, 16, l.recompute);
+    EXPECT_EQ(m.model_states, run.model_state_bytes) << l.strategy << " p=" << l.p;
+    EXPECT_EQ(m.activations, run.activation_bytes) << l.strategy;
+    // The formula, spelled out: 16 bytes per parameter of the padded shard (unpadded at p = 1).
+    const uint64_t N = static_cast<uint64_t>(l.ranks);
+    const auto padded = [N](uint64_t x) { return (x + N - 1) / N * N; };
+    const uint64_t expect = l.p == 1 ? 16 * (17388 + 2 * 48447) : 16 * (padded(17388) / l.p + 2 * (padded(48447) / l.p));
+    EXPECT_EQ(m.model_states, expect);
+  }
+}
+
+TEST(PlanMemory, AutoPicksTheSmallestPartitionThatFits) {
+  const auto c = choose_partition_size(find_model("100b"), find_cluster("p4d.24xlarge"), 512, 1, 2048, true);
+  ASSERT_GT(c.partition_size, 0);
+  EXPECT_LE(c.memory.total(), memory_budget(find_cluster("p4d.24xlarge")));
+  for (int p : mics::topo::valid_partition_sizes(512, 8)) {
+    if (p < c.partition_size) {
+      EXPECT_GT(memory_plan(find_model("100b"), find_cluster("p4d.24xlarge"), 512, p, 1, 2048, true).total(),
+                memory_budget(find_cluster("p4d.24xlarge")));
+    }
+  }
+  // GPU accounting: 16 bytes per parameter of the shard.
+  const auto m = memory_plan(find_model("1.3b"), find_cluster("p4d.24xlarge"), 8, 8, 1, 2048, false);
+  uint64_t shard = 0;
+  for (uint64_t u : find_model("1.3b").unit_sizes()) shard += (u + 7) / 8 * 8 / 8;
+  EXPECT_EQ(m.model_states, 16 * shard);
+}
+
+// --- published anchors -------------------------------------------------------------------
+
+TEST(PlanAnchors, PredictionsWithinFifteenPercent) {
+  const auto families = validate_anchors();
+  ASSERT_EQ(families.size(), 2u);
+  for (const auto& f : families) {
+    int fitted = 0, predicted = 0;
+    for (const auto& r : f.rows) {
+      if (r.fitted) {
+        ++fitted;
+        EXPECT_NEAR(r.error(), 0.0, 0.005) << f.name << " " << r.point;
+      } else {
+        ++predicted;
+        EXPECT_LE(std::abs(r.error()), 0.15) << f.name << " " << r.point << ": " << r.predicted << " vs " << r.published;
+      }
+    }
+    EXPECT_GE(predicted, 1) << f.name;
+    EXPECT_GE(fitted, 1) << f.name;
+  }
+  // ZeRO-3: one point fitted.
+  int zero3_fitted = 0;
+  for (const auto& r : families[0].rows) zero3_fitted += r.fitted;
+  EXPECT_EQ(zero3_fitted, 1);
+}
+
+// --- calibration ----------------------------------------------------------------------------
+
+void write_run(const std::string& dir, const StepPrediction& pr, const std::string& model) {
+  fs::create_directories(dir);
+  std::ofstream out(dir + "/metrics.jsonl");
+  for (int step = 1; step <= 5; ++step)
+    out << nlohmann::json{{"event", "step"}, {"step", step}, {"step_ms", pr.step_s * 1e3 * (step == 1 ? 3 : 1)},
+                          {"comm_exposed_ms", pr.exposed_comm_s * 1e3}, {"skipped", false}}
+               .dump()
+        << "\n";
+  const auto& s = pr.spec;
+  out << nlohmann::json{{"event", "summary"}, {"model", model}, {"strategy", mics::topo::to_string(s.strategy)},
+                        {"world_size", s.world}, {"nodes", s.world / s.cluster.gpus_per_node},
+                        {"partition_size", pr.partition_size}, {"grad_accum", s.grad_accum},
+                        {"micro_batch", s.micro_batch}, {"seq_len", s.seq_len}, {"steps", 5}, {"recompute", false}}
+             .dump()
+      << "\n";
+}
+
+TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
+  Cluster host = find_cluster("host");
+  host.gpus_per_node = 2;
+  CostParams truth;
+  truth.compute_efficiency = 0.07;
+  truth.latency_scale = 30;
+  const auto spec_of = [&](mics::topo::Strategy st, int p, int accum) {
+    RunSpec s;
+    s.model = find_model("L4H4C128V256T64");
+    s.cluster = host;
+    s.world = 4;
+    s.strategy = st;
+    s.partition_size = p;
+    s.grad_accum = accum;
+    s.micro_batch = 4;
+    s.seq_len = 64;
+    s.flat_zero3_gather = false;
+    return s;
+  };
+  const auto a = simulate(spec_of(mics::topo::Strategy::kMics, 2, 2), truth);
+  const auto b = simulate(spec_of(mics::topo::Strategy::kZero3, 4, 4), truth);
+  write_run(scratch() + "/cal-a", a, "L4H4C128V256T64");
+  write_run(scratch() + "/cal-b", b, "L4H4C128V256T64");
+  const MeasuredRun ra = read_run(scratch() + "/cal-a");
+  EXPECT_NEAR(ra.step_s, a.step_s, 1e-9);  // the first (slow) step is left out
+  const Calibration cal = calibrate(ra, find_cluster("host"), CostParams{}, true);
+  EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
+  EXPECT_NEAR(cal.params.latency_scale, truth.latency_scale, 1e-3 * truth.latency_scale);
+  const auto pb = simulate(run_spec(read_run(scratch() + "/cal-b"), find_cluster("host")), cal.params);
+  EXPECT_NEAR(pb.step_s, b.step_s, 1e-3 * b.step_s);
+}
+
+TEST(PlanCalibrate, BadRunsAreNamed) {
+  fs::create_directories(scratch() + "/empty");
+  std::ofstream(scratch() + "/empty/metrics.jsonl") << "{\"event\":\"step\",\"step_ms\":3}\n";
+  try {
+    read_run(scratch() + "/empty");
+    FAIL() << "no summary accepted";
+  } catch (const mics::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no summary"), std::string::npos) << e.what();
+    EXPECT_EQ(e.context().layer, "plan");
+  }
+  EXPECT_THROW(read_run(scratch() + "/missing"), mics::Error);
+}
+
+// --- errors ---------------------------------------------------------------------------------
+
+TEST(PlanErrors, UnknownNamesListTheValidOnes) {
+  try {
+    find_cluster("p9.huge");
+    FAIL();
+  } catch (const mics::Error& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("p4d.24xlarge"), std::string::npos) << w;
+    EXPECT_NE(w.find("trn1.32xlarge"), std::string::npos) << w;
+    EXPECT_EQ(e.context().layer, "plan");
+  }
+  try {
+    find_model("gpt5");
+    FAIL();
+  } catch (const mics::Error& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("100b"), std::string::npos) << w;
+    EXPECT_NE(w.find("gpt2-124m"), std::string::npos) << w;
+  }
+  RunSpec s;
+  s.model = find_model("1.3b");
+  s.cluster = find_cluster("p4d.24xlarge");
+  s.world = 12;  // not whole nodes
+  EXPECT_THROW(simulate(s, CostParams{}), mics::Error);
+  s.world = 32;
+  s.partition_size = 12;  // not a valid p
+  EXPECT_THROW(simulate(s, CostParams{}), mics::Error);
+}
+
+// --- the CLI --------------------------------------------------------------------------------
+
+TEST(PlanCli, PlanSweepAndJson) {
+  auto r = mics::testing::run_command(fmt::format("{} plan --model 100b --cluster p4d.24xlarge --gpus 512 --recompute",
+                                                  MICS_BINARY));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("chosen"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("zero3"), std::string::npos) << r.output;
+  const std::string svg = scratch() + "/sweep.svg";
+  r = mics::testing::run_command(
+      fmt::format("{} plan --model 13b --cluster p5.48xlarge --sweep-gpus 16..4096 --svg {}", MICS_BINARY, svg));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(fs::exists(svg));
+  r = mics::testing::run_command(fmt::format("{} plan --model 6.7b --gpus 64 --json", MICS_BINARY));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["strategies"].size(), 3u);
+  r = mics::testing::run_command(fmt::format("{} plan --cluster nowhere", MICS_BINARY));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("p5.48xlarge"), std::string::npos) << r.output;
+}
+
+}  // namespace
