@@ -346,7 +346,7 @@ int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& 
     train_error(ErrorKind::kInvalidArgument,
                 fmt::format("--init-from {} is L{}H{}C{}V{}T{}, --model {} is {}", dir, hf.layers, hf.heads, hf.channels,
                             hf.vocab, hf.max_seq, c.model, g.describe()),
-                fmt::format("train --model L{}H{}C{}V{}T{}", hf.layers, hf.heads, hf.channels, hf.vocab, hf.max_seq));
+                fmt::format("use --model L{}H{}C{}V{}T{}", hf.layers, hf.heads, hf.channels, hf.vocab, hf.max_seq));
   const auto tensors = io::read_safetensors(dir + "/model.safetensors");
   std::vector<std::vector<float>> units(static_cast<size_t>(gpt.num_units()));
   for (int u = 0; u < gpt.num_units(); ++u) units[static_cast<size_t>(u)].assign(gpt.unit_numel(u), 0.0f);
