@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <tuple>
 #include <mutex>
 
 #include <fmt/format.h>
@@ -472,6 +473,80 @@ std::vector<float> Engine::full_parameters(int unit) {
   add_to(s.base, s.engine_traffic() - before);
   full.resize(un.numel);
   return full;
+}
+
+namespace {
+// Piece k of n of [lo, hi).
+std::pair<size_t, size_t> piece(size_t lo, size_t hi, size_t k, size_t n) {
+  const size_t len = hi - lo;
+  return {lo + len * k / n, lo + len * (k + 1) / n};
+}
+}  // namespace
+
+std::vector<StateRange> Engine::checkpoint_ranges() const {
+  const Impl& s = *impl_;
+  MICS_CHECK(s.finalized, "checkpoint_ranges() before finalize()");
+  std::vector<StateRange> out;
+  const size_t member = static_cast<size_t>(s.groups.partition->rank());
+  const size_t replica = static_cast<size_t>(s.groups.replication->rank());
+  const size_t rank = static_cast<size_t>(s.runtime.rank());
+  for (size_t u = 0; u < s.units.size(); ++u) {
+    const Unit& un = s.units[u];
+    size_t lo, hi, base;
+    const float *param, *m1, *m2;
+    if (un.replicated) {
+      std::tie(lo, hi) = piece(0, un.numel, rank, static_cast<size_t>(s.world_size));
+      base = 0;
+      param = s.rmaster.data() + un.offset;
+      m1 = s.rm.data() + un.offset;
+      m2 = s.rv.data() + un.offset;
+    } else {
+      base = member * un.shard;
+      const size_t end = std::min(base + un.shard, un.numel);
+      if (base >= end) continue;
+      std::tie(lo, hi) = piece(base, end, replica, static_cast<size_t>(s.r));
+      param = s.master.data() + un.offset;
+      m1 = s.m.data() + un.offset;
+      m2 = s.v.data() + un.offset;
+    }
+    if (lo >= hi) continue;
+    out.push_back({static_cast<int>(u), lo, hi - lo, param + (lo - base), m1 + (lo - base), m2 + (lo - base)});
+  }
+  return out;
+}
+
+void Engine::load_state(const StateReader& read) {
+  Impl& s = *impl_;
+  MICS_CHECK(s.finalized, "load_state() before finalize()");
+  const size_t member = static_cast<size_t>(s.groups.partition->rank());
+  for (auto& f : s.pending_reductions) s.wait(f);
+  s.pending_reductions.clear();
+  for (size_t u = 0; u < s.units.size(); ++u) {
+    Unit& un = s.units[u];
+    s.drop(un);
+    if (un.replicated) {
+      read(static_cast<int>(u), 0, 0, un.numel, s.rmaster.data() + un.offset);
+      read(static_cast<int>(u), 1, 0, un.numel, s.rm.data() + un.offset);
+      read(static_cast<int>(u), 2, 0, un.numel, s.rv.data() + un.offset);
+      continue;
+    }
+    const size_t base = member * un.shard;
+    const size_t end = std::min(base + un.shard, un.numel);
+    float* arrays[3] = {s.master.data() + un.offset, s.m.data() + un.offset, s.v.data() + un.offset};
+    for (int which = 0; which < 3; ++which) {
+      std::fill(arrays[which], arrays[which] + un.shard, 0.0f);
+      if (base < end) read(static_cast<int>(u), which, base, end - base, arrays[which]);
+    }
+  }
+  std::fill(s.grad.begin(), s.grad.end(), 0.0f);
+  std::fill(s.rgrad.begin(), s.rgrad.end(), 0.0f);
+  s.micro = 0;
+}
+
+OptimizerCounters Engine::optimizer_counters() const { return {impl_->optimizer_steps, impl_->consecutive_skips}; }
+void Engine::set_optimizer_counters(const OptimizerCounters& c) {
+  impl_->optimizer_steps = c.steps;
+  impl_->consecutive_skips = c.consecutive_skips;
 }
 
 int Engine::num_units() const { return static_cast<int>(impl_->units.size()); }

@@ -76,6 +76,22 @@ struct MemoryReport {
   uint64_t full_model_params = 0;    // unpadded parameters of the whole model
 };
 
+// Checkpoints: a global element range [offset, offset + count) of a unit (unpadded) and this
+// rank's copies of its fp32 master weights and AdamW moments.
+struct StateRange {
+  int unit = 0;
+  size_t offset = 0, count = 0;
+  const float* param = nullptr;
+  const float* exp_avg = nullptr;
+  const float* exp_avg_sq = nullptr;
+};
+
+// The optimizer's counters (AdamW's bias correction uses steps).
+struct OptimizerCounters {
+  int64_t steps = 0;          // applied optimizer steps
+  int consecutive_skips = 0;  // non-finite steps in a row
+};
+
 struct StepReport {
   bool boundary = false;     // an optimizer step happened
   bool skipped = false;      // non-finite gradients: the update was skipped
@@ -110,6 +126,19 @@ class Engine {
   // An all-reduce of a few floats over every rank, for control and reporting (the mean loss,
   // an agreed stop): collective, blocking, and left out of traffic() like full_parameters.
   void control_all_reduce(float* values, size_t count, ReduceOp op);
+
+  // Checkpoints. checkpoint_ranges(): the ranges this rank writes; over all ranks they tile
+  // every unit exactly once and spread evenly: a shard held by r replicas is cut in r pieces
+  // (replica j writes piece j), a replicated unit in N pieces (rank k writes piece k). Valid
+  // until the next step().
+  std::vector<StateRange> checkpoint_ranges() const;
+  // Replaces this rank's states with what read(unit, which, offset, count, out) gives for
+  // every global range it holds (which: 0 params, 1 exp_avg, 2 exp_avg_sq); padding stays zero.
+  // Local (no communication); drops gathered copies and accumulated gradients.
+  using StateReader = std::function<void(int unit, int which, size_t offset, size_t count, float* out)>;
+  void load_state(const StateReader& read);
+  OptimizerCounters optimizer_counters() const;
+  void set_optimizer_counters(const OptimizerCounters& counters);
 
   // The full parameters of a unit (collective: gathers the shards; its traffic is not counted
   // in traffic()), for checkpoints and tests.

@@ -164,6 +164,11 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
   sub->add_option("--sample-tokens", c.sample_tokens, "tokens per continuation")->capture_default_str();
   sub->add_option("--log-every", c.log_every, "print a step line every K steps")->capture_default_str();
   sub->add_option("--threads", c.threads, "compute threads per rank (0: cores / ranks on this host)")->capture_default_str();
+  sub->add_option("--ckpt-every", c.ckpt_every, "save a checkpoint every N steps into --out/step-XXXXXXXX (0: never)")->capture_default_str();
+  sub->add_option("--keep", c.keep, "committed checkpoints to keep (older ones are deleted after a newer one commits)")->capture_default_str();
+  sub->add_flag("--ckpt-sync", c.ckpt_sync, "blocking checkpoint saves (default: snapshot, then write in the background)");
+  sub->add_option("--resume", c.resume, "none, auto (the newest checkpoint under --out that verifies) or a checkpoint path")->capture_default_str();
+  sub->add_option("--init-from", c.init_from, "start from a Hugging Face GPT-2 directory (config.json + model.safetensors)");
   sub->add_option("-n,--nproc", f->nproc, "start N local ranks (through mics launch) instead of being one rank")->check(CLI::Range(1, 4096));
   sub->add_option("--nodes", f->nodes, "with -n: emulate K nodes of N/K ranks")->check(CLI::Range(1, 4096));
   sub->footer(

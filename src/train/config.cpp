@@ -78,6 +78,13 @@ void validate(const TrainConfig& c) {
   if (c.sample_tokens < 1) bad_flag("--sample-tokens", fmt::format("{} < 1", c.sample_tokens), "use 1 or more");
   if (c.log_every < 1) bad_flag("--log-every", fmt::format("{} < 1", c.log_every), "use 1 or more");
   if (c.threads < 0) bad_flag("--threads", fmt::format("{} < 0", c.threads), "use 0 for automatic");
+  if (c.ckpt_every < 0) bad_flag("--ckpt-every", fmt::format("{} < 0", c.ckpt_every), "use 0 for no checkpoints, or N > 0");
+  if (c.ckpt_every > 0 && c.out.empty()) bad_flag("--ckpt-every", "given without --out", "checkpoints go to --out DIR/step-XXXXXXXX: give --out");
+  if (c.keep < 1) bad_flag("--keep", fmt::format("{} < 1", c.keep), "keep at least the newest checkpoint");
+  if (c.resume.empty()) bad_flag("--resume", "empty", "use none, auto or a checkpoint path");
+  if (c.resume == "auto" && c.out.empty()) bad_flag("--resume", "auto without --out", "auto looks for checkpoints in --out: give --out");
+  if (c.resume != "none" && !c.init_from.empty())
+    bad_flag("--init-from", fmt::format("with --resume {}", c.resume), "--init-from starts a new run from a model; --resume continues one: give one of them");
   if (!c.memory_budget.empty()) parse_bytes(c.memory_budget, "--memory-budget");
   if (!c.eval_data.empty() && c.data.empty())
     bad_flag("--eval-data", "given without --data", "the embedded corpus has its own validation shard: drop --eval-data, or give --data too");

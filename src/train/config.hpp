@@ -39,6 +39,12 @@ struct TrainConfig {
   int sample_tokens = 48;
   int log_every = 1;       // step lines (or progress-bar refreshes) every K steps
   int threads = 0;         // compute threads per rank; 0: cores / ranks on this host
+  // checkpoints (train/checkpoint.hpp)
+  int ckpt_every = 0;          // save every N steps into --out/step-XXXXXXXX (0: never)
+  int keep = 2;                // committed checkpoints kept
+  bool ckpt_sync = false;      // blocking saves instead of background writes
+  std::string resume = "none"; // none | auto (newest good one under --out) | PATH
+  std::string init_from;       // a Hugging Face GPT-2 directory to start from
 };
 
 // Throws mics::Error(kInvalidArgument) naming the flag and the valid values.

@@ -23,6 +23,7 @@
 #include "model/gpt.hpp"
 #include "shard/engine.hpp"
 #include "topo/groups.hpp"
+#include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
@@ -383,6 +384,8 @@ int run_training(const TrainConfig& c) {
   for (int u = 0; u < gpt.num_units(); ++u) engine.add_unit(gpt.unit_name(u), gpt.unit_numel(u));
   engine.finalize([&](int unit, float* params) { gpt.init_unit(unit, c.seed, params); });
   p = engine.partition_size();
+  std::string loaded_from;  // --resume / --init-from (train/checkpoint.hpp)
+  const int start_step = load_initial_state(engine, c, gpt, rank, world, T, &loaded_from);
   const MemoryPlan mp = plan_memory(gpt, p, world, c.micro_batch, T, c.recompute);
 
   // --- start-up block ------------------------------------------------------------------
@@ -431,7 +434,8 @@ int run_training(const TrainConfig& c) {
   StopSignal stop;
   const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
-  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, 0);
+  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, static_cast<uint64_t>(start_step));
+  Checkpointer ckpt(engine, c, gpt, rank, world, T, start_step, loaded_from);
   model::GptPass pass(gpt, c.micro_batch, T, c.recompute);
   std::vector<float> grad0(gpt.unit_numel(0)), grad_block(gpt.num_units() > 1 ? gpt.unit_numel(1) : 0);
   StepPrinter printer(leader, c.steps, c.log_every);
@@ -447,7 +451,7 @@ int run_training(const TrainConfig& c) {
   int steps_done = 0, steady_steps = 0;
   double last_loss = NAN, eval_loss = NAN;
   bool stopped = false;
-  for (int step = 0; step < c.steps; ++step) {
+  for (int step = start_step; step < c.steps; ++step) {
     const float lr = schedule.at(step);
     engine.set_lr(lr);
     const auto t0 = Clock::now();
@@ -496,6 +500,7 @@ int run_training(const TrainConfig& c) {
     }
     printer.step(rec);
     if (metrics) metrics->step(rec);
+    ckpt.after_step(step + 1);
     if (control[1] > 0) {
       stopped = true;
       if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
@@ -503,6 +508,7 @@ int run_training(const TrainConfig& c) {
     }
   }
   printer.finish();
+  ckpt.finish(start_step + steps_done);
 
   // --- final evaluation, samples, summary -----------------------------------------------------
   if (val_data && !stopped) {

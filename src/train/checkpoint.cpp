@@ -1,0 +1,452 @@
+#include "train/checkpoint.hpp"
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "base/clock.hpp"
+#include "base/error.hpp"
+#include "base/log.hpp"
+#include "io/checkpoint.hpp"
+#include "io/safetensors.hpp"
+#include "model/gpt_hf.hpp"
+
+namespace mics::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* kKinds[3] = {"param", "exp_avg", "exp_avg_sq"};
+
+int warmup_steps(const TrainConfig& c) { return c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup; }
+
+nlohmann::json model_record(const TrainConfig& c, const model::Gpt& gpt) {
+  const model::GptConfig& g = gpt.config();
+  nlohmann::json units = nlohmann::json::array();
+  for (int u = 0; u < gpt.num_units(); ++u) units.push_back({{"name", gpt.unit_name(u)}, {"numel", gpt.unit_numel(u)}});
+  return {{"name", c.model}, {"layers", g.layers}, {"heads", g.heads}, {"channels", g.channels},
+          {"vocab", g.vocab}, {"max_seq", g.max_seq}, {"units", units}};
+}
+
+[[noreturn]] void train_error(ErrorKind kind, std::string message, std::string hint) {
+  throw Error(kind, std::move(message), {.layer = "train", .where = "checkpoint", .hint = std::move(hint)});
+}
+
+}  // namespace
+
+struct Checkpointer::Impl {
+  shard::Engine& engine;
+  const TrainConfig& c;
+  const model::Gpt& gpt;
+  int rank, world, seq_len;
+  bool leader;
+  int last_saved = -1;
+  std::string skip_dir;  // the checkpoint we loaded from, never overwritten
+  std::vector<float> buffer;  // the snapshot, allocated (and touched) up front
+  // The save in flight.
+  bool pending = false;
+  int pending_step = 0;
+  std::string pending_dir;
+  std::thread writer;
+  std::atomic<bool> writer_done{false};
+  std::string writer_error;
+  io::WriteStats stats;
+  Clock::time_point started;
+
+  Impl(shard::Engine& e, const TrainConfig& config, const model::Gpt& g, int r, int w, int T)
+      : engine(e), c(config), gpt(g), rank(r), world(w), seq_len(T), leader(r == 0) {}
+
+  nlohmann::json training_record(int step) const {
+    const shard::OptimizerCounters oc = engine.optimizer_counters();
+    const uint64_t G = static_cast<uint64_t>(world) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
+    return {{"step", step},
+            {"sampler_position", static_cast<uint64_t>(step) * G},
+            {"global_batch_sequences", G},
+            {"seq_len", seq_len},
+            {"adam_steps", oc.steps},
+            {"consecutive_skipped_steps", oc.consecutive_skips},
+            {"seed", c.seed},
+            {"rng", {{"sampler", "a permutation per epoch drawn from the seed; position = step * global batch"},
+                     {"init", "deterministic in (seed, unit, index)"}}},
+            {"schedule", {{"peak_lr", c.lr}, {"warmup", warmup_steps(c)}, {"steps", c.steps}, {"min_lr_ratio", c.min_lr_ratio}}},
+            {"optimizer", {{"name", "adamw"}, {"beta1", 0.9}, {"beta2", 0.95}, {"eps", 1e-8}, {"weight_decay", c.weight_decay},
+                           {"clip", c.clip}}},
+            {"world_size", world},
+            {"strategy", c.strategy},
+            {"partition_size", engine.partition_size()},
+            {"grad_accum", c.grad_accum},
+            {"micro_batch", c.micro_batch}};
+  }
+
+  size_t snapshot_elements() const {
+    size_t n = 0;
+    for (const auto& r : engine.checkpoint_ranges()) n += 3 * r.count;
+    return n;
+  }
+
+  // Collective: rank 0 makes the step directory (replacing a stale one); all agree.
+  bool prepare_dir(const std::string& dir) {
+    float failed = 0;
+    if (leader) {
+      try {
+        if (fs::exists(dir) && !io::remove_checkpoint(dir))
+          throw Error(ErrorKind::kIo, fmt::format("cannot remove the stale {}", dir), {.layer = "io", .hint = "check permissions"});
+        if (::mkdir(dir.c_str(), 0755) != 0)
+          throw Error(ErrorKind::kIo, fmt::format("cannot create checkpoint directory {}: {}", dir, errno_text(errno)),
+                      {.layer = "train", .where = "checkpoint",
+                       .hint = errno == ENOENT ? "the --out directory vanished: recreate it or point --out elsewhere"
+                                               : "check free space and permissions of --out"});
+      } catch (const Error& e) {
+        log::error("checkpoint step {} not saved: {}", pending_step, e.what());
+        failed = 1;
+      }
+    }
+    engine.control_all_reduce(&failed, 1, ReduceOp::kSum);
+    return failed == 0;
+  }
+
+  void write_body() {
+    try {
+      std::vector<io::WriteChunk> chunks;
+      size_t at = 0;
+      for (const auto& r : engine_ranges)
+        for (int k = 0; k < 3; ++k) {
+          chunks.push_back({fmt::format("{}.{}", gpt.unit_name(r.unit), kKinds[k]), gpt.unit_numel(r.unit), r.offset,
+                            r.count, buffer.data() + at});
+          at += r.count;
+        }
+      stats = io::write_shard_file(pending_dir, io::rank_file_name(rank), chunks);
+    } catch (const std::exception& e) {
+      writer_error = e.what();
+    }
+    writer_done = true;
+  }
+  std::vector<shard::StateRange> engine_ranges;
+
+  void save(int step, bool sync) {
+    if (pending) {
+      const auto t0 = Clock::now();
+      const int was = pending_step;
+      complete(true);
+      if (leader)
+        log::warn("checkpoint step {} was still being written when step {} was due: waited {:.3f} s for it", was, step,
+                  seconds_since(t0));
+    }
+    const std::string dir = c.out + "/" + io::step_dir_name(static_cast<uint64_t>(step));
+    last_saved = step;
+    if (std::error_code ec; !skip_dir.empty() && fs::equivalent(dir, skip_dir, ec)) return;
+    pending_step = step;
+    if (!prepare_dir(dir)) return;
+    const auto t0 = Clock::now();
+    started = t0;
+    engine_ranges = engine.checkpoint_ranges();
+    size_t need = 0;
+    for (const auto& r : engine_ranges) need += 3 * r.count;
+    if (buffer.size() < need) buffer.resize(need);
+    size_t at = 0;
+    for (const auto& r : engine_ranges) {
+      const float* src[3] = {r.param, r.exp_avg, r.exp_avg_sq};
+      for (int k = 0; k < 3; ++k) {
+        std::memcpy(buffer.data() + at, src[k], r.count * sizeof(float));
+        at += r.count;
+      }
+    }
+    training = training_record(step);
+    pending = true;
+    pending_dir = dir;
+    writer_done = false;
+    writer_error.clear();
+    const double pause = seconds_since(t0);
+    if (sync) {
+      write_body();
+      complete(true);
+      if (leader) log::info("checkpoint step {}: blocking save took {:.3f} s", step, seconds_since(t0));
+    } else {
+      writer = std::thread([this] { write_body(); });
+      if (leader) log::info("checkpoint step {}: snapshot {:.3f} s (the step's pause); writing in the background", step, pause);
+    }
+  }
+  nlohmann::json training;
+
+  // Agrees whether the save in flight finished everywhere; commits it when it did. With
+  // `wait`, blocks until it finished. Returns false while still in flight.
+  bool complete(bool wait) {
+    if (!pending) return true;
+    if (wait && writer.joinable()) writer.join();
+    float flags[3] = {writer_done ? 1.0f : 0.0f, writer_done && !writer_error.empty() ? 1.0f : 0.0f, 0};
+    engine.control_all_reduce(flags, 2, ReduceOp::kSum);
+    if (flags[0] < static_cast<float>(world)) return false;
+    if (writer.joinable()) writer.join();
+    pending = false;
+    const int step = pending_step;
+    if (flags[1] > 0) {
+      if (!writer_error.empty()) log::error("checkpoint step {}: this rank's write failed: {}", step, writer_error);
+      if (leader) {
+        log::error("checkpoint step {} failed on {} rank(s): not committed; the previous checkpoint is untouched and "
+                   "training continues without this one",
+                   step, static_cast<int>(flags[1]));
+        io::remove_checkpoint(pending_dir);
+      }
+      last_failed = true;
+      return true;
+    }
+    float commit_failed = 0;
+    float seconds = static_cast<float>(stats.seconds);
+    engine.control_all_reduce(&seconds, 1, ReduceOp::kMax);
+    if (leader) {
+      try {
+        std::vector<std::string> files;
+        for (int r = 0; r < world; ++r) files.push_back(io::rank_file_name(r));
+        io::commit_manifest(pending_dir, files, static_cast<uint64_t>(step), training, model_record(c, gpt));
+      } catch (const Error& e) {
+        log::error("checkpoint step {}: commit failed: {}; the previous checkpoint is untouched and training continues "
+                   "without this one",
+                   step, e.what());
+        io::remove_checkpoint(pending_dir);
+        commit_failed = 1;
+      }
+    }
+    engine.control_all_reduce(&commit_failed, 1, ReduceOp::kSum);
+    if (commit_failed > 0) {
+      last_failed = true;
+      return true;
+    }
+    last_failed = false;
+    if (leader) {
+      uint64_t bytes = 0;
+      for (int u = 0; u < gpt.num_units(); ++u) bytes += 12 * gpt.unit_numel(u);
+      log::info("checkpoint step {} committed: {} ({:.1f} MiB, writers' time {:.3f} s, {:.1f} MB/s)", step, pending_dir,
+                static_cast<double>(bytes) / (1 << 20), seconds, static_cast<double>(bytes) / 1e6 / std::max(1e-9f, seconds));
+      retain();
+    }
+    return true;
+  }
+  bool last_failed = false;
+
+  // Rank 0, after a commit: keeps the newest --keep committed checkpoints; removes older ones
+  // and unfinished saves older than the newest commit.
+  void retain() {
+    int committed = 0;
+    for (const io::StepDir& d : io::list_checkpoints(c.out)) {
+      if (d.committed) {
+        if (++committed <= c.keep) continue;
+      } else if (committed == 0) {
+        continue;  // newer than every commit: not ours to judge
+      }
+      if (std::error_code ec; !skip_dir.empty() && fs::equivalent(d.path, skip_dir, ec)) continue;
+      if (!io::remove_checkpoint(d.path)) log::warn("could not remove old checkpoint {}", d.path);
+    }
+  }
+};
+
+Checkpointer::Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, int rank, int world,
+                           int seq_len, int start_step, std::string loaded_from)
+    : impl_(std::make_unique<Impl>(engine, config, gpt, rank, world, seq_len)) {
+  Impl& s = *impl_;
+  if (!enabled()) return;
+  s.skip_dir = std::move(loaded_from);
+  if (config.resume == "auto" || (!s.skip_dir.empty() && fs::path(s.skip_dir).parent_path() == fs::path(config.out)))
+    s.last_saved = start_step;
+  s.buffer.assign(s.snapshot_elements(), 0.0f);  // touched now, not during the first save
+}
+
+Checkpointer::~Checkpointer() {
+  if (impl_->writer.joinable()) impl_->writer.join();
+}
+
+bool Checkpointer::enabled() const { return impl_->c.ckpt_every > 0; }
+
+void Checkpointer::after_step(int step) {
+  if (!enabled()) return;
+  Impl& s = *impl_;
+  if (s.pending) s.complete(false);
+  if (step % s.c.ckpt_every == 0 && step < s.c.steps) s.save(step, s.c.ckpt_sync);
+}
+
+void Checkpointer::finish(int step) {
+  if (!enabled()) return;
+  Impl& s = *impl_;
+  if (s.last_saved != step) {
+    s.save(step, true);
+    if (s.last_failed)
+      train_error(ErrorKind::kIo, fmt::format("the final checkpoint (step {}) could not be saved", step),
+                  "see the error above; the previous checkpoint is untouched");
+  }
+  s.complete(true);
+}
+
+// --- loading ------------------------------------------------------------------------------
+
+namespace {
+
+// Throws (on every rank alike) when the checkpoint cannot continue this run.
+void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const model::Gpt& gpt, int world, int seq_len) {
+  const nlohmann::json& m = r.manifest().at("model");
+  const model::GptConfig& g = gpt.config();
+  if (m.at("layers") != g.layers || m.at("heads") != g.heads || m.at("channels") != g.channels || m.at("vocab") != g.vocab ||
+      m.at("max_seq") != g.max_seq)
+    train_error(ErrorKind::kInvalidArgument,
+                fmt::format("checkpoint {} holds model {} (L{} H{} C{} V{} T{}), this run trains {} ({})", r.dir(),
+                            m.value("name", "?"), m.at("layers").get<int>(), m.at("heads").get<int>(),
+                            m.at("channels").get<int>(), m.at("vocab").get<int>(), m.at("max_seq").get<int>(), c.model,
+                            g.describe()),
+                "give the --model the checkpoint was trained with");
+  const nlohmann::json& t = r.manifest().at("training");
+  const uint64_t G = static_cast<uint64_t>(world) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
+  if (t.at("global_batch_sequences") != G || t.at("seq_len") != seq_len)
+    train_error(ErrorKind::kInvalidArgument,
+                fmt::format("checkpoint {} was trained with a global batch of {} sequences of {} tokens; this run has {} "
+                            "ranks x {} micro-steps x {} sequences = {} of {}",
+                            r.dir(), t.at("global_batch_sequences").get<uint64_t>(), t.at("seq_len").get<int>(), world,
+                            c.grad_accum, c.micro_batch, G, seq_len),
+                "keep ranks x --grad-accum x --micro-batch and --seq-len equal to the checkpoint's (change --grad-accum "
+                "when the world size changes)");
+  if (t.at("step").get<int>() > c.steps)
+    train_error(ErrorKind::kInvalidArgument,
+                fmt::format("checkpoint {} is at step {}, past --steps {}", r.dir(), t.at("step").get<int>(), c.steps),
+                "raise --steps");
+}
+
+void load_fresh(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt) {
+  std::vector<float> full;
+  int cached = -1;
+  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+    if (which != 0) {
+      std::fill(out, out + count, 0.0f);
+      return;
+    }
+    if (cached != unit) {
+      full.assign(gpt.unit_numel(unit), 0.0f);
+      gpt.init_unit(unit, c.seed, full.data());
+      cached = unit;
+    }
+    std::copy(full.begin() + static_cast<long>(offset), full.begin() + static_cast<long>(offset + count), out);
+  });
+  engine.set_optimizer_counters({});
+}
+
+int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, std::string* source) {
+  const std::string dir = c.init_from;
+  std::ifstream in(dir + "/config.json");
+  if (!in)
+    train_error(ErrorKind::kInvalidArgument, fmt::format("--init-from {}: no config.json there", dir),
+                "give a Hugging Face GPT-2 directory (config.json + model.safetensors), e.g. from mics ckpt export");
+  const model::GptConfig hf = model::gpt_config_from_hf(nlohmann::json::parse(in));
+  const model::GptConfig& g = gpt.config();
+  if (hf.layers != g.layers || hf.heads != g.heads || hf.channels != g.channels || hf.vocab != g.vocab || hf.max_seq != g.max_seq)
+    train_error(ErrorKind::kInvalidArgument,
+                fmt::format("--init-from {} is L{}H{}C{}V{}T{}, --model {} is {}", dir, hf.layers, hf.heads, hf.channels,
+                            hf.vocab, hf.max_seq, c.model, g.describe()),
+                fmt::format("use --model L{}H{}C{}V{}T{}", hf.layers, hf.heads, hf.channels, hf.vocab, hf.max_seq));
+  const auto tensors = io::read_safetensors(dir + "/model.safetensors");
+  std::vector<std::vector<float>> units(static_cast<size_t>(gpt.num_units()));
+  for (int u = 0; u < gpt.num_units(); ++u) units[static_cast<size_t>(u)].assign(gpt.unit_numel(u), 0.0f);
+  for (const model::HfTensor& t : model::gpt2_hf_tensors(g)) {
+    auto it = tensors.find(t.name);
+    if (it == tensors.end() && t.name.rfind("transformer.", 0) == 0) it = tensors.find(t.name.substr(12));
+    if (it == tensors.end())
+      train_error(ErrorKind::kInvalidArgument, fmt::format("--init-from {}: model.safetensors has no {}", dir, t.name),
+                  "export a complete GPT-2 model");
+    if (it->second.shape != t.hf_shape() || it->second.data.size() != t.rows * t.cols)
+      train_error(ErrorKind::kInvalidArgument, fmt::format("--init-from {}: {} has the wrong shape", dir, t.name),
+                  "the tensor layouts must be GPT-2's (Conv1D weights [in, out])");
+    model::from_hf(t, it->second.data.data(), units[static_cast<size_t>(t.unit)].data());
+  }
+  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+    if (which != 0) {
+      std::fill(out, out + count, 0.0f);
+      return;
+    }
+    const auto& full = units[static_cast<size_t>(unit)];
+    std::copy(full.begin() + static_cast<long>(offset), full.begin() + static_cast<long>(offset + count), out);
+  });
+  engine.set_optimizer_counters({});
+  *source = dir;
+  return 0;
+}
+
+}  // namespace
+
+int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, int rank, int world,
+                       int seq_len, std::string* source) {
+  source->clear();
+  if (!c.init_from.empty()) return init_from_hf(engine, c, gpt, source);
+  if (c.resume.empty() || c.resume == "none") return 0;
+  const bool automatic = c.resume == "auto";
+  std::vector<io::StepDir> candidates;
+  if (automatic) {
+    candidates = io::list_checkpoints(c.out);
+  } else if (fs::exists(fs::path(c.resume) / io::kManifestName)) {
+    candidates.push_back({0, c.resume, true});
+  } else if (fs::is_directory(c.resume) && !io::list_checkpoints(c.resume).empty()) {
+    candidates = io::list_checkpoints(c.resume);
+  } else {
+    candidates.push_back({0, c.resume, false});
+  }
+  bool touched = false;
+  std::string last_problem;
+  for (const io::StepDir& d : candidates) {
+    if (!d.committed) {
+      last_problem = fmt::format("{} has no {} (an unfinished or failed save)", d.path, io::kManifestName);
+      if (rank == 0) log::warn("resume: skipping {}", last_problem);
+      continue;
+    }
+    std::string problem;
+    std::unique_ptr<io::CheckpointReader> reader;
+    try {
+      reader = std::make_unique<io::CheckpointReader>(d.path);
+    } catch (const Error& e) {
+      problem = e.message();
+    }
+    if (reader) check_compatible(*reader, c, gpt, world, seq_len);  // a mismatch is an error, not a fallback
+    if (reader) {
+      touched = true;
+      try {
+        engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+          reader->read(fmt::format("{}.{}", gpt.unit_name(unit), kKinds[which]), offset, count, out);
+        });
+      } catch (const Error& e) {
+        problem = e.message();
+      }
+    }
+    float failed = problem.empty() ? 0.0f : 1.0f;
+    engine.control_all_reduce(&failed, 1, ReduceOp::kSum);
+    if (failed == 0) {
+      const nlohmann::json& t = reader->manifest().at("training");
+      engine.set_optimizer_counters({t.at("adam_steps").get<int64_t>(), t.at("consecutive_skipped_steps").get<int>()});
+      *source = d.path;
+      const int step = t.at("step");
+      if (rank == 0) {
+        log::info("resumed from {} (step {}, written by {} ranks with {} p={}; this run: {} ranks)", d.path, step,
+                  t.at("world_size").get<int>(), t.at("strategy").get<std::string>(), t.at("partition_size").get<int>(),
+                  world);
+        if (t.at("schedule").at("steps") != c.steps)
+          log::warn("resume: the checkpoint's schedule ran over {} steps, this run's over {}: the learning rate curve "
+                    "changes from here on",
+                    t.at("schedule").at("steps").get<int>(), c.steps);
+      }
+      return step;
+    }
+    last_problem = problem.empty() ? fmt::format("{}: a checkpoint file failed to verify on another rank", d.path) : problem;
+    if (!problem.empty()) log::warn("resume: {} is unusable: {}", d.path, problem);
+    if (rank == 0) log::warn("resume: falling back past {} (unusable on {} rank(s))", d.path, static_cast<int>(failed));
+  }
+  if (!automatic)
+    train_error(ErrorKind::kInvalidArgument,
+                fmt::format("--resume {}: no usable checkpoint{}", c.resume, last_problem.empty() ? "" : ": " + last_problem),
+                "give a committed step-XXXXXXXX directory, --resume auto, or --resume none");
+  if (touched) load_fresh(engine, c, gpt);
+  if (rank == 0) log::info("resume auto: no usable checkpoint in {}: starting from step 0", c.out);
+  return 0;
+}
+
+}  // namespace mics::train

@@ -1,0 +1,58 @@
+#pragma once
+// Checkpoints of `mics train` (io/checkpoint.hpp for the files and the commit protocol).
+//
+// Save (every --ckpt-every steps, into --out/step-XXXXXXXX/): at the step boundary every rank
+// copies the ranges it writes (shard/engine.hpp checkpoint_ranges: each unique element once,
+// writers spread over the replicas) into a host buffer allocated up front; that copy is the
+// only pause. A background thread then writes and fsyncs the rank's file while training goes
+// on. At each later step boundary the ranks agree (one small control all-reduce) whether every
+// writer finished; when all did, rank 0 writes the manifest (the commit) and then deletes the
+// checkpoints beyond --keep, never before the newer one committed. At most one save is in
+// flight: when the next is due first, the step waits for it (and says how long it waited).
+// --ckpt-sync writes in the foreground instead.
+//
+// A failed write on any rank (disk full, permission denied, a vanished directory) becomes the
+// same clear error on every rank; the partial directory is removed, the previous checkpoint is
+// untouched and training continues without this one. Only the final save (end of the run or a
+// stop signal) stops the run with an error when it fails.
+//
+// Resume (--resume auto|PATH): the newest checkpoint whose manifest, files and digests check
+// out on every rank, falling back past broken ones with a message naming what is wrong. The
+// state loads into any world size and strategy (each rank reads the global ranges it holds),
+// the optimizer counters are restored and training continues at step t (sampler position t *
+// global batch; a different global batch is an error).
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/gpt.hpp"
+#include "shard/engine.hpp"
+#include "train/config.hpp"
+
+namespace mics::train {
+
+class Checkpointer {
+ public:
+  Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, int rank, int world,
+               int seq_len, int start_step, std::string loaded_from);
+  ~Checkpointer();
+  bool enabled() const;
+  // After `step` optimizer steps: commits a finished save, starts a due one. Collective.
+  void after_step(int step);
+  // End of training (or a stop): saves `step` if not saved yet, waits and commits. Collective;
+  // throws if that save fails.
+  void finish(int step);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Loads a checkpoint per config.resume ("none", "auto": the newest good one under --out, or a
+// path: a step directory or a run directory) or config.init_from (a Hugging Face GPT-2
+// directory). Returns the step to continue from (0 for a fresh start or --init-from) and, in
+// `source`, what was loaded. Collective.
+int load_initial_state(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, int rank, int world,
+                       int seq_len, std::string* source);
+
+}  // namespace mics::train
