@@ -39,6 +39,7 @@ struct TrainConfig {
   int sample_tokens = 48;
   int log_every = 1;       // step lines (or progress-bar refreshes) every K steps
   int threads = 0;         // compute threads per rank; 0: cores / ranks on this host
+  std::string trace;       // Chrome trace per rank (the rank goes into the name, obs/trace.hpp)
 };
 
 // Throws mics::Error(kInvalidArgument) naming the flag and the valid values.

@@ -58,6 +58,11 @@ void MetricsWriter::step(const StepRecord& r) {
                       {"comm_exposed_ms", r.comm_exposed_ms},
                       {"data_wait_ms", r.data_wait_ms}};
   if (std::isfinite(r.eval_loss)) j["eval_loss"] = r.eval_loss;
+  j["straggler_rank"] = r.straggler_rank;
+  j["straggler_delay_ms"] = r.straggler_delay_ms;
+  j["arrival_spread_ms"] = r.arrival_spread_ms;
+  j["intra_bytes"] = r.intra_bytes;
+  j["inter_bytes"] = r.inter_bytes;
   write_line(j.dump());
 }
 
@@ -89,6 +94,7 @@ void MetricsWriter::summary(const Summary& s) {
                       {"activation_bytes", s.activation_bytes},
                       {"recompute", s.recompute},
                       {"peak_rss_bytes", s.peak_rss_bytes}};
+  if (!s.observability_json.empty()) j.update(nlohmann::json::parse(s.observability_json));
   write_line(j.dump());
 }
 
