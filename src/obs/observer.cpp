@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -25,6 +26,9 @@ void Observer::enable_trace(TraceLimits limits) { trace_ = std::make_unique<Trac
 void Observer::write_trace(const std::string& path, const std::string& other_json) const {
   if (!trace_) return;
   const std::string text = trace_->to_json(rank_, world_, to_common_ns(), other_json);
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   std::ofstream out(path);
   if (!out || !(out << text) || !out.flush())
     throw Error(ErrorKind::kIo, fmt::format("cannot write the trace {}", path),
