@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   add(mics::tools::add_doctor_command);
   add(mics::tools::add_engine_bench_command);
   add(mics::tools::add_data_command);
+  add(mics::tools::add_report_command);
   {
     mics::tools::Runner run = mics::tools::add_train_command(app, argc, argv);
     runners[app.get_subcommands({}).back()] = std::move(run);
