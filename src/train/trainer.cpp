@@ -653,8 +653,14 @@ int run_training(const TrainConfig& c) {
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
   sum.observability_json = observed_summary(engine, observer, rt->transport(), stragglers);
-  if (!c.trace.empty())
-    observer.write_trace(obs::trace_path_for_rank(c.trace, rank), fmt::format("{{\"command\":\"mics train\",\"model\":\"{}\",\"strategy\":\"{}\"}}", c.model, c.strategy));
+  if (!c.trace.empty()) {
+    // The fabric counters now: the trace's collectives (when none were dropped) add up to them.
+    const auto base = observer.fabric_baseline();
+    const nlohmann::json other = {{"command", "mics train"}, {"model", c.model}, {"strategy", c.strategy},
+                                  {"fabric_rail_bytes", {rt->transport().counters(fabric::Rail::kIntra).bytes_sent - base[0],
+                                                         rt->transport().counters(fabric::Rail::kInter).bytes_sent - base[1]}}};
+    observer.write_trace(obs::trace_path_for_rank(c.trace, rank), other.dump());
+  }
   if (leader) {
     std::fputs(format_summary(sum).c_str(), stdout);
     std::fflush(stdout);
