@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "obs/collective_record.hpp"
+#include "obs/observer.hpp"
 #include "obs/report.hpp"
 #include "obs/straggler.hpp"
 #include "obs/trace.hpp"
@@ -151,6 +152,27 @@ TEST(Report, SvgPlotsAreDocuments) {
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
   EXPECT_NE(svg.find("t&lt;1&gt;"), std::string::npos);
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
+}
+
+// The cost of recording one collective (the comm thread pays it per operation), with and
+// without a trace; printed for docs/ARCHITECTURE.md and bounded loosely (shared CI cores).
+TEST(Overhead, RecordingACollectiveCostsWellUnderAMicrosecond) {
+  for (bool tracing : {false, true}) {
+    mics::obs::Observer observer(0, 4, 4096);
+    if (tracing) observer.enable_trace({.max_events = 4096, .pinned_steps = 2});
+    const int n = 200000;
+    const int64_t t0 = mics::obs::steady_ns();
+    for (int i = 0; i < n; ++i) {
+      if (i % 1000 == 0) observer.step_begin(i / 1000 + 1);
+      auto r = record(CollOp::kAllGather, 65536, 1000, 100, 10);
+      r.start_ns = mics::obs::steady_ns();  // as the communicator does: two clock reads per op
+      r.dur_ns = mics::obs::steady_ns() - r.start_ns;
+      observer.record(r);
+    }
+    const double ns = static_cast<double>(mics::obs::steady_ns() - t0) / n;
+    std::printf("record cost with trace %s: %.0f ns per collective\n", tracing ? "on" : "off", ns);
+    EXPECT_LT(ns, 5000.0);
+  }
 }
 
 // --- end to end --------------------------------------------------------------------------------

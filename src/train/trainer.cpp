@@ -349,10 +349,21 @@ struct StragglerTally {
   double max_spread_ms = 0;
 };
 
-obs::StragglerResult exchange_stragglers(shard::Engine& engine, obs::Observer& observer) {
-  std::vector<float> payload = observer.straggler_payload();
-  if (observer.world() > 1) engine.control_all_reduce(payload.data(), payload.size(), ReduceOp::kMax);
-  return observer.finish_straggler(payload);
+// control[0] summed over ranks, control[1] the max over ranks, and the straggler exchange, in
+// one max all-reduce: [straggler payload | control[0] in the rank's own slot | control[1]].
+obs::StragglerResult exchange_control(shard::Engine& engine, obs::Observer& observer, float control[2]) {
+  std::vector<float> v = observer.straggler_payload();
+  const size_t at = v.size(), world = static_cast<size_t>(observer.world());
+  v.resize(at + world + 1, -3.0e38f);
+  v[at + static_cast<size_t>(observer.rank())] = control[0];
+  v[at + world] = control[1];
+  if (world > 1) engine.control_all_reduce(v.data(), v.size(), ReduceOp::kMax);
+  float sum = 0;
+  for (size_t r = 0; r < world; ++r) sum += v[at + r];
+  control[0] = sum;
+  control[1] = v[at + world];
+  v.resize(at);
+  return observer.finish_straggler(v);
 }
 
 void fill_observed(StepRecord& rec, const obs::StragglerResult& s, const obs::Observer& observer, StragglerTally& tally) {
@@ -543,13 +554,10 @@ int run_training(const TrainConfig& c) {
       report = engine.step();
       exposed += report.exposed_comm_s;
     }
-    // Stragglers: one max all-reduce of a few floats per rank (obs/straggler.hpp); a control
-    // collective, left out of engine.traffic() like the loss below.
-    const obs::StragglerResult straggler = exchange_stragglers(engine, observer);
-    // The mean loss over the global batch and an agreed stop (a signal on any rank stops all
-    // after this step): one small control all-reduce.
+    // The mean loss over the global batch, an agreed stop (a signal on any rank stops all
+    // after this step) and the straggler data (obs/straggler.hpp): one small control all-reduce.
     float control[2] = {static_cast<float>(loss_sum / c.grad_accum), stop.requested() ? 1.0f : 0.0f};
-    engine.control_all_reduce(control, 2, ReduceOp::kSum);
+    const obs::StragglerResult straggler = exchange_control(engine, observer, control);
     const double step_s = seconds_since(t0);
     const double loss = static_cast<double>(control[0]) / world;
     last_loss = loss;
