@@ -116,6 +116,15 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_DATA_DIR", "where mics train keeps the embedded synthetic corpus (generated on first use)",
        [](Knobs& k, const std::string& v) { k.data_dir = v; },
        [](const Knobs& k) { return k.data_dir.empty() ? std::string("(~/.cache/mics)") : k.data_dir; }},
+      {"MICS_TRACE_MAX_EVENTS", "events a rank keeps for --trace (the first steps and a window of the last ones)",
+       [](Knobs& k, const std::string& v) { k.trace_max_events = parse_int("MICS_TRACE_MAX_EVENTS", v, 16, int64_t{1} << 32); },
+       [](const Knobs& k) { return fmt::format("{}", k.trace_max_events); }},
+      {"MICS_DEBUG_SLOW_RANK", "debug: this rank sleeps MICS_DEBUG_SLOW_MS before each step (a deliberate straggler; -1: none)",
+       [](Knobs& k, const std::string& v) { k.debug_slow_rank = parse_int("MICS_DEBUG_SLOW_RANK", v, -1, 1 << 30); },
+       [](const Knobs& k) { return fmt::format("{}", k.debug_slow_rank); }},
+      {"MICS_DEBUG_SLOW_MS", "debug: milliseconds MICS_DEBUG_SLOW_RANK sleeps before each step",
+       [](Knobs& k, const std::string& v) { k.debug_slow_ms = parse_int("MICS_DEBUG_SLOW_MS", v, 0, 3600000); },
+       [](const Knobs& k) { return fmt::format("{}", k.debug_slow_ms); }},
   };
   return table;
 }

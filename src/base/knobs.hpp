@@ -24,6 +24,9 @@ struct Knobs {
   int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of reducing rings
   int64_t gather_chunk_bytes = 64 << 20; // MICS_GATHER_CHUNK_BYTES: largest ring all-gather message
   std::string data_dir;                  // MICS_DATA_DIR: the embedded corpus' cache (empty: ~/.cache/mics)
+  int64_t trace_max_events = 200000;     // MICS_TRACE_MAX_EVENTS: events kept per rank by --trace
+  int64_t debug_slow_rank = -1;          // MICS_DEBUG_SLOW_RANK: this rank sleeps before each step
+  int64_t debug_slow_ms = 0;             // MICS_DEBUG_SLOW_MS: for this long (ms)
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

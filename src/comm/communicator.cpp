@@ -10,6 +10,7 @@
 #include "base/knobs.hpp"
 #include "comm/algorithms.hpp"
 #include "comm/layout.hpp"
+#include "obs/observer.hpp"
 
 namespace mics::comm {
 
@@ -99,6 +100,7 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key, const std:
   auto child = std::unique_ptr<Communicator>(
       new Communicator(transport_, std::move(members), my_index, id, name, nullptr));
   child->next_child_id_ = next_child_id_;
+  child->set_observer(observer_);
   return child;
 }
 
@@ -111,6 +113,8 @@ Communicator& Communicator::cross_node() {
     same_node_ = split(my_index_ / n, my_index_ % n, name_ + "/same-node");
     cross_node_->parent_ = this;
     same_node_->parent_ = this;
+    cross_node_->set_observer(nullptr);  // recorded as part of this communicator's operation
+    same_node_->set_observer(nullptr);
   }
   return *cross_node_;
 }
@@ -150,6 +154,57 @@ Algo Communicator::choose(const char* op, size_t bytes, Algo requested) const {
   return Algo::kRing;
 }
 
+void Communicator::set_observer(obs::Observer* observer) {
+  observer_ = observer;
+  if (observer_) observer_group_ = observer_->log().intern_group(name_);
+}
+
+namespace {
+
+// Records one collective in the communicator's observer: the outermost call only (a split
+// inside a hierarchical all-gather is part of it), and only when it completes.
+thread_local int t_recording_depth = 0;
+
+class Recording {
+ public:
+  Recording(Communicator& comm, obs::Observer* observer, uint16_t group, obs::CollOp op, Algo algo, DType dtype,
+            size_t count)
+      : comm_(comm), observer_(t_recording_depth == 0 ? observer : nullptr) {
+    ++t_recording_depth;
+    if (!observer_) return;
+    record_.op = op;
+    record_.group = group;
+    record_.algo = to_string(algo);
+    record_.dtype = dtype;
+    record_.comm_size = comm.size();
+    record_.count = count;
+    record_.bytes = count * dtype_size(dtype);
+    before_ = comm.traffic().bytes_sent;
+    exceptions_ = std::uncaught_exceptions();
+    record_.start_ns = obs::steady_ns();
+  }
+  ~Recording() {
+    --t_recording_depth;
+    if (!observer_ || std::uncaught_exceptions() > exceptions_) return;
+    record_.dur_ns = obs::steady_ns() - record_.start_ns;
+    const auto& after = comm_.traffic().bytes_sent;
+    for (int r = 0; r < fabric::kNumRails && r < obs::kRails; ++r)
+      record_.rail_bytes[static_cast<size_t>(r)] = after[static_cast<size_t>(r)] - before_[static_cast<size_t>(r)];
+    observer_->record(record_);
+  }
+  Recording(const Recording&) = delete;
+  Recording& operator=(const Recording&) = delete;
+
+ private:
+  Communicator& comm_;
+  obs::Observer* observer_;
+  obs::CollectiveRecord record_;
+  std::array<uint64_t, fabric::kNumRails> before_{};
+  int exceptions_ = 0;
+};
+
+}  // namespace
+
 static void check_buffers(const Communicator& comm, const char* op, const void* a, const void* b,
                           size_t count) {
   if (count > 0 && (a == nullptr || b == nullptr))
@@ -166,7 +221,9 @@ void Communicator::all_gather(const void* shard, void* output, size_t count, DTy
     if (count && shard != output) std::memmove(output, shard, count * es);
     return;
   }
-  switch (choose("all_gather", count * es, algo)) {
+  const Algo chosen = choose("all_gather", count * es, algo);
+  Recording rec(*this, observer_, observer_group_, obs::CollOp::kAllGather, chosen, dtype, count);
+  switch (chosen) {
     case Algo::kRecursiveDoubling:
       return bruck_all_gather(*this, shard, output, count, dtype);
     case Algo::kHierarchical:
@@ -184,7 +241,9 @@ void Communicator::reduce_scatter(const void* input, void* shard, size_t count, 
     if (count && input != shard) std::memmove(shard, input, count * es);
     return;
   }
-  if (choose("reduce_scatter", count * es, algo) == Algo::kRecursiveDoubling) {
+  const Algo chosen = choose("reduce_scatter", count * es, algo);
+  Recording rec(*this, observer_, observer_group_, obs::CollOp::kReduceScatter, chosen, dtype, count);
+  if (chosen == Algo::kRecursiveDoubling) {
     // Latency path: all-reduce the whole (small) array, keep our shard.
     std::byte* full = scratch(count * es, 1);
     rd_all_reduce(*this, input, full, count, dtype, op, "reduce_scatter");
@@ -203,7 +262,9 @@ void Communicator::all_reduce(const void* input, void* output, size_t count, DTy
     if (count && input != output) std::memmove(output, input, count * es);
     return;
   }
-  if (choose("all_reduce", count * es, algo) == Algo::kRecursiveDoubling)
+  const Algo chosen = choose("all_reduce", count * es, algo);
+  Recording rec(*this, observer_, observer_group_, obs::CollOp::kAllReduce, chosen, dtype, count);
+  if (chosen == Algo::kRecursiveDoubling)
     return rd_all_reduce(*this, input, output, count, dtype, op);
   ring_all_reduce(*this, input, output, count, dtype, op);
 }
@@ -216,13 +277,17 @@ void Communicator::broadcast(void* buffer, size_t count, DType dtype, int root, 
                 {.layer = "comm", .where = fmt::format("broadcast on '{}'", name_)});
   if (size() == 1) return;
   const size_t bytes = count * dtype_size(dtype);
-  if (choose("broadcast", bytes, algo) == Algo::kRecursiveDoubling)
+  const Algo chosen = choose("broadcast", bytes, algo);
+  Recording rec(*this, observer_, observer_group_, obs::CollOp::kBroadcast, chosen, dtype, count);
+  if (chosen == Algo::kRecursiveDoubling)
     return tree_broadcast(*this, buffer, bytes, root);
   chain_broadcast(*this, buffer, bytes, root);
 }
 
 void Communicator::barrier() {
-  if (size() > 1) dissemination_barrier(*this);
+  if (size() <= 1) return;
+  Recording rec(*this, observer_, observer_group_, obs::CollOp::kBarrier, Algo::kRecursiveDoubling, DType::kF32, 0);
+  dissemination_barrier(*this);
 }
 
 std::vector<Segment> chunk_range(size_t offset, size_t bytes, size_t element_size,

@@ -27,6 +27,10 @@
 #include "base/error.hpp"
 #include "fabric/transport.hpp"
 
+namespace mics::obs {
+class Observer;
+}
+
 namespace mics::comm {
 
 enum class Algo : uint8_t {
@@ -77,6 +81,11 @@ class Communicator {
   Algo choose(const char* op, size_t bytes, Algo requested) const;
 
   const Traffic& traffic() const { return traffic_; }
+  // Every collective of this communicator, and of communicators split from it later, is
+  // recorded in the observer (op, algorithm, bytes per rail, start, duration); nullptr stops.
+  // Internal sub-communicators are not recorded: their parent's record covers them.
+  void set_observer(obs::Observer* observer);
+  obs::Observer* observer() const { return observer_; }
   fabric::Transport& transport() { return transport_; }
   const fabric::Transport& transport() const { return transport_; }
 
@@ -108,6 +117,8 @@ class Communicator {
   uint16_t sequence_ = 0;
   uint32_t next_child_id_;
   Traffic traffic_;
+  obs::Observer* observer_ = nullptr;
+  uint16_t observer_group_ = 0;
   std::array<std::vector<std::byte>, 2> scratch_;
   std::unique_ptr<Communicator> cross_node_;
   std::unique_ptr<Communicator> same_node_;

@@ -12,6 +12,7 @@
 #include "base/log.hpp"
 #include "comm/layout.hpp"
 #include "comm/traffic_model.hpp"
+#include "obs/observer.hpp"
 #include "shard/comm_thread.hpp"
 #include "topo/partition_auto.hpp"
 
@@ -112,11 +113,15 @@ struct Engine::Impl {
     return t;
   }
 
-  void wait(std::future<void>& f) {
+  void wait(std::future<void>& f, const char* what = "wait for comm") {
     if (!f.valid()) return;
     const auto t0 = Clock::now();
     f.wait();
     exposed_s += seconds_since(t0);
+    if (obs::Observer* o = runtime.world().observer(); o && o->tracing()) {
+      const int64_t start = std::chrono::duration_cast<std::chrono::nanoseconds>(t0.time_since_epoch()).count();
+      o->span("comm_wait", what, obs::kMainTid, start, obs::steady_ns() - start);
+    }
     f.get();  // rethrows a communication error
   }
 
@@ -292,7 +297,7 @@ const float* Engine::gather(int unit) {
   if (un.replicated) return s.rmaster.data() + un.offset;
   if (un.state == GatherState::kNone) s.start_gather(un);
   if (un.state == GatherState::kInFlight) {
-    s.wait(un.pending);
+    s.wait(un.pending, "wait for gather");
     un.state = GatherState::kReady;
   }
   return un.gathered.data();
@@ -380,7 +385,7 @@ StepReport Engine::step() {
       if (!un.replicated) s.drop(un);
   if (s.micro % s.options.grad_accum == 0) {
     report.boundary = true;
-    for (auto& f : s.pending_reductions) s.wait(f);
+    for (auto& f : s.pending_reductions) s.wait(f, "wait for reduce-scatter");
     s.pending_reductions.clear();
     // 2-hop: the shard sums of the replicas, and the replicated units' sums over the world.
     comm::Communicator* replication = s.groups.replication.get();
@@ -391,7 +396,7 @@ StepReport Engine::step() {
       if (s.world_size > 1 && !s.rgrad.empty())
         world->all_reduce(s.rgrad.data(), s.rgrad.data(), s.rgrad.size(), DType::kF32, ReduceOp::kSum);
     });
-    s.wait(sync);
+    s.wait(sync, "wait for 2-hop all-reduce");
     // Average over every rank's micro-batches, then the global norm: shards are disjoint
     // inside a partition group (sum them there), replicated units count once.
     const float scale = 1.0f / static_cast<float>(s.world_size * s.options.grad_accum);

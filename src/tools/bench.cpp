@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,10 @@
 #include "base/error.hpp"
 #include "base/knobs.hpp"
 #include "base/strings.hpp"
+#include "comm/clock_sync.hpp"
 #include "comm/layout.hpp"
 #include "comm/runtime.hpp"
+#include "obs/observer.hpp"
 #include "tools/commands.hpp"
 
 namespace mics::tools {
@@ -40,6 +43,7 @@ struct BenchOptions {
   std::string algo = "auto";
   bool check = false;
   std::string json_path;
+  std::string trace_path;
 };
 
 // Deterministic inputs whose sums stay exact in bf16 and f16 (small integers).
@@ -113,6 +117,17 @@ int run_bench(const BenchOptions& o) {
   const int n = world.size(), me = world.rank();
   const size_t es = dtype_size(*dtype);
   const auto& topo = rt->topology();
+  // --trace: every collective recorded (obs/), one Chrome trace per rank; a "step" per size.
+  std::unique_ptr<obs::Observer> observer;
+  if (!o.trace_path.empty()) {
+    observer = std::make_unique<obs::Observer>(me, n);
+    observer->set_clock(comm::sync_clocks(world));
+    observer->enable_trace({static_cast<size_t>(knobs().trace_max_events), 2});
+    observer->set_fabric_baseline({rt->transport().counters(fabric::Rail::kIntra).bytes_sent,
+                                   rt->transport().counters(fabric::Rail::kInter).bytes_sent});
+    world.set_observer(observer.get());
+  }
+  int row_index = 0;
 
   if (me == 0) {
     std::printf("# mics bench: %s, %d rank(s) on %d node(s); rails: intra=%s inter=%s\n",
@@ -133,6 +148,7 @@ int run_bench(const BenchOptions& o) {
       size_t count = static_cast<size_t>(sz) / es;
       const size_t bytes = count * es;
       const comm::Block mine = comm::block_of(count, n, me);
+      if (observer) observer->step_begin(++row_index);
       std::vector<std::byte> input(std::max<size_t>(bytes, 1)), output(std::max<size_t>(bytes, 1));
       auto run_once = [&] {
         if (op == "all_gather")
@@ -240,6 +256,19 @@ int run_bench(const BenchOptions& o) {
 
   long total_wrong = 0;
   for (const auto& r : rows) total_wrong += r.wrong;
+  if (observer) {
+    world.set_observer(nullptr);
+    const auto recorded = observer->log().rail_totals();
+    const auto base = observer->fabric_baseline();
+    const bool equal = recorded[0] == rt->transport().counters(fabric::Rail::kIntra).bytes_sent - base[0] &&
+                       recorded[1] == rt->transport().counters(fabric::Rail::kInter).bytes_sent - base[1];
+    float mismatch = equal ? 0.0f : 1.0f;
+    world.all_reduce(&mismatch, &mismatch, 1, DType::kF32, ReduceOp::kMax, comm::Algo::kRecursiveDoubling);
+    observer->write_trace(obs::trace_path_for_rank(o.trace_path, me), R"({"command":"mics bench"})");
+    if (me == 0)
+      std::printf("# trace: %llu collectives recorded per rank; their bytes %s the fabric counters on every rank\n",
+                  static_cast<unsigned long long>(observer->log().total()), mismatch == 0.0f ? "equal" : "DIFFER FROM");
+  }
   if (me == 0) {
     if (o.check)
       std::printf("# out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
@@ -305,6 +334,8 @@ Runner add_bench_command(CLI::App& app) {
   sub->add_flag("-c,--check", opts->check,
                 "validate results (the #wrong column); exit 1 on any error");
   sub->add_option("--json", opts->json_path, "write the results as JSON to this file (rank 0)");
+  sub->add_option("--trace", opts->trace_path,
+                  "Chrome trace JSON per rank of every collective (trace.json -> trace.rank0.json, or a path with {rank})");
   return [opts] { return run_bench(*opts); };
 }
 

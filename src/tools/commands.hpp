@@ -18,6 +18,7 @@ Runner add_engine_bench_command(CLI::App& app);
 Runner add_data_command(CLI::App& app);
 Runner add_plan_command(CLI::App& app);
 Runner add_ckpt_command(CLI::App& app);
+Runner add_report_command(CLI::App& app);
 // Needs the raw arguments: `mics train -n N` re-runs itself under `mics launch`.
 Runner add_train_command(CLI::App& app, int argc, char** argv);
 

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   add(mics::tools::add_data_command);
   add(mics::tools::add_plan_command);
   add(mics::tools::add_ckpt_command);
+  add(mics::tools::add_report_command);
   {
     mics::tools::Runner run = mics::tools::add_train_command(app, argc, argv);
     runners[app.get_subcommands({}).back()] = std::move(run);

@@ -160,6 +160,7 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
   sub->add_option("--eval-batches", c.eval_batches, "micro-batches per rank in an evaluation")->capture_default_str();
   sub->add_option("--out", c.out, "run directory (metrics.jsonl is written there)");
   sub->add_option("--metrics", c.metrics, "JSON lines file of per-step records and the summary");
+  sub->add_option("--trace", c.trace, "Chrome trace JSON per rank: FILE gets the rank inserted (trace.json -> trace.rank0.json, or FILE with {rank})");
   sub->add_option("--samples", c.samples, "continuations printed at the end (0: none)")->capture_default_str();
   sub->add_option("--sample-tokens", c.sample_tokens, "tokens per continuation")->capture_default_str();
   sub->add_option("--log-every", c.log_every, "print a step line every K steps")->capture_default_str();

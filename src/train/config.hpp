@@ -45,6 +45,7 @@ struct TrainConfig {
   bool ckpt_sync = false;      // blocking saves instead of background writes
   std::string resume = "none"; // none | auto (newest good one under --out) | PATH
   std::string init_from;       // a Hugging Face GPT-2 directory to start from
+  std::string trace;       // Chrome trace per rank (the rank goes into the name, obs/trace.hpp)
 };
 
 // Throws mics::Error(kInvalidArgument) naming the flag and the valid values.

@@ -56,8 +56,14 @@ void MetricsWriter::step(const StepRecord& r) {
                       {"step_ms", r.step_ms},
                       {"tokens_per_s", r.tokens_per_s},
                       {"comm_exposed_ms", r.comm_exposed_ms},
-                      {"data_wait_ms", r.data_wait_ms}};
+                      {"data_wait_ms", r.data_wait_ms},
+                      {"checkpoint_ms", r.checkpoint_ms}};
   if (std::isfinite(r.eval_loss)) j["eval_loss"] = r.eval_loss;
+  j["straggler_rank"] = r.straggler_rank;
+  j["straggler_delay_ms"] = r.straggler_delay_ms;
+  j["arrival_spread_ms"] = r.arrival_spread_ms;
+  j["intra_bytes"] = r.intra_bytes;
+  j["inter_bytes"] = r.inter_bytes;
   write_line(j.dump());
 }
 
@@ -89,6 +95,7 @@ void MetricsWriter::summary(const Summary& s) {
                       {"activation_bytes", s.activation_bytes},
                       {"recompute", s.recompute},
                       {"peak_rss_bytes", s.peak_rss_bytes}};
+  if (!s.observability_json.empty()) j.update(nlohmann::json::parse(s.observability_json));
   write_line(j.dump());
 }
 

@@ -21,7 +21,13 @@ struct StepRecord {
   double tokens_per_s = 0;
   double comm_exposed_ms = 0;  // time compute waited for the engine's communication
   double data_wait_ms = 0;     // time it waited for the data prefetcher
+  double checkpoint_ms = 0;    // the step's checkpoint stall (snapshot or blocking save)
   double eval_loss = NAN;      // when an evaluation ran after this step
+  // Observability (obs/straggler.hpp): the rank that held the others up, by how much, and the
+  // spread of arrival times at the step's collectives; rank 0's bytes sent per rail.
+  int straggler_rank = -1;
+  double straggler_delay_ms = 0, arrival_spread_ms = 0;
+  double intra_bytes = 0, inter_bytes = 0;
 };
 
 struct Summary {
@@ -35,6 +41,7 @@ struct Summary {
   uint64_t model_state_bytes_per_rank = 0, peak_rss_bytes = 0, activation_bytes = 0;
   uint64_t params = 0;
   double flops_per_token = 0;
+  std::string observability_json;  // a JSON object whose keys join the summary record
 };
 
 // JSON lines, flushed after every record so a killed run keeps what it measured.

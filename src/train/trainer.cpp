@@ -11,16 +11,19 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "base/clock.hpp"
 #include "base/error.hpp"
 #include "base/knobs.hpp"
 #include "base/log.hpp"
+#include "comm/clock_sync.hpp"
 #include "comm/runtime.hpp"
 #include "io/byte_tokenizer.hpp"
 #include "io/dataset.hpp"
 #include "io/markov_corpus.hpp"
 #include "model/gpt.hpp"
+#include "obs/observer.hpp"
 #include "shard/engine.hpp"
 #include "topo/groups.hpp"
 #include "train/checkpoint.hpp"
@@ -132,34 +135,48 @@ MemoryPlan plan_memory(const model::Gpt& gpt, int p, int world, int micro_batch,
 }
 
 // A rank's forward over one micro-batch up to the loss (gathering every unit; no gradients).
-float forward_loss(shard::Engine& engine, model::GptPass& pass, int layers) {
-  pass.embed_forward(engine.gather(0));
+float forward_loss(shard::Engine& engine, model::GptPass& pass, int layers, obs::Observer* ob = nullptr) {
+  const float* unit0 = engine.gather(0);
+  {
+    obs::ScopedSpan span(ob, "compute", "forward embed");
+    pass.embed_forward(unit0);
+  }
   engine.prefetch(layers > 0 ? 1 : 0);
   engine.release(0);
   for (int l = 0; l < layers; ++l) {
     const float* block = engine.gather(1 + l);
     engine.prefetch(l + 1 < layers ? 2 + l : 0);
+    obs::ScopedSpan span(ob, "compute", "forward block", l);
     pass.block_forward(l, block);
     engine.release(1 + l);
   }
-  const float loss = pass.head_forward(engine.gather(0));
+  const float* head = engine.gather(0);
+  obs::ScopedSpan span(ob, "compute", "forward head+loss");
+  const float loss = pass.head_forward(head);
   return loss;
 }
 
 // One micro-step: forward, loss, backward, gradients handed to the engine.
 float train_micro_step(shard::Engine& engine, model::GptPass& pass, int layers, std::vector<float>& grad0,
-                       std::vector<float>& grad_block) {
-  const float loss = forward_loss(engine, pass, layers);
+                       std::vector<float>& grad_block, obs::Observer* ob = nullptr) {
+  const float loss = forward_loss(engine, pass, layers, ob);
   const float* unit0 = engine.gather(0);  // held until the embedding's backward
   if (layers > 0) engine.prefetch(layers);
-  pass.head_backward(unit0, grad0.data());
+  {
+    obs::ScopedSpan span(ob, "compute", "backward head");
+    pass.head_backward(unit0, grad0.data());
+  }
   for (int l = layers - 1; l >= 0; --l) {
     const float* block = engine.gather(1 + l);
     if (l > 0) engine.prefetch(l);
-    pass.block_backward(l, block, grad_block.data());
+    {
+      obs::ScopedSpan span(ob, "compute", "backward block", l);
+      pass.block_backward(l, block, grad_block.data());
+    }
     engine.release(1 + l);
     engine.reduce_gradients(1 + l, grad_block.data());
   }
+  obs::ScopedSpan span(ob, "compute", "backward embed");
   pass.embed_backward(unit0, grad0.data());
   engine.release(0);
   engine.reduce_gradients(0, grad0.data());
@@ -325,6 +342,68 @@ void check_memory(const TrainConfig& c, const model::Gpt& gpt, int p, int world,
             "smaller --micro-batch, or raise --memory-budget if the memory is really there");
 }
 
+// Per-rank counts of steps named straggler and their delays, for the summary.
+struct StragglerTally {
+  explicit StragglerTally(int world) : steps(static_cast<size_t>(world)), delay_ms(static_cast<size_t>(world)) {}
+  std::vector<int> steps;
+  std::vector<double> delay_ms;
+  double max_spread_ms = 0;
+};
+
+// control[0] summed over ranks, control[1] the max over ranks, and the straggler exchange, in
+// one max all-reduce: [straggler payload | control[0] in the rank's own slot | control[1]].
+obs::StragglerResult exchange_control(shard::Engine& engine, obs::Observer& observer, float control[2]) {
+  std::vector<float> v = observer.straggler_payload();
+  const size_t at = v.size(), world = static_cast<size_t>(observer.world());
+  v.resize(at + world + 1, -3.0e38f);
+  v[at + static_cast<size_t>(observer.rank())] = control[0];
+  v[at + world] = control[1];
+  if (world > 1) engine.control_all_reduce(v.data(), v.size(), ReduceOp::kMax);
+  float sum = 0;
+  for (size_t r = 0; r < world; ++r) sum += v[at + r];
+  control[0] = sum;
+  control[1] = v[at + world];
+  v.resize(at);
+  return observer.finish_straggler(v);
+}
+
+void fill_observed(StepRecord& rec, const obs::StragglerResult& s, const obs::Observer& observer, StragglerTally& tally) {
+  rec.straggler_rank = s.rank;
+  rec.straggler_delay_ms = s.delay_ms;
+  rec.arrival_spread_ms = s.spread_ms;
+  const auto bytes = observer.window_rail_bytes();
+  rec.intra_bytes = static_cast<double>(bytes[0]);
+  rec.inter_bytes = static_cast<double>(bytes[1]);
+  if (s.rank >= 0) {
+    ++tally.steps[static_cast<size_t>(s.rank)];
+    tally.delay_ms[static_cast<size_t>(s.rank)] += s.delay_ms;
+  }
+  tally.max_spread_ms = std::max(tally.max_spread_ms, s.spread_ms);
+}
+
+// The summary's "collectives" (rank 0's records per op and size bucket, and whether every
+// rank's record totals equal its fabric counters) and "stragglers". Collective: every rank.
+std::string observed_summary(shard::Engine& engine, obs::Observer& observer, fabric::Transport& transport,
+                             const StragglerTally& tally) {
+  nlohmann::json j;
+  j["collectives"] = nlohmann::json::parse(observer.log().summary_json());
+  const auto base = observer.fabric_baseline();
+  const auto recorded = observer.log().rail_totals();
+  const uint64_t fabric_intra = transport.counters(fabric::Rail::kIntra).bytes_sent - base[0];
+  const uint64_t fabric_inter = transport.counters(fabric::Rail::kInter).bytes_sent - base[1];
+  float mismatch = recorded[0] == fabric_intra && recorded[1] == fabric_inter ? 0.0f : 1.0f;
+  j["collectives"]["fabric_rail_bytes"] = {fabric_intra, fabric_inter};
+  engine.control_all_reduce(&mismatch, 1, ReduceOp::kMax);
+  j["collectives"]["records_match_fabric"] = mismatch == 0.0f;
+  j["clock_sync"] = {{"offset_ns", observer.clock().offset_ns}, {"rtt_ns", observer.clock().rtt_ns}};
+  j["stragglers"] = nlohmann::json::array();
+  for (size_t r = 0; r < tally.steps.size(); ++r)
+    if (tally.steps[r] > 0)
+      j["stragglers"].push_back({{"rank", r}, {"steps", tally.steps[r]}, {"delay_ms", tally.delay_ms[r]}});
+  j["max_arrival_spread_ms"] = tally.max_spread_ms;
+  return j.dump();
+}
+
 }  // namespace
 
 void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on_this_host) {
@@ -355,6 +434,15 @@ int run_training(const TrainConfig& c) {
   const int threads = c.threads > 0 ? c.threads
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
   model::set_compute_threads(threads);
+
+  // --- observability: the common clock, per-collective records, the trace (obs/) ----------
+  obs::Observer observer(rank, world);
+  observer.set_clock(comm::sync_clocks(rt->world()));
+  if (!c.trace.empty()) observer.enable_trace({static_cast<size_t>(knobs().trace_max_events), 2});
+  observer.set_fabric_baseline({rt->transport().counters(fabric::Rail::kIntra).bytes_sent,
+                                rt->transport().counters(fabric::Rail::kInter).bytes_sent});
+  rt->world().set_observer(&observer);  // and every communicator the engine splits from it
+  StragglerTally stragglers(world);
 
   // --- memory plan and the engine -------------------------------------------------------
   const topo::Strategy strategy = topo::parse_strategy(c.strategy);
@@ -455,20 +543,25 @@ int run_training(const TrainConfig& c) {
     const float lr = schedule.at(step);
     engine.set_lr(lr);
     const auto t0 = Clock::now();
+    observer.step_begin(step + 1);
+    obs::ScopedSpan step_span(&observer, "step", "step", step + 1);
     const double wait_before = prefetcher.wait_seconds();
     double loss_sum = 0, exposed = 0;
     shard::StepReport report;
     for (int m = 0; m < c.grad_accum; ++m) {
-      io::MicroBatch mb = prefetcher.next();
+      io::MicroBatch mb = [&] {
+        obs::ScopedSpan span(&observer, "data", "data wait");
+        return prefetcher.next();
+      }();
       pass.set_tokens(mb.inputs.data(), mb.targets.data());
-      loss_sum += train_micro_step(engine, pass, mc.layers, grad0, grad_block);
+      loss_sum += train_micro_step(engine, pass, mc.layers, grad0, grad_block, &observer);
       report = engine.step();
       exposed += report.exposed_comm_s;
     }
-    // The mean loss over the global batch and an agreed stop (a signal on any rank stops all
-    // after this step): one small control all-reduce.
+    // The mean loss over the global batch, an agreed stop (a signal on any rank stops all
+    // after this step) and the straggler data (obs/straggler.hpp): one small control all-reduce.
     float control[2] = {static_cast<float>(loss_sum / c.grad_accum), stop.requested() ? 1.0f : 0.0f};
-    engine.control_all_reduce(control, 2, ReduceOp::kSum);
+    const obs::StragglerResult straggler = exchange_control(engine, observer, control);
     const double step_s = seconds_since(t0);
     const double loss = static_cast<double>(control[0]) / world;
     last_loss = loss;
@@ -491,6 +584,7 @@ int run_training(const TrainConfig& c) {
     rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
     rec.comm_exposed_ms = exposed * 1e3;
     rec.data_wait_ms = data_wait * 1e3;
+    fill_observed(rec, straggler, observer, stragglers);
     if (val_data && c.eval_every > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps) {
       const comm::Traffic before = engine.traffic();
       const EvalResult ev = evaluate(engine, gpt, *val_data, rank, world, c.micro_batch, c.eval_batches);
@@ -498,9 +592,16 @@ int run_training(const TrainConfig& c) {
       rec.eval_loss = ev.loss;
       eval_loss = ev.loss;
     }
+    {
+      // The step's checkpoint stall (an async save's snapshot, or a blocking save), before the
+      // record is written so that it carries it.
+      const auto ckpt_t0 = Clock::now();
+      obs::ScopedSpan span(&observer, "checkpoint", "checkpoint");
+      ckpt.after_step(step + 1);
+      rec.checkpoint_ms = seconds_since(ckpt_t0) * 1e3;
+    }
     printer.step(rec);
     if (metrics) metrics->step(rec);
-    ckpt.after_step(step + 1);
     if (control[1] > 0) {
       stopped = true;
       if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
@@ -572,6 +673,15 @@ int run_training(const TrainConfig& c) {
   sum.activation_bytes = mp.activations;
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
+  sum.observability_json = observed_summary(engine, observer, rt->transport(), stragglers);
+  if (!c.trace.empty()) {
+    // The fabric counters now: the trace's collectives (when none were dropped) add up to them.
+    const auto base = observer.fabric_baseline();
+    const nlohmann::json other = {{"command", "mics train"}, {"model", c.model}, {"strategy", c.strategy},
+                                  {"fabric_rail_bytes", {rt->transport().counters(fabric::Rail::kIntra).bytes_sent - base[0],
+                                                         rt->transport().counters(fabric::Rail::kInter).bytes_sent - base[1]}}};
+    observer.write_trace(obs::trace_path_for_rank(c.trace, rank), other.dump());
+  }
   if (leader) {
     std::fputs(format_summary(sum).c_str(), stdout);
     std::fflush(stdout);
