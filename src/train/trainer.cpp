@@ -22,6 +22,7 @@
 #include "io/markov_corpus.hpp"
 #include "model/gpt.hpp"
 #include "shard/engine.hpp"
+#include "train/cuda_trainer.hpp"
 #include "topo/groups.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
@@ -335,6 +336,7 @@ void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on
 }
 
 int run_training(const TrainConfig& c) {
+  if (c.device == "cuda") return run_cuda_training(c);
   // --- everything that can be checked before the job starts ---------------------------
   const Prepared pr = prepare(c);
   const model::Gpt& gpt = pr.gpt;
