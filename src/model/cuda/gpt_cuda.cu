@@ -93,6 +93,11 @@ struct LayerActs {
 struct CudaGpt::Impl {
   GptConfig cfg;
   int B, T, C, H, D, L, V, Vp;
+  // The head's GEMMs run over Vh columns: Vp (a multiple of 64, for fast GEMM tiles) when the
+  // rows after wte in unit 0 (wpe, lnf) can stand in for the padding rows: their logits are
+  // never read, their dlogits are zero (cross_entropy), so the weight gradient GEMM adds zeros
+  // to the rows after dwte. Else V.
+  int Vh;
   size_t N;
   CudaOptions opt;
   bool flash = false;
@@ -131,6 +136,7 @@ struct CudaGpt::Impl {
       : cfg(c), B(batch), T(seq_len), C(c.channels), H(c.heads), D(c.channels / c.heads), L(c.layers),
         V(c.vocab), Vp(static_cast<int>(round_up(static_cast<size_t>(c.vocab), 64))),
         N(static_cast<size_t>(batch) * seq_len), opt(o) {
+    Vh = Vp - V <= c.max_seq ? Vp : V;
     cfg.validate();
     if (C % 8 != 0 || D % 8 != 0)
       throw Error(ErrorKind::kInvalidArgument,
@@ -367,7 +373,7 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "gemm logits fwd");
-      blas.linear_ld(lnf, e16.wte, logits, Vp, n, C, V, s());
+      blas.linear_ld(lnf, e16.wte, logits, Vp, n, C, Vh, s());
     }
     {
       Scope sc(this, "cross-entropy fwd+bwd");
@@ -384,8 +390,8 @@ struct CudaGpt::Impl {
     const auto eg = embed_grad();
     {
       Scope sc(this, "gemm logits bwd");
-      blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, V, s());
-      blas.linear_backward_weight(logits, Vp, lnf, eg.wte, n, C, V, s());
+      blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
+      blas.linear_backward_weight(logits, Vp, lnf, eg.wte, n, C, Vh, s());
     }
     {
       Scope sc(this, "layernorm bwd");

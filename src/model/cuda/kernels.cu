@@ -291,6 +291,8 @@ __global__ void __launch_bounds__(kCeThreads)
     const float f = __bfloat162float(x[j]);
     x[j] = __float2bfloat16((__expf(f - lse) - (j == tgt ? 1.0f : 0.0f)) * scale);
   }
+  // The padding columns get zero gradients: GEMMs over the padded width then add nothing.
+  for (int j = V + threadIdx.x; j < ld; j += blockDim.x) x[j] = __float2bfloat16(0.0f);
 }
 
 __global__ void sum_in_order(const float* __restrict__ x, int n, float* __restrict__ out, bool add) {
@@ -372,6 +374,87 @@ __global__ void causal_softmax_kernel(bf16* __restrict__ s, int rows, int T) {
   const float inv = 1.0f / warp_sum(sum);
   for (int j = lane; j < T; j += 32)
     x[j] = __float2bfloat16(j <= t ? __expf(__bfloat162float(x[j]) - m) * inv : 0.0f);
+}
+
+// The same with 8 bf16 per lane and access (T % 8 == 0): one 16-byte load per chunk.
+__device__ __forceinline__ void unpack8(const uint4& raw, float* f) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float2 v = __bfloat1622float2(h[q]);
+    f[2 * q] = v.x;
+    f[2 * q + 1] = v.y;
+  }
+}
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) h[q] = __floats2bfloat162_rn(f[2 * q], f[2 * q + 1]);
+  return raw;
+}
+
+__global__ void causal_softmax_kernel8(bf16* __restrict__ s, int rows, int T) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  bf16* x = s + static_cast<size_t>(row) * T;
+  float m = -INFINITY, f[8];
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {
+    unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (j0 + q <= t) m = fmaxf(m, f[q]);
+  }
+  m = warp_max(m);
+  float sum = 0;
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {
+    unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (j0 + q <= t) sum += __expf(f[q] - m);
+  }
+  const float inv = 1.0f / warp_sum(sum);
+  for (int j0 = lane * 8; j0 < T; j0 += 256) {
+    if (j0 <= t) {
+      unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) f[q] = j0 + q <= t ? __expf(f[q] - m) * inv : 0.0f;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) f[q] = 0.0f;
+    }
+    *reinterpret_cast<uint4*>(x + j0) = pack8(f);
+  }
+}
+
+__global__ void causal_softmax_backward_kernel8(const bf16* __restrict__ p, bf16* __restrict__ dp, int rows, int T,
+                                                float scale) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  const bf16* pr = p + static_cast<size_t>(row) * T;
+  bf16* g = dp + static_cast<size_t>(row) * T;
+  float fp[8], fg[8], dot = 0;
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {  // p is zero above the diagonal
+    unpack8(*reinterpret_cast<const uint4*>(pr + j0), fp);
+    unpack8(*reinterpret_cast<const uint4*>(g + j0), fg);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) dot += fp[q] * fg[q];
+  }
+  dot = warp_sum(dot);
+  for (int j0 = lane * 8; j0 < T; j0 += 256) {
+    if (j0 <= t) {
+      unpack8(*reinterpret_cast<const uint4*>(pr + j0), fp);
+      unpack8(*reinterpret_cast<const uint4*>(g + j0), fg);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) fg[q] = fp[q] * (fg[q] - dot) * scale;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) fg[q] = 0.0f;
+    }
+    *reinterpret_cast<uint4*>(g + j0) = pack8(fg);
+  }
 }
 
 __global__ void causal_softmax_backward_kernel(const bf16* __restrict__ p, bf16* __restrict__ dp, int rows,
@@ -572,14 +655,21 @@ void attention_permute(const bf16_t* in, bf16_t* out, int batch, int seq_len, in
 
 void causal_softmax(bf16_t* scores, int bh, int seq_len, Stream s) {
   const int rows = bh * seq_len;
-  causal_softmax_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(scores), rows, seq_len);
+  if (seq_len % 8 == 0)
+    causal_softmax_kernel8<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(scores), rows, seq_len);
+  else
+    causal_softmax_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(scores), rows, seq_len);
   MICS_LAUNCHED(causal_softmax_kernel);
 }
 
 void causal_softmax_backward(const bf16_t* p, bf16_t* dp, int bh, int seq_len, float scale, Stream s) {
   const int rows = bh * seq_len;
-  causal_softmax_backward_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(p), B(dp), rows,
-                                                                                              seq_len, scale);
+  if (seq_len % 8 == 0)
+    causal_softmax_backward_kernel8<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(p), B(dp), rows,
+                                                                                                 seq_len, scale);
+  else
+    causal_softmax_backward_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(p), B(dp), rows,
+                                                                                                seq_len, scale);
   MICS_LAUNCHED(causal_softmax_backward_kernel);
 }
 

@@ -43,7 +43,8 @@ void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, f
 
 // Mean cross-entropy over rows of logits [rows, vocab] (row stride ld >= vocab, bf16): losses[n]
 // = lse - logit[target]. With grad, the logits are replaced in place by dL/dlogits =
-// (softmax - onehot) * grad_scale (grad_scale = 1/rows for the mean). loss_sum (unless null)
+// (softmax - onehot) * grad_scale (grad_scale = 1/rows for the mean), and the padding columns
+// vocab..ld by zeros. loss_sum (unless null)
 // += the sum of losses (one fp32 on the device, added by a single block in row order).
 void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int rows, int vocab, int ld,
                    bool grad, float grad_scale, Stream s);
