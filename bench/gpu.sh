@@ -72,5 +72,7 @@ fi
 {
   echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
   grep -E "^  (tokens/s|step time|model flops|device memory)" "$OUT/mics_train.txt" | sed 's/^/mics: /'
-  [ -f "$OUT/torch.txt" ] && grep -E "tok/s" "$OUT/torch.txt" | sed 's/^/peer: /'
+  if [ -f "$OUT/torch.txt" ]; then grep -E "tok/s" "$OUT/torch.txt" | sed 's/^/peer: /'; fi
 } | tee "$OUT/summary.txt"
+if grep -q "FAILED" "$OUT/tests.txt" 2>/dev/null; then echo "some CUDA tests FAILED (tests.txt)"; exit 1; fi
+exit 0
