@@ -52,6 +52,8 @@ constexpr double kGradTol = 5e-2;
     if (!why.empty()) GTEST_SKIP() << why << " (GPU tests skipped)"; \
   } while (0)
 
+#ifdef MICS_HAVE_CUDA
+
 uint64_t fresh_seed() {
   static std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) | rd();
@@ -90,8 +92,6 @@ double rel_error(const std::vector<float>& got, const std::vector<float>& want) 
   }
   return scale > 0 ? diff / scale : diff;
 }
-
-#ifdef MICS_HAVE_CUDA
 
 // A device buffer poisoned with all-ones bytes (NaN in fp32 and bf16) on creation.
 template <typename T>
