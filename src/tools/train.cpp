@@ -139,6 +139,7 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
     return s;
   }();
   sub->add_option("--model", c.model, "a preset (" + presets + ") or a free size like L4H4C128V256T128")->capture_default_str();
+  sub->add_option("--device", c.device, "cpu, or cuda (one GPU, bf16 compute with fp32 master weights)")->capture_default_str();
   sub->add_flag("--recompute", c.recompute, "recompute each block's activations in the backward (memory for time)");
   sub->add_option("--strategy", c.strategy, "ddp, zero3 or mics")->capture_default_str();
   sub->add_option("--partition-size", c.partition_size, "mics: ranks per partition group, 'auto' (smallest that fits the memory budget) or 0 (the ranks per node)")->capture_default_str();

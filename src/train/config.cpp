@@ -45,6 +45,10 @@ uint64_t parse_bytes(const std::string& text, const char* flag) {
 }
 
 void validate(const TrainConfig& c) {
+  if (c.device != "cpu" && c.device != "cuda")
+    bad_flag("--device", fmt::format("unknown device '{}'", c.device), "use cpu or cuda");
+  if (c.device == "cuda" && c.recompute)
+    bad_flag("--recompute", "not built for --device cuda yet", "leave --recompute off on the GPU");
   if (c.strategy != "ddp" && c.strategy != "zero3" && c.strategy != "mics")
     bad_flag("--strategy", fmt::format("unknown strategy '{}'", c.strategy), "use ddp, zero3 or mics");
   if (c.partition_size != "auto") {

@@ -11,6 +11,7 @@ struct TrainConfig {
   // model
   std::string model = "tiny";  // a preset or a free size (model/gpt.hpp)
   bool recompute = false;      // activation recomputation per block
+  std::string device = "cpu";  // cpu | cuda (cuda: one rank on one GPU for now)
   // parallelism
   std::string strategy = "mics";       // ddp | zero3 | mics
   std::string partition_size = "0";    // mics: P, "auto", or 0 = the ranks per node

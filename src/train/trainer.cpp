@@ -25,6 +25,7 @@
 #include "model/gpt.hpp"
 #include "obs/observer.hpp"
 #include "shard/engine.hpp"
+#include "train/cuda_trainer.hpp"
 #include "topo/groups.hpp"
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
@@ -415,6 +416,7 @@ void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on
 }
 
 int run_training(const TrainConfig& c) {
+  if (c.device == "cuda") return run_cuda_training(c);
   // --- everything that can be checked before the job starts ---------------------------
   const Prepared pr = prepare(c);
   const model::Gpt& gpt = pr.gpt;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU path in one go, on a machine with an NVIDIA GPU: build (CUDA on, sm_90), the CUDA
+# tests, `mics train --device cuda` on GPT-2 124M (B=16, T=1024, random tokens), a profiled
+# run with a per-kernel-kind time breakdown (CUDA events), and the PyTorch peer in the same run.
+#
+#   bench/gpu.sh [OUT_DIR]          (default: ./gpu-results)
+# Environment: BUILD (build dir, default /tmp/mics-gpu-build), MICS_FABRIC_PREFIX (an unpacked
+# libfabric-dev, or FABRIC_DEB: a libfabric-dev .deb to unpack there), STEPS (30), SKIP_PEERS=1,
+# SKIP_TESTS=1, JOBS (16).
+# Writes: env.txt, build.log, tests.txt, mics_train.txt, mics_profile.txt, torch.txt, summary.txt.
+set -uo pipefail
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:-${OUT:-$PWD/gpu-results}}
+BUILD=${BUILD:-/tmp/mics-gpu-build}
+STEPS=${STEPS:-30}
+JOBS=${JOBS:-16}
+export NCCL_NVLS_ENABLE=0
+mkdir -p "$OUT"
+
+if [ -n "${FABRIC_DEB:-}" ]; then
+  MICS_FABRIC_PREFIX=${MICS_FABRIC_PREFIX:-/tmp/fab}
+  dpkg -x "$FABRIC_DEB" "$MICS_FABRIC_PREFIX"
+  # the .deb's libfabric.so points at a libfabric.so.1 that only the runtime package holds
+  lib=$MICS_FABRIC_PREFIX/usr/lib/x86_64-linux-gnu
+  if [ ! -e "$lib/libfabric.so" ] && [ -e /usr/lib/x86_64-linux-gnu/libfabric.so.1 ]; then
+    ln -sf /usr/lib/x86_64-linux-gnu/libfabric.so.1 "$lib/libfabric.so"
+  fi
+fi
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+  nvcc --version | tail -2
+  python3 -c 'import torch; print("torch", torch.__version__)' 2>&1
+} > "$OUT/env.txt"
+
+echo "== build" | tee "$OUT/build.log"
+cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMICS_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  ${MICS_FABRIC_PREFIX:+-DMICS_FABRIC_PREFIX=$MICS_FABRIC_PREFIX} >> "$OUT/build.log" 2>&1 &&
+  ninja -C "$BUILD" -j"$JOBS" mics model_cuda_test >> "$OUT/build.log" 2>&1
+status=$?
+tail -5 "$OUT/build.log"
+if [ $status -ne 0 ]; then
+  grep -E "error|FAILED" "$OUT/build.log" | head -40
+  echo "build failed (see build.log)"
+  exit 1
+fi
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  echo "== tests"
+  "$BUILD/tests/model_cuda_test" 2>&1 | tee "$OUT/tests.txt" | grep -E "^\[ *(OK|FAILED|SKIPPED|PASSED) |Failure|error|Expected|Which is|seed|worst|\] loss" | head -80
+fi
+
+echo "== data"
+DATA=/tmp/mics-gpu-data
+mkdir -p "$DATA"
+[ -f "$DATA/rand_train.bin" ] || python3 "$SRC/bench/peers/make_llmc_data.py" "$DATA" 4000000
+
+common=(--device cuda --model gpt2-124m --micro-batch 16 --seq-len 1024 --data "$DATA/rand_train.bin"
+        --lr 6e-4 --weight-decay 0.1 --clip 1.0 --samples 0 --eval-batches 2 --log-every 5)
+echo "== mics train --device cuda ($STEPS steps)"
+"$BUILD/mics" train "${common[@]}" --steps "$STEPS" --metrics "$OUT/mics_metrics.jsonl" 2>&1 | tee "$OUT/mics_train.txt" | tail -22
+echo "== mics train, profiled (per-kernel-kind CUDA event times; events add a little time)"
+MICS_CUDA_PROFILE=1 "$BUILD/mics" train "${common[@]}" --steps 8 2>&1 > "$OUT/mics_profile.txt"
+sed -n '/kernel time per step/,$p' "$OUT/mics_profile.txt"
+
+if [ "${SKIP_PEERS:-0}" != 1 ]; then
+  echo "== PyTorch peer (torch.compile, SDPA, fused AdamW), B=16"
+  PYTHONUNBUFFERED=1 python3 "$SRC/bench/peers/torch_gpt2.py" 16 1 2>&1 | tail -3 | tee "$OUT/torch.txt"
+fi
+
+{
+  echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
+  grep -E "^  (tokens/s|step time|model flops|device memory)" "$OUT/mics_train.txt" | sed 's/^/mics: /'
+  if [ -f "$OUT/torch.txt" ]; then grep -E "tok/s" "$OUT/torch.txt" | sed 's/^/peer: /'; fi
+} | tee "$OUT/summary.txt"
+if grep -q "FAILED" "$OUT/tests.txt" 2>/dev/null; then echo "some CUDA tests FAILED (tests.txt)"; exit 1; fi
+exit 0

@@ -1,0 +1,559 @@
+// GPT-2 on one CUDA device (gpt_cuda.hpp). The sequence of kernels mirrors gpt_layers.cpp:
+// the block forward and backward, the head and the embeddings, with the GEMMs in gemm.cu.
+#include "model/cuda/gpt_cuda.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "model/cuda/check.cuh"
+#include "model/cuda/gemm.hpp"
+#include "model/cuda/kernels.hpp"
+#include "model/gpt_layers.hpp"
+
+namespace mics::model::cuda {
+
+std::string device_unavailable_reason() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return std::string("no CUDA device: ") + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
+  if (count == 0) return "no CUDA device: the runtime sees 0 GPUs";
+  return "";
+}
+
+DeviceSummary device_summary() {
+  DeviceSummary d;
+  int dev = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return d;
+  d.name = prop.name;
+  d.memory_bytes = prop.totalGlobalMem;
+  // Dense bf16 peak of the SXM Hopper parts (H100 and H200 share the datasheet's 989 TFLOP/s);
+  // other GPUs: quoted against the same figure, named as such.
+  d.peak_bf16_tflops = 989.0;
+  d.peak_note = (d.name.find("H100") != std::string::npos || d.name.find("H200") != std::string::npos)
+                    ? "989 TFLOP/s dense bf16 (H100/H200 SXM datasheet)"
+                    : "989 TFLOP/s (H100 SXM dense bf16; this GPU's own peak differs)";
+  return d;
+}
+
+uint64_t device_memory_in_use() {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+  return total_b - free_b;
+}
+
+namespace {
+
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+// One device allocation carved into aligned pieces.
+class Arena {
+ public:
+  void reserve(size_t bytes) { size_ += round_up(bytes, 256); }
+  void allocate() { MICS_CUDA(cudaMalloc(&base_, size_ ? size_ : 256)); }
+  template <typename T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(static_cast<char*>(base_) + used_);
+    used_ += round_up(count * sizeof(T), 256);
+    MICS_CHECK(used_ <= size_, "arena overflow");
+    return p;
+  }
+  size_t size() const { return size_; }
+  ~Arena() {
+    if (base_) cudaFree(base_);
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t size_ = 0, used_ = 0;
+};
+
+struct LayerActs {
+  float* res = nullptr;  // block input [N, C]
+  bf16_t* ln1 = nullptr;
+  float* ln1_mean = nullptr;
+  float* ln1_rstd = nullptr;
+  bf16_t* qkvh = nullptr;  // [3][B, H, T, D]
+  bf16_t* att = nullptr;   // [BH, T, T] probabilities (GEMM path)
+  float* lse = nullptr;    // [BH, T] (flash path)
+  bf16_t* atty = nullptr;  // [N, C]
+  float* res2 = nullptr;
+  bf16_t* ln2 = nullptr;
+  float* ln2_mean = nullptr;
+  float* ln2_rstd = nullptr;
+  bf16_t* fch = nullptr;       // [N, 4C] before GELU
+  bf16_t* fch_gelu = nullptr;  // [N, 4C]
+};
+
+}  // namespace
+
+struct CudaGpt::Impl {
+  GptConfig cfg;
+  int B, T, C, H, D, L, V, Vp;
+  // The head's GEMMs run over Vh columns: Vp (a multiple of 64, for fast GEMM tiles) when the
+  // rows after wte in unit 0 (wpe, lnf) can stand in for the padding rows: their logits are
+  // never read, their dlogits are zero (cross_entropy), so the weight gradient GEMM adds zeros
+  // to the rows after dwte. Else V.
+  int Vh;
+  size_t N;
+  CudaOptions opt;
+  bool flash = false;
+  cudaStream_t stream = nullptr;
+  Blas blas;
+  Arena arena;
+  size_t nparams = 0;
+  std::vector<size_t> offsets;
+  // parameters and optimizer state
+  float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
+  bf16_t* params_bf16 = nullptr;
+  // activations
+  std::vector<LayerActs> acts;
+  float* res_final = nullptr;
+  bf16_t *lnf = nullptr, *logits = nullptr;
+  float *lnf_mean = nullptr, *lnf_rstd = nullptr, *losses = nullptr;
+  // scratch
+  bf16_t *qkv = nullptr, *yh = nullptr, *dres_bf16 = nullptr, *dln = nullptr, *datty = nullptr, *dyh = nullptr,
+         *dp = nullptr, *dqkvh = nullptr, *dqkv = nullptr, *dfch = nullptr;
+  float *dres = nullptr, *partial = nullptr, *flash_scratch = nullptr, *loss_sum = nullptr, *norm_sq = nullptr,
+        *norm_partial = nullptr;
+  int32_t *tokens = nullptr, *targets = nullptr;
+  float* host_out = nullptr;  // pinned: loss sum, norm^2
+  int micro = 0;
+  // profiling
+  struct Mark {
+    std::string name;
+    cudaEvent_t begin, end;
+  };
+  std::vector<cudaEvent_t> event_pool;
+  size_t events_used = 0;
+  std::vector<Mark> marks;
+  std::map<std::string, PhaseTime> profile;
+
+  Impl(const GptConfig& c, int batch, int seq_len, CudaOptions o)
+      : cfg(c), B(batch), T(seq_len), C(c.channels), H(c.heads), D(c.channels / c.heads), L(c.layers),
+        V(c.vocab), Vp(static_cast<int>(round_up(static_cast<size_t>(c.vocab), 64))),
+        N(static_cast<size_t>(batch) * seq_len), opt(o) {
+    Vh = Vp - V <= c.max_seq ? Vp : V;
+    cfg.validate();
+    if (C % 8 != 0 || D % 8 != 0)
+      throw Error(ErrorKind::kInvalidArgument,
+                  "the CUDA model needs channels and head size that are multiples of 8 (C" + std::to_string(C) +
+                      " H" + std::to_string(H) + ": head " + std::to_string(D) + ")",
+                  {.layer = "model", .where = "CudaGpt", .hint = "choose C and H with C % 8 == 0 and (C/H) % 8 == 0"});
+    if (T > cfg.max_seq || T < 1 || B < 1)
+      throw Error(ErrorKind::kInvalidArgument, "batch " + std::to_string(B) + " x seq_len " + std::to_string(T) + " (context " +
+                      std::to_string(cfg.max_seq) + ")",
+                  {.layer = "model", .where = "CudaGpt", .hint = "use 1 <= seq_len <= the model's context"});
+    flash = opt.flash_attention && flash_supported(D);
+    blas.set_fused_epilogues(opt.fused_epilogues);
+    MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // flat parameter layout: unit 0 then the blocks (gpt.hpp)
+    const Gpt gpt(cfg);
+    for (int u = 0; u < gpt.num_units(); ++u) {
+      offsets.push_back(nparams);
+      nparams += gpt.unit_numel(u);
+    }
+    const size_t bh = static_cast<size_t>(B) * H;
+    const size_t nc = N * C;
+    auto plan = [&](bool take) {
+      auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
+      auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
+      params = f(nparams);
+      grads = f(nparams);
+      m = f(nparams);
+      v = f(nparams);
+      params_bf16 = h(nparams);
+      acts.assign(static_cast<size_t>(L), LayerActs{});
+      for (auto& a : acts) {
+        a.res = f(nc);
+        a.ln1 = h(nc);
+        a.ln1_mean = f(N);
+        a.ln1_rstd = f(N);
+        a.qkvh = h(3 * nc);
+        if (flash)
+          a.lse = f(bh * T);
+        else
+          a.att = h(bh * T * T);
+        a.atty = h(nc);
+        a.res2 = f(nc);
+        a.ln2 = h(nc);
+        a.ln2_mean = f(N);
+        a.ln2_rstd = f(N);
+        a.fch = h(4 * nc);
+        a.fch_gelu = h(4 * nc);
+      }
+      res_final = f(nc);
+      lnf = h(nc);
+      lnf_mean = f(N);
+      lnf_rstd = f(N);
+      logits = h(N * static_cast<size_t>(Vp));
+      losses = f(N);
+      qkv = h(3 * nc);
+      yh = h(nc);
+      dres_bf16 = h(nc);
+      dln = h(nc);
+      datty = h(nc);
+      dyh = h(nc);
+      if (!flash) dp = h(bh * T * T);
+      dqkvh = h(3 * nc);
+      dqkv = h(3 * nc);
+      dfch = h(4 * nc);
+      dres = f(nc);
+      const size_t part = std::max(layernorm_partial_floats(static_cast<int>(N), C),
+                                   colsum_partial_floats(static_cast<int>(N), 4 * C));
+      partial = f(part);
+      if (flash) flash_scratch = f(flash_scratch_floats(static_cast<int>(bh), T, D));
+      loss_sum = f(1);
+      norm_sq = f(1);
+      norm_partial = f(sum_squares_partial_floats());
+      tokens = take ? arena.take<int32_t>(N) : (arena.reserve(N * 4), nullptr);
+      targets = take ? arena.take<int32_t>(N) : (arena.reserve(N * 4), nullptr);
+    };
+    plan(false);
+    arena.allocate();
+    plan(true);
+    MICS_CUDA(cudaMallocHost(&host_out, 2 * sizeof(float)));
+    MICS_CUDA(cudaMemsetAsync(m, 0, nparams * 4, stream));
+    MICS_CUDA(cudaMemsetAsync(v, 0, nparams * 4, stream));
+    MICS_CUDA(cudaMemsetAsync(grads, 0, nparams * 4, stream));
+    MICS_CUDA(cudaMemsetAsync(loss_sum, 0, 4, stream));
+  }
+
+  ~Impl() {
+    for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
+    if (host_out) cudaFreeHost(host_out);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  Stream s() const { return stream; }
+
+  // --- profiling marks ---
+  cudaEvent_t next_event() {
+    if (events_used == event_pool.size()) {
+      cudaEvent_t e;
+      MICS_CUDA(cudaEventCreate(&e));
+      event_pool.push_back(e);
+    }
+    return event_pool[events_used++];
+  }
+  struct Scope {
+    Impl* impl;
+    size_t index;
+    Scope(Impl* i, const char* name) : impl(i), index(SIZE_MAX) {
+      if (!impl->opt.profile) return;
+      Mark mk{name, impl->next_event(), impl->next_event()};
+      MICS_CUDA(cudaEventRecord(mk.begin, impl->stream));
+      impl->marks.push_back(mk);
+      index = impl->marks.size() - 1;
+    }
+    ~Scope() {
+      if (index != SIZE_MAX) cudaEventRecord(impl->marks[index].end, impl->stream);
+    }
+  };
+  void collect_profile() {  // after a synchronize
+    for (const Mark& mk : marks) {
+      float ms = 0;
+      MICS_CUDA(cudaEventElapsedTime(&ms, mk.begin, mk.end));
+      PhaseTime& p = profile[mk.name];
+      p.name = mk.name;
+      p.ms += ms;
+      ++p.calls;
+    }
+    marks.clear();
+    events_used = 0;
+  }
+
+  // --- parameter views ---
+  layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(params, V, cfg.max_seq, C); }
+  layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(params_bf16, V, cfg.max_seq, C); }
+  layers::EmbedTensors<float> embed_grad() const { return layers::embed_tensors(grads, V, cfg.max_seq, C); }
+  layers::BlockTensors<float> block_f32(int l) const { return layers::block_tensors(params + offsets[1 + l], C); }
+  layers::BlockTensors<bf16_t> block_bf16(int l) const {
+    return layers::block_tensors(params_bf16 + offsets[1 + l], C);
+  }
+  layers::BlockTensors<float> block_grad(int l) const { return layers::block_tensors(grads + offsets[1 + l], C); }
+
+  void upload_tokens(const int32_t* in, const int32_t* tg) {
+    MICS_CUDA(cudaMemcpyAsync(tokens, in, N * 4, cudaMemcpyHostToDevice, stream));
+    if (tg) MICS_CUDA(cudaMemcpyAsync(targets, tg, N * 4, cudaMemcpyHostToDevice, stream));
+  }
+
+  // --- attention ---
+  void attention_forward(LayerActs& a) {
+    const int bh = B * H;
+    const size_t plane = N * C;
+    const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
+    if (flash) {
+      flash_attention_forward(q, k, vv, yh, a.lse, bh, T, D, s());
+    } else {
+      const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+      const long long sqkv = static_cast<long long>(T) * D, ss = static_cast<long long>(T) * T;
+      // S^T (keys x queries, column-major) = K Q^T: row-major S [Tq, Tk].
+      blas.batched({true, false, T, T, D, k, D, sqkv, q, D, sqkv, a.att, T, ss, bh, scale}, s());
+      causal_softmax(a.att, bh, T, s());
+      // Y^T (D x Tq) = V^T P^T.
+      blas.batched({false, false, D, T, T, vv, D, sqkv, a.att, T, ss, yh, D, sqkv, bh, 1.0f}, s());
+    }
+    attention_permute(yh, a.atty, B, T, H, D, /*to_heads=*/false, s());
+  }
+
+  void attention_backward(const LayerActs& a) {
+    const int bh = B * H;
+    const size_t plane = N * C;
+    const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
+    bf16_t *dq = dqkvh, *dk = dqkvh + plane, *dv = dqkvh + 2 * plane;
+    attention_permute(datty, dyh, B, T, H, D, /*to_heads=*/true, s());
+    if (flash) {
+      attention_permute(a.atty, yh, B, T, H, D, /*to_heads=*/true, s());
+      flash_attention_backward(q, k, vv, yh, dyh, a.lse, dq, dk, dv, flash_scratch, bh, T, D, s());
+    } else {
+      const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+      const long long sqkv = static_cast<long long>(T) * D, ss = static_cast<long long>(T) * T;
+      // dP (row-major [Tq, Tk]) = dY V^T
+      blas.batched({true, false, T, T, D, vv, D, sqkv, dyh, D, sqkv, dp, T, ss, bh, 1.0f}, s());
+      causal_softmax_backward(a.att, dp, bh, T, scale, s());
+      // dQ = dS K ; dK = dS^T Q ; dV = P^T dY
+      blas.batched({false, false, D, T, T, k, D, sqkv, dp, T, ss, dq, D, sqkv, bh, 1.0f}, s());
+      blas.batched({false, true, D, T, T, q, D, sqkv, dp, T, ss, dk, D, sqkv, bh, 1.0f}, s());
+      blas.batched({false, true, D, T, T, dyh, D, sqkv, a.att, T, ss, dv, D, sqkv, bh, 1.0f}, s());
+    }
+    attention_merge_qkv(dqkvh, dqkv, B, T, H, D, s());
+  }
+
+  // --- forward ---
+  void forward(bool grad) {
+    const int n = static_cast<int>(N);
+    const auto e32 = embed_f32();
+    {
+      Scope sc(this, "embedding fwd");
+      embedding_forward(tokens, e32.wte, e32.wpe, L > 0 ? acts[0].res : res_final, B, T, C, s());
+    }
+    for (int l = 0; l < L; ++l) {
+      LayerActs& a = acts[static_cast<size_t>(l)];
+      const auto p32 = block_f32(l);
+      const auto p16 = block_bf16(l);
+      float* out = l + 1 < L ? acts[static_cast<size_t>(l) + 1].res : res_final;
+      {
+        Scope sc(this, "layernorm fwd");
+        layernorm_forward(a.res, p32.ln1_w, p32.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, n, C, s());
+      }
+      {
+        Scope sc(this, "gemm qkv fwd");
+        blas.linear(a.ln1, p16.qkv_w, p16.qkv_b, qkv, n, C, 3 * C, s());
+      }
+      {
+        Scope sc(this, "attention fwd");
+        attention_split_heads(qkv, a.qkvh, B, T, H, D, s());
+        attention_forward(a);
+      }
+      {
+        Scope sc(this, "gemm proj fwd (+residual)");
+        blas.linear_residual(a.atty, p16.proj_w, p32.proj_b, a.res, a.res2, n, C, C, s());
+      }
+      {
+        Scope sc(this, "layernorm fwd");
+        layernorm_forward(a.res2, p32.ln2_w, p32.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, n, C, s());
+      }
+      {
+        Scope sc(this, "gemm fc fwd (+gelu)");
+        blas.linear_gelu(a.ln2, p16.fc_w, p16.fc_b, a.fch, a.fch_gelu, n, C, 4 * C, s());
+      }
+      {
+        Scope sc(this, "gemm fcproj fwd (+residual)");
+        blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
+      }
+    }
+    const auto e16 = embed_bf16();
+    {
+      Scope sc(this, "layernorm fwd");
+      layernorm_forward(res_final, e32.lnf_w, e32.lnf_b, lnf, lnf_mean, lnf_rstd, n, C, s());
+    }
+    {
+      Scope sc(this, "gemm logits fwd");
+      blas.linear_ld(lnf, e16.wte, logits, Vp, n, C, Vh, s());
+    }
+    {
+      Scope sc(this, "cross-entropy fwd+bwd");
+      cross_entropy(logits, targets, losses, n, V, Vp, grad, 1.0f / static_cast<float>(N), s());
+      sum_losses(losses, n, loss_sum, s());
+    }
+  }
+
+  // --- backward ---
+  void backward() {
+    const int n = static_cast<int>(N);
+    const auto e32 = embed_f32();
+    const auto e16 = embed_bf16();
+    const auto eg = embed_grad();
+    {
+      Scope sc(this, "gemm logits bwd");
+      blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
+      blas.linear_backward_weight(logits, Vp, lnf, eg.wte, n, C, Vh, s());
+    }
+    {
+      Scope sc(this, "layernorm bwd");
+      MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
+      layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b, partial,
+                         n, C, s());
+    }
+    for (int l = L - 1; l >= 0; --l) {
+      const LayerActs& a = acts[static_cast<size_t>(l)];
+      const auto p32 = block_f32(l);
+      const auto p16 = block_bf16(l);
+      const auto g = block_grad(l);
+      {
+        Scope sc(this, "gemm fcproj bwd (+dgelu)");
+        blas.linear_backward_input(dres_bf16, C, p16.fcproj_w, a.fch, dfch, n, 4 * C, C, s());
+        blas.linear_backward_weight(dres_bf16, C, a.fch_gelu, g.fcproj_w, n, 4 * C, C, s());
+      }
+      {
+        Scope sc(this, "bias grads");
+        column_sum(dres_bf16, g.fcproj_b, partial, n, C, s());
+      }
+      {
+        Scope sc(this, "gemm fc bwd");
+        blas.linear_backward_input(dfch, 4 * C, p16.fc_w, nullptr, dln, n, C, 4 * C, s());
+        blas.linear_backward_weight(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, s());
+      }
+      {
+        Scope sc(this, "bias grads");
+        column_sum(dfch, g.fc_b, partial, n, 4 * C, s());
+      }
+      {
+        Scope sc(this, "layernorm bwd");
+        layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w, g.ln2_b, partial,
+                           n, C, s());
+      }
+      {
+        Scope sc(this, "gemm proj bwd");
+        blas.linear_backward_input(dres_bf16, C, p16.proj_w, nullptr, datty, n, C, C, s());
+        blas.linear_backward_weight(dres_bf16, C, a.atty, g.proj_w, n, C, C, s());
+      }
+      {
+        Scope sc(this, "bias grads");
+        column_sum(dres_bf16, g.proj_b, partial, n, C, s());
+      }
+      {
+        Scope sc(this, "attention bwd");
+        attention_backward(a);
+      }
+      {
+        Scope sc(this, "gemm qkv bwd");
+        blas.linear_backward_input(dqkv, 3 * C, p16.qkv_w, nullptr, dln, n, C, 3 * C, s());
+        blas.linear_backward_weight(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, s());
+      }
+      {
+        Scope sc(this, "bias grads");
+        column_sum(dqkv, g.qkv_b, partial, n, 3 * C, s());
+      }
+      {
+        Scope sc(this, "layernorm bwd");
+        layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b, partial,
+                           n, C, s());
+      }
+    }
+    {
+      Scope sc(this, "embedding bwd");
+      embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s());
+    }
+  }
+};
+
+CudaGpt::CudaGpt(const GptConfig& config, int batch, int seq_len, CudaOptions options)
+    : impl_(std::make_unique<Impl>(config, batch, seq_len, options)) {}
+CudaGpt::~CudaGpt() = default;
+
+size_t CudaGpt::num_params() const { return impl_->nparams; }
+size_t CudaGpt::unit_offset(int unit) const { return impl_->offsets.at(static_cast<size_t>(unit)); }
+
+void CudaGpt::upload_params(const float* host) {
+  Impl& s = *impl_;
+  MICS_CUDA(cudaMemcpyAsync(s.params, host, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
+  f32_to_bf16(s.params, s.params_bf16, s.nparams, s.stream);
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+}
+
+void CudaGpt::download_params(float* host) const {
+  MICS_CUDA(cudaMemcpyAsync(host, impl_->params, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
+  MICS_CUDA(cudaStreamSynchronize(impl_->stream));
+}
+
+void CudaGpt::download_grads(float* host) const {
+  MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
+  MICS_CUDA(cudaStreamSynchronize(impl_->stream));
+}
+
+void CudaGpt::zero_grads() {
+  Impl& s = *impl_;
+  Impl::Scope sc(&s, "zero grads");
+  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.nparams * 4, s.stream));
+  MICS_CUDA(cudaMemsetAsync(s.loss_sum, 0, 4, s.stream));
+  s.micro = 0;
+}
+
+void CudaGpt::forward_backward(const int32_t* inputs, const int32_t* targets) {
+  Impl& s = *impl_;
+  s.upload_tokens(inputs, targets);
+  s.forward(/*grad=*/true);
+  s.backward();
+  ++s.micro;
+}
+
+float CudaGpt::forward_loss(const int32_t* inputs, const int32_t* targets) {
+  Impl& s = *impl_;
+  s.upload_tokens(inputs, targets);
+  MICS_CUDA(cudaMemsetAsync(s.loss_sum, 0, 4, s.stream));
+  s.forward(/*grad=*/false);
+  MICS_CUDA(cudaMemcpyAsync(s.host_out, s.loss_sum, 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+  s.collect_profile();
+  return s.host_out[0] / static_cast<float>(s.N);
+}
+
+float CudaGpt::accumulated_loss() {
+  Impl& s = *impl_;
+  MICS_CUDA(cudaMemcpyAsync(s.host_out, s.loss_sum, 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+  return s.host_out[0] / static_cast<float>(s.N) / static_cast<float>(std::max(1, s.micro));
+}
+
+StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
+  Impl& s = *impl_;
+  const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
+  {
+    Impl::Scope sc(&s, "grad norm");
+    sum_squares(s.grads, s.nparams, s.norm_sq, s.norm_partial, s.stream);
+  }
+  {
+    Impl::Scope sc(&s, "adamw");
+    AdamWArgs a{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, scale, c.clip, t};
+    adamw(s.params, s.params_bf16, s.grads, s.m, s.v, s.nparams, s.norm_sq, a, s.stream);
+  }
+  MICS_CUDA(cudaMemcpyAsync(s.host_out, s.loss_sum, 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaMemcpyAsync(s.host_out + 1, s.norm_sq, 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+  s.collect_profile();
+  StepResult r;
+  r.loss = static_cast<double>(s.host_out[0]) / static_cast<double>(s.N) / std::max(1, micro_steps);
+  r.grad_norm = std::sqrt(static_cast<double>(s.host_out[1])) * scale;
+  r.skipped = !std::isfinite(s.host_out[1]);
+  return r;
+}
+
+std::vector<PhaseTime> CudaGpt::take_profile() {
+  std::vector<PhaseTime> out;
+  for (auto& [name, p] : impl_->profile) out.push_back(p);
+  impl_->profile.clear();
+  return out;
+}
+
+uint64_t CudaGpt::allocated_bytes() const { return impl_->arena.size() + (64ull << 20); }
+
+std::string CudaGpt::attention_kind() const {
+  return impl_->flash ? "fused flash-style kernels" : "cuBLASLt batched GEMMs + causal softmax kernels";
+}
+
+}  // namespace mics::model::cuda

@@ -1,0 +1,92 @@
+#pragma once
+// GPT-2 on one CUDA device: the model of gpt.hpp (same units, same flat parameter layout, same
+// GELU, LayerNorm eps, tied head, mean cross-entropy) with bf16 compute, fp32 master weights,
+// fp32 gradients and fp32 accumulation, and AdamW on the device over the flat parameters.
+//
+// Buffers on the device: params (fp32 master, every unit concatenated in unit order), their
+// bf16 copy (what the GEMMs read), grads (fp32, same layout), the AdamW moments; activations of
+// one micro-batch of B x T tokens: the residual stream fp32, the rest bf16.
+// A step: zero_grads(); forward_backward() per micro-batch; step() (norm, clip, AdamW).
+//
+// No CUDA headers here; without a CUDA build (MICS_HAVE_CUDA) only device_unavailable_reason()
+// exists, and it says so.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/gpt.hpp"
+
+namespace mics::model::cuda {
+
+// "" when a CUDA device can be used; else why not ("no CUDA device: ...", "built without CUDA").
+std::string device_unavailable_reason();
+
+struct CudaOptions {
+  bool fused_epilogues = true;  // cuBLASLt bias / GELU epilogues
+  bool flash_attention = true;  // the fused attention kernels where the head size has them
+  bool profile = false;         // time each kind of kernel with CUDA events (take_profile)
+};
+
+struct PhaseTime {
+  std::string name;
+  double ms = 0;  // summed since the last take_profile()
+  int calls = 0;
+};
+
+struct AdamWConfig {
+  float lr = 3e-4f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.0f, clip = 1.0f;
+};
+
+struct StepResult {
+  double loss = 0;       // mean over the micro-batches since zero_grads()
+  double grad_norm = 0;  // of the averaged gradient, before clipping
+  bool skipped = false;  // non-finite norm: no update
+};
+
+class CudaGpt {
+ public:
+  CudaGpt(const GptConfig& config, int batch, int seq_len, CudaOptions options = {});
+  ~CudaGpt();
+  CudaGpt(const CudaGpt&) = delete;
+  CudaGpt& operator=(const CudaGpt&) = delete;
+
+  size_t num_params() const;       // floats in the flat array
+  size_t unit_offset(int unit) const;  // where unit u starts in it
+  void upload_params(const float* host);  // num_params() floats; also makes the bf16 copy
+  void download_params(float* host) const;
+  void download_grads(float* host) const;
+
+  void zero_grads();  // and the loss accumulator
+  // One micro-batch (host token arrays of B*T): forward, loss, backward; gradients added.
+  void forward_backward(const int32_t* inputs, const int32_t* targets);
+  // Mean loss of one micro-batch, no gradients (waits for the device).
+  float forward_loss(const int32_t* inputs, const int32_t* targets);
+  // The mean loss over the micro-batches since zero_grads() (waits for the device).
+  float accumulated_loss();
+  // Global norm, clip, AdamW with step number t (1-based) over micro_steps accumulated
+  // micro-batches; waits for the device and returns the loss and norm.
+  StepResult step(const AdamWConfig& config, int64_t t, int micro_steps);
+
+  std::vector<PhaseTime> take_profile();
+  uint64_t allocated_bytes() const;  // what this model allocated (params, states, activations)
+  std::string attention_kind() const;  // "flash (fused)" or "GEMM + softmax"
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The device's name, memory and the peak dense bf16 rate the MFU is quoted against.
+struct DeviceSummary {
+  std::string name;
+  uint64_t memory_bytes = 0;
+  double peak_bf16_tflops = 0;  // 989 for H100/H200 SXM (the datasheet's dense figure)
+  std::string peak_note;
+};
+DeviceSummary device_summary();
+// Peak device memory in use (cudaMemGetInfo's total - free, sampled when called).
+uint64_t device_memory_in_use();
+
+}  // namespace mics::model::cuda

@@ -1,0 +1,711 @@
+// The element-wise and row-wise CUDA kernels of the GPT (kernels.hpp says what each computes).
+// Reductions over rows are deterministic: per-chunk partial sums, then one pass in chunk order.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "model/cuda/check.cuh"
+#include "model/cuda/kernels.hpp"
+
+namespace mics::model::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr float kEps = 1e-5f;  // LayerNorm, as kernels::kLayerNormEps
+constexpr int kRowsPerChunk = 128;
+
+cudaStream_t st(Stream s) { return static_cast<cudaStream_t>(s); }
+const bf16* B(const bf16_t* p) { return reinterpret_cast<const bf16*>(p); }
+bf16* B(bf16_t* p) { return reinterpret_cast<bf16*>(p); }
+
+unsigned blocks_for(size_t count, int threads) {
+  const size_t b = (count + static_cast<size_t>(threads) - 1) / static_cast<size_t>(threads);
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Four bf16 <-> float4 through one 8-byte access.
+__device__ __forceinline__ float4 load4(const bf16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+  return make_float4(fa.x, fa.y, fb.x, fb.y);
+}
+__device__ __forceinline__ void store4(bf16* p, float4 v) {
+  const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<const unsigned*>(&a);
+  raw.y = *reinterpret_cast<const unsigned*>(&b);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
+__device__ __forceinline__ float gelu(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float gelu_grad(float x) {
+  const float k = 0.7978845608028654f;
+  const float u = k * (x + 0.044715f * x * x * x);
+  const float t = tanhf(u);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+// --- LayerNorm -------------------------------------------------------------------------------
+
+__global__ void layernorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                         const float* __restrict__ b, bf16* __restrict__ out,
+                                         float* __restrict__ mean, float* __restrict__ rstd, int rows,
+                                         int C) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float* xr = x + static_cast<size_t>(row) * C;
+  float sum = 0;
+  for (int c = lane * 4; c < C; c += 128) {
+    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    sum += (v.x + v.y) + (v.z + v.w);
+  }
+  const float m = warp_sum(sum) / C;
+  float sq = 0;
+  for (int c = lane * 4; c < C; c += 128) {
+    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    const float a = v.x - m, bb = v.y - m, cc = v.z - m, d = v.w - m;
+    sq += (a * a + bb * bb) + (cc * cc + d * d);
+  }
+  const float s = rsqrtf(warp_sum(sq) / C + kEps);
+  bf16* yr = out + static_cast<size_t>(row) * C;
+  for (int c = lane * 4; c < C; c += 128) {
+    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    const float4 wv = *reinterpret_cast<const float4*>(w + c);
+    const float4 bv = *reinterpret_cast<const float4*>(b + c);
+    store4(yr + c, make_float4((v.x - m) * s * wv.x + bv.x, (v.y - m) * s * wv.y + bv.y,
+                               (v.z - m) * s * wv.z + bv.z, (v.w - m) * s * wv.w + bv.w));
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+__global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const float* __restrict__ x,
+                                        const float* __restrict__ mean, const float* __restrict__ rstd,
+                                        const float* __restrict__ w, float* __restrict__ dx,
+                                        bf16* __restrict__ dx_bf16, int rows, int C) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const size_t off = static_cast<size_t>(row) * C;
+  const float m = mean[row], s = rstd[row];
+  float sg = 0, sgx = 0;
+  for (int c = lane * 4; c < C; c += 128) {
+    const float4 g = load4(dout + off + c);
+    const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+    const float4 wv = *reinterpret_cast<const float4*>(w + c);
+    const float g0 = g.x * wv.x, g1 = g.y * wv.y, g2 = g.z * wv.z, g3 = g.w * wv.w;
+    sg += (g0 + g1) + (g2 + g3);
+    sgx += (g0 * (xv.x - m) + g1 * (xv.y - m)) * s + (g2 * (xv.z - m) + g3 * (xv.w - m)) * s;
+  }
+  const float a = warp_sum(sg) / C, bx = warp_sum(sgx) / C;
+  for (int c = lane * 4; c < C; c += 128) {
+    const float4 g = load4(dout + off + c);
+    const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+    const float4 wv = *reinterpret_cast<const float4*>(w + c);
+    float4 d = *reinterpret_cast<float4*>(dx + off + c);
+    d.x += s * (g.x * wv.x - a - (xv.x - m) * s * bx);
+    d.y += s * (g.y * wv.y - a - (xv.y - m) * s * bx);
+    d.z += s * (g.z * wv.z - a - (xv.z - m) * s * bx);
+    d.w += s * (g.w * wv.w - a - (xv.w - m) * s * bx);
+    *reinterpret_cast<float4*>(dx + off + c) = d;
+    if (dx_bf16) store4(dx_bf16 + off + c, d);
+  }
+}
+
+// Per chunk of rows, per column: sum of dout * xhat and of dout -> partial[chunk][2][C].
+__global__ void layernorm_backward_params(const bf16* __restrict__ dout, const float* __restrict__ x,
+                                          const float* __restrict__ mean, const float* __restrict__ rstd,
+                                          float* __restrict__ partial, int rows, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (c >= C) return;
+  const int r0 = chunk * kRowsPerChunk, r1 = min(rows, r0 + kRowsPerChunk);
+  float sw = 0, sb = 0;
+  for (int r = r0; r < r1; ++r) {
+    const size_t i = static_cast<size_t>(r) * C + c;
+    const float g = __bfloat162float(dout[i]);
+    sw += g * ((x[i] - mean[r]) * rstd[r]);
+    sb += g;
+  }
+  partial[(static_cast<size_t>(chunk) * 2) * C + c] = sw;
+  partial[(static_cast<size_t>(chunk) * 2 + 1) * C + c] = sb;
+}
+
+// out_k[c] += sum over chunks of partial[chunk][k][c], k < planes.
+__global__ void reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C,
+                              float* __restrict__ out0, float* __restrict__ out1) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int k = 0; k < planes; ++k) {
+    float sum = 0;
+    for (int j = 0; j < chunks; ++j) sum += partial[(static_cast<size_t>(j) * planes + k) * C + c];
+    float* out = k == 0 ? out0 : out1;
+    out[c] += sum;
+  }
+}
+
+__global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict__ partial, int rows,
+                                   int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
+  if (c >= C) return;
+  const int r0 = chunk * kRowsPerChunk, r1 = min(rows, r0 + kRowsPerChunk);
+  float sum = 0;
+  for (int r = r0; r < r1; ++r) sum += __bfloat162float(x[static_cast<size_t>(r) * C + c]);
+  partial[static_cast<size_t>(chunk) * C + c] = sum;
+}
+
+// --- GELU --------------------------------------------------------------------------------------
+
+__global__ void gelu_forward_kernel(const bf16* __restrict__ x, bf16* __restrict__ out, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(gelu(__bfloat162float(x[i])));
+}
+
+__global__ void gelu_backward_kernel(const bf16* __restrict__ x, const bf16* dout, bf16* dx, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    dx[i] = __float2bfloat16(__bfloat162float(dout[i]) * gelu_grad(__bfloat162float(x[i])));
+}
+
+// --- embeddings --------------------------------------------------------------------------------
+
+__global__ void embedding_forward_kernel(const int32_t* __restrict__ tokens, const float* __restrict__ wte,
+                                         const float* __restrict__ wpe, float* __restrict__ out, int rows,
+                                         int T, int C) {
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;  // float4 index
+  const int c4 = C / 4;
+  if (i >= static_cast<size_t>(rows) * c4) return;
+  const int n = static_cast<int>(i / c4), c = static_cast<int>(i % c4) * 4, t = n % T;
+  const float4 a = *reinterpret_cast<const float4*>(wte + static_cast<size_t>(tokens[n]) * C + c);
+  const float4 b = *reinterpret_cast<const float4*>(wpe + static_cast<size_t>(t) * C + c);
+  *reinterpret_cast<float4*>(out + static_cast<size_t>(n) * C + c) =
+      make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+__global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const float* __restrict__ dout,
+                                       float* __restrict__ dwte, int rows, int C) {
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<size_t>(rows) * C) return;
+  const int n = static_cast<int>(i / C), c = static_cast<int>(i % C);
+  atomicAdd(dwte + static_cast<size_t>(tokens[n]) * C + c, dout[i]);
+}
+
+__global__ void embedding_backward_wpe(const float* __restrict__ dout, float* __restrict__ dwpe, int batch,
+                                       int T, int C) {
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= static_cast<size_t>(T) * C) return;
+  float sum = 0;
+  for (int b = 0; b < batch; ++b) sum += dout[static_cast<size_t>(b) * T * C + i];
+  dwpe[i] += sum;
+}
+
+// --- cross-entropy -----------------------------------------------------------------------------
+
+constexpr int kCeThreads = 512;
+
+__device__ __forceinline__ void online_add(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * __expf(m - x) + 1.0f;
+    m = x;
+  } else {
+    s += __expf(x - m);
+  }
+}
+
+__global__ void __launch_bounds__(kCeThreads)
+    cross_entropy_kernel(bf16* __restrict__ logits, const int32_t* __restrict__ targets,
+                         float* __restrict__ losses, int V, int ld, bool grad, float scale) {
+  const int row = blockIdx.x;
+  bf16* x = logits + static_cast<size_t>(row) * ld;
+  const int v8 = (V / 8) * 8;
+  float m = -INFINITY, s = 0;
+  for (int j = threadIdx.x * 8; j < v8; j += blockDim.x * 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(x + j);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float2 f = __bfloat1622float2(h[q]);
+      online_add(m, s, f.x);
+      online_add(m, s, f.y);
+    }
+  }
+  for (int j = v8 + threadIdx.x; j < V; j += blockDim.x) online_add(m, s, __bfloat162float(x[j]));
+  // Combine (m, s) pairs: the warp, then the warps through shared memory.
+  for (int o = 16; o > 0; o >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    const float mm = fmaxf(m, m2);
+    s = (m == -INFINITY ? 0.0f : s * __expf(m - mm)) + (m2 == -INFINITY ? 0.0f : s2 * __expf(m2 - mm));
+    m = mm;
+  }
+  __shared__ float sm[kCeThreads / 32], ss[kCeThreads / 32];
+  __shared__ float lse_shared;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sm[warp] = m;
+    ss[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mm = sm[0], sum = 0;
+    for (int k = 1; k < kCeThreads / 32; ++k) mm = fmaxf(mm, sm[k]);
+    for (int k = 0; k < kCeThreads / 32; ++k) sum += ss[k] * __expf(sm[k] - mm);
+    const float lse = mm + logf(sum);
+    lse_shared = lse;
+    const int tgt = targets[row];
+    losses[row] = lse - __bfloat162float(x[tgt]);
+  }
+  __syncthreads();
+  if (!grad) return;
+  const float lse = lse_shared;
+  const int tgt = targets[row];
+  for (int j = threadIdx.x * 8; j < v8; j += blockDim.x * 8) {
+    uint4 raw = *reinterpret_cast<const uint4*>(x + j);
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float2 f = __bfloat1622float2(h[q]);
+      const int j0 = j + 2 * q;
+      const float d0 = (__expf(f.x - lse) - (j0 == tgt ? 1.0f : 0.0f)) * scale;
+      const float d1 = (__expf(f.y - lse) - (j0 + 1 == tgt ? 1.0f : 0.0f)) * scale;
+      h[q] = __floats2bfloat162_rn(d0, d1);
+    }
+    *reinterpret_cast<uint4*>(x + j) = raw;
+  }
+  for (int j = v8 + threadIdx.x; j < V; j += blockDim.x) {
+    const float f = __bfloat162float(x[j]);
+    x[j] = __float2bfloat16((__expf(f - lse) - (j == tgt ? 1.0f : 0.0f)) * scale);
+  }
+  // The padding columns get zero gradients: GEMMs over the padded width then add nothing.
+  for (int j = V + threadIdx.x; j < ld; j += blockDim.x) x[j] = __float2bfloat16(0.0f);
+}
+
+__global__ void sum_in_order(const float* __restrict__ x, int n, float* __restrict__ out, bool add) {
+  __shared__ float part[1024];
+  float s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (static_cast<int>(threadIdx.x) < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = add ? *out + part[0] : part[0];
+}
+
+// --- attention helpers -------------------------------------------------------------------------
+
+// 8 bf16 per thread (head_dim % 8 == 0). qkv [B, T, 3, H, D] <-> q/k/v [3][B, H, T, D].
+template <bool kSplit>
+__global__ void split_merge_kernel(const bf16* __restrict__ in, bf16* __restrict__ out, int batch, int T,
+                                   int H, int D) {
+  const size_t total = static_cast<size_t>(batch) * T * 3 * H * D / 8;
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  // i enumerates the [B, T, 3, H, D/8] layout.
+  const int d8 = D / 8;
+  size_t r = i;
+  const int dv = static_cast<int>(r % d8);
+  r /= d8;
+  const int h = static_cast<int>(r % H);
+  r /= H;
+  const int w = static_cast<int>(r % 3);
+  r /= 3;
+  const int t = static_cast<int>(r % T);
+  const int b = static_cast<int>(r / T);
+  const size_t packed = i * 8;
+  const size_t plane = static_cast<size_t>(batch) * T * H * D;
+  const size_t heads = w * plane + ((static_cast<size_t>(b) * H + h) * T + t) * D + dv * 8;
+  if (kSplit)
+    *reinterpret_cast<uint4*>(out + heads) = *reinterpret_cast<const uint4*>(in + packed);
+  else
+    *reinterpret_cast<uint4*>(out + packed) = *reinterpret_cast<const uint4*>(in + heads);
+}
+
+// [B, H, T, D] <-> [B, T, H, D].
+template <bool kToHeads>
+__global__ void permute_kernel(const bf16* __restrict__ in, bf16* __restrict__ out, int batch, int T, int H,
+                               int D) {
+  const size_t total = static_cast<size_t>(batch) * T * H * D / 8;
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i >= total) return;
+  const int d8 = D / 8;
+  size_t r = i;
+  const int dv = static_cast<int>(r % d8);
+  r /= d8;
+  const int h = static_cast<int>(r % H);
+  r /= H;
+  const int t = static_cast<int>(r % T);
+  const int b = static_cast<int>(r / T);
+  const size_t tokens = i * 8;  // [B, T, H, D]
+  const size_t heads = ((static_cast<size_t>(b) * H + h) * T + t) * D + dv * 8;
+  if (kToHeads)
+    *reinterpret_cast<uint4*>(out + heads) = *reinterpret_cast<const uint4*>(in + tokens);
+  else
+    *reinterpret_cast<uint4*>(out + tokens) = *reinterpret_cast<const uint4*>(in + heads);
+}
+
+// One warp per row t of a [T, T] score matrix.
+__global__ void causal_softmax_kernel(bf16* __restrict__ s, int rows, int T) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  bf16* x = s + static_cast<size_t>(row) * T;
+  float m = -INFINITY;
+  for (int j = lane; j <= t; j += 32) m = fmaxf(m, __bfloat162float(x[j]));
+  m = warp_max(m);
+  float sum = 0;
+  for (int j = lane; j <= t; j += 32) sum += __expf(__bfloat162float(x[j]) - m);
+  const float inv = 1.0f / warp_sum(sum);
+  for (int j = lane; j < T; j += 32)
+    x[j] = __float2bfloat16(j <= t ? __expf(__bfloat162float(x[j]) - m) * inv : 0.0f);
+}
+
+// The same with 8 bf16 per lane and access (T % 8 == 0): one 16-byte load per chunk.
+__device__ __forceinline__ void unpack8(const uint4& raw, float* f) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float2 v = __bfloat1622float2(h[q]);
+    f[2 * q] = v.x;
+    f[2 * q + 1] = v.y;
+  }
+}
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  uint4 raw;
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) h[q] = __floats2bfloat162_rn(f[2 * q], f[2 * q + 1]);
+  return raw;
+}
+
+__global__ void causal_softmax_kernel8(bf16* __restrict__ s, int rows, int T) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  bf16* x = s + static_cast<size_t>(row) * T;
+  float m = -INFINITY, f[8];
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {
+    unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (j0 + q <= t) m = fmaxf(m, f[q]);
+  }
+  m = warp_max(m);
+  float sum = 0;
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {
+    unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (j0 + q <= t) sum += __expf(f[q] - m);
+  }
+  const float inv = 1.0f / warp_sum(sum);
+  for (int j0 = lane * 8; j0 < T; j0 += 256) {
+    if (j0 <= t) {
+      unpack8(*reinterpret_cast<const uint4*>(x + j0), f);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) f[q] = j0 + q <= t ? __expf(f[q] - m) * inv : 0.0f;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) f[q] = 0.0f;
+    }
+    *reinterpret_cast<uint4*>(x + j0) = pack8(f);
+  }
+}
+
+__global__ void causal_softmax_backward_kernel8(const bf16* __restrict__ p, bf16* __restrict__ dp, int rows, int T,
+                                                float scale) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  const bf16* pr = p + static_cast<size_t>(row) * T;
+  bf16* g = dp + static_cast<size_t>(row) * T;
+  float fp[8], fg[8], dot = 0;
+  for (int j0 = lane * 8; j0 <= t; j0 += 256) {  // p is zero above the diagonal
+    unpack8(*reinterpret_cast<const uint4*>(pr + j0), fp);
+    unpack8(*reinterpret_cast<const uint4*>(g + j0), fg);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) dot += fp[q] * fg[q];
+  }
+  dot = warp_sum(dot);
+  for (int j0 = lane * 8; j0 < T; j0 += 256) {
+    if (j0 <= t) {
+      unpack8(*reinterpret_cast<const uint4*>(pr + j0), fp);
+      unpack8(*reinterpret_cast<const uint4*>(g + j0), fg);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) fg[q] = fp[q] * (fg[q] - dot) * scale;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) fg[q] = 0.0f;
+    }
+    *reinterpret_cast<uint4*>(g + j0) = pack8(fg);
+  }
+}
+
+__global__ void causal_softmax_backward_kernel(const bf16* __restrict__ p, bf16* __restrict__ dp, int rows,
+                                               int T, float scale) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int t = row % T;
+  const bf16* pr = p + static_cast<size_t>(row) * T;
+  bf16* g = dp + static_cast<size_t>(row) * T;
+  float dot = 0;
+  for (int j = lane; j <= t; j += 32) dot += __bfloat162float(pr[j]) * __bfloat162float(g[j]);
+  dot = warp_sum(dot);
+  for (int j = lane; j < T; j += 32) {
+    const float v = j <= t ? __bfloat162float(pr[j]) * (__bfloat162float(g[j]) - dot) * scale : 0.0f;
+    g[j] = __float2bfloat16(v);
+  }
+}
+
+// --- conversions, norms, AdamW -----------------------------------------------------------------
+
+__global__ void f32_to_bf16_kernel(const float* __restrict__ in, bf16* __restrict__ out, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(in[i]);
+}
+__global__ void bf16_to_f32_kernel(const bf16* __restrict__ in, float* __restrict__ out, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __bfloat162float(in[i]);
+}
+__global__ void fill_bf16_kernel(bf16* out, size_t n, float v) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(v);
+}
+__global__ void fill_f32_kernel(float* out, size_t n, float v) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = v;
+}
+
+constexpr int kNormBlocks = 1024, kNormThreads = 256;
+
+__global__ void sum_squares_kernel(const float* __restrict__ x, size_t n, float* __restrict__ partial) {
+  __shared__ float part[kNormThreads];
+  float s = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    s += x[i] * x[i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (static_cast<int>(threadIdx.x) < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+}
+
+__global__ void adamw_kernel(float* __restrict__ param, bf16* __restrict__ pbf, const float* __restrict__ grad,
+                             float* __restrict__ m, float* __restrict__ v, size_t n,
+                             const float* __restrict__ norm_sq, AdamWArgs a, float bc1, float bc2) {
+  const float nsq = *norm_sq;
+  if (!isfinite(nsq)) return;  // the step is skipped, as the engine does
+  float scale = a.grad_scale;
+  if (a.clip_norm > 0) {
+    const float norm = sqrtf(nsq) * a.grad_scale;  // of the averaged gradient, as the engine
+    if (norm > a.clip_norm) scale *= a.clip_norm / norm;
+  }
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const float g = grad[i] * scale;
+    float p = param[i];
+    p -= a.lr * a.weight_decay * p;
+    const float mi = a.beta1 * m[i] + (1.0f - a.beta1) * g;
+    const float vi = a.beta2 * v[i] + (1.0f - a.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    p -= a.lr * (mi / bc1) / (sqrtf(vi / bc2) + a.eps);
+    param[i] = p;
+    if (pbf) pbf[i] = __float2bfloat16(p);
+  }
+}
+
+unsigned grid_stride_blocks(size_t n) {
+  const unsigned b = blocks_for(n, 256);
+  return b > 132u * 16u ? 132u * 16u : b;
+}
+
+}  // namespace
+
+void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
+                       int rows, int channels, Stream s) {
+  layernorm_forward_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(x, w, b, B(out), mean,
+                                                                                       rstd, rows, channels);
+  MICS_LAUNCHED(layernorm_forward_kernel);
+}
+
+size_t layernorm_partial_floats(int rows, int channels) {
+  return static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk) * 2 * static_cast<size_t>(channels);
+}
+
+void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                        Stream s) {
+  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  // The parameter sums read dout and x before the row pass changes dx (dx may alias nothing here).
+  layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
+      B(dout), x, mean, rstd, partial, rows, channels);
+  MICS_LAUNCHED(layernorm_backward_params);
+  reduce_chunks<<<blocks_for(static_cast<size_t>(channels), 128), 128, 0, st(s)>>>(partial, chunks, 2, channels,
+                                                                                     dw, db);
+  MICS_LAUNCHED(reduce_chunks);
+  layernorm_backward_rows<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(
+      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
+  MICS_LAUNCHED(layernorm_backward_rows);
+}
+
+size_t colsum_partial_floats(int rows, int cols) {
+  return static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk) * static_cast<size_t>(cols);
+}
+
+void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s) {
+  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(cols), 128), chunks), 128, 0, st(s)>>>(B(x), partial,
+                                                                                                   rows, cols);
+  MICS_LAUNCHED(column_sum_partial);
+  reduce_chunks<<<blocks_for(static_cast<size_t>(cols), 128), 128, 0, st(s)>>>(partial, chunks, 1, cols, out,
+                                                                                 nullptr);
+  MICS_LAUNCHED(reduce_chunks);
+}
+
+void gelu_forward(const bf16_t* x, bf16_t* out, size_t count, Stream s) {
+  gelu_forward_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(B(x), B(out), count);
+  MICS_LAUNCHED(gelu_forward_kernel);
+}
+
+void gelu_backward(const bf16_t* x, const bf16_t* dout, bf16_t* dx, size_t count, Stream s) {
+  gelu_backward_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(B(x), B(dout), B(dx), count);
+  MICS_LAUNCHED(gelu_backward_kernel);
+}
+
+void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out, int batch,
+                       int seq_len, int channels, Stream s) {
+  const int rows = batch * seq_len;
+  embedding_forward_kernel<<<blocks_for(static_cast<size_t>(rows) * (channels / 4), 256), 256, 0, st(s)>>>(
+      tokens, wte, wpe, out, rows, seq_len, channels);
+  MICS_LAUNCHED(embedding_forward_kernel);
+}
+
+void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                        int channels, Stream s) {
+  const int rows = batch * seq_len;
+  embedding_backward_wte<<<blocks_for(static_cast<size_t>(rows) * channels, 256), 256, 0, st(s)>>>(
+      tokens, dout, dwte, rows, channels);
+  MICS_LAUNCHED(embedding_backward_wte);
+  embedding_backward_wpe<<<blocks_for(static_cast<size_t>(seq_len) * channels, 256), 256, 0, st(s)>>>(
+      dout, dwpe, batch, seq_len, channels);
+  MICS_LAUNCHED(embedding_backward_wpe);
+}
+
+void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int rows, int vocab, int ld, bool grad,
+                   float grad_scale, Stream s) {
+  MICS_CHECK(ld % 8 == 0 && ld >= vocab, "cross_entropy: the logits' row stride must be >= vocab and a multiple of 8");
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, st(s)>>>(B(logits), targets, losses, vocab,
+                                                                              ld, grad, grad_scale);
+  MICS_LAUNCHED(cross_entropy_kernel);
+}
+
+void sum_losses(const float* losses, int rows, float* loss_sum, Stream s) {
+  sum_in_order<<<1, 1024, 0, st(s)>>>(losses, rows, loss_sum, true);
+  MICS_LAUNCHED(sum_in_order);
+}
+
+void attention_split_heads(const bf16_t* qkv, bf16_t* out, int batch, int seq_len, int heads, int head_dim,
+                           Stream s) {
+  MICS_CHECK(head_dim % 8 == 0, "attention: the head size must be a multiple of 8 on CUDA");
+  const size_t n = static_cast<size_t>(batch) * seq_len * 3 * heads * head_dim / 8;
+  split_merge_kernel<true><<<blocks_for(n, 256), 256, 0, st(s)>>>(B(qkv), B(out), batch, seq_len, heads, head_dim);
+  MICS_LAUNCHED(split_merge_kernel);
+}
+
+void attention_merge_qkv(const bf16_t* in, bf16_t* qkv, int batch, int seq_len, int heads, int head_dim,
+                         Stream s) {
+  const size_t n = static_cast<size_t>(batch) * seq_len * 3 * heads * head_dim / 8;
+  split_merge_kernel<false><<<blocks_for(n, 256), 256, 0, st(s)>>>(B(in), B(qkv), batch, seq_len, heads, head_dim);
+  MICS_LAUNCHED(split_merge_kernel);
+}
+
+void attention_permute(const bf16_t* in, bf16_t* out, int batch, int seq_len, int heads, int head_dim,
+                       bool to_heads, Stream s) {
+  const size_t n = static_cast<size_t>(batch) * seq_len * heads * head_dim / 8;
+  if (to_heads)
+    permute_kernel<true><<<blocks_for(n, 256), 256, 0, st(s)>>>(B(in), B(out), batch, seq_len, heads, head_dim);
+  else
+    permute_kernel<false><<<blocks_for(n, 256), 256, 0, st(s)>>>(B(in), B(out), batch, seq_len, heads, head_dim);
+  MICS_LAUNCHED(permute_kernel);
+}
+
+void causal_softmax(bf16_t* scores, int bh, int seq_len, Stream s) {
+  const int rows = bh * seq_len;
+  if (seq_len % 8 == 0)
+    causal_softmax_kernel8<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(scores), rows, seq_len);
+  else
+    causal_softmax_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(scores), rows, seq_len);
+  MICS_LAUNCHED(causal_softmax_kernel);
+}
+
+void causal_softmax_backward(const bf16_t* p, bf16_t* dp, int bh, int seq_len, float scale, Stream s) {
+  const int rows = bh * seq_len;
+  if (seq_len % 8 == 0)
+    causal_softmax_backward_kernel8<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(p), B(dp), rows,
+                                                                                                 seq_len, scale);
+  else
+    causal_softmax_backward_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(B(p), B(dp), rows,
+                                                                                                seq_len, scale);
+  MICS_LAUNCHED(causal_softmax_backward_kernel);
+}
+
+void f32_to_bf16(const float* in, bf16_t* out, size_t count, Stream s) {
+  f32_to_bf16_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(in, B(out), count);
+  MICS_LAUNCHED(f32_to_bf16_kernel);
+}
+void bf16_to_f32(const bf16_t* in, float* out, size_t count, Stream s) {
+  bf16_to_f32_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(B(in), out, count);
+  MICS_LAUNCHED(bf16_to_f32_kernel);
+}
+void fill_bf16(bf16_t* out, size_t count, float value, Stream s) {
+  fill_bf16_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(B(out), count, value);
+  MICS_LAUNCHED(fill_bf16_kernel);
+}
+void fill_f32(float* out, size_t count, float value, Stream s) {
+  fill_f32_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(out, count, value);
+  MICS_LAUNCHED(fill_f32_kernel);
+}
+
+size_t sum_squares_partial_floats() { return kNormBlocks; }
+
+void sum_squares(const float* x, size_t count, float* out, float* partial, Stream s) {
+  sum_squares_kernel<<<kNormBlocks, kNormThreads, 0, st(s)>>>(x, count, partial);
+  MICS_LAUNCHED(sum_squares_kernel);
+  sum_in_order<<<1, 1024, 0, st(s)>>>(partial, kNormBlocks, out, false);
+  MICS_LAUNCHED(sum_in_order);
+}
+
+void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
+           const float* norm_sq, const AdamWArgs& a, Stream s) {
+  const float bc1 = 1.0f - std::pow(a.beta1, static_cast<float>(a.t));
+  const float bc2 = 1.0f - std::pow(a.beta2, static_cast<float>(a.t));
+  adamw_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m,
+                                                             v, count, norm_sq, a, bc1, bc2);
+  MICS_LAUNCHED(adamw_kernel);
+}
+
+}  // namespace mics::model::cuda

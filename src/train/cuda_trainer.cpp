@@ -1,0 +1,241 @@
+// `mics train --device cuda` for one rank: the GPT on one GPU (model/cuda/gpt_cuda.hpp), the same
+// data pipeline (io/), schedule and metrics as the CPU loop in trainer.cpp, AdamW on the device.
+// Multi-rank GPU training (NCCL communicators, the sharded GPU engine) comes later.
+#include "train/cuda_trainer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "base/clock.hpp"
+#include "base/error.hpp"
+#include "io/dataset.hpp"
+#include "io/markov_corpus.hpp"
+#include "io/token_shard.hpp"
+#include "model/cuda/gpt_cuda.hpp"
+#include "model/gpt.hpp"
+#include "train/metrics.hpp"
+#include "train/schedule.hpp"
+#include "train/stop_signal.hpp"
+#include "train/trainer.hpp"
+
+namespace mics::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+[[noreturn]] void bad(std::string message, std::string hint) {
+  throw Error(ErrorKind::kInvalidArgument, std::move(message),
+              {.layer = "train", .where = "mics train --device cuda", .hint = std::move(hint)});
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull << 30)); }
+
+}  // namespace
+
+int run_cuda_training(const TrainConfig& c) {
+  if (env_int("WORLD_SIZE", 1) > 1 || env_int("OMPI_COMM_WORLD_SIZE", 1) > 1 || env_int("SLURM_NTASKS", 1) > 1)
+    bad("--device cuda runs one rank for now; this job has several",
+        "run one process (multi-rank GPU training with NCCL is not built yet), or use --device cpu");
+  const std::string why = model::cuda::device_unavailable_reason();
+  if (!why.empty())
+    throw Error(ErrorKind::kUnavailable, why,
+                {.layer = "train", .where = "mics train --device cuda", .hint = "run on a machine with an NVIDIA GPU, or use --device cpu"});
+  validate(c);
+  const model::GptConfig mc = model::GptConfig::from_name(c.model);
+  mc.validate();
+  const model::Gpt gpt(mc);
+  const int T = c.seq_len > 0 ? c.seq_len : mc.max_seq;
+  if (T > mc.max_seq) bad(fmt::format("--seq-len {} is longer than the model's context ({})", T, mc.max_seq), "use a shorter --seq-len");
+
+  // data: as the CPU loop (trainer.cpp): the shards named by --data, or the embedded corpus
+  std::vector<std::string> train_files, val_files;
+  std::string origin;
+  double entropy_floor = -1;
+  if (c.data.empty()) {
+    const std::string dir = ensure_embedded_corpus();
+    train_files = io::expand_shard_glob(dir + "/synth_train_*.bin");
+    val_files = io::expand_shard_glob(dir + "/synth_val_*.bin");
+    entropy_floor = io::read_entropy_floor(dir);
+    origin = "embedded synthetic corpus in " + dir;
+  } else {
+    train_files = io::expand_shard_glob(c.data);
+    origin = c.data;
+    std::string guess = !c.eval_data.empty() ? c.eval_data : c.data;
+    if (c.eval_data.empty())
+      for (size_t at = guess.find("train"); at != std::string::npos; at = guess.find("train", at + 3)) guess.replace(at, 5, "val");
+    if (!c.eval_data.empty() || guess != c.data) {
+      try {
+        val_files = io::expand_shard_glob(guess);
+      } catch (const Error&) {
+        if (!c.eval_data.empty()) throw;
+      }
+    }
+    entropy_floor = io::read_entropy_floor(fs::path(train_files.front()).parent_path().string());
+  }
+  const io::TokenDataset train_data(train_files, mc.vocab, T);
+  std::unique_ptr<io::TokenDataset> val_data;
+  if (!val_files.empty()) val_data = std::make_unique<io::TokenDataset>(val_files, mc.vocab, T);
+
+  model::cuda::CudaOptions options;
+  options.profile = std::getenv("MICS_CUDA_PROFILE") && std::string(std::getenv("MICS_CUDA_PROFILE")) == "1";
+  if (const char* f = std::getenv("MICS_CUDA_FLASH")) options.flash_attention = std::string(f) != "0";
+  if (const char* f = std::getenv("MICS_CUDA_EPILOGUES")) options.fused_epilogues = std::string(f) != "0";
+  model::cuda::CudaGpt model(mc, c.micro_batch, T, options);
+  {
+    std::vector<float> flat(model.num_params());
+    for (int u = 0; u < gpt.num_units(); ++u) gpt.init_unit(u, c.seed, flat.data() + model.unit_offset(u));
+    model.upload_params(flat.data());
+  }
+  const model::cuda::DeviceSummary dev = model::cuda::device_summary();
+  const uint64_t tokens_per_step = static_cast<uint64_t>(c.grad_accum) * c.micro_batch * T;
+  // MFU as the peers quote it: 6N + 6LCT per token, N without the position table.
+  const double n_no_wpe = static_cast<double>(mc.num_params()) - static_cast<double>(mc.max_seq) * mc.channels;
+  const double flops_per_token = 6.0 * n_no_wpe + 6.0 * mc.layers * mc.channels * T;
+  const int warmup = c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup;
+  std::printf("mics train: %s (%s) on %s (%s)\n", c.model.c_str(), mc.describe().c_str(), dev.name.c_str(),
+              human(static_cast<double>(dev.memory_bytes)).c_str());
+  std::printf("  device cuda, 1 rank | bf16 compute, fp32 master weights and accumulation | attention: %s\n",
+              model.attention_kind().c_str());
+  std::printf("  batch: %d micro-steps x %d sequences x %d tokens = %llu tokens per step; %d steps\n", c.grad_accum,
+              c.micro_batch, T, static_cast<unsigned long long>(tokens_per_step), c.steps);
+  std::printf("  optimizer: AdamW lr %.2e (warm-up %d, cosine to %.2e), weight decay %g, clip %g\n", c.lr, warmup,
+              c.lr * c.min_lr_ratio, c.weight_decay, c.clip);
+  std::printf("  data: %s (%llu sequences; eval: %s)\n", origin.c_str(),
+              static_cast<unsigned long long>(train_data.num_sequences()),
+              val_data ? fmt::format("{} sequences", val_data->num_sequences()).c_str() : "none");
+  std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
+  std::fflush(stdout);
+
+  std::unique_ptr<MetricsWriter> metrics;
+  std::string metrics_path = c.metrics;
+  if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
+  if (!c.out.empty()) fs::create_directories(c.out);
+  if (!metrics_path.empty()) metrics = std::make_unique<MetricsWriter>(metrics_path);
+
+  StopSignal stop;
+  const LrSchedule schedule{c.lr, warmup, c.steps, c.min_lr_ratio};
+  const io::Sampler sampler(train_data.num_sequences(), c.seed);
+  io::Prefetcher prefetcher(train_data, sampler, 0, 1, c.grad_accum, c.micro_batch, 0);
+  StepPrinter printer(true, c.steps, c.log_every);
+  model::cuda::AdamWConfig adam;
+  adam.beta1 = 0.9f;
+  adam.beta2 = 0.95f;
+  adam.eps = 1e-8f;
+  adam.weight_decay = c.weight_decay;
+  adam.clip = c.clip;
+  double steady_seconds = 0, train_seconds = 0, last_loss = NAN;
+  int steps_done = 0, steady_steps = 0;
+  bool stopped = false;
+  uint64_t peak_in_use = 0;
+  const int skip_timing = std::min(3, std::max(0, c.steps - 1));  // warm-up steps left out of tokens/s
+  for (int step = 0; step < c.steps; ++step) {
+    const auto t0 = Clock::now();
+    const double wait_before = prefetcher.wait_seconds();
+    adam.lr = schedule.at(step);
+    model.zero_grads();
+    for (int m = 0; m < c.grad_accum; ++m) {
+      io::MicroBatch mb = prefetcher.next();
+      model.forward_backward(mb.inputs.data(), mb.targets.data());
+    }
+    const model::cuda::StepResult r = model.step(adam, step + 1, c.grad_accum);
+    const double step_s = seconds_since(t0);
+    if (step == 0) peak_in_use = model::cuda::device_memory_in_use();
+    if (step == skip_timing - 1 || (skip_timing == 0 && step == 0)) {
+      (void)model.take_profile();  // the profile counts steady steps only
+    }
+    ++steps_done;
+    train_seconds += step_s;
+    if (step >= skip_timing) {
+      steady_seconds += step_s;
+      ++steady_steps;
+    }
+    last_loss = r.loss;
+    StepRecord rec;
+    rec.step = step + 1;
+    rec.loss = r.loss;
+    rec.lr = adam.lr;
+    rec.grad_norm = r.grad_norm;
+    rec.skipped = r.skipped;
+    rec.step_ms = step_s * 1e3;
+    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
+    rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
+    printer.step(rec);
+    if (metrics) metrics->step(rec);
+    if (stop.requested()) {
+      stopped = true;
+      printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
+      break;
+    }
+  }
+  printer.finish();
+  const auto profile = model.take_profile();
+
+  double eval_loss = NAN;
+  if (val_data && !stopped && c.eval_batches > 0) {
+    std::vector<int32_t> in(static_cast<size_t>(c.micro_batch) * T), tg(in.size());
+    double sum = 0;
+    for (int b = 0; b < c.eval_batches; ++b) {
+      for (int row = 0; row < c.micro_batch; ++row) {
+        const uint64_t index = static_cast<uint64_t>(b) * c.micro_batch + row;
+        val_data->sequence(index % val_data->num_sequences(), in.data() + static_cast<size_t>(row) * T,
+                           tg.data() + static_cast<size_t>(row) * T);
+      }
+      sum += model.forward_loss(in.data(), tg.data());
+    }
+    eval_loss = sum / c.eval_batches;
+  }
+
+  Summary sum;
+  sum.strategy = "single GPU";
+  sum.model = c.model;
+  sum.grad_accum = c.grad_accum;
+  sum.micro_batch = c.micro_batch;
+  sum.seq_len = T;
+  sum.steps = steps_done;
+  sum.stopped_early = stopped;
+  sum.final_loss = last_loss;
+  sum.eval_loss = eval_loss;
+  sum.entropy_floor = entropy_floor;
+  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
+  sum.train_seconds = train_seconds;
+  sum.traffic_matches_model = true;
+  sum.model_state_bytes_per_rank = static_cast<uint64_t>(model.num_params()) * 18;
+  sum.params = mc.num_params();
+  sum.flops_per_token = mc.flops_per_token(T);
+  std::fputs(format_summary(sum).c_str(), stdout);
+  const double tflops = sum.tokens_per_s * flops_per_token / 1e12;
+  std::printf("  %-28s %s\n", "GPU", dev.name.c_str());
+  std::printf("  %-28s %.1f ms (steady steps %d..%d)\n", "step time", steady_steps ? steady_seconds * 1e3 / steady_steps : 0.0,
+              skip_timing + 1, steps_done);
+  std::printf("  %-28s %.1f TFLOP/s, MFU %.1f%% of %s (6N+6LCT, N without wpe = %.1fM)\n", "model flops", tflops,
+              100.0 * tflops / dev.peak_bf16_tflops, dev.peak_note.c_str(), n_no_wpe / 1e6);
+  std::printf("  %-28s %s in use on the device after step 1 (model %s)\n", "device memory",
+              human(static_cast<double>(peak_in_use)).c_str(), human(static_cast<double>(model.allocated_bytes())).c_str());
+  if (!profile.empty()) {
+    double total = 0;
+    for (const auto& p : profile) total += p.ms;
+    const int n = std::max(1, steady_steps);
+    std::printf("  kernel time per step by kind (CUDA events, %d steady steps; total %.2f ms):\n", n, total / n);
+    auto sorted = profile;
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
+    for (const auto& p : sorted)
+      std::printf("    %-32s %8.3f ms  %5.1f%%  (%d calls)\n", p.name.c_str(), p.ms / n, 100.0 * p.ms / total, p.calls / n);
+  }
+  std::fflush(stdout);
+  if (metrics) metrics->summary(sum);
+  return 0;
+}
+
+}  // namespace mics::train
