@@ -9,6 +9,8 @@ PACKAGES=(
   libcli11-dev libfmt-dev nlohmann-json3-dev
   openmpi-bin libopenmpi-dev           # mpirun launch test and the CPU collective peer
   libopenblas-dev                      # CPU GEMMs
+  python3                              # bench summaries and the export check
+  chromium                             # the report's rendering test (headless)
   procps psmisc
 )
 missing=()
