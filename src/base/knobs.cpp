@@ -116,6 +116,12 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_DATA_DIR", "where mics train keeps the embedded synthetic corpus (generated on first use)",
        [](Knobs& k, const std::string& v) { k.data_dir = v; },
        [](const Knobs& k) { return k.data_dir.empty() ? std::string("(~/.cache/mics)") : k.data_dir; }},
+      {"MICS_DEBUG_CKPT_WRITE_DELAY_MS",
+       "tests only: checkpoint files are written in 64 KiB pieces with this sleep after each (0: off)",
+       [](Knobs& k, const std::string& v) {
+         k.debug_ckpt_write_delay_ms = parse_int("MICS_DEBUG_CKPT_WRITE_DELAY_MS", v, 0, 10000);
+       },
+       [](const Knobs& k) { return fmt::format("{}", k.debug_ckpt_write_delay_ms); }},
   };
   return table;
 }

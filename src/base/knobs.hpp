@@ -24,6 +24,7 @@ struct Knobs {
   int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of reducing rings
   int64_t gather_chunk_bytes = 64 << 20; // MICS_GATHER_CHUNK_BYTES: largest ring all-gather message
   std::string data_dir;                  // MICS_DATA_DIR: the embedded corpus' cache (empty: ~/.cache/mics)
+  int64_t debug_ckpt_write_delay_ms = 0; // MICS_DEBUG_CKPT_WRITE_DELAY_MS: tests only: slow checkpoint writes
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.
