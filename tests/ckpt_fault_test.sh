@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints under faults (mics train, 2 ranks, the tiny GPT):
 #  1. SIGKILL a random rank at a random time, 20 times, while it saves a checkpoint every step
-#     (writes slowed by MICS_CKPT_TEST_WRITE_DELAY_MS so that most kills land inside a save);
+#     (writes slowed by MICS_DEBUG_CKPT_WRITE_DELAY_MS so that most kills land inside a save);
 #     each run resumes (--resume auto) from the previous one's newest commit. After every kill
 #     the newest committed checkpoint must verify, and the last run must resume from it.
 #  2. A flipped byte in a shard file: mics ckpt verify fails naming the file and chunk, and
@@ -9,6 +9,9 @@
 #  3. Disk errors: a file size limit (EFBIG, as a full disk) mid-run -> a clear error, training
 #     continues, the final save fails the run, the previous checkpoint verifies; as root also a
 #     real full tmpfs (ENOSPC) and a read-only one (EROFS).
+#  4. The --out directory removed (rm -rf) while the run goes on: the next save fails with an
+#     error naming the path and saying that training continues; the run trains to its last
+#     step and then fails on the final save (exit status 1, no crash).
 set -u
 MICS=${1:?usage: ckpt_fault_test.sh MICS_BINARY}
 T=$(mktemp -d /tmp/mics-ckpt-fault.XXXXXX)
@@ -23,7 +26,7 @@ newest_committed() { ls -d "$1"/step-* 2>/dev/null | sort -r | while read -r d; 
 R=$T/run
 RANDOM=7
 for i in $(seq 1 "${CKPT_FAULT_ITERATIONS:-20}"); do
-  MICS_CKPT_TEST_WRITE_DELAY_MS=2 "$MICS" train -n 2 $COMMON --steps 100000 --ckpt-every 1 --keep 2 \
+  MICS_DEBUG_CKPT_WRITE_DELAY_MS=2 "$MICS" train -n 2 $COMMON --steps 100000 --ckpt-every 1 --keep 2 \
     --resume auto --out "$R" >"$T/log.$i" 2>&1 &
   launcher=$!
   ranks=()
@@ -92,4 +95,21 @@ if [ "$(id -u)" = 0 ] && mkdir -p "$T/full" && mount -t tmpfs -o size=1m tmpfs "
   umount "$T/full"
   echo "ok: ENOSPC and EROFS on tmpfs"
 fi
+# --- 4. a vanished --out directory -------------------------------------------------------
+V=$T/vanish
+MICS_DEBUG_CKPT_WRITE_DELAY_MS=1 "$MICS" train -n 2 $COMMON --steps 40 --ckpt-every 1 --keep 1 --out "$V" >"$T/v.log" 2>&1 &
+run=$!
+for _ in $(seq 400); do ls "$V"/step-*/manifest.json >/dev/null 2>&1 && break; sleep 0.02; done
+ls "$V"/step-*/manifest.json >/dev/null 2>&1 || { wait "$run"; cat "$T/v.log"; fail "vanish: no checkpoint committed"; }
+for _ in $(seq 50); do rm -rf "$V" 2>/dev/null; [ -e "$V" ] || break; done  # a save may mkdir meanwhile
+kill -0 "$run" 2>/dev/null || { cat "$T/v.log"; fail "vanish: the run ended before --out was removed (make it longer)"; }
+wait "$run"
+status=$?
+[ "$status" = 1 ] || { cat "$T/v.log"; fail "vanish: exit status $status (want 1: the final save failed, no crash)"; }
+grep -q "$V/step-[0-9]*.*No such file or directory" "$T/v.log" || { cat "$T/v.log"; fail "vanish: no error naming the path"; }
+grep -q "vanished" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the hint does not say the directory vanished"; }
+grep -q "training continues without this one" "$T/v.log" || { cat "$T/v.log"; fail "vanish: does not say training continues"; }
+grep -q "final checkpoint (step 40) could not be saved" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the final save's failure"; }
+grep -qi "segmentation\|core dumped\|terminate called\|internal error" "$T/v.log" && { cat "$T/v.log"; fail "vanish: crashed"; }
+echo "ok: --out removed mid-run -> clear error naming the path, training went on to step 40, final save failed"
 echo PASS

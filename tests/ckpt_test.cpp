@@ -1,11 +1,13 @@
 // Checkpoints: the file format and its corruptions (io/checkpoint.hpp), bit-identical resume,
 // resharding across ddp/zero3/mics and 1/2/4 ranks, and the Hugging Face export round trip.
 // (Kills during saves and disk errors: ckpt_fault_test.sh.)
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -158,6 +160,38 @@ TEST(CkptTrain, ResumeIsBitIdentical) {
   ASSERT_EQ(resumed.result.status, 0) << resumed.result.output;
   ASSERT_EQ(resumed.losses.size(), 3u) << resumed.result.output;
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[3 + i]) << "step " << 4 + i;  // exactly
+  // Resuming from an older checkpoint of the same run directory: the save of step 6 finds
+  // step-00000006 committed and keeps it as it is (the same file, not rewritten).
+  const auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const auto inode = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<long>(st.st_ino) : -1L;
+  };
+  const std::string six = a + "/step-00000006";
+  const std::string manifest6 = slurp(six + "/manifest.json");
+  const long shard6 = inode(six + "/rank-00000.bin");
+  ASSERT_FALSE(manifest6.empty());
+  const TrainRun older = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --ckpt-every 3 --resume {}/step-00000003 --out {}", a, a), "older");
+  ASSERT_EQ(older.result.status, 0) << older.result.output;
+  EXPECT_NE(older.result.output.find(six + " already holds a committed checkpoint of this step"), std::string::npos)
+      << older.result.output;
+  ASSERT_EQ(older.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(older.losses[i], straight.losses[3 + i]) << "step " << 4 + i;
+  EXPECT_EQ(slurp(six + "/manifest.json"), manifest6);
+  EXPECT_EQ(inode(six + "/rank-00000.bin"), shard6) << "the committed checkpoint was rewritten";
+  EXPECT_TRUE(CheckpointReader(six).verify().empty());
+  // Without its manifest the directory is leftovers of an unfinished save: replaced.
+  fs::remove(six + "/manifest.json");
+  std::ofstream(six + "/rank-00000.bin.partial") << "junk";
+  const TrainRun replace = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --ckpt-every 3 --resume {}/step-00000003 --out {}", a, a), "replace");
+  ASSERT_EQ(replace.result.status, 0) << replace.result.output;
+  EXPECT_NE(replace.result.output.find("replacing " + six + ", the leftovers of an unfinished save"), std::string::npos)
+      << replace.result.output;
+  EXPECT_FALSE(fs::exists(six + "/rank-00000.bin.partial"));
+  EXPECT_TRUE(CheckpointReader(six).verify().empty());
   // A different global batch is an error.
   const TrainRun bad = train(fmt::format("-n 2 --grad-accum 1 --steps 8 --resume {}/step-00000003 --out {}", a, b), "badbatch");
   EXPECT_NE(bad.result.status, 0);
