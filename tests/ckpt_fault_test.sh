@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checkpoints under faults (mics train, 2 ranks, the tiny GPT):
-#  1. SIGKILL a random rank at a random time, 20 times, while it saves a checkpoint every step
-#     (writes slowed by MICS_CKPT_TEST_WRITE_DELAY_MS so that most kills land inside a save);
+#  1. SIGKILL a random rank at a random time, 20 times (two chains of 10 side by side), while
+#     it saves a checkpoint every step
+#     (writes slowed by MICS_DEBUG_CKPT_WRITE_DELAY_MS so that saves run back to back and the
+#     kills, 0 to 0.4 s after the run's first save began, land inside a save or its commit);
 #     each run resumes (--resume auto) from the previous one's newest commit. After every kill
 #     the newest committed checkpoint must verify, and the last run must resume from it.
 #  2. A flipped byte in a shard file: mics ckpt verify fails naming the file and chunk, and
@@ -9,6 +11,10 @@
 #  3. Disk errors: a file size limit (EFBIG, as a full disk) mid-run -> a clear error, training
 #     continues, the final save fails the run, the previous checkpoint verifies; as root also a
 #     real full tmpfs (ENOSPC) and a read-only one (EROFS).
+#  4. The --out directory removed (rm -rf) while the run goes on: the next save fails with an
+#     error naming the path and saying that training continues; the run trains to its last
+#     step and then fails on the final save (exit status 1, no crash).
+# The two kill chains and sections 2-4 run side by side (each is mostly process start-up).
 set -u
 MICS=${1:?usage: ckpt_fault_test.sh MICS_BINARY}
 T=$(mktemp -d /tmp/mics-ckpt-fault.XXXXXX)
@@ -20,76 +26,122 @@ newest_committed() { ls -d "$1"/step-* 2>/dev/null | sort -r | while read -r d; 
 
 "$MICS" train $COMMON --steps 1 --strategy ddp >/dev/null 2>&1 || fail "warm-up run (embedded corpus)"
 # --- 1. SIGKILL during saves -------------------------------------------------------------
-R=$T/run
-RANDOM=7
-for i in $(seq 1 "${CKPT_FAULT_ITERATIONS:-20}"); do
-  MICS_CKPT_TEST_WRITE_DELAY_MS=2 "$MICS" train -n 2 $COMMON --steps 100000 --ckpt-every 1 --keep 2 \
-    --resume auto --out "$R" >"$T/log.$i" 2>&1 &
-  launcher=$!
-  ranks=()
-  for _ in $(seq 100); do  # until the launcher has started the ranks
-    ranks=($(pgrep -P "$launcher")) && [ ${#ranks[@]} -eq 2 ] && break
-    sleep 0.05
+# Two independent chains of runs (own run directories, own random streams) go on at once, 10
+# kills each: every round is mostly process start-up (launcher, ranks, fabric), which here
+# costs wall time, not CPU.
+kill_chain() {  # CHAIN ROUNDS
+  local c=$1 rounds=$2 R=$T/run$1 i launcher victim newest step
+  local ranks=()
+  RANDOM=$((7 + c))
+  for i in $(seq 1 "$rounds"); do
+    MICS_DEBUG_CKPT_WRITE_DELAY_MS=2 "$MICS" train -n 2 $COMMON --steps 100000 --ckpt-every 1 --keep 2 \
+      --resume auto --out "$R" >"$T/log.$c.$i" 2>&1 &
+    launcher=$!
+    ranks=()
+    for _ in $(seq 100); do  # until the launcher has started the ranks
+      ranks=($(pgrep -P "$launcher")) && [ ${#ranks[@]} -eq 2 ] && break
+      sleep 0.05
+    done
+    # Until this run's first save has started (rank 0 logs its snapshot), then 0 to 0.39 s
+    # more: saves follow each other back to back, so the kill lands inside one or its commit.
+    for _ in $(seq 200); do grep -q "checkpoint step" "$T/log.$c.$i" && break; sleep 0.02; done
+    sleep "0.$(printf %02d $((RANDOM % 40)))"
+    [ ${#ranks[@]} -gt 0 ] || { cat "$T/log.$c.$i"; fail "chain $c round $i: no rank processes"; }
+    victim=${ranks[$((RANDOM % ${#ranks[@]}))]}
+    kill -9 "$victim" 2>/dev/null
+    # The survivor gets 0.3 s to act on its own (finish a write; rank 0 a commit or a deletion
+    # agreed on before the kill: nothing new can be agreed) and to take the launcher's
+    # SIGTERM, then goes too.
+    for _ in $(seq 6); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "${ranks[@]}" 2>/dev/null
+    wait "$launcher"
+    newest=$(newest_committed "$R")
+    if [ -n "$newest" ]; then
+      "$MICS" ckpt verify "$newest" >"$T/verify.$c.$i" 2>&1 \
+        || { cat "$T/verify.$c.$i" "$T/log.$c.$i"; fail "chain $c round $i: newest committed $newest does not verify"; }
+    fi
+    echo "[$SECONDS s] chain $c round $i: killed pid $victim; newest committed: ${newest:-none}"
   done
-  sleep "0.$((2 + RANDOM % 8))"
-  [ ${#ranks[@]} -gt 0 ] || { cat "$T/log.$i"; fail "iteration $i: no rank processes"; }
-  victim=${ranks[$((RANDOM % ${#ranks[@]}))]}
-  kill -9 "$victim" 2>/dev/null
-  for _ in $(seq 10); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "${ranks[@]}" 2>/dev/null  # the survivor gets 1 s to react (the launcher's SIGTERM), then goes too
-  wait "$launcher"
   newest=$(newest_committed "$R")
-  if [ -n "$newest" ]; then
-    "$MICS" ckpt verify "$newest" >"$T/verify.$i" 2>&1 || { cat "$T/verify.$i" "$T/log.$i"; fail "iteration $i: newest committed $newest does not verify"; }
+  [ -n "$newest" ] || fail "chain $c: no checkpoint was ever committed in $rounds runs"
+  step=$((10#${newest##*step-}))
+  "$MICS" train -n 2 $COMMON --steps $((step + 1)) --ckpt-every 1000 --resume auto --out "$R" >"$T/final.$c.log" 2>&1 \
+    || { cat "$T/final.$c.log"; fail "chain $c: the run after the kills failed"; }
+  grep -q "resumed from $newest" "$T/final.$c.log" || { cat "$T/final.$c.log"; fail "chain $c: did not resume from $newest"; }
+  echo "[$SECONDS s] ok: chain $c: $rounds kills, resumed from $newest"
+}
+other_faults() {  # sections 2 to 4, one after the other
+  # --- 2. a flipped byte ---------------------------------------------------------------------
+  F=$T/flip
+  "$MICS" train -n 2 $COMMON --steps 4 --ckpt-every 2 --out "$F" >"$T/flip.log" 2>&1 || { cat "$T/flip.log"; fail "flip run"; }
+  f=$F/step-00000004/rank-00001.bin  # flip bit 4 of byte 1000
+  b=$(od -An -tu1 -j1000 -N1 "$f" | tr -d ' ')
+  printf "\\x$(printf %02x $((b ^ 16)))" | dd of="$f" bs=1 seek=1000 conv=notrunc status=none
+  out=$("$MICS" ckpt verify "$F/step-00000004" 2>&1) && fail "verify passed a flipped byte: $out"
+  echo "$out" | grep -q "digest mismatch in rank-00001.bin chunk" || fail "verify message: $out"
+  "$MICS" train -n 2 $COMMON --steps 5 --resume auto --out "$F" >"$T/flip2.log" 2>&1 || { cat "$T/flip2.log"; fail "resume after flip"; }
+  grep -q "digest mismatch" "$T/flip2.log" && grep -q "resumed from $F/step-00000002" "$T/flip2.log" \
+    || { cat "$T/flip2.log"; fail "resume did not fall back past the flipped byte"; }
+  echo "[$SECONDS s] ok: flipped byte caught by verify and by resume"
+
+  # --- 3. disk errors ----------------------------------------------------------------------
+  D=$T/disk
+  "$MICS" train --strategy ddp $COMMON --steps 3 --ckpt-every 3 --out "$D" >"$T/d1.log" 2>&1 || { cat "$T/d1.log"; fail "disk run 1"; }
+  # One rank, in this process (no launcher, no shm rail, which needs large files); its rank file is 1.4 MiB: a 1 MiB file size
+  # limit makes every save fail with EFBIG.
+  (trap '' XFSZ; ulimit -f 1024; exec "$MICS" train --strategy ddp $COMMON --steps 9 --ckpt-every 3 --resume auto --out "$D") >"$T/d2.log" 2>&1 \
+    && { cat "$T/d2.log"; fail "a run whose final checkpoint cannot be written succeeded"; }
+  grep -q "File too large" "$T/d2.log" && grep -q "training continues without this one" "$T/d2.log" \
+    && grep -q "step: 9" "$T/d2.log" && grep -q "final checkpoint (step 9) could not be saved" "$T/d2.log" \
+    || { cat "$T/d2.log"; fail "file size limit: messages"; }
+  [ -e "$D/step-00000006" ] && fail "a failed save left $D/step-00000006"
+  "$MICS" ckpt verify "$D/step-00000003" >/dev/null || fail "the previous checkpoint was damaged by the failed saves"
+  echo "[$SECONDS s] ok: EFBIG mid-run -> clear error, training went on, previous checkpoint intact"
+  if [ "$(id -u)" = 0 ] && mkdir -p "$T/full" && mount -t tmpfs -o size=1m tmpfs "$T/full" 2>/dev/null; then
+    "$MICS" train -n 2 $COMMON --steps 2 --ckpt-every 1 --out "$T/full/run" >"$T/d3.log" 2>&1 \
+      && { cat "$T/d3.log"; fail "a full disk went unnoticed"; }
+    grep -q "No space left on device" "$T/d3.log" || { cat "$T/d3.log"; fail "ENOSPC message"; }
+    mount -o remount,ro "$T/full"
+    # (--metrics elsewhere: the run gets as far as its saves)
+    "$MICS" train -n 2 $COMMON --steps 2 --ckpt-every 1 --resume auto --out "$T/full/run" --metrics "$T/d4.jsonl" \
+      >"$T/d4.log" 2>&1 && { cat "$T/d4.log"; fail "a read-only disk went unnoticed"; }
+    grep -q "cannot create checkpoint directory $T/full/run/step-00000001: Read-only file system" "$T/d4.log" \
+      && grep -q "training continues without this one" "$T/d4.log" \
+      && grep -q "final checkpoint (step 2) could not be saved" "$T/d4.log" || { cat "$T/d4.log"; fail "EROFS messages"; }
+    umount "$T/full"
+    echo "[$SECONDS s] ok: ENOSPC and EROFS on tmpfs"
   fi
-  echo "iteration $i: killed pid $victim; newest committed: ${newest:-none}"
-done
-newest=$(newest_committed "$R")
-[ -n "$newest" ] || fail "no checkpoint was ever committed in 20 runs"
-step=$((10#${newest##*step-}))
-"$MICS" train -n 2 $COMMON --steps $((step + 1)) --ckpt-every 1000 --resume auto --out "$R" >"$T/final.log" 2>&1 \
-  || { cat "$T/final.log"; fail "the run after the kills failed"; }
-grep -q "resumed from $newest" "$T/final.log" || { cat "$T/final.log"; fail "did not resume from $newest"; }
-echo "ok: 20 kills, resumed from $newest"
+  # --- 4. a vanished --out directory -------------------------------------------------------
+  V=$T/vanish
+  MICS_DEBUG_CKPT_WRITE_DELAY_MS=1 "$MICS" train -n 2 $COMMON --steps 40 --ckpt-every 1 --keep 1 --out "$V" >"$T/v.log" 2>&1 &
+  run=$!
+  for _ in $(seq 400); do ls "$V"/step-*/manifest.json >/dev/null 2>&1 && break; sleep 0.02; done
+  ls "$V"/step-*/manifest.json >/dev/null 2>&1 || { wait "$run"; cat "$T/v.log"; fail "vanish: no checkpoint committed"; }
+  for _ in $(seq 50); do rm -rf "$V" 2>/dev/null; [ -e "$V" ] || break; done  # a save may mkdir meanwhile
+  kill -0 "$run" 2>/dev/null || { cat "$T/v.log"; fail "vanish: the run ended before --out was removed (make it longer)"; }
+  wait "$run"
+  status=$?
+  [ "$status" = 1 ] || { cat "$T/v.log"; fail "vanish: exit status $status (want 1: the final save failed, no crash)"; }
+  grep -q "$V/step-[0-9]*.*No such file or directory" "$T/v.log" || { cat "$T/v.log"; fail "vanish: no error naming the path"; }
+  grep -q "vanished" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the hint does not say the directory vanished"; }
+  grep -q "training continues without this one" "$T/v.log" || { cat "$T/v.log"; fail "vanish: does not say training continues"; }
+  grep -q "final checkpoint (step 40) could not be saved" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the final save's failure"; }
+  grep -qi "segmentation\|core dumped\|terminate called\|internal error" "$T/v.log" && { cat "$T/v.log"; fail "vanish: crashed"; }
+  echo "[$SECONDS s] ok: --out removed mid-run -> clear error naming the path, training went on to step 40, final save failed"
+}
 
-# --- 2. a flipped byte ---------------------------------------------------------------------
-F=$T/flip
-"$MICS" train -n 2 $COMMON --steps 4 --ckpt-every 2 --out "$F" >"$T/flip.log" 2>&1 || { cat "$T/flip.log"; fail "flip run"; }
-python3 - "$F/step-00000004/rank-00001.bin" <<'PY'
-import sys
-p = sys.argv[1]
-with open(p, 'r+b') as f:
-    f.seek(1000); b = f.read(1); f.seek(1000); f.write(bytes([b[0] ^ 0x10]))
-PY
-out=$("$MICS" ckpt verify "$F/step-00000004" 2>&1) && fail "verify passed a flipped byte: $out"
-echo "$out" | grep -q "digest mismatch in rank-00001.bin chunk" || fail "verify message: $out"
-"$MICS" train -n 2 $COMMON --steps 5 --resume auto --out "$F" >"$T/flip2.log" 2>&1 || { cat "$T/flip2.log"; fail "resume after flip"; }
-grep -q "digest mismatch" "$T/flip2.log" && grep -q "resumed from $F/step-00000002" "$T/flip2.log" \
-  || { cat "$T/flip2.log"; fail "resume did not fall back past the flipped byte"; }
-echo "ok: flipped byte caught by verify and by resume"
-
-# --- 3. disk errors ----------------------------------------------------------------------
-D=$T/disk
-"$MICS" train -n 1 --strategy ddp $COMMON --steps 3 --ckpt-every 3 --out "$D" >"$T/d1.log" 2>&1 || { cat "$T/d1.log"; fail "disk run 1"; }
-# One rank (the shm rail needs large files); its rank file is 1.4 MiB: a 1 MiB file size
-# limit makes every save fail with EFBIG.
-(trap '' XFSZ; ulimit -f 1024; exec "$MICS" train -n 1 --strategy ddp $COMMON --steps 9 --ckpt-every 3 --resume auto --out "$D") >"$T/d2.log" 2>&1 \
-  && { cat "$T/d2.log"; fail "a run whose final checkpoint cannot be written succeeded"; }
-grep -q "File too large" "$T/d2.log" && grep -q "training continues without this one" "$T/d2.log" \
-  && grep -q "step: 9" "$T/d2.log" && grep -q "final checkpoint (step 9) could not be saved" "$T/d2.log" \
-  || { cat "$T/d2.log"; fail "file size limit: messages"; }
-[ -e "$D/step-00000006" ] && fail "a failed save left $D/step-00000006"
-"$MICS" ckpt verify "$D/step-00000003" >/dev/null || fail "the previous checkpoint was damaged by the failed saves"
-echo "ok: EFBIG mid-run -> clear error, training went on, previous checkpoint intact"
-if [ "$(id -u)" = 0 ] && mkdir -p "$T/full" && mount -t tmpfs -o size=1m tmpfs "$T/full" 2>/dev/null; then
-  "$MICS" train -n 2 $COMMON --steps 2 --ckpt-every 1 --out "$T/full/run" >"$T/d3.log" 2>&1 \
-    && { cat "$T/d3.log"; fail "a full disk went unnoticed"; }
-  grep -q "No space left on device" "$T/d3.log" || { cat "$T/d3.log"; fail "ENOSPC message"; }
-  mount -o remount,ro "$T/full"
-  "$MICS" train -n 2 $COMMON --steps 2 --ckpt-every 1 --resume auto --out "$T/full/run" >"$T/d4.log" 2>&1 \
-    && { cat "$T/d4.log"; fail "a read-only disk went unnoticed"; }
-  grep -q "Read-only file system" "$T/d4.log" || { cat "$T/d4.log"; fail "EROFS message"; }
-  umount "$T/full"
-  echo "ok: ENOSPC and EROFS on tmpfs"
-fi
+# The two kill chains and sections 2 to 4 (below) go on at once; each reports in its own file.
+rounds=$(( (${CKPT_FAULT_ITERATIONS:-20} + 1) / 2 ))
+kill_chain 1 "$rounds" >"$T/chain1.out" 2>&1 &
+chain1=$!
+kill_chain 2 "$rounds" >"$T/chain2.out" 2>&1 &
+chain2=$!
+other_faults >"$T/others.out" 2>&1 &
+others=$!
+wait "$chain1"; s1=$?
+wait "$chain2"; s2=$?
+wait "$others"; s3=$?
+cat "$T/chain1.out" "$T/chain2.out" "$T/others.out"
+[ "$s1" = 0 ] && [ "$s2" = 0 ] || fail "SIGKILL during saves (see above)"
+[ "$s3" = 0 ] || fail "flipped byte, disk errors or vanished directory (see above)"
 echo PASS

@@ -1,11 +1,14 @@
 // Checkpoints: the file format and its corruptions (io/checkpoint.hpp), bit-identical resume,
 // resharding across ddp/zero3/mics and 1/2/4 ranks, and the Hugging Face export round trip.
 // (Kills during saves and disk errors: ckpt_fault_test.sh.)
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -149,17 +152,50 @@ TrainRun train(const std::string& args, const std::string& tag) {
 
 TEST(CkptTrain, ResumeIsBitIdentical) {
   const std::string a = scratch() + "/resume_a", b = scratch() + "/resume_b";
-  const TrainRun plain = train("-n 2 --grad-accum 2 --steps 6", "plain");
+  // (Independent runs go side by side: they are mostly process start-up.)
+  auto plain_run = std::async(std::launch::async, [] { return train("-n 2 --grad-accum 2 --steps 6", "plain"); });
   const TrainRun straight = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --ckpt-every 3 --out {}", a), "straight");
+  const TrainRun plain = plain_run.get();
   ASSERT_EQ(straight.result.status, 0) << straight.result.output;
   ASSERT_EQ(straight.losses.size(), 6u);
   EXPECT_EQ(plain.losses, straight.losses) << "saving changed the run";
-  const TrainRun resumed = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --resume {}/step-00000003 --out {}", a, b), "resumed");
-  ASSERT_EQ(resumed.result.status, 0) << resumed.result.output;
-  ASSERT_EQ(resumed.losses.size(), 3u) << resumed.result.output;
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed.losses[i], straight.losses[3 + i]) << "step " << 4 + i;  // exactly
-  // A different global batch is an error.
-  const TrainRun bad = train(fmt::format("-n 2 --grad-accum 1 --steps 8 --resume {}/step-00000003 --out {}", a, b), "badbatch");
+  // Resume from step 3 of the same run directory: steps 4..6 give exactly the same losses, and
+  // the save of step 6 finds step-00000006 committed and keeps it as it is (not rewritten).
+  const auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const auto inode = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<long>(st.st_ino) : -1L;
+  };
+  const std::string six = a + "/step-00000006";
+  const std::string manifest6 = slurp(six + "/manifest.json");
+  const long shard6 = inode(six + "/rank-00000.bin");
+  ASSERT_FALSE(manifest6.empty());
+  // A different global batch is an error (one rank in this process: the check comes first).
+  auto bad_run = std::async(std::launch::async, [&] {
+    return train(fmt::format("--grad-accum 1 --steps 8 --resume {}/step-00000003 --out {}", a, b), "badbatch");
+  });
+  const TrainRun older = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --ckpt-every 3 --resume {}/step-00000003 --out {}", a, a), "older");
+  ASSERT_EQ(older.result.status, 0) << older.result.output;
+  EXPECT_NE(older.result.output.find(six + " already holds a committed checkpoint of this step"), std::string::npos)
+      << older.result.output;
+  ASSERT_EQ(older.losses.size(), 3u) << older.result.output;
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(older.losses[i], straight.losses[3 + i]) << "step " << 4 + i;  // exactly
+  EXPECT_EQ(slurp(six + "/manifest.json"), manifest6);
+  EXPECT_EQ(inode(six + "/rank-00000.bin"), shard6) << "the committed checkpoint was rewritten";
+  EXPECT_TRUE(CheckpointReader(six).verify().empty());
+  // Without its manifest the directory is leftovers of an unfinished save: replaced.
+  fs::remove(six + "/manifest.json");
+  std::ofstream(six + "/rank-00000.bin.partial") << "junk";
+  const TrainRun replace = train(fmt::format("-n 2 --grad-accum 2 --steps 6 --ckpt-every 3 --resume {}/step-00000003 --out {}", a, a), "replace");
+  ASSERT_EQ(replace.result.status, 0) << replace.result.output;
+  EXPECT_NE(replace.result.output.find("replacing " + six + ", the leftovers of an unfinished save"), std::string::npos)
+      << replace.result.output;
+  EXPECT_FALSE(fs::exists(six + "/rank-00000.bin.partial"));
+  EXPECT_TRUE(CheckpointReader(six).verify().empty());
+  const TrainRun bad = bad_run.get();
   EXPECT_NE(bad.result.status, 0);
   EXPECT_NE(bad.result.output.find("global batch of 4 sequences"), std::string::npos) << bad.result.output;
   // --resume auto in the same run directory continues from the newest (step 6: nothing left).
@@ -190,21 +226,35 @@ TEST(CkptTrain, ReshardAcrossStrategiesAndWorldSizes) {
   ASSERT_EQ(src.result.status, 0) << src.result.output;
   ASSERT_EQ(src.losses.size(), 4u);
   struct Layout { std::string args, tag; };
-  for (const Layout& l : {Layout{"-n 1 --strategy ddp --grad-accum 4", "ddp1"}, Layout{"-n 2 --strategy zero3 --grad-accum 2", "zero3_2"},
-                          Layout{"-n 4 --strategy zero3", "zero3_4"}}) {
+  const std::vector<Layout> layouts = {Layout{"--strategy ddp --grad-accum 4", "ddp1"},
+                                       Layout{"-n 2 --strategy zero3 --grad-accum 2", "zero3_2"},
+                                       Layout{"-n 4 --strategy zero3", "zero3_4"}};
+  // Per layout: "load" loads step 3 and saves it again straight away (the same state, bit for
+  // bit); "next" trains one more step (the loss equals the source run's to fp32 rounding, and
+  // so does the state). The runs are independent: the three layouts run side by side.
+  const auto run_all = [&](const std::string& what, int steps) {
+    std::vector<std::future<TrainRun>> runs;
+    for (const Layout& l : layouts)
+      runs.push_back(std::async(std::launch::async, [&, l] {
+        return train(fmt::format("{} --steps {} --ckpt-every 100 --resume {}/step-00000003 --out {}/reshard_{}_{}", l.args,
+                                 steps, x, scratch(), l.tag, what),
+                     l.tag + "_" + what);
+      }));
+    std::vector<TrainRun> out;
+    for (auto& r : runs) out.push_back(r.get());
+    return out;
+  };
+  const std::vector<TrainRun> load = run_all("load", 3);
+  const std::vector<TrainRun> next = run_all("next", 4);
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    const Layout& l = layouts[i];
     SCOPED_TRACE(l.tag);
-    // Load and save again straight away: the same state, bit for bit.
-    const std::string y = scratch() + "/reshard_" + l.tag;
-    const TrainRun load = train(fmt::format("{} --steps 3 --ckpt-every 100 --resume {}/step-00000003 --out {}", l.args, x, y), l.tag + "_load");
-    ASSERT_EQ(load.result.status, 0) << load.result.output;
-    expect_same_state(x + "/step-00000003", y + "/step-00000003", true);
-    // One more step: the loss equals the source run's to fp32 rounding, and so does the state.
-    const std::string z = scratch() + "/reshard_" + l.tag + "_next";
-    const TrainRun next = train(fmt::format("{} --steps 4 --ckpt-every 100 --resume {}/step-00000003 --out {}", l.args, x, z), l.tag + "_next");
-    ASSERT_EQ(next.result.status, 0) << next.result.output;
-    ASSERT_EQ(next.losses.size(), 1u);
-    EXPECT_NEAR(next.losses[0], src.losses[3], 1e-5 * src.losses[3]);
-    expect_same_state(x + "/step-00000004", z + "/step-00000004", false);
+    ASSERT_EQ(load[i].result.status, 0) << load[i].result.output;
+    expect_same_state(x + "/step-00000003", scratch() + "/reshard_" + l.tag + "_load/step-00000003", true);
+    ASSERT_EQ(next[i].result.status, 0) << next[i].result.output;
+    ASSERT_EQ(next[i].losses.size(), 1u);
+    EXPECT_NEAR(next[i].losses[0], src.losses[3], 1e-5 * src.losses[3]);
+    expect_same_state(x + "/step-00000004", scratch() + "/reshard_" + l.tag + "_next/step-00000004", false);
   }
 }
 
@@ -242,7 +292,7 @@ TEST(CkptTrain, ExportAndInitFromRoundTrip) {
   for (const auto& [name, t] : t32)
     for (size_t i = 0; i < t.data.size(); ++i) ASSERT_NEAR(back.at(name).data[i], t.data[i], 1e-20) << name << "[" << i << "]";
   // A model of another size is refused with the size it needs.
-  const TrainRun wrong = train(fmt::format("-n 1 --model L1H4C64V256T64 --steps 1 --init-from {}", e1), "init_wrong");
+  const TrainRun wrong = train(fmt::format("--model L1H4C64V256T64 --steps 1 --init-from {}", e1), "init_wrong");
   EXPECT_NE(wrong.result.status, 0);
   EXPECT_NE(wrong.result.output.find("--model L2H4C64V256T64"), std::string::npos) << wrong.result.output;
 }

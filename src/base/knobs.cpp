@@ -125,6 +125,12 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_DEBUG_SLOW_MS", "debug: milliseconds MICS_DEBUG_SLOW_RANK sleeps before each step",
        [](Knobs& k, const std::string& v) { k.debug_slow_ms = parse_int("MICS_DEBUG_SLOW_MS", v, 0, 3600000); },
        [](const Knobs& k) { return fmt::format("{}", k.debug_slow_ms); }},
+      {"MICS_DEBUG_CKPT_WRITE_DELAY_MS",
+       "tests only: checkpoint files are written in 64 KiB pieces with this sleep after each (0: off)",
+       [](Knobs& k, const std::string& v) {
+         k.debug_ckpt_write_delay_ms = parse_int("MICS_DEBUG_CKPT_WRITE_DELAY_MS", v, 0, 10000);
+       },
+       [](const Knobs& k) { return fmt::format("{}", k.debug_ckpt_write_delay_ms); }},
   };
   return table;
 }

@@ -27,6 +27,7 @@ struct Knobs {
   int64_t trace_max_events = 200000;     // MICS_TRACE_MAX_EVENTS: events kept per rank by --trace
   int64_t debug_slow_rank = -1;          // MICS_DEBUG_SLOW_RANK: this rank sleeps before each step
   int64_t debug_slow_ms = 0;             // MICS_DEBUG_SLOW_MS: for this long (ms)
+  int64_t debug_ckpt_write_delay_ms = 0; // MICS_DEBUG_CKPT_WRITE_DELAY_MS: tests only: slow checkpoint writes
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

@@ -19,6 +19,7 @@
 
 #include "base/clock.hpp"
 #include "base/error.hpp"
+#include "base/knobs.hpp"
 
 namespace mics::io {
 
@@ -62,7 +63,8 @@ std::string sys_hint(int err) {
 }
 
 [[noreturn]] void sys_error(const std::string& what, const std::string& path, int err) {
-  io_error(fmt::format("{} {}: {}", what, path, errno_text(err)), sys_hint(err));
+  throw SystemError(err, fmt::format("{} {}: {}", what, path, errno_text(err)),
+                    {.layer = "io", .where = "checkpoint", .hint = sys_hint(err)});
 }
 
 void fsync_path(const std::string& path, bool directory) {
@@ -119,11 +121,6 @@ void write_file_durably(const std::string& path, const std::string& text) {
   }
 }
 
-int test_delay_ms() {
-  const char* v = std::getenv("MICS_CKPT_TEST_WRITE_DELAY_MS");
-  return v && *v ? std::max(0, std::atoi(v)) : 0;
-}
-
 uint64_t parse_hex(const std::string& s) { return std::stoull(s, nullptr, 16); }
 
 nlohmann::json read_json(const std::string& path, const std::string& what) {
@@ -168,7 +165,7 @@ std::string rank_file_name(int rank) { return fmt::format("rank-{:05d}.bin", ran
 WriteStats write_shard_file(const std::string& dir, const std::string& file, const std::vector<WriteChunk>& chunks) {
   const auto t0 = Clock::now();
   const std::string path = dir + "/" + file;
-  const int delay = test_delay_ms();
+  const int delay = static_cast<int>(knobs().debug_ckpt_write_delay_ms);
   const size_t piece = delay > 0 ? (64u << 10) : (64u << 20);
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) sys_error("cannot create checkpoint file", path, errno);

@@ -33,7 +33,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/error.hpp"
+
 namespace mics::io {
+
+// A failed system call on a checkpoint file (kIo, layer "io"), with its errno: the trainer
+// reports it per rank ("failed on rank 3: No space left on device").
+class SystemError : public Error {
+ public:
+  SystemError(int sys_errno, std::string message, ErrorContext context)
+      : Error(ErrorKind::kIo, std::move(message), std::move(context)), sys_errno_(sys_errno) {}
+  int sys_errno() const { return sys_errno_; }
+
+ private:
+  int sys_errno_;
+};
 
 uint64_t digest64(const void* data, size_t bytes);
 std::string digest_hex(uint64_t digest);
@@ -57,9 +71,10 @@ struct WriteStats {
 };
 
 // Writes dir/<file> (the chunks back to back, large pwrites, fsync) and its index (tmp, fsync,
-// rename, directory fsync). The directory must exist. Throws mics::Error (kIo, layer "io")
+// rename, directory fsync). The directory must exist. Throws SystemError (kIo, layer "io")
 // naming the file and the system error (ENOSPC, EACCES, ENOENT...).
-// Test knob: MICS_CKPT_TEST_WRITE_DELAY_MS slows writes (64 KiB pieces, a sleep after each).
+// Test knob (base/knobs.hpp): MICS_DEBUG_CKPT_WRITE_DELAY_MS slows writes (64 KiB pieces, a
+// sleep after each).
 WriteStats write_shard_file(const std::string& dir, const std::string& file, const std::vector<WriteChunk>& chunks);
 
 // Gathers the indexes of `files` in dir, checks coverage and writes the manifest by the commit

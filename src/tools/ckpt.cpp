@@ -1,10 +1,14 @@
-// `mics ckpt inspect|verify|export DIR`: look into, check and convert sharded checkpoints
-// (io/checkpoint.hpp). DIR is a step directory (step-XXXXXXXX) or a run directory holding them.
+// `mics ckpt inspect|verify|export|eval DIR`: look into, check, convert and evaluate sharded
+// checkpoints (io/checkpoint.hpp). DIR is a step directory (step-XXXXXXXX) or a run directory
+// holding them.
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -12,6 +16,7 @@
 #include "base/error.hpp"
 #include "io/checkpoint.hpp"
 #include "io/safetensors.hpp"
+#include "model/gpt.hpp"
 #include "model/gpt_hf.hpp"
 #include "tools/commands.hpp"
 
@@ -22,7 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct CkptFlags {
-  std::string dir, out, dtype = "f32";
+  std::string dir, out, dtype = "f32", tokens;
 };
 
 bool is_step_dir(const std::string& dir) { return fs::path(dir).filename().string().rfind("step-", 0) == 0 || fs::exists(fs::path(dir) / io::kManifestName); }
@@ -32,6 +37,24 @@ std::string newest_committed(const std::string& root) {
     if (d.committed) return d.path;
   throw Error(ErrorKind::kInvalidArgument, fmt::format("{} holds no committed checkpoint", root),
               {.layer = "io", .where = "mics ckpt", .hint = "give a step-XXXXXXXX directory with a manifest.json"});
+}
+
+model::GptConfig model_config(const io::CheckpointReader& r) {
+  const auto& md = r.manifest().at("model");
+  model::GptConfig g;
+  g.layers = md.at("layers");
+  g.heads = md.at("heads");
+  g.channels = md.at("channels");
+  g.vocab = md.at("vocab");
+  g.max_seq = md.at("max_seq");
+  return g;
+}
+
+// Every unit's parameters, whole (digests checked).
+std::vector<std::vector<float>> read_params(const io::CheckpointReader& r) {
+  std::vector<std::vector<float>> units;
+  for (const auto& u : r.manifest().at("model").at("units")) units.push_back(r.read_all(u.at("name").get<std::string>() + ".param"));
+  return units;
 }
 
 int inspect(const CkptFlags& f) {
@@ -111,15 +134,8 @@ int export_hf(const CkptFlags& f) {
     throw Error(ErrorKind::kInvalidArgument, fmt::format("--dtype {}", f.dtype), {.layer = "io", .where = "mics ckpt export", .hint = "use f32 or bf16"});
   const std::string dir = is_step_dir(f.dir) ? f.dir : newest_committed(f.dir);
   const io::CheckpointReader r(dir);
-  const auto& md = r.manifest().at("model");
-  model::GptConfig g;
-  g.layers = md.at("layers");
-  g.heads = md.at("heads");
-  g.channels = md.at("channels");
-  g.vocab = md.at("vocab");
-  g.max_seq = md.at("max_seq");
-  std::vector<std::vector<float>> units;
-  for (const auto& u : md.at("units")) units.push_back(r.read_all(u.at("name").get<std::string>() + ".param"));
+  const model::GptConfig g = model_config(r);
+  const auto units = read_params(r);
   std::vector<io::SafeTensorOut> out;
   for (const auto& t : model::gpt2_hf_tensors(g)) out.push_back({t.name, t.hf_shape(), model::to_hf(t, units[static_cast<size_t>(t.unit)].data())});
   std::error_code ec;
@@ -133,6 +149,59 @@ int export_hf(const CkptFlags& f) {
   std::ofstream(f.out + "/config.json") << cfg.dump(2) << "\n";
   fmt::print("exported {} (step {}) to {}: config.json + model.safetensors ({} tensors, {})\n", dir, r.step(), f.out, out.size(),
              f.dtype);
+  return 0;
+}
+
+// The mean cross-entropy of the checkpoint's model over the sequences of a token file: one
+// sequence per line, whitespace-separated token ids, every line the same length n (2 <= n <=
+// max_seq + 1); each line predicts its tokens 2..n from the ones before. The forward is the one
+// mics trains with (model/gpt.hpp), on the whole parameters, in one process.
+int eval_tokens(const CkptFlags& f) {
+  const std::string dir = is_step_dir(f.dir) ? f.dir : newest_committed(f.dir);
+  const io::CheckpointReader r(dir);
+  const model::GptConfig g = model_config(r);
+  const auto bad = [&](const std::string& what) {
+    return Error(ErrorKind::kInvalidArgument, fmt::format("--tokens {}: {}", f.tokens, what),
+                 {.layer = "io", .where = "mics ckpt eval",
+                  .hint = fmt::format("one sequence per line, 2 to {} token ids below {} each, all lines equally long",
+                                      g.max_seq + 1, g.vocab)});
+  };
+  std::ifstream in(f.tokens);
+  if (!in) throw bad("cannot read it");
+  std::vector<std::vector<int64_t>> rows;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream words(line);
+    std::vector<int64_t> row;
+    for (std::string w; words >> w;) {
+      size_t used = 0;
+      int64_t id = -1;
+      try {
+        id = std::stoll(w, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != w.size() || id < 0 || id >= g.vocab) throw bad(fmt::format("line {}: '{}' is not a token id", rows.size() + 1, w));
+      row.push_back(id);
+    }
+    if (row.empty()) continue;
+    if (row.size() < 2 || row.size() > static_cast<size_t>(g.max_seq) + 1 || (!rows.empty() && row.size() != rows[0].size()))
+      throw bad(fmt::format("line {} has {} tokens", rows.size() + 1, row.size()));
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) throw bad("no sequences");
+  const int B = static_cast<int>(rows.size()), T = static_cast<int>(rows[0].size()) - 1;
+  std::vector<int32_t> inputs, targets;
+  for (const auto& row : rows)
+    for (int t = 0; t < T; ++t) {
+      inputs.push_back(static_cast<int32_t>(row[static_cast<size_t>(t)]));
+      targets.push_back(static_cast<int32_t>(row[static_cast<size_t>(t) + 1]));
+    }
+  const auto units = read_params(r);
+  const model::Gpt gpt(g);
+  std::vector<const float*> ptrs;
+  for (const auto& u : units) ptrs.push_back(u.data());
+  const float loss = model::gpt_forward_backward(gpt, ptrs, nullptr, inputs.data(), targets.data(), B, T, false);
+  fmt::print("{} (step {}): {} sequences x {} predicted tokens: mean cross-entropy {:.9g}\n", dir, r.step(), B, T, loss);
   return 0;
 }
 
@@ -150,10 +219,14 @@ Runner add_ckpt_command(CLI::App& app) {
   exp->add_option("dir", f->dir, "a step-XXXXXXXX directory or a run directory (its newest committed checkpoint)")->required();
   exp->add_option("--out", f->out, "the model directory to write")->required();
   exp->add_option("--dtype", f->dtype, "f32 or bf16")->capture_default_str();
-  return [f, ins, ver, exp]() -> int {
+  CLI::App* ev = sub->add_subcommand("eval", "the model's mean cross-entropy over the sequences of a token file");
+  ev->add_option("dir", f->dir, "a step-XXXXXXXX directory or a run directory (its newest committed checkpoint)")->required();
+  ev->add_option("--tokens", f->tokens, "text file: one sequence of token ids per line, all lines equally long")->required();
+  return [f, ins, ver, exp, ev]() -> int {
     if (ins->parsed()) return inspect(*f);
     if (ver->parsed()) return verify(*f);
     if (exp->parsed()) return export_hf(*f);
+    if (ev->parsed()) return eval_tokens(*f);
     return 2;
   };
 }

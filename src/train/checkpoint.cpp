@@ -59,6 +59,8 @@ struct Checkpointer::Impl {
   std::thread writer;
   std::atomic<bool> writer_done{false};
   std::string writer_error;
+  int writer_errno = 0;  // the system error of writer_error, 0 when none
+  bool saving_final = false;
   io::WriteStats stats;
   Clock::time_point started;
 
@@ -93,25 +95,67 @@ struct Checkpointer::Impl {
     return n;
   }
 
-  // Collective: rank 0 makes the step directory (replacing a stale one); all agree.
-  bool prepare_dir(const std::string& dir) {
-    float failed = 0;
+  // What the training does after a save that failed (for the log lines).
+  const char* consequence() const {
+    return saving_final ? "this was the final save: the run stops with an error"
+                        : "the previous checkpoint is untouched and training continues without this one";
+  }
+
+  enum class Prepared { kReady, kFailed, kKept };
+
+  // Collective: rank 0 makes the step directory; all agree on the outcome. A directory that
+  // already holds a committed checkpoint of this step (a resume from an older checkpoint of
+  // the same run) is kept as it is, never overwritten: a committed checkpoint is only ever
+  // deleted by --keep rotation. One without a manifest is leftovers of an unfinished save and
+  // is replaced.
+  Prepared prepare_dir(const std::string& dir, int step) {
+    float outcome = 0;  // 0 ready, 1 failed, 2 kept (only rank 0 contributes)
     if (leader) {
       try {
-        if (fs::exists(dir) && !io::remove_checkpoint(dir))
-          throw Error(ErrorKind::kIo, fmt::format("cannot remove the stale {}", dir), {.layer = "io", .hint = "check permissions"});
-        if (::mkdir(dir.c_str(), 0755) != 0)
-          throw Error(ErrorKind::kIo, fmt::format("cannot create checkpoint directory {}: {}", dir, errno_text(errno)),
-                      {.layer = "train", .where = "checkpoint",
-                       .hint = errno == ENOENT ? "the --out directory vanished: recreate it or point --out elsewhere"
+        std::error_code ec;
+        const bool exists = fs::exists(fs::symlink_status(dir, ec));
+        if (exists && fs::exists(fs::path(dir) / io::kManifestName, ec)) {
+          std::string problem;
+          try {
+            const io::CheckpointReader existing(dir);
+            if (existing.step() != static_cast<uint64_t>(step))
+              problem = fmt::format("its manifest is of step {}", existing.step());
+          } catch (const Error& e) {
+            problem = e.message();
+          }
+          if (!problem.empty())
+            throw Error(ErrorKind::kIo,
+                        fmt::format("{} already holds a committed checkpoint that does not open ({}); it is left as it "
+                                    "is, not overwritten",
+                                    dir, problem),
+                        {.layer = "train", .where = "checkpoint", .hint = "inspect it with mics ckpt verify; move it away to save there"});
+          log::info("checkpoint step {}: {} already holds a committed checkpoint of this step (from before the resume); "
+                    "kept it as it is, not overwritten",
+                    step, dir);
+          outcome = 2;
+        } else {
+          if (exists) {
+            if (!io::remove_checkpoint(dir))
+              throw Error(ErrorKind::kIo, fmt::format("cannot remove {}, the leftovers of an unfinished save", dir),
+                          {.layer = "train", .where = "checkpoint", .hint = "check the permissions of --out"});
+            log::info("checkpoint step {}: replacing {}, the leftovers of an unfinished save (no {})", step, dir,
+                      io::kManifestName);
+          }
+          if (::mkdir(dir.c_str(), 0755) != 0) {
+            const int err = errno;
+            throw Error(ErrorKind::kIo, fmt::format("cannot create checkpoint directory {}: {}", dir, errno_text(err)),
+                        {.layer = "train", .where = "checkpoint",
+                         .hint = err == ENOENT ? fmt::format("the --out directory {} vanished: recreate it or point --out elsewhere", c.out)
                                                : "check free space and permissions of --out"});
+          }
+        }
       } catch (const Error& e) {
-        log::error("checkpoint step {} not saved: {}", pending_step, e.what());
-        failed = 1;
+        log::error("checkpoint step {} not saved: {}; {}", step, e.what(), consequence());
+        outcome = 1;
       }
     }
-    engine.control_all_reduce(&failed, 1, ReduceOp::kSum);
-    return failed == 0;
+    engine.control_all_reduce(&outcome, 1, ReduceOp::kSum);
+    return outcome == 0 ? Prepared::kReady : outcome == 1 ? Prepared::kFailed : Prepared::kKept;
   }
 
   void write_body() {
@@ -125,6 +169,9 @@ struct Checkpointer::Impl {
           at += r.count;
         }
       stats = io::write_shard_file(pending_dir, io::rank_file_name(rank), chunks);
+    } catch (const io::SystemError& e) {
+      writer_error = e.what();
+      writer_errno = e.sys_errno();
     } catch (const std::exception& e) {
       writer_error = e.what();
     }
@@ -132,7 +179,7 @@ struct Checkpointer::Impl {
   }
   std::vector<shard::StateRange> engine_ranges;
 
-  void save(int step, bool sync) {
+  void save(int step, bool sync, bool final_save) {
     if (pending) {
       const auto t0 = Clock::now();
       const int was = pending_step;
@@ -143,9 +190,15 @@ struct Checkpointer::Impl {
     }
     const std::string dir = c.out + "/" + io::step_dir_name(static_cast<uint64_t>(step));
     last_saved = step;
+    last_failed = false;
+    saving_final = final_save;
     if (std::error_code ec; !skip_dir.empty() && fs::equivalent(dir, skip_dir, ec)) return;
     pending_step = step;
-    if (!prepare_dir(dir)) return;
+    switch (prepare_dir(dir, step)) {
+      case Prepared::kReady: break;
+      case Prepared::kKept: return;
+      case Prepared::kFailed: last_failed = true; return;
+    }
     const auto t0 = Clock::now();
     started = t0;
     engine_ranges = engine.checkpoint_ranges();
@@ -165,6 +218,7 @@ struct Checkpointer::Impl {
     pending_dir = dir;
     writer_done = false;
     writer_error.clear();
+    writer_errno = 0;
     const double pause = seconds_since(t0);
     if (sync) {
       write_body();
@@ -190,10 +244,23 @@ struct Checkpointer::Impl {
     const int step = pending_step;
     if (flags[1] > 0) {
       if (!writer_error.empty()) log::error("checkpoint step {}: this rank's write failed: {}", step, writer_error);
+      // Which ranks failed and their system error (-1: not a system error), for rank 0's report.
+      std::vector<float> reasons(static_cast<size_t>(world), 0.0f);
+      if (!writer_error.empty()) reasons[static_cast<size_t>(rank)] = writer_errno > 0 ? static_cast<float>(writer_errno) : -1.0f;
+      engine.control_all_reduce(reasons.data(), reasons.size(), ReduceOp::kSum);
       if (leader) {
-        log::error("checkpoint step {} failed on {} rank(s): not committed; the previous checkpoint is untouched and "
-                   "training continues without this one",
-                   step, static_cast<int>(flags[1]));
+        std::string who;
+        int listed = 0;
+        for (int r = 0; r < world; ++r) {
+          const float v = reasons[static_cast<size_t>(r)];
+          if (v == 0) continue;
+          if (++listed > 16) continue;
+          who += fmt::format("{}{} ({})", who.empty() ? "" : ", ", r,
+                             v > 0 ? errno_text(static_cast<int>(v)) : std::string("see its log line"));
+        }
+        if (listed > 16) who += fmt::format(" and {} more", listed - 16);
+        log::error("checkpoint step {} failed on rank(s) {}; see their log lines. {} not committed and removed; {}", step,
+                   who, pending_dir, consequence());
         io::remove_checkpoint(pending_dir);
       }
       last_failed = true;
@@ -208,9 +275,7 @@ struct Checkpointer::Impl {
         for (int r = 0; r < world; ++r) files.push_back(io::rank_file_name(r));
         io::commit_manifest(pending_dir, files, static_cast<uint64_t>(step), training, model_record(c, gpt));
       } catch (const Error& e) {
-        log::error("checkpoint step {}: commit failed: {}; the previous checkpoint is untouched and training continues "
-                   "without this one",
-                   step, e.what());
+        log::error("checkpoint step {}: commit failed on rank 0: {}; {}", step, e.what(), consequence());
         io::remove_checkpoint(pending_dir);
         commit_failed = 1;
       }
@@ -269,14 +334,14 @@ void Checkpointer::after_step(int step) {
   if (!enabled()) return;
   Impl& s = *impl_;
   if (s.pending) s.complete(false);
-  if (step % s.c.ckpt_every == 0 && step < s.c.steps) s.save(step, s.c.ckpt_sync);
+  if (step % s.c.ckpt_every == 0 && step < s.c.steps) s.save(step, s.c.ckpt_sync, false);
 }
 
 void Checkpointer::finish(int step) {
   if (!enabled()) return;
   Impl& s = *impl_;
   if (s.last_saved != step) {
-    s.save(step, true);
+    s.save(step, true, true);
     if (s.last_failed)
       train_error(ErrorKind::kIo, fmt::format("the final checkpoint (step {}) could not be saved", step),
                   "see the error above; the previous checkpoint is untouched");

@@ -11,10 +11,18 @@
 // flight: when the next is due first, the step waits for it (and says how long it waited).
 // --ckpt-sync writes in the foreground instead.
 //
-// A failed write on any rank (disk full, permission denied, a vanished directory) becomes the
-// same clear error on every rank; the partial directory is removed, the previous checkpoint is
-// untouched and training continues without this one. Only the final save (end of the run or a
-// stop signal) stops the run with an error when it fails.
+// A failed write on any rank (disk full, permission denied, a vanished directory) is logged by
+// that rank, and rank 0 reports the save as failed naming the ranks and their system errors
+// ("failed on rank(s) 1 (No space left on device)"); the partial directory is removed, the
+// previous checkpoint is untouched and training continues without this one (the log says so).
+// Only the final save (end of the run or a stop signal) stops the run with an error when it
+// fails.
+//
+// A committed checkpoint is only ever deleted by --keep rotation. A save whose step directory
+// already holds a committed checkpoint of that step (after resuming from an older one of the
+// same run directory) keeps it and writes nothing (on a deterministic resume the state is the
+// same bit for bit); a step directory without a manifest is leftovers of an unfinished save
+// and is replaced.
 //
 // Resume (--resume auto|PATH): the newest checkpoint whose manifest, files and digests check
 // out on every rank, falling back past broken ones with a message naming what is wrong. The
