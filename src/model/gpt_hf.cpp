@@ -44,7 +44,12 @@ std::vector<HfTensor> gpt2_hf_tensors(const GptConfig& g) {
 }
 
 nlohmann::json gpt2_hf_config(const GptConfig& g) {
+  // GPT-2's <|endoftext|> is id 50256; a smaller vocabulary (our byte-level one) has no such
+  // token, and transformers warns about an id outside the vocabulary: say there is none.
+  const nlohmann::json end_of_text = g.vocab > 50256 ? nlohmann::json(50256) : nlohmann::json(nullptr);
   return {{"model_type", "gpt2"},
+          {"bos_token_id", end_of_text},
+          {"eos_token_id", end_of_text},
           {"architectures", {"GPT2LMHeadModel"}},
           {"n_layer", g.layers},
           {"n_head", g.heads},
