@@ -119,7 +119,11 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  const int rows = 300, C = 96;
+  // C = 96 and 772: the one-pass backward (C <= 1024; 772 leaves lanes idle in its last
+  // vector); C = 1280: the two-kernel path
+  for (const int C : {96, 772, 1280}) {
+  SCOPED_TRACE("C " + std::to_string(C));
+  const int rows = 300;
   const auto x = random_vector(static_cast<size_t>(rows) * C, rng, 2.0f, 0.5f);
   const auto w = random_vector(C, rng, 0.5f, 1.0f), b = random_vector(C, rng, 0.3f);
   std::vector<float> out(x.size()), mean(rows), rstd(rows);
@@ -147,6 +151,7 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
   EXPECT_LT(rel_error(from_bf16(ddx_bf16.get()), dx), kBf16Tol);
   EXPECT_LT(rel_error(dgw.get(), gw), kF32Tol);
   EXPECT_LT(rel_error(dgb.get(), gb), kF32Tol);
+  }
 }
 
 TEST(CudaKernels, GeluForwardAndBackward) {
