@@ -419,17 +419,20 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
     const double ey = rel_error(gy, ref.y), el = rel_error(dlse.get(), ref.lse);
     EXPECT_LT(ey, kBf16Tol);
     EXPECT_LT(el, kF32GemmTol);
+    for (const int stages : {1, 2}) {
+    SCOPED_TRACE("backward stages " + std::to_string(stages));
     Dev<uint16_t> gq(n), gk(n), gv(n);
     Dev<float> scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
     mc::flash_attention_backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, scratch.p, c.bh, c.T,
-                                 c.D, nullptr);
+                                 c.D, nullptr, stages);
     const double eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
                  ev = rel_error(from_bf16(gv.get()), ref.dv);
     EXPECT_LT(eq, kFlashGradTol);
     EXPECT_LT(ek, kFlashGradTol);
     EXPECT_LT(ev, kFlashGradTol);
-    std::printf("[flash bh%d T%d D%d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T, c.D, ey, el, eq,
-                ek, ev);
+    std::printf("[flash bh%d T%d D%d, bwd stages %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T,
+                c.D, stages, ey, el, eq, ek, ev);
+    }
   }
 }
 
@@ -543,6 +546,7 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
   SKIP_WITHOUT_GPU();
   ASSERT_TRUE(mc::flash_supported(64));
   whole_model_case({}, "fused epilogues, flash attention (head 64)", "L2H2C128V256T64");
+  whole_model_case({.flash_bwd_stages = 2}, "flash attention, double-buffered backward", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {

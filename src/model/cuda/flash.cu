@@ -272,14 +272,16 @@ __global__ void flash_bwd_dot_kernel(const __nv_bfloat16* __restrict__ y, const 
   if (lane == 0) di[row] = acc;
 }
 
-template <int D>
+template <int D, int kStages>
 constexpr size_t bwd_smem_bytes() {
-  // K, V, Q, dO tiles [64][D+8], dS^T [64][72], lse and Di [64]
-  return static_cast<size_t>(4) * kTile * (D + 8) * sizeof(__nv_bfloat16) +
-         static_cast<size_t>(kTile) * (kTile + 8) * sizeof(__nv_bfloat16) + 2 * kTile * sizeof(float);
+  // K, V, kStages x (Q, dO) tiles [64][D+8], dS^T [64][72], kStages x (lse, Di) [64]
+  return static_cast<size_t>(2 + 2 * kStages) * kTile * (D + 8) * sizeof(__nv_bfloat16) +
+         static_cast<size_t>(kTile) * (kTile + 8) * sizeof(__nv_bfloat16) + 2 * kStages * kTile * sizeof(float);
 }
 
-template <int D>
+// kStages 1: each query tile's Q/dO/lse/Di are loaded and waited for before its math (the
+// measured version); 2: the next tile's are fetched (cp.async) while this one is computed.
+template <int D, int kStages>
 __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
     const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse, const float* __restrict__ di,
@@ -289,11 +291,9 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   __nv_bfloat16* Vs = Ks + kTile * LD;
-  __nv_bfloat16* Qs = Vs + kTile * LD;
-  __nv_bfloat16* dOs = Qs + kTile * LD;
-  __nv_bfloat16* dSs = dOs + kTile * LD;  // dS^T [key][query]
-  auto* lse_s = reinterpret_cast<float*>(dSs + kTile * LDS);
-  float* di_s = lse_s + kTile;
+  __nv_bfloat16* stage0 = Vs + kTile * LD;                     // stage b: Q, then dO
+  __nv_bfloat16* dSs = stage0 + 2 * kStages * kTile * LD;      // dS^T [key][query]
+  auto* stat0 = reinterpret_cast<float*>(dSs + kTile * LDS);  // stage b: lse, then Di
 
   const int kt = blockIdx.x;  // tile 0 has the most query tiles: launched first
   const size_t base = static_cast<size_t>(blockIdx.y) * T * D;
@@ -303,8 +303,21 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
   const int nq = (T + kTile - 1) / kTile;
   const float scale_log2 = scale * kLog2e;
 
+  // Q, dO into stage b with lse (log2 domain) and Di; the statistics by plain stores, seen after
+  // the next barrier
+  auto load_q = [&](int qt, int b) {
+    const int q0 = qt * kTile;
+    load_tile<D>(stage0 + 2 * b * kTile * LD, q + base, q0, T);
+    load_tile<D>(stage0 + (2 * b + 1) * kTile * LD, dy + base, q0, T);
+    if (threadIdx.x < kTile) {
+      const int r = q0 + static_cast<int>(threadIdx.x);
+      stat0[2 * b * kTile + threadIdx.x] = r < T ? lse[rbase + r] * kLog2e : INFINITY;
+      stat0[(2 * b + 1) * kTile + threadIdx.x] = r < T ? di[rbase + r] : 0.f;
+    }
+  };
   load_tile<D>(Ks, k + base, k0, T);
   load_tile<D>(Vs, v + base, k0, T);
+  if constexpr (kStages == 2) load_q(kt, 0);
   cp_async_commit();
 
   const int key_a = k0 + warp * 16 + (lane >> 2), key_b = key_a + 8;
@@ -316,16 +329,21 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
 
   for (int qt = kt; qt < nq; ++qt) {
     const int q0 = qt * kTile;
-    load_tile<D>(Qs, q + base, q0, T);
-    load_tile<D>(dOs, dy + base, q0, T);
-    cp_async_commit();
-    if (threadIdx.x < kTile) {
-      const int r = q0 + static_cast<int>(threadIdx.x);
-      lse_s[threadIdx.x] = r < T ? lse[rbase + r] * kLog2e : INFINITY;
-      di_s[threadIdx.x] = r < T ? di[rbase + r] : 0.f;
+    const int buf = kStages == 2 ? (qt - kt) & 1 : 0;
+    if constexpr (kStages == 2) {
+      if (qt + 1 < nq) load_q(qt + 1, buf ^ 1);  // that stage was last read before the previous barrier
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      load_q(qt, 0);
+      cp_async_commit();
+      cp_async_wait<0>();
     }
-    cp_async_wait<0>();
     __syncthreads();
+    const __nv_bfloat16* Qs = stage0 + 2 * buf * kTile * LD;
+    const __nv_bfloat16* dOs = stage0 + (2 * buf + 1) * kTile * LD;
+    const float* lse_s = stat0 + 2 * buf * kTile;
+    const float* di_s = stat0 + (2 * buf + 1) * kTile;
 
     // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries
     float s[8][4], dp[8][4];
@@ -467,16 +485,29 @@ void forward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, flo
   MICS_LAUNCHED(flash_fwd_kernel);
 }
 
-template <int D>
-void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y, const bf16_t* dy,
-                const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, float* scratch, int bh, int T, Stream s) {
-  constexpr size_t smem = bwd_smem_bytes<D>();
+template <int D, int kStages>
+void backward_launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dy, const float* lse,
+                     const float* di, float* dq_acc, bf16_t* dk, bf16_t* dv, int bh, int T, Stream s) {
+  constexpr size_t smem = bwd_smem_bytes<D, kStages>();
   static bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(flash_bwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MICS_CUDA(cudaFuncSetAttribute(flash_bwd_kernel<D, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(smem)));
     return true;
   }();
   (void)attr;
+  const dim3 grid((T + kTile - 1) / kTile, bh);
+  flash_bwd_kernel<D, kStages><<<grid, kThreads, smem, st(s)>>>(
+      reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
+      reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<const __nv_bfloat16*>(dy), lse, di, dq_acc,
+      reinterpret_cast<__nv_bfloat16*>(dk), reinterpret_cast<__nv_bfloat16*>(dv), T,
+      1.0f / sqrtf(static_cast<float>(D)));
+  MICS_LAUNCHED(flash_bwd_kernel);
+}
+
+template <int D>
+void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y, const bf16_t* dy,
+                const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, float* scratch, int bh, int T, int stages,
+                Stream s) {
   const size_t rows = static_cast<size_t>(bh) * T;
   float* dq_acc = scratch;
   float* di = scratch + rows * D;
@@ -484,13 +515,10 @@ void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t*
   flash_bwd_dot_kernel<D><<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, st(s)>>>(
       reinterpret_cast<const __nv_bfloat16*>(y), reinterpret_cast<const __nv_bfloat16*>(dy), di, rows);
   MICS_LAUNCHED(flash_bwd_dot_kernel);
-  const dim3 grid((T + kTile - 1) / kTile, bh);
-  flash_bwd_kernel<D><<<grid, kThreads, smem, st(s)>>>(
-      reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
-      reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<const __nv_bfloat16*>(dy), lse, di, dq_acc,
-      reinterpret_cast<__nv_bfloat16*>(dk), reinterpret_cast<__nv_bfloat16*>(dv), T,
-      1.0f / sqrtf(static_cast<float>(D)));
-  MICS_LAUNCHED(flash_bwd_kernel);
+  if (stages == 2)
+    backward_launch<D, 2>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, s);
+  else
+    backward_launch<D, 1>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, s);
   const size_t n = rows * D;
   f32_to_bf16_kernel<<<static_cast<unsigned>((n / 4 + 255) / 256 + 1), 256, 0, st(s)>>>(
       dq_acc, reinterpret_cast<__nv_bfloat16*>(dq), n);
@@ -513,11 +541,11 @@ void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, 
 
 void flash_attention_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y, const bf16_t* dy,
                               const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, float* scratch, int bh,
-                              int seq_len, int head_dim, Stream s) {
+                              int seq_len, int head_dim, Stream s, int stages) {
   if (bh <= 0 || seq_len <= 0) return;
   switch (head_dim) {
-    case 64: return backward_d<64>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, s);
-    case 128: return backward_d<128>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, s);
+    case 64: return backward_d<64>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, s);
+    case 128: return backward_d<128>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, s);
     default: throw_cuda("flash_attention_backward", "no fused attention kernel for head size " + std::to_string(head_dim));
   }
 }
