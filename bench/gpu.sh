@@ -6,7 +6,8 @@
 #   bench/gpu.sh [OUT_DIR]          (default: ./gpu-results)
 # Environment: BUILD (build dir, default /tmp/mics-gpu-build), MICS_FABRIC_PREFIX (an unpacked
 # libfabric-dev, or FABRIC_DEB: a libfabric-dev .deb to unpack there), STEPS (30), SKIP_PEERS=1,
-# SKIP_TESTS=1, JOBS (16).
+# SKIP_TESTS=1, JOBS (16), NOFLASH=1 (also a profiled run with MICS_CUDA_FLASH=0: the GEMM
+# attention, into mics_profile_noflash.txt).
 # Writes: env.txt, build.log, tests.txt, mics_train.txt, mics_profile.txt, torch.txt, summary.txt.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,6 +64,11 @@ echo "== mics train --device cuda ($STEPS steps)"
 echo "== mics train, profiled (per-kernel-kind CUDA event times; events add a little time)"
 MICS_CUDA_PROFILE=1 "$BUILD/mics" train "${common[@]}" --steps 8 2>&1 > "$OUT/mics_profile.txt"
 sed -n '/kernel time per step/,$p' "$OUT/mics_profile.txt"
+if [ "${NOFLASH:-0}" = 1 ]; then
+  echo "== mics train, profiled, MICS_CUDA_FLASH=0 (GEMM + softmax attention)"
+  MICS_CUDA_FLASH=0 MICS_CUDA_PROFILE=1 "$BUILD/mics" train "${common[@]}" --steps 8 > "$OUT/mics_profile_noflash.txt" 2>&1
+  grep -E "^  (tokens/s|step time) " "$OUT/mics_profile_noflash.txt"
+fi
 
 if [ "${SKIP_PEERS:-0}" != 1 ]; then
   echo "== PyTorch peer (torch.compile, SDPA, fused AdamW), B=16"

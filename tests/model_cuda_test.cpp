@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -118,7 +119,11 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  const int rows = 300, C = 96;
+  // C = 96 and 772: the one-pass backward (C <= 1024; 772 leaves lanes idle in its last
+  // vector); C = 1280: the two-kernel path
+  for (const int C : {96, 772, 1280}) {
+  SCOPED_TRACE("C " + std::to_string(C));
+  const int rows = 300;
   const auto x = random_vector(static_cast<size_t>(rows) * C, rng, 2.0f, 0.5f);
   const auto w = random_vector(C, rng, 0.5f, 1.0f), b = random_vector(C, rng, 0.3f);
   std::vector<float> out(x.size()), mean(rows), rstd(rows);
@@ -146,6 +151,7 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
   EXPECT_LT(rel_error(from_bf16(ddx_bf16.get()), dx), kBf16Tol);
   EXPECT_LT(rel_error(dgw.get(), gw), kF32Tol);
   EXPECT_LT(rel_error(dgb.get(), gb), kF32Tol);
+  }
 }
 
 TEST(CudaKernels, GeluForwardAndBackward) {
@@ -325,6 +331,111 @@ TEST(CudaKernels, CausalSoftmaxAndHeadPermutations) {
   EXPECT_EQ(from_bf16(dback.get()), qkv);
 }
 
+// Reference causal attention in double on [bh, T, D]: y, lse (natural log of the scaled
+// scores' row sums) and, given dy, dq, dk, dv.
+struct AttentionRef {
+  std::vector<float> y, lse, dq, dk, dv;
+};
+AttentionRef attention_reference(const std::vector<float>& q, const std::vector<float>& k,
+                                 const std::vector<float>& v, const std::vector<float>& dy, int bh, int T, int D) {
+  AttentionRef r;
+  const size_t n = static_cast<size_t>(bh) * T * D;
+  r.y.assign(n, 0.f);
+  r.dq.assign(n, 0.f);
+  r.dk.assign(n, 0.f);
+  r.dv.assign(n, 0.f);
+  r.lse.assign(static_cast<size_t>(bh) * T, 0.f);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> p(static_cast<size_t>(T)), dp(static_cast<size_t>(T)), dk(n, 0.0), dv(n, 0.0);
+  for (int m = 0; m < bh; ++m) {
+    const size_t b = static_cast<size_t>(m) * T * D;
+    for (int i = 0; i < T; ++i) {
+      double mx = -INFINITY;
+      for (int j = 0; j <= i; ++j) {
+        double sdot = 0;
+        for (int d = 0; d < D; ++d) sdot += static_cast<double>(q[b + i * D + d]) * k[b + j * D + d];
+        p[j] = sdot * scale;
+        mx = std::max(mx, p[j]);
+      }
+      double z = 0;
+      for (int j = 0; j <= i; ++j) z += std::exp(p[j] - mx);
+      r.lse[static_cast<size_t>(m) * T + i] = static_cast<float>(mx + std::log(z));
+      for (int j = 0; j <= i; ++j) p[j] = std::exp(p[j] - mx) / z;
+      double di = 0;
+      for (int d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int j = 0; j <= i; ++j) acc += p[j] * v[b + j * D + d];
+        r.y[b + i * D + d] = static_cast<float>(acc);
+        di += acc * dy[b + i * D + d];
+      }
+      for (int j = 0; j <= i; ++j) {
+        double acc = 0;
+        for (int d = 0; d < D; ++d) acc += static_cast<double>(dy[b + i * D + d]) * v[b + j * D + d];
+        dp[j] = p[j] * (acc - di) * scale;  // dL/d(q.k)
+      }
+      for (int d = 0; d < D; ++d) {
+        double acc = 0;
+        for (int j = 0; j <= i; ++j) {
+          acc += dp[j] * k[b + j * D + d];
+          dk[b + j * D + d] += dp[j] * q[b + i * D + d];
+          dv[b + j * D + d] += p[j] * dy[b + i * D + d];
+        }
+        r.dq[b + i * D + d] = static_cast<float>(acc);
+      }
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    r.dk[i] = static_cast<float>(dk[i]);
+    r.dv[i] = static_cast<float>(dv[i]);
+  }
+  return r;
+}
+
+// The fused attention kernels against the double reference: T a multiple of the 64-row tile
+// and not, head sizes 64 and 128. Bounds: y (bf16 out) kBf16Tol; lse (fp32) kF32GemmTol;
+// dq, dk, dv kFlashGradTol = 2e-2 (bf16 out, computed through bf16-rounded P and dS).
+TEST(CudaKernels, FlashAttentionForwardAndBackward) {
+  SKIP_WITHOUT_GPU();
+  constexpr double kFlashGradTol = 2e-2;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  struct Case {
+    int bh, T, D;
+  };
+  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 150, 128}}) {
+    ASSERT_TRUE(mc::flash_supported(c.D));
+    SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
+    const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
+    const auto q = round_bf16(random_vector(n, rng, 2.0f));
+    const auto k = round_bf16(random_vector(n, rng, 2.0f));
+    const auto v = round_bf16(random_vector(n, rng, 1.0f));
+    const auto dy = round_bf16(random_vector(n, rng, 1.0f));
+    const AttentionRef ref = attention_reference(q, k, v, dy, c.bh, c.T, c.D);
+    Dev<uint16_t> dq_(to_bf16(q)), dk_(to_bf16(k)), dv_(to_bf16(v)), ddy(to_bf16(dy)), dyo(n);
+    Dev<float> dlse(static_cast<size_t>(c.bh) * c.T);
+    mc::flash_attention_forward(dq_.p, dk_.p, dv_.p, dyo.p, dlse.p, c.bh, c.T, c.D, nullptr);
+    const auto gy = from_bf16(dyo.get());
+    const double ey = rel_error(gy, ref.y), el = rel_error(dlse.get(), ref.lse);
+    EXPECT_LT(ey, kBf16Tol);
+    EXPECT_LT(el, kF32GemmTol);
+    for (const int stages : {1, 2}) {
+    SCOPED_TRACE("backward stages " + std::to_string(stages));
+    Dev<uint16_t> gq(n), gk(n), gv(n);
+    Dev<float> scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
+    mc::flash_attention_backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, scratch.p, c.bh, c.T,
+                                 c.D, nullptr, stages);
+    const double eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
+                 ev = rel_error(from_bf16(gv.get()), ref.dv);
+    EXPECT_LT(eq, kFlashGradTol);
+    EXPECT_LT(ek, kFlashGradTol);
+    EXPECT_LT(ev, kFlashGradTol);
+    std::printf("[flash bh%d T%d D%d, bwd stages %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T,
+                c.D, stages, ey, el, eq, ek, ev);
+    }
+  }
+}
+
 TEST(CudaKernels, GradNormAndAdamW) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
@@ -429,6 +540,13 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();
   // V = 250: the head's GEMMs run over the padded width 256 (gpt_cuda.cu)
   whole_model_case({}, "fused epilogues, padded vocab", "L2H4C64V250T64");
+}
+
+TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
+  SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(mc::flash_supported(64));
+  whole_model_case({}, "fused epilogues, flash attention (head 64)", "L2H2C128V256T64");
+  whole_model_case({.flash_bwd_stages = 2}, "flash attention, double-buffered backward", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {

@@ -92,6 +92,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.profile = std::getenv("MICS_CUDA_PROFILE") && std::string(std::getenv("MICS_CUDA_PROFILE")) == "1";
   if (const char* f = std::getenv("MICS_CUDA_FLASH")) options.flash_attention = std::string(f) != "0";
   if (const char* f = std::getenv("MICS_CUDA_EPILOGUES")) options.fused_epilogues = std::string(f) != "0";
+  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_STAGES")) options.flash_bwd_stages = std::string(f) == "2" ? 2 : 1;
   model::cuda::CudaGpt model(mc, c.micro_batch, T, options);
   {
     std::vector<float> flat(model.num_params());

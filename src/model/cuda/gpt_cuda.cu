@@ -308,7 +308,8 @@ struct CudaGpt::Impl {
     attention_permute(datty, dyh, B, T, H, D, /*to_heads=*/true, s());
     if (flash) {
       attention_permute(a.atty, yh, B, T, H, D, /*to_heads=*/true, s());
-      flash_attention_backward(q, k, vv, yh, dyh, a.lse, dq, dk, dv, flash_scratch, bh, T, D, s());
+      flash_attention_backward(q, k, vv, yh, dyh, a.lse, dq, dk, dv, flash_scratch, bh, T, D, s(),
+                               opt.flash_bwd_stages);
     } else {
       const float scale = 1.0f / std::sqrt(static_cast<float>(D));
       const long long sqkv = static_cast<long long>(T) * D, ss = static_cast<long long>(T) * T;

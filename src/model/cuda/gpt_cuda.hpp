@@ -27,6 +27,7 @@ struct CudaOptions {
   bool fused_epilogues = true;  // cuBLASLt bias / GELU epilogues
   bool flash_attention = true;  // the fused attention kernels where the head size has them
   bool profile = false;         // time each kind of kernel with CUDA events (take_profile)
+  int flash_bwd_stages = 1;     // fused attention backward: 1 (measured) or 2 (Q/dO double-buffered)
 };
 
 struct PhaseTime {

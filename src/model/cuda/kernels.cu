@@ -2,7 +2,9 @@
 // Reductions over rows are deterministic: per-chunk partial sums, then one pass in chunk order.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "model/cuda/check.cuh"
 #include "model/cuda/kernels.hpp"
@@ -167,6 +169,113 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
   float sum = 0;
   for (int r = r0; r < r1; ++r) sum += __bfloat162float(x[static_cast<size_t>(r) * C + c]);
   partial[static_cast<size_t>(chunk) * C + c] = sum;
+}
+
+// One pass of LayerNorm backward for C <= 128 * kVec: each warp takes rows (grid-stride),
+// keeps its row's dout and x in registers for both the row sums and dx, and accumulates
+// sum(dout * xhat) and sum(dout) per column in registers; the block's warps add theirs in
+// shared memory (in warp order) and write partial[block][2][C] for reduce_chunks.
+template <int kVec>
+__global__ void __launch_bounds__(256) layernorm_backward_fused(
+    const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
+    const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx, bf16* __restrict__ dx_bf16,
+    float* __restrict__ partial, int rows, int C) {
+  extern __shared__ float sh[];  // [8 warps][2][C]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float4 pw[kVec], pb[kVec];
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) pw[i] = pb[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
+    const size_t off = static_cast<size_t>(row) * C;
+    const float m = mean[row], s = rstd[row];
+    float4 g[kVec], xh[kVec];
+    float sg = 0, sgx = 0;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int c = lane * 4 + i * 128;
+      if (c < C) {
+        g[i] = load4(dout + off + c);
+        const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+        const float4 wv = *reinterpret_cast<const float4*>(w + c);
+        xh[i] = make_float4((xv.x - m) * s, (xv.y - m) * s, (xv.z - m) * s, (xv.w - m) * s);
+        pw[i].x += g[i].x * xh[i].x;
+        pw[i].y += g[i].y * xh[i].y;
+        pw[i].z += g[i].z * xh[i].z;
+        pw[i].w += g[i].w * xh[i].w;
+        pb[i].x += g[i].x;
+        pb[i].y += g[i].y;
+        pb[i].z += g[i].z;
+        pb[i].w += g[i].w;
+        g[i] = make_float4(g[i].x * wv.x, g[i].y * wv.y, g[i].z * wv.z, g[i].w * wv.w);
+        sg += (g[i].x + g[i].y) + (g[i].z + g[i].w);
+        sgx += (g[i].x * xh[i].x + g[i].y * xh[i].y) + (g[i].z * xh[i].z + g[i].w * xh[i].w);
+      }
+    }
+    const float a = warp_sum(sg) / C, bx = warp_sum(sgx) / C;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int c = lane * 4 + i * 128;
+      if (c < C) {
+        float4 d = *reinterpret_cast<float4*>(dx + off + c);
+        d.x += s * (g[i].x - a - xh[i].x * bx);
+        d.y += s * (g[i].y - a - xh[i].y * bx);
+        d.z += s * (g[i].z - a - xh[i].z * bx);
+        d.w += s * (g[i].w - a - xh[i].w * bx);
+        *reinterpret_cast<float4*>(dx + off + c) = d;
+        if (dx_bf16) store4(dx_bf16 + off + c, d);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int c = lane * 4 + i * 128;
+    if (c < C) {
+      *reinterpret_cast<float4*>(sh + (warp * 2) * C + c) = pw[i];
+      *reinterpret_cast<float4*>(sh + (warp * 2 + 1) * C + c) = pb[i];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float sw = 0, sb = 0;
+    for (int k = 0; k < 8; ++k) {
+      sw += sh[(k * 2) * C + c];
+      sb += sh[(k * 2 + 1) * C + c];
+    }
+    partial[(static_cast<size_t>(blockIdx.x) * 2) * C + c] = sw;
+    partial[(static_cast<size_t>(blockIdx.x) * 2 + 1) * C + c] = sb;
+  }
+}
+
+// Column sums of bf16 x [rows, C] (C % 8 == 0): 8 columns per thread (16-byte loads), the 8
+// warps of a block on interleaved rows of one chunk, added in warp order -> partial[chunk][C].
+__global__ void __launch_bounds__(256) column_sum_partial8(const bf16* __restrict__ x, float* __restrict__ partial,
+                                                           int rows, int C) {
+  __shared__ float sh[8][256];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c = blockIdx.x * 256 + lane * 8, chunk = blockIdx.y;
+  const int r0 = chunk * kRowsPerChunk, r1 = min(rows, r0 + kRowsPerChunk);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  if (c < C) {
+    for (int r = r0 + warp; r < r1; r += 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * C + c);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __bfloat1622float2(h[j]);
+        acc[2 * j] += f.x;
+        acc[2 * j + 1] += f.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sh[warp][lane * 8 + j] = acc[j];
+  __syncthreads();
+  const int col = blockIdx.x * 256 + static_cast<int>(threadIdx.x);
+  if (col < C) {
+    float sum = 0;
+    for (int k = 0; k < 8; ++k) sum += sh[k][threadIdx.x];
+    partial[static_cast<size_t>(chunk) * C + col] = sum;
+  }
 }
 
 // --- GELU --------------------------------------------------------------------------------------
@@ -552,13 +661,52 @@ void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* o
   MICS_LAUNCHED(layernorm_forward_kernel);
 }
 
+// The fused backward's grid: one block per 64 rows, at most kLnBlocks (partial rows).
+constexpr int kLnRowsPerBlock = 64, kLnBlocks = 2 * 132;
+int ln_fused_blocks(int rows) { return std::min(kLnBlocks, (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock); }
+
 size_t layernorm_partial_floats(int rows, int channels) {
-  return static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk) * 2 * static_cast<size_t>(channels);
+  const size_t chunks = std::max<size_t>(static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk),
+                                         static_cast<size_t>(ln_fused_blocks(rows)));
+  return chunks * 2 * static_cast<size_t>(channels);
+}
+
+template <int kVec>
+void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
+              bf16_t* dx_bf16, float* partial, int rows, int C, Stream s) {
+  const size_t smem = static_cast<size_t>(16) * C * sizeof(float);
+  static const bool attr = [] {
+    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   16 * 128 * kVec * static_cast<int>(sizeof(float))));
+    return true;
+  }();
+  (void)attr;
+  layernorm_backward_fused<kVec><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
+      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, rows, C);
+  MICS_LAUNCHED(layernorm_backward_fused);
 }
 
 void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
                         float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
                         Stream s) {
+  if (rows <= 0) return;
+  if (channels % 4 == 0 && channels <= 1024) {
+    // one pass: row sums, dx and the parameter partials; then the partials in block order
+    const int v = (channels + 127) / 128;
+    switch (v) {
+      case 1: ln_fused<1>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 2: ln_fused<2>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 3: ln_fused<3>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 4: ln_fused<4>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 5: ln_fused<5>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 6: ln_fused<6>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      default: ln_fused<8>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+    }
+    reduce_chunks<<<blocks_for(static_cast<size_t>(channels), 128), 128, 0, st(s)>>>(
+        partial, ln_fused_blocks(rows), 2, channels, dw, db);
+    MICS_LAUNCHED(reduce_chunks);
+    return;
+  }
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   // The parameter sums read dout and x before the row pass changes dx (dx may alias nothing here).
   layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
@@ -578,6 +726,16 @@ size_t colsum_partial_floats(int rows, int cols) {
 
 void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s) {
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  if (rows <= 0) return;
+  if (cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    column_sum_partial8<<<dim3(blocks_for(static_cast<size_t>(cols), 256), chunks), 256, 0, st(s)>>>(
+        B(x), partial, rows, cols);
+    MICS_LAUNCHED(column_sum_partial8);
+    reduce_chunks<<<blocks_for(static_cast<size_t>(cols), 128), 128, 0, st(s)>>>(partial, chunks, 1, cols, out,
+                                                                                   nullptr);
+    MICS_LAUNCHED(reduce_chunks);
+    return;
+  }
   column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(cols), 128), chunks), 128, 0, st(s)>>>(B(x), partial,
                                                                                                    rows, cols);
   MICS_LAUNCHED(column_sum_partial);

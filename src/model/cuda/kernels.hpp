@@ -67,17 +67,18 @@ void causal_softmax(bf16_t* scores, int bh, int seq_len, Stream s);
 void causal_softmax_backward(const bf16_t* p, bf16_t* dp, int bh, int seq_len, float scale,
                              Stream s);
 
-// Flash-style fused causal attention on q, k, v [B, H, T, D] (D = 64 only): y [B, H, T, D]
+// Flash-style fused causal attention on q, k, v [B, H, T, D] (D = 64 or 128): y [B, H, T, D]
 // and the log-sum-exp per row (fp32 [B, H, T]); backward gives dq, dk, dv [B, H, T, D].
 // flash_supported says whether a head size has the fused kernels.
 bool flash_supported(int head_dim);
 void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y,
                              float* lse, int bh, int seq_len, int head_dim, Stream s);
-// scratch: flash_scratch_floats(bh, seq_len, head_dim) floats.
+// scratch: flash_scratch_floats(bh, seq_len, head_dim) floats. stages: 1 (the measured
+// kernel) or 2 (the next query tile fetched while this one is computed; tested, not yet timed).
 void flash_attention_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y,
                               const bf16_t* dy, const float* lse, bf16_t* dq, bf16_t* dk,
                               bf16_t* dv, float* scratch, int bh, int seq_len, int head_dim,
-                              Stream s);
+                              Stream s, int stages = 1);
 size_t flash_scratch_floats(int bh, int seq_len, int head_dim);
 
 // Conversions, and a fill used to poison outputs in the tests.
