@@ -77,6 +77,19 @@ class Communicator {
   void broadcast(void* buffer, size_t count, DType dtype, int root, Algo algo = Algo::kAuto);
   void barrier();
 
+  // Point-to-point (point_to_point.cpp): blocking, matched by (peer, tag) only, so they need
+  // no agreement from the other members. `peer` is a member index; `tag` is the caller's
+  // (e.g. the micro-batch), and a send matches the peer's recv with the same tag and size.
+  // Like the collectives they complete or throw within MICS_TIMEOUT_S naming the peer. The
+  // messages use their own tag space (bit 27 of the index), so collectives on the same
+  // communicator are not disturbed; bytes count in traffic() like any send. Not recorded in
+  // the observer (it knows collectives only). send_recv posts both before waiting for
+  // either, so two neighbours exchanging at once cannot deadlock.
+  void send(const void* buffer, size_t bytes, int peer, uint16_t tag);
+  void recv(void* buffer, size_t bytes, int peer, uint16_t tag);
+  void send_recv(const void* send_buffer, size_t send_bytes, int send_peer, uint16_t send_tag, void* recv_buffer,
+                 size_t recv_bytes, int recv_peer, uint16_t recv_tag);
+
   // Which algorithm kAuto picks for an operation of this many bytes (the full array).
   Algo choose(const char* op, size_t bytes, Algo requested) const;
 

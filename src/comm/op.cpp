@@ -18,12 +18,23 @@ Op::Op(Communicator& comm, const char* name, Algo algo, size_t bytes)
       deadline_(knobs().timeout_s),
       next_board_check_(Clock::now() + std::chrono::milliseconds(500)) {}
 
+Op::Op(Communicator& comm, const char* name, size_t bytes, PointToPoint p2p)
+    : comm_(comm),
+      transport_(comm.transport()),
+      name_(name),
+      algo_(Algo::kAuto),
+      bytes_(bytes),
+      sequence_(p2p.tag),
+      deadline_(knobs().timeout_s),
+      index_flag_(1u << 27),
+      next_board_check_(Clock::now() + std::chrono::milliseconds(500)) {}
+
 Op::~Op() = default;
 
 uint64_t Op::tag(uint32_t index) const {
   MICS_CHECK(index <= kMaxIndex, fmt::format("message index {} overflows the tag", index));
   return (static_cast<uint64_t>(comm_.id() & 0xffffu) << 44) |
-         (static_cast<uint64_t>(sequence_) << 28) | index;
+         (static_cast<uint64_t>(sequence_) << 28) | index_flag_ | index;
 }
 
 fabric::Request* Op::send(int member, uint32_t index, const void* buf, size_t bytes) {

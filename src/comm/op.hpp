@@ -17,6 +17,13 @@ namespace mics::comm {
 class Op {
  public:
   Op(Communicator& comm, const char* name, Algo algo, size_t bytes);
+  // Point-to-point (point_to_point.cpp): the caller's 16-bit tag takes the sequence's place
+  // (no sequence is consumed, so collectives on the same communicator stay matched) and bit
+  // 27 of the index marks the message as point-to-point.
+  struct PointToPoint {
+    uint16_t tag;
+  };
+  Op(Communicator& comm, const char* name, size_t bytes, PointToPoint p2p);
   ~Op();
   Op(const Op&) = delete;
   Op& operator=(const Op&) = delete;
@@ -51,6 +58,7 @@ class Op {
   Deadline deadline_;
   Backoff backoff_;
   int outstanding_ = 0;
+  uint32_t index_flag_ = 0;  // 1 << 27 for point-to-point messages
   Clock::time_point next_board_check_;
 };
 

@@ -1,5 +1,6 @@
 #include "shard/engine.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <future>
@@ -30,6 +31,8 @@ struct Unit {
   size_t shard = 0;        // elements of this rank's shard (padded / p), or numel if replicated
   size_t offset = 0;       // into the flat shard arrays (or the replicated arrays)
   std::vector<float> gathered;
+  float norm_weight = 1.0f;
+  comm::Communicator* tied = nullptr;  // gradient shard summed over it at the boundary
   GatherState state = GatherState::kNone;
   std::future<void> pending;
 };
@@ -78,6 +81,7 @@ void add_to(comm::Traffic& total, const comm::Traffic& t, uint64_t times = 1) {
 
 struct Engine::Impl {
   comm::Runtime& runtime;
+  comm::Communicator* job = nullptr;  // the engine's world: the runtime's, or a mesh slice's
   EngineOptions options;
   topo::Groups groups;
   std::unique_ptr<comm::Communicator> world;  // the engine's own copy (its own counters)
@@ -101,7 +105,14 @@ struct Engine::Impl {
   comm::Traffic base;
   std::unique_ptr<CommThread> thread;  // last: stops before the rest goes away
 
-  Impl(comm::Runtime& rt, const EngineOptions& o) : runtime(rt), options(o) {}
+  Impl(comm::Runtime& rt, comm::Communicator& w, const EngineOptions& o) : runtime(rt), job(&w), options(o) {}
+  void construct();
+  std::vector<comm::Communicator*> tied_groups() const {
+    std::vector<comm::Communicator*> out;
+    for (const auto& un : units)
+      if (un.tied && std::find(out.begin(), out.end(), un.tied) == out.end()) out.push_back(un.tied);
+    return out;
+  }
   int ranks_per_node() const;
   void setup(int partition);  // collective: groups, the engine's world, the comm thread
 
@@ -110,6 +121,8 @@ struct Engine::Impl {
     add_to(t, groups.partition->traffic());
     add_to(t, groups.replication->traffic());
     add_to(t, world->traffic());
+    if (options.norm_group) add_to(t, options.norm_group->traffic());
+    for (comm::Communicator* g : tied_groups()) add_to(t, g->traffic());
     return t;
   }
 
@@ -173,12 +186,21 @@ struct Engine::Impl {
 };
 
 Engine::Engine(comm::Runtime& runtime, const EngineOptions& options)
-    : impl_(std::make_unique<Impl>(runtime, options)) {
-  Impl& s = *impl_;
+    : impl_(std::make_unique<Impl>(runtime, runtime.world(), options)) {
+  impl_->construct();
+}
+
+Engine::Engine(comm::Runtime& runtime, comm::Communicator& world, const EngineOptions& options)
+    : impl_(std::make_unique<Impl>(runtime, world, options)) {
+  impl_->construct();
+}
+
+void Engine::Impl::construct() {
+  Impl& s = *this;
   if (options.grad_accum < 1)
     throw Error(ErrorKind::kInvalidArgument, fmt::format("grad_accum {} < 1", options.grad_accum),
                 {.layer = "shard", .hint = "use 1 or more micro-steps per optimizer step"});
-  s.world_size = runtime.world().size();
+  s.world_size = job->size();
   const bool automatic = options.strategy == topo::Strategy::kMics &&
                          options.partition_size == EngineOptions::kAutoPartition;
   if (automatic && options.memory_budget_bytes == 0)
@@ -191,23 +213,24 @@ Engine::Engine(comm::Runtime& runtime, const EngineOptions& options)
 }
 
 int Engine::Impl::ranks_per_node() const {
+  if (job != &runtime.world()) return job->members_per_node() ? job->members_per_node() : world_size;
   const int n = runtime.topology().uniform_ranks_per_node();
   return n ? n : world_size;
 }
 
 void Engine::Impl::setup(int partition) {
   Impl& s = *this;
-  comm::Communicator& job = runtime.world();
+  comm::Communicator& parent = *s.job;
   s.p = partition;
   s.r = s.world_size / s.p;
-  s.groups = topo::build_groups(job, s.p);
-  s.world = job.split(0, job.rank(), "engine-world");
+  s.groups = topo::build_groups(parent, s.p);
+  s.world = parent.split(0, parent.rank(), "engine-world");
   // Build the hierarchical sub-communicators now, so that their set-up is not step traffic.
   if (s.groups.partition->num_nodes() > 1 && s.groups.partition->members_per_node() > 1)
     s.groups.partition->cross_node();
   s.base = s.engine_traffic();
   s.thread = std::make_unique<CommThread>();
-  if (job.rank() == 0)
+  if (runtime.rank() == 0)
     log::info("engine: {} with p={} r={} over {}", topo::to_string(options.strategy), s.p, s.r,
               runtime.topology().describe());
 }
@@ -368,12 +391,6 @@ void adamw(float* param, float* grad, float* m, float* v, size_t n, const Engine
   }
 }
 
-double sum_squares(const std::vector<float>& x) {
-  double s = 0;
-  for (float f : x) s += static_cast<double>(f) * f;
-  return s;
-}
-
 }  // namespace
 
 StepReport Engine::step() {
@@ -391,6 +408,14 @@ StepReport Engine::step() {
     comm::Communicator* replication = s.groups.replication.get();
     comm::Communicator* world = s.world.get();
     std::future<void> sync = s.thread->submit([&s, replication, world] {
+      // Tied units (the token embedding on the first and last pipeline stage): sum the copies.
+      for (auto& un : s.units)
+        if (un.tied && !un.replicated)
+          un.tied->all_reduce(s.grad.data() + un.offset, s.grad.data() + un.offset, un.shard, DType::kF32,
+                              ReduceOp::kSum);
+        else if (un.tied)
+          un.tied->all_reduce(s.rgrad.data() + un.offset, s.rgrad.data() + un.offset, un.numel, DType::kF32,
+                              ReduceOp::kSum);
       if (s.r > 1 && !s.grad.empty())
         replication->all_reduce(s.grad.data(), s.grad.data(), s.grad.size(), DType::kF32, ReduceOp::kSum);
       if (s.world_size > 1 && !s.rgrad.empty())
@@ -400,8 +425,14 @@ StepReport Engine::step() {
     // Average over every rank's micro-batches, then the global norm: shards are disjoint
     // inside a partition group (sum them there), replicated units count once.
     const float scale = 1.0f / static_cast<float>(s.world_size * s.options.grad_accum);
-    const double local = sum_squares(s.grad) * scale * scale;
-    float partition_sum = static_cast<float>(local);
+    double local = 0, replicated_sq = 0;
+    for (const auto& un : s.units) {
+      const float* g = (un.replicated ? s.rgrad.data() : s.grad.data()) + un.offset;
+      double sq = 0;
+      for (size_t i = 0; i < un.shard; ++i) sq += static_cast<double>(g[i]) * g[i];
+      (un.replicated ? replicated_sq : local) += sq * un.norm_weight;
+    }
+    float partition_sum = static_cast<float>(local * scale * scale);
     if (s.p > 1) {
       comm::Communicator* partition = s.groups.partition.get();
       std::future<void> norm = s.thread->submit([partition, &partition_sum] {
@@ -409,7 +440,16 @@ StepReport Engine::step() {
       });
       s.wait(norm);
     }
-    const double norm = std::sqrt(static_cast<double>(partition_sum) + sum_squares(s.rgrad) * scale * scale);
+    double total_sq = static_cast<double>(partition_sum) + replicated_sq * scale * scale;
+    if (comm::Communicator* group = s.options.norm_group; group && group->size() > 1) {
+      float slice_sum = static_cast<float>(total_sq);
+      std::future<void> norm = s.thread->submit([group, &slice_sum] {
+        group->all_reduce(&slice_sum, &slice_sum, 1, DType::kF32, ReduceOp::kSum);
+      });
+      s.wait(norm);
+      total_sq = slice_sum;
+    }
+    const double norm = std::sqrt(total_sq);
     report.grad_norm = norm;
     if (!std::isfinite(norm)) {
       report.skipped = true;
@@ -445,6 +485,24 @@ StepReport Engine::step() {
   s.exposed_s = 0;
   s.report_start = Clock::now();
   return report;
+}
+
+void Engine::set_norm_weight(int unit, float weight) {
+  impl_->units.at(static_cast<size_t>(unit)).norm_weight = weight;
+}
+
+void Engine::tie_gradients(int unit, comm::Communicator* group) {
+  Impl& s = *impl_;
+  const auto known = s.tied_groups();
+  if (group && std::find(known.begin(), known.end(), group) == known.end())
+    add_to(s.base, group->traffic());  // its traffic before the tie is not the engine's
+  s.units.at(static_cast<size_t>(unit)).tied = group && group->size() > 1 ? group : nullptr;
+}
+
+void Engine::run_on_comm_thread(const std::function<void()>& task, const char* what) {
+  Impl& s = *impl_;
+  std::future<void> f = s.thread->submit(task);
+  s.wait(f, what);
 }
 
 void Engine::set_lr(float lr) { impl_->options.lr = lr; }
@@ -494,7 +552,7 @@ std::vector<StateRange> Engine::checkpoint_ranges() const {
   std::vector<StateRange> out;
   const size_t member = static_cast<size_t>(s.groups.partition->rank());
   const size_t replica = static_cast<size_t>(s.groups.replication->rank());
-  const size_t rank = static_cast<size_t>(s.runtime.rank());
+  const size_t rank = static_cast<size_t>(s.job->rank());
   for (size_t u = 0; u < s.units.size(); ++u) {
     const Unit& un = s.units[u];
     size_t lo, hi, base;
@@ -590,6 +648,10 @@ comm::Traffic Engine::expected_traffic(int optimizer_steps) const {
   if (s.world_size > 1 && replicated)
     add_to(per_step, comm::predict_traffic(*s.world, "all_reduce", replicated, DType::kF32));
   if (s.p > 1) add_to(per_step, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32));
+  for (const auto& un : s.units)
+    if (un.tied) add_to(per_step, comm::predict_traffic(*un.tied, "all_reduce", un.shard, DType::kF32));
+  if (s.options.norm_group && s.options.norm_group->size() > 1)
+    add_to(per_step, comm::predict_traffic(*s.options.norm_group, "all_reduce", 1, DType::kF32));
   comm::Traffic total;
   add_to(total, per_step, static_cast<uint64_t>(optimizer_steps));
   return total;

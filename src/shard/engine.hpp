@@ -68,6 +68,10 @@ struct EngineOptions {
   bool keep_gathered = false;   // keep gathered params from forward to backward (ZeRO-2-like)
   size_t replicate_below = 0;   // units with fewer elements stay replicated on every rank
   int max_skipped_steps = 3;    // consecutive non-finite steps tolerated before an error
+  // Model parallelism (train/mesh_trainer.cpp): the gradient norm's sum of squares is also
+  // summed over this communicator (the other slices' engines), once per step. Owned by the
+  // caller, used only by the engine's communication thread; its traffic counts in traffic().
+  comm::Communicator* norm_group = nullptr;
 };
 
 struct MemoryReport {
@@ -103,6 +107,12 @@ struct StepReport {
 class Engine {
  public:
   Engine(comm::Runtime& runtime, const EngineOptions& options);
+  // An engine whose "world" is `world`, a sub-communicator of the runtime's (the data ranks of
+  // one (pipeline stage, tensor rank) slice of a mesh, topo/mesh.hpp): partition and
+  // replication groups, the gradient average (over world.size() * S micro-batches), the
+  // replicated units' all-reduce and control_all_reduce all live inside it. Ranks per node
+  // are world.members_per_node() (its size when not uniform).
+  Engine(comm::Runtime& runtime, comm::Communicator& world, const EngineOptions& options);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -117,6 +127,21 @@ class Engine {
   void release(int unit);          // drop the gathered copy (kept if keep_gathered, until step)
   void reduce_gradients(int unit, const float* grads);  // full-size gradient of the unit
   StepReport step();               // end of a micro-step
+
+  // Model parallelism. set_norm_weight: the unit's squared gradient counts w times in the
+  // global norm (1/t for a tensor replicated over t tensor ranks, so that summed over the
+  // norm_group it counts once; default 1). tie_gradients: at the accumulation boundary the
+  // unit's accumulated gradient shard is summed over `group` (its other copies: the tied token
+  // embedding on the first and last pipeline stage, same padded size and partition layout),
+  // one all-reduce of the shard per step, counted in traffic() and expected_traffic().
+  // `group` is used only by the engine's communication thread.
+  void set_norm_weight(int unit, float weight);
+  void tie_gradients(int unit, comm::Communicator* group);
+  // Runs `task` on the communication thread, after everything queued before it, and waits
+  // (the wait counts as exposed communication). The caller's collectives on its own
+  // communicators (tensor all-reduces, pipeline messages) go through here, so that one thread
+  // drives the transport. The task's traffic is the caller's to count, not traffic()'s.
+  void run_on_comm_thread(const std::function<void()>& task, const char* what = "wait for comm");
 
   // The learning rate of the next optimizer steps (a schedule sets it before each step()).
   void set_lr(float lr);

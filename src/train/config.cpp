@@ -64,6 +64,23 @@ void validate(const TrainConfig& c) {
     bad_flag("--partition-size", fmt::format("auto with --strategy {}", c.strategy),
              "the partition size is fixed by ddp (1) and zero3 (all ranks): use --strategy mics to choose it");
   }
+  if (c.tensor_parallel < 1)
+    bad_flag("--tensor-parallel", fmt::format("{} < 1", c.tensor_parallel), "use 1 (off) or a size that divides the heads");
+  if (c.pipeline_parallel < 1)
+    bad_flag("--pipeline-parallel", fmt::format("{} < 1", c.pipeline_parallel), "use 1 (off) or at most the layers");
+  if (c.pipeline_schedule != "1f1b" && c.pipeline_schedule != "gpipe")
+    bad_flag("--pipeline-schedule", fmt::format("unknown schedule '{}'", c.pipeline_schedule), "use 1f1b or gpipe");
+  if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) {
+    const char* flag = c.tensor_parallel > 1 ? "--tensor-parallel" : "--pipeline-parallel";
+    const std::string hint = "the mesh trainer (train/mesh_trainer.cpp) does not do this yet: drop it, or run without "
+                             "--tensor-parallel/--pipeline-parallel";
+    if (c.device != "cpu") bad_flag(flag, "with --device " + c.device, hint);
+    if (c.recompute) bad_flag(flag, "with --recompute", hint);
+    if (c.partition_size == "auto") bad_flag(flag, "with --partition-size auto", "give the partition size as a number");
+    if (c.resume != "none" || !c.init_from.empty() || c.ckpt_every > 0)
+      bad_flag(flag, "with checkpoints (--resume, --init-from, --ckpt-every)", hint);
+    if (!c.trace.empty()) bad_flag(flag, "with --trace", hint);
+  }
   if (c.comm_dtype != "f32" && c.comm_dtype != "bf16")
     bad_flag("--comm-dtype", fmt::format("unknown dtype '{}'", c.comm_dtype), "use f32 or bf16");
   if (c.micro_batch < 1) bad_flag("--micro-batch", fmt::format("{} < 1", c.micro_batch), "use 1 or more sequences");
@@ -98,11 +115,13 @@ std::string describe(const TrainConfig& c) {
   return fmt::format(
       "model={} recompute={} strategy={} partition_size={} memory_budget={} comm_dtype={} micro_batch={} "
       "seq_len={} grad_accum={} steps={} lr={} warmup={} min_lr_ratio={} weight_decay={} clip={} seed={} "
-      "data={} eval_data={} eval_every={} eval_batches={} samples={} sample_tokens={}",
+      "data={} eval_data={} eval_every={} eval_batches={} samples={} sample_tokens={} tensor_parallel={} "
+      "pipeline_parallel={} pipeline_schedule={} mesh_order={}",
       c.model, c.recompute, c.strategy, c.partition_size, c.memory_budget.empty() ? "auto" : c.memory_budget,
       c.comm_dtype, c.micro_batch, c.seq_len, c.grad_accum, c.steps, c.lr, c.warmup, c.min_lr_ratio,
       c.weight_decay, c.clip, c.seed, c.data.empty() ? "<embedded>" : c.data, c.eval_data, c.eval_every,
-      c.eval_batches, c.samples, c.sample_tokens);
+      c.eval_batches, c.samples, c.sample_tokens, c.tensor_parallel, c.pipeline_parallel, c.pipeline_schedule,
+      c.mesh_order);
 }
 
 }  // namespace mics::train

@@ -17,6 +17,10 @@ struct TrainConfig {
   std::string partition_size = "0";    // mics: P, "auto", or 0 = the ranks per node
   std::string memory_budget;           // per rank, e.g. "8GiB"; empty: free memory / local ranks
   std::string comm_dtype = "f32";      // gradient reduce-scatter dtype: f32 | bf16
+  int tensor_parallel = 1;             // t (topo/mesh.hpp); t > 1 or s > 1: train/mesh_trainer.cpp
+  int pipeline_parallel = 1;           // s
+  std::string pipeline_schedule = "1f1b";  // 1f1b | gpipe
+  std::string mesh_order = "tpsr";     // mesh placement, fastest-varying dimension first
   // batch and schedule
   int micro_batch = 8;   // sequences per rank and micro-step
   int seq_len = 0;       // T; 0: the model's context length

@@ -28,6 +28,7 @@
 #include "train/cuda_trainer.hpp"
 #include "topo/groups.hpp"
 #include "train/checkpoint.hpp"
+#include "train/mesh_trainer.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
@@ -409,6 +410,7 @@ std::string observed_summary(shard::Engine& engine, obs::Observer& observer, fab
 
 void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on_this_host) {
   const Prepared pr = prepare(c);
+  if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) return mesh_preflight(c, pr.gpt.config(), world, ranks_per_node);
   if (c.partition_size == "auto") return;  // the ranks choose p from the budget
   const int p = topo::resolve_partition_size(topo::parse_strategy(c.strategy), std::stoi(c.partition_size), world,
                                              ranks_per_node);
@@ -425,6 +427,7 @@ int run_training(const TrainConfig& c) {
   const DataPlan& data_plan = pr.data;
   const io::TokenDataset& train_data = *pr.train;
   const io::TokenDataset* val_data = pr.val.get();
+  if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) return run_mesh_training(c, gpt, T, train_data);
 
   auto rt = comm::Runtime::start("train " + describe(c));
   const int rank = rt->rank(), world = rt->world_size();

@@ -1,0 +1,95 @@
+#pragma once
+// Tensor-parallel GPT slices (Megatron style) for the mesh trainer (train/mesh_trainer.cpp).
+//
+// t tensor ranks each hold a slice of every block and of the vocabulary; rank k of t:
+//   attention  qkv_w/qkv_b: column-split by heads (heads k*H/t .. (k+1)*H/t - 1 of q, k and v),
+//              attention runs locally on those heads; proj_w row-split (its input columns of
+//              those heads), the partial outputs all-reduced over t, then + proj_b
+//   MLP        fc_w/fc_b column-split (hidden units k*4C/t ..), GELU local; fcproj_w row-split,
+//              partial outputs all-reduced, then + fcproj_b
+//   backward   the conjugate all-reduces: the gradient at each LayerNorm output (ln1 and ln2,
+//              the input of a column-split GEMM) is all-reduced over t (Megatron's f operator:
+//              identity forward, all-reduce backward; g, after the row-split GEMMs, is its
+//              conjugate: all-reduce forward, identity backward)
+//   embedding  vocab-parallel: wte rows k*V/t .. (k+1)*V/t - 1; a token outside the slice
+//              embeds as zeros, the outputs are all-reduced over t, then + wpe
+//   head       logits of the local vocabulary (the head tied to the local wte rows);
+//              vocab-parallel cross-entropy: the row max (a max all-reduce of N floats) and
+//              the sum of exponentials with the target's logit (one sum all-reduce of 2N
+//              floats); backward all-reduces the gradient at lnf's output (N*C)
+// LayerNorms, wpe, proj_b and fcproj_b are replicated over t. Their inputs and output
+// gradients are identical on every tensor rank (the all-reduces above make them so, bit for
+// bit: every rank combines the same values in the same order), so their gradients come out
+// identical without an all-reduce: "kept consistent". The trainer counts them 1/t times in
+// the global gradient norm.
+//
+// Units of a slice: a block is two units, "split" (qkv_w [3C/t, C], qkv_b [3C/t],
+// proj_w [C, C/t], fc_w [4C/t, C], fc_b [4C/t], fcproj_w [C, 4C/t]) and "rep" (ln1_w, ln1_b,
+// proj_b, ln2_w, ln2_b, fcproj_b: 6C); embeddings are "wte" [V/t, C], "wpe" [T, C] and "lnf"
+// [2C] (lnf_w, lnf_b). t must divide H and V (topo/mesh.hpp checks); no padding.
+//
+// All-reduces per micro-batch and tensor rank (A(x) = one all-reduce of x floats over t):
+//   each block: forward 2 A(N*C), backward 2 A(N*C)
+//   embedding (first stage): forward A(N*C)
+//   head (last stage): forward A_max(N) + A(2N), backward A(N*C)
+// with N = B*T rows. Nothing is all-reduced when t = 1.
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "base/dtype.hpp"
+#include "model/gpt.hpp"
+
+namespace mics::model {
+
+// In place over the tensor group: data[0..count) = op over the t ranks.
+using TensorAllReduce = std::function<void(float* data, size_t count, ReduceOp op)>;
+
+struct TpSlice {
+  int rank = 0, size = 1;
+};
+
+size_t tp_split_numel(const GptConfig& c, int t);
+size_t tp_rep_numel(const GptConfig& c);
+size_t tp_wte_numel(const GptConfig& c, int t);
+size_t tp_wpe_numel(const GptConfig& c);
+size_t tp_lnf_numel(const GptConfig& c);
+
+// Cut rank `slice.rank`'s pieces out of a full unit (gpt.hpp layouts, as Gpt::init_unit fills
+// them), so a mesh starts from exactly the single-process model.
+void tp_slice_block(const GptConfig& c, TpSlice slice, const float* full_block, float* split, float* rep);
+void tp_slice_embed(const GptConfig& c, TpSlice slice, const float* full_unit0, float* wte, float* wpe, float* lnf);
+
+// One micro-batch's activations on one pipeline stage: `blocks` consecutive blocks, with the
+// embedding (first stage) and the head (last stage) as the stage has them.
+class TpPass {
+ public:
+  TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorAllReduce all_reduce);
+  ~TpPass();
+  TpPass(const TpPass&) = delete;
+  TpPass& operator=(const TpPass&) = delete;
+
+  void set_tokens(const int32_t* inputs, const int32_t* targets);  // B*T each; copied
+  size_t rows() const;            // N = B*T
+  float* input();                 // [N, C]: the stage's input (received, or embed_forward's)
+  const float* output() const;    // [N, C]: the last block's output (what is sent on)
+  float* grad();                  // [N, C]: dL/d(output) before backward, dL/d(input) after
+
+  void embed_forward(const float* wte, const float* wpe);  // into input()
+  void block_forward(int i, const float* split, const float* rep);  // local block i
+  float head_forward(const float* wte, const float* lnf);  // the mean loss; reads output()
+  // Backward: head_backward overwrites dwte, dlnf and grad(); block_backward overwrites the
+  // block's gradients and turns grad() into dL/d(its input); embed_backward accumulates into
+  // dwte and overwrites dwpe from grad().
+  void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf);
+  void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep);
+  void embed_backward(float* dwte, float* dwpe);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mics::model

@@ -1,0 +1,508 @@
+// The mesh trainer: MiCS x tensor x pipeline parallel on the CPU (see mesh_trainer.hpp).
+//
+// Per rank (coordinates (r_i, p_i, s_i, t_i) of topo/mesh.hpp): one shard::Engine on the data
+// communicator of its (stage, tensor rank) slice holds the slice's units, sharded over p and
+// replicated over r (hierarchical all-gather and 2-hop sync as in plain MiCS):
+//   first or last stage  "wte" [V/t, C]   (both ends hold a copy of the tied embedding; the
+//                                          engine sums the two gradient shards at the step's
+//                                          boundary over the "tied" communicator)
+//   first stage          "wpe" [T, C]
+//   each local block     "block.l.split", "block.l.rep" (model/gpt_tp.hpp)
+//   last stage           "lnf" [2C]
+// Every unit is gathered exactly twice per micro-batch (forward and backward; with one stage
+// wte is gathered for the embedding and the head and kept through the backward, as trainer.cpp
+// does with unit 0), so the engine's traffic formula (shard/engine.hpp) holds unchanged.
+// Gradient norm: the engine sums squares over the "model" communicator (the s*t slices of a
+// data index), replicated-over-t units weighted 1/t and the tied wte 1/2 on each end.
+//
+// Data: the data index d = r_i*p + p_i reads like rank d of D = r*p data ranks
+// (io::Prefetcher), every stage of a pipeline the same micro-batches (the first needs the
+// inputs, the last the targets), so the global batch is D*S*B sequences as in a D-rank run.
+//
+// Schedule over the S micro-batches of a step, stage i of s: 1F1B (warm-up of
+// min(s-i-1, S) forwards, then one forward and one backward alternating, then the remaining
+// backwards; at most s-i micro-batches' activations held) or GPipe (all forwards, then all
+// backwards; S held). Activations go forward and their gradients back as blocking
+// point-to-point messages on the "pipeline" communicator, tagged 2m (activation) and 2m+1
+// (gradient) for micro-batch m; steady-state pairs use send_recv so neighbours never wait on
+// each other's sends. Bubble fraction (both schedules): (s-1)/(S+s-1) of a step, reported with
+// the measured time the stage waited in pipeline messages.
+//
+// Traffic per optimizer step and rank, N = B*T rows, E = N*C*4 bytes of one activation,
+// A(x) = comm::predict_traffic(tensor, all_reduce, x floats), Lb = this stage's blocks:
+//   tensor:   S * [ 4*Lb*A(N*C) + first*A(N*C) + last*(A(N) + A(2N) + A(N*C)) ]   (0 when t = 1)
+//   pipeline: S * [ (not last)*E on the rail to stage i+1 + (not first)*E on the rail to i-1 ]
+//   data:     shard::Engine::expected_traffic() of the slice's engine, which includes the tied
+//             embedding's all-reduce of its shard (V/t*C padded / p floats) over 2 ranks and
+//             the one-float norm all-reduce over the model communicator
+// The summary's "mesh" object carries rank 0's bytes per step for each and whether every
+// rank's counters equal these.
+#include "train/mesh_trainer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "base/clock.hpp"
+#include "base/error.hpp"
+#include "base/log.hpp"
+#include "comm/runtime.hpp"
+#include "comm/traffic_model.hpp"
+#include "model/gpt_tp.hpp"
+#include "shard/engine.hpp"
+#include "topo/groups.hpp"
+#include "topo/mesh.hpp"
+#include "train/metrics.hpp"
+#include "train/schedule.hpp"
+#include "train/stop_signal.hpp"
+
+namespace mics::train {
+
+namespace {
+
+constexpr int kIntra = static_cast<int>(fabric::Rail::kIntra);
+constexpr int kInter = static_cast<int>(fabric::Rail::kInter);
+
+topo::MeshLimits limits_of(const model::GptConfig& mc) { return {mc.heads, mc.vocab, mc.layers}; }
+
+// Data ranks of one slice per node under the default placement (tensor innermost).
+int data_per_node(int ranks_per_node, int t, int data_ranks) {
+  if (ranks_per_node % t != 0) return data_ranks;  // a slice's ranks are spread: treat as one node
+  return std::max(1, std::min(data_ranks, ranks_per_node / t));
+}
+
+comm::Traffic minus(const comm::Traffic& a, const comm::Traffic& b) {
+  comm::Traffic t;
+  for (int i = 0; i < fabric::kNumRails; ++i) {
+    t.bytes_sent[static_cast<size_t>(i)] = a.bytes_sent[static_cast<size_t>(i)] - b.bytes_sent[static_cast<size_t>(i)];
+    t.msgs_sent[static_cast<size_t>(i)] = a.msgs_sent[static_cast<size_t>(i)] - b.msgs_sent[static_cast<size_t>(i)];
+  }
+  return t;
+}
+void add(comm::Traffic& total, const comm::Traffic& t, uint64_t times = 1) {
+  for (size_t i = 0; i < static_cast<size_t>(fabric::kNumRails); ++i) total.bytes_sent[i] += t.bytes_sent[i] * times;
+}
+bool same_bytes(const comm::Traffic& a, const comm::Traffic& b) {
+  return a.bytes_sent[kIntra] == b.bytes_sent[kIntra] && a.bytes_sent[kInter] == b.bytes_sent[kInter];
+}
+
+}  // namespace
+
+int mesh_partition_size(const TrainConfig& c, int data_ranks, int data_ranks_per_node) {
+  const topo::Strategy strategy = topo::parse_strategy(c.strategy);
+  const int requested = std::stoi(c.partition_size);
+  return topo::resolve_partition_size(strategy, requested, data_ranks, data_ranks_per_node);
+}
+
+void mesh_preflight(const TrainConfig& c, const model::GptConfig& mc, int world, int ranks_per_node) {
+  const int d = topo::check_mesh(world, c.tensor_parallel, c.pipeline_parallel, limits_of(mc));
+  topo::check_order(c.mesh_order);
+  mesh_partition_size(c, d, data_per_node(ranks_per_node, c.tensor_parallel, d));
+}
+
+namespace {
+
+// One stage's units in its engine.
+struct StageUnits {
+  int wte = -1, wpe = -1, lnf = -1;
+  std::vector<int> split, rep;  // per local block
+};
+
+}  // namespace
+
+int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const io::TokenDataset& train_data) {
+  const model::GptConfig& mc = gpt.config();
+  auto rt = comm::Runtime::start("train " + describe(c));
+  const int rank = rt->rank(), world = rt->world_size();
+  log::set_rank(rank);
+  const bool leader = rank == 0;
+  const auto& topology = rt->topology();
+  const int per_node = topology.uniform_ranks_per_node() ? topology.uniform_ranks_per_node() : world;
+  const int t = c.tensor_parallel, s = c.pipeline_parallel, S = c.grad_accum, B = c.micro_batch;
+  const int D = topo::check_mesh(world, t, s, limits_of(mc));
+  const int p = mesh_partition_size(c, D, data_per_node(per_node, t, D));
+  const int threads = c.threads > 0 ? c.threads
+                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
+  model::set_compute_threads(threads);
+
+  topo::MeshShape shape{D / p, p, s, t, c.mesh_order};
+  topo::Mesh mesh = topo::build_mesh(rt->world(), shape);
+  const topo::MeshCoord me = mesh.me;
+  const bool first = mesh.first_stage(), last = mesh.last_stage();
+  const topo::StageLayers layers = topo::stage_layers(mc.layers, s, me.s);
+  const model::TpSlice slice{me.t, t};
+
+  // --- the slice's engine -------------------------------------------------------------------
+  shard::EngineOptions eo;
+  eo.strategy = topo::parse_strategy(c.strategy);
+  eo.partition_size = p;
+  eo.grad_accum = S;
+  eo.lr = c.lr;
+  eo.beta1 = 0.9f;
+  eo.beta2 = 0.95f;
+  eo.eps = 1e-8f;
+  eo.weight_decay = c.weight_decay;
+  eo.clip_norm = c.clip;
+  eo.comm_dtype = c.comm_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  eo.norm_group = mesh.model.get();
+  shard::Engine engine(*rt, *mesh.data, eo);
+  StageUnits su;
+  const float rep_weight = 1.0f / static_cast<float>(t);
+  if (first || last) su.wte = engine.add_unit("wte", model::tp_wte_numel(mc, t));
+  if (first) su.wpe = engine.add_unit("wpe", model::tp_wpe_numel(mc));
+  for (int l = layers.first; l < layers.first + layers.count; ++l) {
+    su.split.push_back(engine.add_unit(fmt::format("block.{}.split", l), model::tp_split_numel(mc, t)));
+    su.rep.push_back(engine.add_unit(fmt::format("block.{}.rep", l), model::tp_rep_numel(mc)));
+  }
+  if (last) su.lnf = engine.add_unit("lnf", model::tp_lnf_numel(mc));
+  std::vector<float> full0(gpt.unit_numel(0)), full_block(gpt.num_units() > 1 ? gpt.unit_numel(1) : 0),
+      scratch_rep(model::tp_rep_numel(mc));
+  gpt.init_unit(0, c.seed, full0.data());
+  engine.finalize([&](int unit, float* params) {
+    if (unit == su.wte) return model::tp_slice_embed(mc, slice, full0.data(), params, nullptr, nullptr);
+    if (unit == su.wpe) return model::tp_slice_embed(mc, slice, full0.data(), nullptr, params, nullptr);
+    if (unit == su.lnf) return model::tp_slice_embed(mc, slice, full0.data(), nullptr, nullptr, params);
+    for (size_t i = 0; i < su.split.size(); ++i) {
+      if (unit != su.split[i] && unit != su.rep[i]) continue;
+      gpt.init_unit(1 + layers.first + static_cast<int>(i), c.seed, full_block.data());
+      std::vector<float> split(model::tp_split_numel(mc, t));
+      model::tp_slice_block(mc, slice, full_block.data(), split.data(), scratch_rep.data());
+      if (unit == su.split[i]) std::copy(split.begin(), split.end(), params);
+      else std::copy(scratch_rep.begin(), scratch_rep.end(), params);
+      return;
+    }
+  });
+  if (su.wpe >= 0) engine.set_norm_weight(su.wpe, rep_weight);
+  if (su.lnf >= 0) engine.set_norm_weight(su.lnf, rep_weight);
+  for (int u : su.rep) engine.set_norm_weight(u, rep_weight);
+  if (s > 1 && su.wte >= 0) {
+    engine.set_norm_weight(su.wte, 0.5f);
+    engine.tie_gradients(su.wte, mesh.tied.get());
+  }
+
+  // --- communication helpers (all on the engine's communication thread) ---------------------
+  double pipe_wait_s = 0;
+  model::TensorAllReduce tensor_all_reduce = [&](float* data, size_t count, ReduceOp op) {
+    comm::Communicator* tensor = mesh.tensor.get();
+    engine.run_on_comm_thread([=] { tensor->all_reduce(data, data, count, DType::kF32, op); }, "wait for tensor all-reduce");
+  };
+  comm::Communicator* pipe = mesh.pipeline.get();
+  const size_t N = static_cast<size_t>(B) * static_cast<size_t>(T);
+  const size_t act_bytes = N * static_cast<size_t>(mc.channels) * sizeof(float);
+  auto pipe_op = [&](const std::function<void()>& op) {
+    const auto t0 = Clock::now();
+    engine.run_on_comm_thread(op, "wait for pipeline message");
+    pipe_wait_s += seconds_since(t0);
+  };
+  auto tag_act = [](int m) { return static_cast<uint16_t>(2 * m); };
+  auto tag_grad = [](int m) { return static_cast<uint16_t>(2 * m + 1); };
+
+  // --- start-up block --------------------------------------------------------------------------
+  const std::string schedule_name = s == 1 ? "1f1b" : c.pipeline_schedule;
+  const bool gpipe = schedule_name == "gpipe";
+  const double bubble = static_cast<double>(s - 1) / static_cast<double>(S + s - 1);
+  const uint64_t tokens_per_step = static_cast<uint64_t>(D) * S * B * T;
+  if (leader) {
+    std::string block;
+    block += fmt::format("mics train: {} ({})\n", c.model, mc.describe());
+    block += fmt::format("  mesh {} over {}: tensor groups of {}, pipeline of {} stages ({} schedule, bubble {:.3f}), "
+                         "data {} ranks per slice with {} p={} r={}\n",
+                         shape.describe(), topology.describe(), t, s, schedule_name, bubble, D, c.strategy, p, D / p);
+    block += fmt::format("  batch: {} data ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
+                         D, S, B, T, tokens_per_step, c.steps);
+    block += "  (evaluation, samples and checkpoints are not done by the mesh trainer yet)\n";
+    std::fputs(block.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  std::unique_ptr<MetricsWriter> metrics;
+  std::string metrics_path = c.metrics;
+  if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
+  if (leader && !metrics_path.empty()) {
+    if (!c.out.empty()) std::filesystem::create_directories(c.out);
+    metrics = std::make_unique<MetricsWriter>(metrics_path);
+  }
+
+  // --- activations: a pass per micro-batch in flight -----------------------------------------
+  const int slots = gpipe ? S : std::min(S, s - me.s);
+  std::vector<std::unique_ptr<model::TpPass>> passes;
+  for (int i = 0; i < slots; ++i)
+    passes.push_back(std::make_unique<model::TpPass>(mc, slice, B, T, layers.count, tensor_all_reduce));
+  auto pass = [&](int m) -> model::TpPass& { return *passes[static_cast<size_t>(m % slots)]; };
+  std::vector<float> gwte(su.wte >= 0 ? model::tp_wte_numel(mc, t) : 0), gwpe(su.wpe >= 0 ? model::tp_wpe_numel(mc) : 0),
+      glnf(su.lnf >= 0 ? model::tp_lnf_numel(mc) : 0), gsplit(model::tp_split_numel(mc, t)), grep(model::tp_rep_numel(mc));
+  std::vector<io::MicroBatch> batches(static_cast<size_t>(S));
+  double loss_sum = 0;
+
+  auto forward = [&](int m) {
+    model::TpPass& ps = pass(m);
+    const io::MicroBatch& mb = batches[static_cast<size_t>(m)];
+    ps.set_tokens(mb.inputs.data(), mb.targets.data());
+    if (first) {
+      const float* wte = engine.gather(su.wte);
+      const float* wpe = engine.gather(su.wpe);
+      ps.embed_forward(wte, wpe);
+      engine.release(su.wpe);
+      engine.release(su.wte);
+    }
+    for (int i = 0; i < layers.count; ++i) {
+      const int a = su.split[static_cast<size_t>(i)], b = su.rep[static_cast<size_t>(i)];
+      const float* w = engine.gather(a);
+      const float* r = engine.gather(b);
+      if (i + 1 < layers.count) {
+        engine.prefetch(su.split[static_cast<size_t>(i) + 1]);
+        engine.prefetch(su.rep[static_cast<size_t>(i) + 1]);
+      }
+      ps.block_forward(i, w, r);
+      engine.release(a);
+      engine.release(b);
+    }
+    if (last) {
+      const float* wte = engine.gather(su.wte);  // with one stage: kept until the embedding's backward
+      const float* lnf = engine.gather(su.lnf);
+      loss_sum += ps.head_forward(wte, lnf);
+      engine.release(su.lnf);
+      if (!first) engine.release(su.wte);
+    }
+  };
+  auto backward = [&](int m) {
+    model::TpPass& ps = pass(m);
+    if (last) {
+      const float* wte = engine.gather(su.wte);
+      const float* lnf = engine.gather(su.lnf);
+      ps.head_backward(wte, lnf, gwte.data(), glnf.data());
+      engine.release(su.lnf);
+      engine.reduce_gradients(su.lnf, glnf.data());
+      if (!first) {
+        engine.release(su.wte);
+        engine.reduce_gradients(su.wte, gwte.data());
+      }
+    }
+    for (int i = layers.count - 1; i >= 0; --i) {
+      const int a = su.split[static_cast<size_t>(i)], b = su.rep[static_cast<size_t>(i)];
+      const float* w = engine.gather(a);
+      const float* r = engine.gather(b);
+      if (i > 0) {
+        engine.prefetch(su.split[static_cast<size_t>(i) - 1]);
+        engine.prefetch(su.rep[static_cast<size_t>(i) - 1]);
+      }
+      ps.block_backward(i, w, r, gsplit.data(), grep.data());
+      engine.release(a);
+      engine.release(b);
+      engine.reduce_gradients(a, gsplit.data());
+      engine.reduce_gradients(b, grep.data());
+    }
+    if (first) {
+      engine.gather(su.wte);  // the forward's second gather (with one stage: still held from the head)
+      engine.gather(su.wpe);
+      if (!last) std::fill(gwte.begin(), gwte.end(), 0.0f);
+      ps.embed_backward(gwte.data(), gwpe.data());
+      engine.release(su.wpe);
+      engine.release(su.wte);
+      engine.reduce_gradients(su.wpe, gwpe.data());
+      engine.reduce_gradients(su.wte, gwte.data());
+    }
+  };
+  // Pipeline messages (members of `pipe` are stages).
+  auto recv_forward = [&](int m) {
+    if (first) return;
+    float* buf = pass(m).input();
+    pipe_op([=] { pipe->recv(buf, act_bytes, me.s - 1, tag_act(m)); });
+  };
+  auto send_forward = [&](int m) {
+    if (last) return;
+    const float* buf = pass(m).output();
+    pipe_op([=] { pipe->send(buf, act_bytes, me.s + 1, tag_act(m)); });
+  };
+  auto recv_backward = [&](int m) {
+    if (last) return;
+    float* buf = pass(m).grad();
+    pipe_op([=] { pipe->recv(buf, act_bytes, me.s + 1, tag_grad(m)); });
+  };
+  auto send_backward = [&](int m) {
+    if (first) return;
+    const float* buf = pass(m).grad();
+    pipe_op([=] { pipe->send(buf, act_bytes, me.s - 1, tag_grad(m)); });
+  };
+  auto send_forward_recv_backward = [&](int mf, int mb) {
+    if (last) return;
+    const float* out = pass(mf).output();
+    float* in = pass(mb).grad();
+    pipe_op([=] { pipe->send_recv(out, act_bytes, me.s + 1, tag_act(mf), in, act_bytes, me.s + 1, tag_grad(mb)); });
+  };
+  auto send_backward_recv_forward = [&](int mb, int mf) {
+    if (first) return;
+    const float* out = pass(mb).grad();
+    float* in = pass(mf).input();
+    pipe_op([=] { pipe->send_recv(out, act_bytes, me.s - 1, tag_grad(mb), in, act_bytes, me.s - 1, tag_act(mf)); });
+  };
+  auto run_schedule = [&] {
+    if (gpipe) {
+      for (int m = 0; m < S; ++m) recv_forward(m), forward(m), send_forward(m);
+      for (int m = 0; m < S; ++m) recv_backward(m), backward(m), send_backward(m);
+      return;
+    }
+    const int warmup = std::min(s - me.s - 1, S), remaining = S - warmup;
+    for (int m = 0; m < warmup; ++m) recv_forward(m), forward(m), send_forward(m);
+    if (remaining > 0) recv_forward(warmup);
+    for (int k = 0; k < remaining; ++k) {
+      const int mf = warmup + k, mb = k;
+      forward(mf);
+      send_forward_recv_backward(mf, mb);
+      backward(mb);
+      if (k == remaining - 1) send_backward(mb);
+      else send_backward_recv_forward(mb, mf + 1);
+    }
+    for (int mb = remaining; mb < S; ++mb) recv_backward(mb), backward(mb), send_backward(mb);
+  };
+
+  // --- training -------------------------------------------------------------------------------
+  StopSignal stop;
+  const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
+  const io::Sampler sampler(train_data.num_sequences(), c.seed);
+  const int data_index = me.data(shape);
+  io::Prefetcher prefetcher(train_data, sampler, data_index, D, S, B, 0);
+  StepPrinter printer(leader, c.steps, c.log_every);
+  const comm::Traffic tensor_base = mesh.tensor->traffic(), pipe_base = pipe->traffic();
+  double train_seconds = 0, steady_seconds = 0, exposed_total = 0, pipe_wait_total = 0;
+  int steps_done = 0, steady_steps = 0;
+  double last_loss = NAN;
+  bool stopped = false;
+  for (int step = 0; step < c.steps; ++step) {
+    const float lr = schedule.at(step);
+    engine.set_lr(lr);
+    const auto t0 = Clock::now();
+    for (int m = 0; m < S; ++m) batches[static_cast<size_t>(m)] = prefetcher.next();
+    loss_sum = 0;
+    pipe_wait_s = 0;
+    run_schedule();
+    shard::StepReport report;
+    double exposed = 0;
+    for (int m = 0; m < S; ++m) {
+      report = engine.step();
+      exposed += report.exposed_comm_s;
+    }
+    // The mean loss (summed by the last stage's tensor rank 0 of every data index) and an
+    // agreed stop, over every rank: one control all-reduce, not counted as training traffic.
+    float control[2] = {last && me.t == 0 ? static_cast<float>(loss_sum) : 0.0f, stop.requested() ? 1.0f : 0.0f};
+    comm::Communicator* ctl = mesh.control.get();
+    float* cv = control;
+    engine.run_on_comm_thread([=] { ctl->all_reduce(cv, cv, 2, DType::kF32, ReduceOp::kSum); });
+    const double step_s = seconds_since(t0);
+    const double loss = static_cast<double>(control[0]) / (D * S);
+    last_loss = loss;
+    ++steps_done;
+    train_seconds += step_s;
+    if (step > 0 || c.steps == 1) steady_seconds += step_s, ++steady_steps;
+    exposed_total += exposed;
+    pipe_wait_total += pipe_wait_s;
+    StepRecord rec;
+    rec.step = step + 1;
+    rec.loss = loss;
+    rec.lr = lr;
+    rec.grad_norm = report.grad_norm;
+    rec.skipped = report.skipped;
+    rec.step_ms = step_s * 1e3;
+    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
+    rec.comm_exposed_ms = exposed * 1e3;
+    printer.step(rec);
+    if (metrics) metrics->step(rec);
+    if (control[1] > 0) {
+      stopped = true;
+      if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
+      break;
+    }
+  }
+  printer.finish();
+
+  // --- traffic per mesh dimension against the formulas (mesh_trainer.cpp's header) ----------
+  const uint64_t steps64 = static_cast<uint64_t>(steps_done), S64 = static_cast<uint64_t>(S);
+  comm::Traffic tensor_expected, pipe_expected;
+  if (t > 1) {
+    const size_t nc = N * static_cast<size_t>(mc.channels);
+    auto ar = [&](size_t count, uint64_t times) {
+      add(tensor_expected, comm::predict_traffic(*mesh.tensor, "all_reduce", count, DType::kF32), times * S64 * steps64);
+    };
+    ar(nc, 4 * static_cast<uint64_t>(layers.count));
+    if (first) ar(nc, 1);
+    if (last) ar(N, 1), ar(2 * N, 1), ar(nc, 1);
+  }
+  if (!last)
+    pipe_expected.bytes_sent[static_cast<size_t>(rt->transport().rail_to(pipe->global_rank(me.s + 1)))] += act_bytes * S64 * steps64;
+  if (!first)
+    pipe_expected.bytes_sent[static_cast<size_t>(rt->transport().rail_to(pipe->global_rank(me.s - 1)))] += act_bytes * S64 * steps64;
+  const comm::Traffic tensor_sent = minus(mesh.tensor->traffic(), tensor_base);
+  const comm::Traffic pipe_sent = minus(pipe->traffic(), pipe_base);
+  const comm::Traffic data_sent = engine.traffic(), data_expected = engine.expected_traffic(steps_done);
+  float flags[3] = {same_bytes(tensor_sent, tensor_expected) ? 0.0f : 1.0f, same_bytes(pipe_sent, pipe_expected) ? 0.0f : 1.0f,
+                    same_bytes(data_sent, data_expected) ? 0.0f : 1.0f};
+  {
+    comm::Communicator* ctl = mesh.control.get();
+    float* fv = flags;
+    engine.run_on_comm_thread([=] { ctl->all_reduce(fv, fv, 3, DType::kF32, ReduceOp::kMax); });
+  }
+  if (flags[0] + flags[1] + flags[2] > 0)
+    log::warn("traffic differs from the mesh formulas: tensor {}/{} {}/{}, pipeline {}/{} {}/{}, data {}/{} {}/{} (intra, inter: sent/expected)",
+              tensor_sent.bytes_sent[kIntra], tensor_expected.bytes_sent[kIntra], tensor_sent.bytes_sent[kInter],
+              tensor_expected.bytes_sent[kInter], pipe_sent.bytes_sent[kIntra], pipe_expected.bytes_sent[kIntra],
+              pipe_sent.bytes_sent[kInter], pipe_expected.bytes_sent[kInter], data_sent.bytes_sent[kIntra],
+              data_expected.bytes_sent[kIntra], data_sent.bytes_sent[kInter], data_expected.bytes_sent[kInter]);
+  auto per_step = [&](const comm::Traffic& tr) {
+    const double n = std::max(1, steps_done);
+    return nlohmann::json::array({static_cast<double>(tr.bytes_sent[kIntra]) / n, static_cast<double>(tr.bytes_sent[kInter]) / n});
+  };
+  nlohmann::json mj;
+  mj["mesh"] = {{"r", shape.r}, {"p", shape.p}, {"s", s}, {"t", t}, {"order", shape.order},
+                {"schedule", schedule_name}, {"bubble_fraction", bubble},
+                {"pipeline_wait_ms_per_step", steps_done ? pipe_wait_total * 1e3 / steps_done : 0.0},
+                {"tensor_bytes_per_step", per_step(tensor_sent)}, {"pipeline_bytes_per_step", per_step(pipe_sent)},
+                {"data_bytes_per_step", per_step(data_sent)}, {"tensor_matches", flags[0] == 0.0f},
+                {"pipeline_matches", flags[1] == 0.0f}, {"data_matches", flags[2] == 0.0f}};
+  Summary sum;
+  sum.strategy = c.strategy;
+  sum.model = c.model;
+  sum.world_size = world;
+  sum.nodes = topology.num_nodes;
+  sum.partition_size = p;
+  sum.grad_accum = S;
+  sum.micro_batch = B;
+  sum.seq_len = T;
+  sum.steps = steps_done;
+  sum.stopped_early = stopped;
+  sum.final_loss = last_loss;
+  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
+  sum.train_seconds = train_seconds;
+  sum.comm_exposed_ms_per_step = steps_done ? exposed_total * 1e3 / steps_done : 0;
+  const comm::Traffic all = [&] {
+    comm::Traffic a;
+    add(a, tensor_sent), add(a, pipe_sent), add(a, data_sent);
+    return a;
+  }();
+  sum.intra_node_bytes_per_step = steps_done ? static_cast<double>(all.bytes_sent[kIntra]) / steps_done : 0;
+  sum.inter_node_bytes_per_step = steps_done ? static_cast<double>(all.bytes_sent[kInter]) / steps_done : 0;
+  sum.traffic_matches_model = flags[0] + flags[1] + flags[2] == 0.0f;
+  sum.model_state_bytes_per_rank = engine.memory().model_state_bytes;
+  sum.params = mc.num_params();
+  sum.flops_per_token = mc.flops_per_token(T);
+  sum.observability_json = mj.dump();
+  if (leader) {
+    std::fputs(format_summary(sum).c_str(), stdout);
+    std::fputs(fmt::format("  mesh: tensor {:.0f}/{:.0f} B, pipeline {:.0f}/{:.0f} B, data {:.0f}/{:.0f} B per step "
+                           "(intra/inter, rank 0); bubble {:.3f}\n",
+                           per_step(tensor_sent)[0].get<double>(), per_step(tensor_sent)[1].get<double>(),
+                           per_step(pipe_sent)[0].get<double>(), per_step(pipe_sent)[1].get<double>(),
+                           per_step(data_sent)[0].get<double>(), per_step(data_sent)[1].get<double>(), bubble)
+                   .c_str(),
+               stdout);
+    std::fflush(stdout);
+    if (metrics) metrics->summary(sum);
+  }
+  rt->finish();
+  return 0;
+}
+
+}  // namespace mics::train
