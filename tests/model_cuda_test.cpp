@@ -419,19 +419,68 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
     const double ey = rel_error(gy, ref.y), el = rel_error(dlse.get(), ref.lse);
     EXPECT_LT(ey, kBf16Tol);
     EXPECT_LT(el, kF32GemmTol);
-    for (const int stages : {1, 2}) {
-    SCOPED_TRACE("backward stages " + std::to_string(stages));
-    Dev<uint16_t> gq(n), gk(n), gv(n);
-    Dev<float> scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
-    mc::flash_attention_backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, scratch.p, c.bh, c.T,
-                                 c.D, nullptr, stages);
-    const double eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
-                 ev = rel_error(from_bf16(gv.get()), ref.dv);
-    EXPECT_LT(eq, kFlashGradTol);
-    EXPECT_LT(ek, kFlashGradTol);
-    EXPECT_LT(ev, kFlashGradTol);
-    std::printf("[flash bh%d T%d D%d, bwd stages %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T,
-                c.D, stages, ey, el, eq, ek, ev);
+    struct Variant {
+      int stages, min_blocks, key_tile;
+    };
+    for (const Variant var : {Variant{1, 0, 64}, Variant{2, 0, 64}, Variant{1, 3, 64}, Variant{1, 0, 128},
+                              Variant{2, 0, 128}}) {
+      SCOPED_TRACE("backward stages " + std::to_string(var.stages) + " min blocks " + std::to_string(var.min_blocks) +
+                   " key tile " + std::to_string(var.key_tile));
+      Dev<uint16_t> gq(n), gk(n), gv(n);
+      Dev<float> scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
+      mc::flash_attention_backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, scratch.p, c.bh, c.T,
+                                   c.D, nullptr, var.stages, {}, var.min_blocks, var.key_tile);
+      const double eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
+                   ev = rel_error(from_bf16(gv.get()), ref.dv);
+      EXPECT_LT(eq, kFlashGradTol);
+      EXPECT_LT(ek, kFlashGradTol);
+      EXPECT_LT(ev, kFlashGradTol);
+      std::printf(
+          "[flash bh%d T%d D%d, bwd stages %d min blocks %d keys %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n",
+          c.bh, c.T, c.D, var.stages, var.min_blocks, var.key_tile, ey, el, eq, ek, ev);
+    }
+    // The model's layout: the bh heads as one batch row of H = bh heads, q/k/v interleaved in
+    // [T, 3, H, D] (row stride 3 H D), y/dy in [T, H, D]; outputs poisoned (Dev).
+    {
+      const int H = c.bh, D = c.D, T = c.T;
+      const size_t ldq = static_cast<size_t>(3) * H * D, ldo = static_cast<size_t>(H) * D;
+      std::vector<float> qkv(static_cast<size_t>(T) * ldq), dyp(static_cast<size_t>(T) * ldo);
+      for (int h = 0; h < H; ++h)
+        for (int t = 0; t < T; ++t)
+          for (int d = 0; d < D; ++d) {
+            const size_t src = (static_cast<size_t>(h) * T + t) * D + d, dst = t * ldq + static_cast<size_t>(h) * D + d;
+            qkv[dst] = q[src];
+            qkv[dst + ldo] = k[src];
+            qkv[dst + 2 * ldo] = v[src];
+            dyp[t * ldo + static_cast<size_t>(h) * D + d] = dy[src];
+          }
+      const mc::FlashLayout lay{H, static_cast<int>(ldq), static_cast<int>(ldo)};
+      Dev<uint16_t> dqkv(to_bf16(qkv)), ddyp(to_bf16(dyp)), yp(static_cast<size_t>(T) * ldo),
+          gqkv(static_cast<size_t>(T) * ldq);
+      Dev<float> lse2(static_cast<size_t>(H) * T), scratch(mc::flash_scratch_floats(H, T, D));
+      mc::flash_attention_forward(dqkv.p, dqkv.p + ldo, dqkv.p + 2 * ldo, yp.p, lse2.p, H, T, D, nullptr, lay);
+      mc::flash_attention_backward(dqkv.p, dqkv.p + ldo, dqkv.p + 2 * ldo, yp.p, ddyp.p, lse2.p, gqkv.p,
+                                   gqkv.p + ldo, gqkv.p + 2 * ldo, scratch.p, H, T, D, nullptr, 1, lay, 0, 128);
+      const auto hy = from_bf16(yp.get()), hg = from_bf16(gqkv.get());
+      std::vector<float> y2(n), q2(n), k2(n), v2(n);
+      for (int h = 0; h < H; ++h)
+        for (int t = 0; t < T; ++t)
+          for (int d = 0; d < D; ++d) {
+            const size_t dst = (static_cast<size_t>(h) * T + t) * D + d, src = t * ldq + static_cast<size_t>(h) * D + d;
+            y2[dst] = hy[t * ldo + static_cast<size_t>(h) * D + d];
+            q2[dst] = hg[src];
+            k2[dst] = hg[src + ldo];
+            v2[dst] = hg[src + 2 * ldo];
+          }
+      const double ey2 = rel_error(y2, ref.y), el2 = rel_error(lse2.get(), ref.lse), eq2 = rel_error(q2, ref.dq),
+                   ek2 = rel_error(k2, ref.dk), ev2 = rel_error(v2, ref.dv);
+      EXPECT_LT(ey2, kBf16Tol);
+      EXPECT_LT(el2, kF32GemmTol);
+      EXPECT_LT(eq2, kFlashGradTol);
+      EXPECT_LT(ek2, kFlashGradTol);
+      EXPECT_LT(ev2, kFlashGradTol);
+      std::printf("[flash bh%d T%d D%d, qkv-interleaved layout] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n",
+                  c.bh, c.T, c.D, ey2, el2, eq2, ek2, ev2);
     }
   }
 }
@@ -547,6 +596,9 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
   ASSERT_TRUE(mc::flash_supported(64));
   whole_model_case({}, "fused epilogues, flash attention (head 64)", "L2H2C128V256T64");
   whole_model_case({.flash_bwd_stages = 2}, "flash attention, double-buffered backward", "L2H2C128V256T64");
+  whole_model_case({.flash_bwd_min_blocks = 0}, "flash attention, backward without the 3-blocks register cap",
+                   "L2H2C128V256T64");
+  whole_model_case({.flash_bwd_key_tile = 128}, "flash attention, backward with 128-key blocks", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {

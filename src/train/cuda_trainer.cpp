@@ -93,6 +93,8 @@ int run_cuda_training(const TrainConfig& c) {
   if (const char* f = std::getenv("MICS_CUDA_FLASH")) options.flash_attention = std::string(f) != "0";
   if (const char* f = std::getenv("MICS_CUDA_EPILOGUES")) options.fused_epilogues = std::string(f) != "0";
   if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_STAGES")) options.flash_bwd_stages = std::string(f) == "2" ? 2 : 1;
+  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_MINBLOCKS")) options.flash_bwd_min_blocks = std::atoi(f);
+  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_KEYS")) options.flash_bwd_key_tile = std::atoi(f) == 128 ? 128 : 64;
   model::cuda::CudaGpt model(mc, c.micro_batch, T, options);
   {
     std::vector<float> flat(model.num_params());

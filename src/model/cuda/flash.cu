@@ -1,6 +1,10 @@
 // Fused causal attention (kernels.hpp), flash-attention style, written for this project.
 //
-// Layout: q, k, v, y, dy, dq, dk, dv are bf16 [BH, T, D]; lse fp32 [BH, T] holds the natural
+// Layout (FlashLayout): head bh = b * heads + h of q, k, v, dq, dk, dv is the [T, D] matrix at
+// b * T * ld_qkv + h * D with row stride ld_qkv; of y, dy at b * T * ld_o + h * D, row stride ld_o.
+// heads = 1, ld = D is the plain [BH, T, D]; heads = H, ld_qkv = 3C, ld_o = C reads q, k, v
+// straight from the qkv GEMM's [B, T, 3, H, D] output and writes y as [B, T, H, D] (= [N, C]),
+// dq, dk, dv into the [B, T, 3, H, D] gradient. lse fp32 [BH, T] holds the natural
 // log-sum-exp of each row of the scaled scores (scale = 1/sqrt(D)), so P = exp(S*scale - lse).
 // Tensor cores through mma.sync m16n8k16 (bf16 in, fp32 accumulate), operands moved from
 // shared memory with ldmatrix; tiles of 64 queries x 64 keys, 4 warps of 16 rows each.
@@ -69,15 +73,16 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Copy rows [row0, row0 + 64) of a [T, D] bf16 matrix into shared memory [64][D + 8].
-template <int D>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* src, int row0, int T) {
+// Copy rows [row0, row0 + ROWS) of a [T, D] bf16 matrix (row stride ld) into shared memory
+// [ROWS][D + 8], by THREADS threads.
+template <int D, int ROWS = kTile, int THREADS = kThreads>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* src, int row0, int T, int ld) {
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < kTile * kChunks; i += kThreads) {
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
     const int r = i / kChunks, c = (i % kChunks) * 8;
     const int row = row0 + r;
     const bool valid = row < T;
-    cp_async16(dst + r * (D + 8) + c, src + static_cast<size_t>(valid ? row : 0) * D + c, valid);
+    cp_async16(dst + r * (D + 8) + c, src + static_cast<size_t>(valid ? row : 0) * ld + c, valid);
   }
 }
 
@@ -114,7 +119,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
                                                              const __nv_bfloat16* __restrict__ k,
                                                              const __nv_bfloat16* __restrict__ v,
                                                              __nv_bfloat16* __restrict__ y, float* __restrict__ lse,
-                                                             int T, float scale_log2) {
+                                                             int T, float scale_log2, int heads, int ld_qkv,
+                                                             int ld_o) {
   constexpr int LD = D + 8;
   constexpr int KD = D / 16;  // k-steps over the head dimension
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -124,13 +130,15 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
   auto Vs = [&](int b) { return Qs + (2 + 2 * b) * kTile * LD; };
 
   const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // long rows first
-  const size_t base = static_cast<size_t>(blockIdx.y) * T * D;
+  const int bi = static_cast<int>(blockIdx.y) / heads, hi = static_cast<int>(blockIdx.y) % heads;
+  const size_t base = static_cast<size_t>(bi) * T * ld_qkv + static_cast<size_t>(hi) * D;
+  const size_t obase = static_cast<size_t>(bi) * T * ld_o + static_cast<size_t>(hi) * D;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int q0 = qt * kTile;
 
-  load_tile<D>(Qs, q + base, q0, T);
-  load_tile<D>(Ks(0), k + base, 0, T);
-  load_tile<D>(Vs(0), v + base, 0, T);
+  load_tile<D>(Qs, q + base, q0, T, ld_qkv);
+  load_tile<D>(Ks(0), k + base, 0, T, ld_qkv);
+  load_tile<D>(Vs(0), v + base, 0, T, ld_qkv);
   cp_async_commit();
 
   const int row_a = q0 + warp * 16 + (lane >> 2);  // this thread's two rows
@@ -145,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
   for (int kt = 0; kt <= last; ++kt) {
     const int buf = kt & 1;
     if (kt < last) {  // prefetch the next K/V tile into the other stage
-      load_tile<D>(Ks(buf ^ 1), k + base, (kt + 1) * kTile, T);
-      load_tile<D>(Vs(buf ^ 1), v + base, (kt + 1) * kTile, T);
+      load_tile<D>(Ks(buf ^ 1), k + base, (kt + 1) * kTile, T, ld_qkv);
+      load_tile<D>(Vs(buf ^ 1), v + base, (kt + 1) * kTile, T, ld_qkv);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -241,10 +249,10 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
   for (int nt = 0; nt < D / 8; ++nt) {
     const int col = nt * 8 + 2 * (lane & 3);
     if (row_a < T)
-      *reinterpret_cast<uint32_t*>(y + base + static_cast<size_t>(row_a) * D + col) =
+      *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_a) * ld_o + col) =
           pack_bf16(o[nt][0] * inv_a, o[nt][1] * inv_a);
     if (row_b < T)
-      *reinterpret_cast<uint32_t*>(y + base + static_cast<size_t>(row_b) * D + col) =
+      *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_b) * ld_o + col) =
           pack_bf16(o[nt][2] * inv_b, o[nt][3] * inv_b);
   }
   if ((lane & 3) == 0) {
@@ -254,17 +262,19 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
   }
 }
 
-// di[row] = sum_d dy[row, d] * y[row, d] (fp32); one warp per row.
+// di[bh * T + t] = sum_d dy[bh, t, d] * y[bh, t, d] (fp32); one warp per row.
 template <int D>
 __global__ void flash_bwd_dot_kernel(const __nv_bfloat16* __restrict__ y, const __nv_bfloat16* __restrict__ dy,
-                                     float* __restrict__ di, size_t rows) {
+                                     float* __restrict__ di, size_t rows, int T, int heads, int ld_o) {
   const size_t row = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
+  const size_t bh = row / T, t = row % T;
+  const size_t off = (bh / heads * T + t) * ld_o + bh % heads * D;
   float acc = 0.f;
   for (int d = lane * 2; d < D; d += 64) {
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(y + row * D + d));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dy + row * D + d));
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(y + off + d));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dy + off + d));
     acc += a.x * b.x + a.y * b.y;
   }
 #pragma unroll
@@ -272,52 +282,63 @@ __global__ void flash_bwd_dot_kernel(const __nv_bfloat16* __restrict__ y, const 
   if (lane == 0) di[row] = acc;
 }
 
-template <int D, int kStages>
+template <int D, int kStages, int NW>
 constexpr size_t bwd_smem_bytes() {
-  // K, V, kStages x (Q, dO) tiles [64][D+8], dS^T [64][72], kStages x (lse, Di) [64]
-  return static_cast<size_t>(2 + 2 * kStages) * kTile * (D + 8) * sizeof(__nv_bfloat16) +
-         static_cast<size_t>(kTile) * (kTile + 8) * sizeof(__nv_bfloat16) + 2 * kStages * kTile * sizeof(float);
+  // K, V [16 NW][D+8], kStages x (Q, dO) tiles [64][D+8], dS^T [16 NW][72], kStages x (lse, Di) [64]
+  return static_cast<size_t>(2 * 16 * NW + 2 * kStages * kTile) * (D + 8) * sizeof(__nv_bfloat16) +
+         static_cast<size_t>(16 * NW) * (kTile + 8) * sizeof(__nv_bfloat16) + 2 * kStages * kTile * sizeof(float);
 }
 
 // kStages 1: each query tile's Q/dO/lse/Di are loaded and waited for before its math (the
 // measured version); 2: the next tile's are fetched (cp.async) while this one is computed.
-template <int D, int kStages>
-__global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
+// NW warps of 16 keys each: a block owns 16 NW keys (NW 4: 64, NW 8: 128 keys, which halves the
+// Q/dO loads and the dQ atomics per key); for dQ the 64 queries x D split over the warps as 4
+// query groups x NW/4 column groups.
+template <int D, int kStages, int kMinBlocks, int NW>
+__global__ void __launch_bounds__(32 * NW, kMinBlocks) flash_bwd_kernel(
     const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
     const __nv_bfloat16* __restrict__ dy, const float* __restrict__ lse, const float* __restrict__ di,
-    float* __restrict__ dq_acc, __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, int T, float scale) {
+    float* __restrict__ dq_acc, __nv_bfloat16* __restrict__ dk, __nv_bfloat16* __restrict__ dv, int T, float scale,
+    int heads, int ld_qkv, int ld_o) {
   constexpr int LD = D + 8, LDS = kTile + 8;
   constexpr int KD = D / 16;
+  constexpr int KT = 16 * NW, TH = 32 * NW;  // keys and threads per block
+  constexpr int DW = D / (NW / 4);           // dQ columns per warp
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* Ks = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* Vs = Ks + kTile * LD;
-  __nv_bfloat16* stage0 = Vs + kTile * LD;                     // stage b: Q, then dO
+  __nv_bfloat16* Vs = Ks + KT * LD;
+  __nv_bfloat16* stage0 = Vs + KT * LD;                        // stage b: Q, then dO
   __nv_bfloat16* dSs = stage0 + 2 * kStages * kTile * LD;      // dS^T [key][query]
-  auto* stat0 = reinterpret_cast<float*>(dSs + kTile * LDS);  // stage b: lse, then Di
+  auto* stat0 = reinterpret_cast<float*>(dSs + KT * LDS);     // stage b: lse, then Di
 
   const int kt = blockIdx.x;  // tile 0 has the most query tiles: launched first
-  const size_t base = static_cast<size_t>(blockIdx.y) * T * D;
+  const int bi = static_cast<int>(blockIdx.y) / heads, hi = static_cast<int>(blockIdx.y) % heads;
+  const size_t base = static_cast<size_t>(bi) * T * ld_qkv + static_cast<size_t>(hi) * D;
+  const size_t obase = static_cast<size_t>(bi) * T * ld_o + static_cast<size_t>(hi) * D;
+  const int ld_acc = heads * D;  // dq_acc: dense [B, T, heads, D] fp32
+  const size_t abase = static_cast<size_t>(bi) * T * ld_acc + static_cast<size_t>(hi) * D;
   const size_t rbase = static_cast<size_t>(blockIdx.y) * T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int k0 = kt * kTile;
+  const int k0 = kt * KT;
   const int nq = (T + kTile - 1) / kTile;
+  const int qfirst = k0 / kTile;  // the diagonal query tile
   const float scale_log2 = scale * kLog2e;
 
   // Q, dO into stage b with lse (log2 domain) and Di; the statistics by plain stores, seen after
   // the next barrier
   auto load_q = [&](int qt, int b) {
     const int q0 = qt * kTile;
-    load_tile<D>(stage0 + 2 * b * kTile * LD, q + base, q0, T);
-    load_tile<D>(stage0 + (2 * b + 1) * kTile * LD, dy + base, q0, T);
+    load_tile<D, kTile, TH>(stage0 + 2 * b * kTile * LD, q + base, q0, T, ld_qkv);
+    load_tile<D, kTile, TH>(stage0 + (2 * b + 1) * kTile * LD, dy + obase, q0, T, ld_o);
     if (threadIdx.x < kTile) {
       const int r = q0 + static_cast<int>(threadIdx.x);
       stat0[2 * b * kTile + threadIdx.x] = r < T ? lse[rbase + r] * kLog2e : INFINITY;
       stat0[(2 * b + 1) * kTile + threadIdx.x] = r < T ? di[rbase + r] : 0.f;
     }
   };
-  load_tile<D>(Ks, k + base, k0, T);
-  load_tile<D>(Vs, v + base, k0, T);
-  if constexpr (kStages == 2) load_q(kt, 0);
+  load_tile<D, KT, TH>(Ks, k + base, k0, T, ld_qkv);
+  load_tile<D, KT, TH>(Vs, v + base, k0, T, ld_qkv);
+  if constexpr (kStages == 2) load_q(qfirst, 0);
   cp_async_commit();
 
   const int key_a = k0 + warp * 16 + (lane >> 2), key_b = key_a + 8;
@@ -327,9 +348,9 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
 #pragma unroll
     for (int j = 0; j < 4; ++j) dkacc[i][j] = dvacc[i][j] = 0.f;
 
-  for (int qt = kt; qt < nq; ++qt) {
+  for (int qt = qfirst; qt < nq; ++qt) {
     const int q0 = qt * kTile;
-    const int buf = kStages == 2 ? (qt - kt) & 1 : 0;
+    const int buf = kStages == 2 ? (qt - qfirst) & 1 : 0;
     if constexpr (kStages == 2) {
       if (qt + 1 < nq) load_q(qt + 1, buf ^ 1);  // that stage was last read before the previous barrier
       cp_async_commit();
@@ -410,31 +431,32 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
       }
     }
     __syncthreads();
-    // dQ (this warp's 16 queries x D) = dS K = (dS^T)^T K, added to the fp32 scratch
-    float dqacc[D / 8][4];
+    // dQ (this warp's 16 queries x DW columns) = dS K = (dS^T)^T K, added to the fp32 scratch
+    const int qw = warp & 3, dw0 = (warp >> 2) * DW;
+    float dqacc[DW / 8][4];
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) dqacc[i][0] = dqacc[i][1] = dqacc[i][2] = dqacc[i][3] = 0.f;
+    for (int i = 0; i < DW / 8; ++i) dqacc[i][0] = dqacc[i][1] = dqacc[i][2] = dqacc[i][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {  // over the 64 keys
+    for (int kk = 0; kk < KT / 16; ++kk) {  // over the block's keys
       uint32_t a[4];
-      ldsm_x4_t(a, at_frag(dSs, LDS, kk * 16, warp * 16));
+      ldsm_x4_t(a, at_frag(dSs, LDS, kk * 16, qw * 16));
 #pragma unroll
-      for (int dq = 0; dq < D / 16; ++dq) {
+      for (int dq = 0; dq < DW / 16; ++dq) {
         uint32_t b[4];
-        ldsm_x4_t(b, bt_frag(Ks, LD, kk * 16, dq * 16));
+        ldsm_x4_t(b, bt_frag(Ks, LD, kk * 16, dw0 + dq * 16));
         mma(dqacc[2 * dq], a, b[0], b[1]);
         mma(dqacc[2 * dq + 1], a, b[2], b[3]);
       }
     }
-    const int qa_row = q0 + warp * 16 + (lane >> 2), qb_row = qa_row + 8;
+    const int qa_row = q0 + qw * 16 + (lane >> 2), qb_row = qa_row + 8;
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int col = nt * 8 + 2 * (lane & 3);
+    for (int nt = 0; nt < DW / 8; ++nt) {
+      const int col = dw0 + nt * 8 + 2 * (lane & 3);
       if (qa_row < T)
-        atomicAdd(reinterpret_cast<float2*>(dq_acc + base + static_cast<size_t>(qa_row) * D + col),
+        atomicAdd(reinterpret_cast<float2*>(dq_acc + abase + static_cast<size_t>(qa_row) * ld_acc + col),
                   make_float2(dqacc[nt][0], dqacc[nt][1]));
       if (qb_row < T)
-        atomicAdd(reinterpret_cast<float2*>(dq_acc + base + static_cast<size_t>(qb_row) * D + col),
+        atomicAdd(reinterpret_cast<float2*>(dq_acc + abase + static_cast<size_t>(qb_row) * ld_acc + col),
                   make_float2(dqacc[nt][2], dqacc[nt][3]));
     }
     __syncthreads();  // Qs, dOs and dSs are refilled next
@@ -443,33 +465,35 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_kernel(
   for (int nt = 0; nt < D / 8; ++nt) {
     const int col = nt * 8 + 2 * (lane & 3);
     if (key_a < T) {
-      *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_a) * D + col) =
+      *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_a) * ld_qkv + col) =
           pack_bf16(dkacc[nt][0], dkacc[nt][1]);
-      *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_a) * D + col) =
+      *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_a) * ld_qkv + col) =
           pack_bf16(dvacc[nt][0], dvacc[nt][1]);
     }
     if (key_b < T) {
-      *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_b) * D + col) =
+      *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_b) * ld_qkv + col) =
           pack_bf16(dkacc[nt][2], dkacc[nt][3]);
-      *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_b) * D + col) =
+      *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_b) * ld_qkv + col) =
           pack_bf16(dvacc[nt][2], dvacc[nt][3]);
     }
   }
 }
 
-__global__ void f32_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, size_t n) {
+// dq_acc dense fp32 [rows, cols] -> bf16 rows of stride ld_out (cols a multiple of 4).
+__global__ void dq_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, size_t n, int cols,
+                                  int ld_out) {
   const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
-  if (i + 4 <= n) {
-    const float4 x = *reinterpret_cast<const float4*>(in + i);
-    *reinterpret_cast<__nv_bfloat162*>(out + i) = __floats2bfloat162_rn(x.x, x.y);
-    *reinterpret_cast<__nv_bfloat162*>(out + i + 2) = __floats2bfloat162_rn(x.z, x.w);
-  } else {
-    for (size_t j = i; j < n; ++j) out[j] = __float2bfloat16(in[j]);
-  }
+  if (i >= n) return;
+  const size_t r = i / cols, c = i % cols;
+  const float4 x = *reinterpret_cast<const float4*>(in + i);
+  __nv_bfloat16* o = out + r * ld_out + c;
+  *reinterpret_cast<__nv_bfloat162*>(o) = __floats2bfloat162_rn(x.x, x.y);
+  *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(x.z, x.w);
 }
 
 template <int D>
-void forward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, float* lse, int bh, int T, Stream s) {
+void forward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, float* lse, int bh, int T,
+               const FlashLayout& L, Stream s) {
   constexpr size_t smem = fwd_smem_bytes<D>();
   static bool attr = [] {
     MICS_CUDA(cudaFuncSetAttribute(flash_fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -481,48 +505,77 @@ void forward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, flo
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(D));
   flash_fwd_kernel<D><<<grid, kThreads, smem, st(s)>>>(
       reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
-      reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<__nv_bfloat16*>(y), lse, T, scale_log2);
+      reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<__nv_bfloat16*>(y), lse, T, scale_log2, L.heads,
+      L.ld_qkv, L.ld_o);
   MICS_LAUNCHED(flash_fwd_kernel);
 }
 
-template <int D, int kStages>
+template <int D, int kStages, int kMinBlocks, int NW = 4>
 void backward_launch(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dy, const float* lse,
-                     const float* di, float* dq_acc, bf16_t* dk, bf16_t* dv, int bh, int T, Stream s) {
-  constexpr size_t smem = bwd_smem_bytes<D, kStages>();
+                     const float* di, float* dq_acc, bf16_t* dk, bf16_t* dv, int bh, int T, const FlashLayout& L,
+                     Stream s) {
+  constexpr size_t smem = bwd_smem_bytes<D, kStages, NW>();
   static bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(flash_bwd_kernel<D, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(smem)));
+    MICS_CUDA(cudaFuncSetAttribute(flash_bwd_kernel<D, kStages, kMinBlocks, NW>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     return true;
   }();
   (void)attr;
-  const dim3 grid((T + kTile - 1) / kTile, bh);
-  flash_bwd_kernel<D, kStages><<<grid, kThreads, smem, st(s)>>>(
+  const dim3 grid((T + 16 * NW - 1) / (16 * NW), bh);
+  flash_bwd_kernel<D, kStages, kMinBlocks, NW><<<grid, 32 * NW, smem, st(s)>>>(
       reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
       reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<const __nv_bfloat16*>(dy), lse, di, dq_acc,
       reinterpret_cast<__nv_bfloat16*>(dk), reinterpret_cast<__nv_bfloat16*>(dv), T,
-      1.0f / sqrtf(static_cast<float>(D)));
+      1.0f / sqrtf(static_cast<float>(D)), L.heads, L.ld_qkv, L.ld_o);
   MICS_LAUNCHED(flash_bwd_kernel);
 }
 
 template <int D>
 void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y, const bf16_t* dy,
                 const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, float* scratch, int bh, int T, int stages,
-                Stream s) {
+                int min_blocks, int key_tile, const FlashLayout& L, Stream s) {
   const size_t rows = static_cast<size_t>(bh) * T;
   float* dq_acc = scratch;
   float* di = scratch + rows * D;
   MICS_CUDA(cudaMemsetAsync(dq_acc, 0, rows * D * sizeof(float), st(s)));
   flash_bwd_dot_kernel<D><<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, st(s)>>>(
-      reinterpret_cast<const __nv_bfloat16*>(y), reinterpret_cast<const __nv_bfloat16*>(dy), di, rows);
+      reinterpret_cast<const __nv_bfloat16*>(y), reinterpret_cast<const __nv_bfloat16*>(dy), di, rows, T, L.heads,
+      L.ld_o);
   MICS_LAUNCHED(flash_bwd_dot_kernel);
-  if (stages == 2)
-    backward_launch<D, 2>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, s);
-  else
-    backward_launch<D, 1>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, s);
+  // min_blocks 3 (launch bounds capping registers at 168) only where 3 blocks' shared memory fits
+  bool done = false;
+  if constexpr (D == 64) {
+    if (key_tile == 128) {  // 8 warps, one block per SM at 224 registers
+      if (stages == 2)
+        backward_launch<D, 2, 1, 8>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+      else
+        backward_launch<D, 1, 1, 8>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+      done = true;
+    } else if (min_blocks >= 3) {
+      if (stages == 2)
+        backward_launch<D, 2, 3>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+      else
+        backward_launch<D, 1, 3>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+      done = true;
+    }
+  }
+  if (!done) {
+    if (stages == 2)
+      backward_launch<D, 2, 1>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+    else
+      backward_launch<D, 1, 1>(q, k, v, dy, lse, di, dq_acc, dk, dv, bh, T, L, s);
+  }
   const size_t n = rows * D;
-  f32_to_bf16_kernel<<<static_cast<unsigned>((n / 4 + 255) / 256 + 1), 256, 0, st(s)>>>(
-      dq_acc, reinterpret_cast<__nv_bfloat16*>(dq), n);
-  MICS_LAUNCHED(f32_to_bf16_kernel);
+  dq_to_bf16_kernel<<<static_cast<unsigned>((n / 4 + 255) / 256), 256, 0, st(s)>>>(
+      dq_acc, reinterpret_cast<__nv_bfloat16*>(dq), n, L.heads * D, L.ld_qkv);
+  MICS_LAUNCHED(dq_to_bf16_kernel);
+}
+
+FlashLayout resolve(FlashLayout L, int head_dim) {
+  if (L.heads < 1) L.heads = 1;
+  if (L.ld_qkv <= 0) L.ld_qkv = L.heads * head_dim;
+  if (L.ld_o <= 0) L.ld_o = L.heads * head_dim;
+  return L;
 }
 
 }  // namespace
@@ -530,27 +583,32 @@ void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t*
 bool flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, float* lse, int bh,
-                             int seq_len, int head_dim, Stream s) {
+                             int seq_len, int head_dim, Stream s, const FlashLayout& layout) {
   if (bh <= 0 || seq_len <= 0) return;
+  const FlashLayout L = resolve(layout, head_dim);
   switch (head_dim) {
-    case 64: return forward_d<64>(q, k, v, y, lse, bh, seq_len, s);
-    case 128: return forward_d<128>(q, k, v, y, lse, bh, seq_len, s);
+    case 64: return forward_d<64>(q, k, v, y, lse, bh, seq_len, L, s);
+    case 128: return forward_d<128>(q, k, v, y, lse, bh, seq_len, L, s);
     default: throw_cuda("flash_attention_forward", "no fused attention kernel for head size " + std::to_string(head_dim));
   }
 }
 
 void flash_attention_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y, const bf16_t* dy,
                               const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, float* scratch, int bh,
-                              int seq_len, int head_dim, Stream s, int stages) {
+                              int seq_len, int head_dim, Stream s, int stages, const FlashLayout& layout,
+                              int min_blocks, int key_tile) {
   if (bh <= 0 || seq_len <= 0) return;
+  const FlashLayout L = resolve(layout, head_dim);
   switch (head_dim) {
-    case 64: return backward_d<64>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, s);
-    case 128: return backward_d<128>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, s);
+    case 64:
+      return backward_d<64>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, min_blocks, key_tile, L, s);
+    case 128:
+      return backward_d<128>(q, k, v, y, dy, lse, dq, dk, dv, scratch, bh, seq_len, stages, min_blocks, key_tile, L, s);
     default: throw_cuda("flash_attention_backward", "no fused attention kernel for head size " + std::to_string(head_dim));
   }
 }
 
-// dQ in fp32 [BH, T, D], then Di [BH, T]
+// dQ in fp32 (dense [B, T, heads, D]), then Di [BH, T]
 size_t flash_scratch_floats(int bh, int seq_len, int head_dim) {
   return static_cast<size_t>(bh) * seq_len * (head_dim + 1);
 }

@@ -191,14 +191,16 @@ struct CudaGpt::Impl {
       lnf_rstd = f(N);
       logits = h(N * static_cast<size_t>(Vp));
       losses = f(N);
-      qkv = h(3 * nc);
-      yh = h(nc);
+      if (!flash) {  // the GEMM attention's head-major copies
+        qkv = h(3 * nc);
+        yh = h(nc);
+        dyh = h(nc);
+        dp = h(bh * T * T);
+        dqkvh = h(3 * nc);
+      }
       dres_bf16 = h(nc);
       dln = h(nc);
       datty = h(nc);
-      dyh = h(nc);
-      if (!flash) dp = h(bh * T * T);
-      dqkvh = h(3 * nc);
       dqkv = h(3 * nc);
       dfch = h(4 * nc);
       dres = f(nc);
@@ -282,13 +284,20 @@ struct CudaGpt::Impl {
   }
 
   // --- attention ---
+  // The fused kernels read q, k, v straight from the qkv GEMM's [B, T, 3, H, D] output (kept
+  // per layer in a.qkvh) and write y as [N, C]; the GEMM path splits heads first.
+  FlashLayout flash_layout() const { return {H, 3 * C, C}; }
+
   void attention_forward(LayerActs& a) {
     const int bh = B * H;
     const size_t plane = N * C;
-    const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
     if (flash) {
-      flash_attention_forward(q, k, vv, yh, a.lse, bh, T, D, s());
-    } else {
+      flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(), flash_layout());
+      return;
+    }
+    attention_split_heads(qkv, a.qkvh, B, T, H, D, s());
+    const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
+    {
       const float scale = 1.0f / std::sqrt(static_cast<float>(D));
       const long long sqkv = static_cast<long long>(T) * D, ss = static_cast<long long>(T) * T;
       // S^T (keys x queries, column-major) = K Q^T: row-major S [Tq, Tk].
@@ -303,14 +312,16 @@ struct CudaGpt::Impl {
   void attention_backward(const LayerActs& a) {
     const int bh = B * H;
     const size_t plane = N * C;
+    if (flash) {
+      flash_attention_backward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, datty, a.lse, dqkv, dqkv + C,
+                               dqkv + 2 * C, flash_scratch, bh, T, D, s(), opt.flash_bwd_stages, flash_layout(),
+                               opt.flash_bwd_min_blocks, opt.flash_bwd_key_tile);
+      return;
+    }
     const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
     bf16_t *dq = dqkvh, *dk = dqkvh + plane, *dv = dqkvh + 2 * plane;
     attention_permute(datty, dyh, B, T, H, D, /*to_heads=*/true, s());
-    if (flash) {
-      attention_permute(a.atty, yh, B, T, H, D, /*to_heads=*/true, s());
-      flash_attention_backward(q, k, vv, yh, dyh, a.lse, dq, dk, dv, flash_scratch, bh, T, D, s(),
-                               opt.flash_bwd_stages);
-    } else {
+    {
       const float scale = 1.0f / std::sqrt(static_cast<float>(D));
       const long long sqkv = static_cast<long long>(T) * D, ss = static_cast<long long>(T) * T;
       // dP (row-major [Tq, Tk]) = dY V^T
@@ -343,11 +354,10 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "gemm qkv fwd");
-        blas.linear(a.ln1, p16.qkv_w, p16.qkv_b, qkv, n, C, 3 * C, s());
+        blas.linear(a.ln1, p16.qkv_w, p16.qkv_b, flash ? a.qkvh : qkv, n, C, 3 * C, s());
       }
       {
         Scope sc(this, "attention fwd");
-        attention_split_heads(qkv, a.qkvh, B, T, H, D, s());
         attention_forward(a);
       }
       {

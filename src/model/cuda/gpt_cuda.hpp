@@ -27,7 +27,10 @@ struct CudaOptions {
   bool fused_epilogues = true;  // cuBLASLt bias / GELU epilogues
   bool flash_attention = true;  // the fused attention kernels where the head size has them
   bool profile = false;         // time each kind of kernel with CUDA events (take_profile)
-  int flash_bwd_stages = 1;     // fused attention backward: 1 (measured) or 2 (Q/dO double-buffered)
+  int flash_bwd_stages = 1;     // fused attention backward: 1, or 2 (Q/dO double-buffered; no faster on the H200)
+  int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
+                                 // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
+  int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
 };
 
 struct PhaseTime {

@@ -256,6 +256,7 @@ __global__ void __launch_bounds__(256) column_sum_partial8(const bf16* __restric
   const int r0 = chunk * kRowsPerChunk, r1 = min(rows, r0 + kRowsPerChunk);
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (c < C) {
+#pragma unroll 4
     for (int r = r0 + warp; r < r1; r += 8) {
       const uint4 raw = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * C + c);
       const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);

@@ -67,18 +67,30 @@ void causal_softmax(bf16_t* scores, int bh, int seq_len, Stream s);
 void causal_softmax_backward(const bf16_t* p, bf16_t* dp, int bh, int seq_len, float scale,
                              Stream s);
 
-// Flash-style fused causal attention on q, k, v [B, H, T, D] (D = 64 or 128): y [B, H, T, D]
-// and the log-sum-exp per row (fp32 [B, H, T]); backward gives dq, dk, dv [B, H, T, D].
-// flash_supported says whether a head size has the fused kernels.
+// Flash-style fused causal attention (D = 64 or 128) on bh = B * heads heads: y and the
+// log-sum-exp per row (fp32 [B, heads, T]); backward gives dq, dk, dv. Where each head's [T, D]
+// rows live (FlashLayout): q, k, v, dq, dk, dv at (b * T + t) * ld_qkv + h * D + d; y, dy at
+// (b * T + t) * ld_o + h * D + d. The default (heads 1, ld = D) is [BH, T, D]; heads H,
+// ld_qkv 3C, ld_o C reads the qkv GEMM's [B, T, 3, H, D] output in place (k at qkv + C, v at
+// qkv + 2C) and writes y as [N, C]. flash_supported says whether a head size has the kernels.
+struct FlashLayout {
+  int heads = 1;
+  int ld_qkv = 0;  // 0: heads * head_dim
+  int ld_o = 0;    // 0: heads * head_dim
+};
 bool flash_supported(int head_dim);
 void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y,
-                             float* lse, int bh, int seq_len, int head_dim, Stream s);
-// scratch: flash_scratch_floats(bh, seq_len, head_dim) floats. stages: 1 (the measured
-// kernel) or 2 (the next query tile fetched while this one is computed; tested, not yet timed).
+                             float* lse, int bh, int seq_len, int head_dim, Stream s,
+                             const FlashLayout& layout = {});
+// scratch: flash_scratch_floats(bh, seq_len, head_dim) floats. stages: 1 (each query tile's
+// Q/dO waited for) or 2 (the next tile's fetched during this one; measured no faster on the
+// H200). min_blocks 3: launch bounds for 3 blocks per SM; key_tile 128: blocks of 128 keys
+// over 8 warps (half the Q/dO loads and dQ atomics); both head size 64 only, else ignored.
 void flash_attention_backward(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* y,
                               const bf16_t* dy, const float* lse, bf16_t* dq, bf16_t* dk,
                               bf16_t* dv, float* scratch, int bh, int seq_len, int head_dim,
-                              Stream s, int stages = 1);
+                              Stream s, int stages = 1, const FlashLayout& layout = {},
+                              int min_blocks = 0, int key_tile = 64);
 size_t flash_scratch_floats(int bh, int seq_len, int head_dim);
 
 // Conversions, and a fill used to poison outputs in the tests.
