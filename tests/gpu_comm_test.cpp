@@ -81,6 +81,7 @@ TEST(GpuComm, Worker) {
                                    : want == "fabric" ? comm::GpuBackend::kFabric
                                                       : choice.backend;
   auto world = rt->world().split(0, rt->rank(), "gpu-test");
+  if (world->num_nodes() > 1 && world->members_per_node() > 1) world->cross_node();  // set-up traffic first
   auto g = comm::make_gpu_comm(backend, *world, rt->store());
   const int n = g->size(), me = g->rank();
   cudaStream_t stream;

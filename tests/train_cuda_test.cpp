@@ -45,7 +45,7 @@ const std::string& scratch() {
   return dir;
 }
 
-struct Run {
+struct TrainRun {
   mics::testing::RunResult result;
   std::vector<double> losses;
   nlohmann::json summary;
@@ -53,9 +53,9 @@ struct Run {
 
 const std::string kCommon = "--model tiny --micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
 
-Run train(const std::string& args, const std::string& tag) {
+TrainRun train(const std::string& args, const std::string& tag) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
-  Run run;
+  TrainRun run;
   run.result = mics::testing::run_command(fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} train {} {} --metrics {} 2>&1",
                                                       scratch(), MICS_BINARY, kCommon, args, metrics));
   std::ifstream in(metrics);
@@ -68,12 +68,12 @@ Run train(const std::string& args, const std::string& tag) {
   return run;
 }
 
-const Run& gpu_reference() {
-  static const Run run = train("--device cuda --grad-accum 4", "gpu1");
+const TrainRun& gpu_reference() {
+  static const TrainRun run = train("--device cuda --grad-accum 4", "gpu1");
   return run;
 }
-const Run& cpu_reference() {
-  static const Run run = train("--device cpu --grad-accum 4", "cpu1");
+const TrainRun& cpu_reference() {
+  static const TrainRun run = train("--device cpu --grad-accum 4", "cpu1");
   return run;
 }
 
@@ -92,12 +92,12 @@ class TrainCuda : public ::testing::TestWithParam<Layout> {};
 TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
   SKIP_WITHOUT_GPU();
   const Layout l = GetParam();
-  const Run& ref = gpu_reference();
+  const TrainRun& ref = gpu_reference();
   ASSERT_EQ(ref.result.status, 0) << ref.result.output;
   ASSERT_EQ(ref.losses.size(), 6u) << ref.result.output;
-  const Run& cpu = cpu_reference();
+  const TrainRun& cpu = cpu_reference();
   ASSERT_EQ(cpu.losses.size(), 6u) << cpu.result.output;
-  const Run run = train(fmt::format("--device cuda -n {} --nodes {} --strategy {} --partition-size {} --grad-accum {}", l.ranks,
+  const TrainRun run = train(fmt::format("--device cuda -n {} --nodes {} --strategy {} --partition-size {} --grad-accum {}", l.ranks,
                                     l.nodes, l.strategy, l.partition, l.grad_accum),
                         name(l));
   ASSERT_EQ(run.result.status, 0) << run.result.output;
