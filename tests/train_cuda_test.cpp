@@ -122,6 +122,6 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainCuda,
                          ::testing::Values(Layout{2, 1, "zero3", 0, 2}, Layout{2, 1, "ddp", 0, 2},
                                            Layout{4, 1, "mics", 2, 1}, Layout{4, 2, "mics", 2, 1},
                                            Layout{4, 1, "zero3", 0, 1}),
-                         [](const auto& info) { return name(info.param); });
+                         [](const auto& param_info) { return name(param_info.param); });
 
 }  // namespace

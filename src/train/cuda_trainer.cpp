@@ -18,6 +18,7 @@
 #include "base/clock.hpp"
 #include "base/error.hpp"
 #include "base/log.hpp"
+#include "bootstrap/rank_env.hpp"
 #include "comm/gpu_comm.hpp"
 #include "comm/runtime.hpp"
 #include "io/dataset.hpp"
@@ -43,18 +44,12 @@ namespace {
               {.layer = "train", .where = "mics train --device cuda", .hint = std::move(hint)});
 }
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-
 std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull << 30)); }
 
 }  // namespace
 
 int run_cuda_training(const TrainConfig& c) {
-  const bool multi = env_int("WORLD_SIZE", 1) > 1 || env_int("OMPI_COMM_WORLD_SIZE", 1) > 1 ||
-                     env_int("SLURM_NTASKS", 1) > 1;
+  const bool multi = bootstrap::read_rank_env().world_size > 1;  // mics launch, Slurm, Open MPI, ...
   const std::string why = model::cuda::device_unavailable_reason();
   if (!why.empty())
     throw Error(ErrorKind::kUnavailable, why,
