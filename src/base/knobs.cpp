@@ -100,6 +100,15 @@ const std::vector<KnobSpec>& specs() {
          k.algo = v == "auto" ? "" : v;
        },
        [](const Knobs& k) { return k.algo.empty() ? std::string("auto") : k.algo; }},
+      {"MICS_GPU_COMM",
+       "GPU collectives: nccl, fabric (device buffers staged through pinned host memory over "
+       "the libfabric rails), or auto (nccl when every rank has a GPU of its own, else fabric)",
+       [](Knobs& k, const std::string& v) {
+         if (v != "auto" && v != "nccl" && v != "fabric")
+           bad_value("MICS_GPU_COMM", v, "one of auto, nccl, fabric");
+         k.gpu_comm = v;
+       },
+       [](const Knobs& k) { return k.gpu_comm; }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

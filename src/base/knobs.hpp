@@ -23,6 +23,7 @@ struct Knobs {
   int64_t small_msg_bytes = 65536;       // MICS_SMALL_MSG_BYTES: latency algorithm up to here
   int64_t chunk_bytes = 1 << 20;         // MICS_CHUNK_BYTES: pipelining chunk of reducing rings
   int64_t gather_chunk_bytes = 64 << 20; // MICS_GATHER_CHUNK_BYTES: largest ring all-gather message
+  std::string gpu_comm = "auto";         // MICS_GPU_COMM: GPU collectives: auto, nccl or fabric
   std::string data_dir;                  // MICS_DATA_DIR: the embedded corpus' cache (empty: ~/.cache/mics)
   int64_t trace_max_events = 200000;     // MICS_TRACE_MAX_EVENTS: events kept per rank by --trace
   int64_t debug_slow_rank = -1;          // MICS_DEBUG_SLOW_RANK: this rank sleeps before each step

@@ -638,6 +638,28 @@ void section_cuda(Report& r, json& j, const CudaInfo& c) {
   } else {
     r.fact("NCCL", "not built (nccl.h/libnccl not found at configure time)");
   }
+  // The kernel driver's own version (nvidia-smi's "Driver Version"), from the module.
+  std::string kernel_driver;
+  if (std::ifstream in("/sys/module/nvidia/version"); in) std::getline(in, kernel_driver);
+  if (!kernel_driver.empty()) r.fact("driver (kernel module)", kernel_driver);
+  jc["kernel_driver_version"] = kernel_driver.empty() ? json(nullptr) : json(kernel_driver);
+  // What `mics train --device cuda` with several ranks uses for its GPU collectives here.
+  const std::string mode = knobs().gpu_comm;
+  std::string gpu_comm;
+  if (mode == "fabric" || !c.built_with_nccl)
+    gpu_comm = fmt::format("fabric ({}): device buffers staged through pinned host memory over the "
+                           "libfabric rails; no GPUDirect RDMA on this path, so NCCL_NET_GDR_LEVEL "
+                           "and FI_EFA_USE_DEVICE_RDMA do not change it",
+                           mode == "fabric" ? "MICS_GPU_COMM=fabric" : "this build has no NCCL");
+  else
+    gpu_comm = fmt::format("MICS_GPU_COMM={}: NCCL when every rank has a GPU of its own (up to {} "
+                           "rank{} on this host), else the fabric fallback through pinned host "
+                           "memory (ranks sharing a GPU){}; NCCL_NET_GDR_LEVEL and "
+                           "FI_EFA_USE_DEVICE_RDMA matter only to NCCL's network path across nodes",
+                           mode, c.device_count, c.device_count == 1 ? "" : "s",
+                           mode == "nccl" ? ", which MICS_GPU_COMM=nccl turns into an error" : "");
+  r.fact("GPU collectives", gpu_comm);
+  jc["gpu_comm"] = mode;
   jc["runtime_version"] =
       c.runtime_version > 0 ? json(cuda_version_text(c.runtime_version)) : json(nullptr);
   jc["driver_version"] =

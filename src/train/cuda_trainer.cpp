@@ -1,6 +1,9 @@
-// `mics train --device cuda` for one rank: the GPT on one GPU (model/cuda/gpt_cuda.hpp), the same
-// data pipeline (io/), schedule and metrics as the CPU loop in trainer.cpp, AdamW on the device.
-// Multi-rank GPU training (NCCL communicators, the sharded GPU engine) comes later.
+// `mics train --device cuda`: the GPT on GPUs (model/cuda/gpt_cuda.hpp), the same data pipeline
+// (io/), schedule and metrics as the CPU loop in trainer.cpp, AdamW on the device.
+// One rank: the model steps itself. Several ranks (mics launch / -n, Slurm, mpirun): the GPU
+// sharded engine (shard/cuda_engine.hpp) holds the optimizer states sharded and drives the
+// reduce-scatters, the 2-hop all-reduce and the parameter all-gather over NCCL, or over the
+// libfabric rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
 #include "train/cuda_trainer.hpp"
 
 #include <algorithm>
@@ -14,11 +17,17 @@
 
 #include "base/clock.hpp"
 #include "base/error.hpp"
+#include "base/log.hpp"
+#include "bootstrap/rank_env.hpp"
+#include "comm/gpu_comm.hpp"
+#include "comm/runtime.hpp"
 #include "io/dataset.hpp"
 #include "io/markov_corpus.hpp"
 #include "io/token_shard.hpp"
 #include "model/cuda/gpt_cuda.hpp"
 #include "model/gpt.hpp"
+#include "shard/cuda_engine.hpp"
+#include "topo/groups.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
@@ -35,19 +44,12 @@ namespace {
               {.layer = "train", .where = "mics train --device cuda", .hint = std::move(hint)});
 }
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-
 std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull << 30)); }
 
 }  // namespace
 
 int run_cuda_training(const TrainConfig& c) {
-  if (env_int("WORLD_SIZE", 1) > 1 || env_int("OMPI_COMM_WORLD_SIZE", 1) > 1 || env_int("SLURM_NTASKS", 1) > 1)
-    bad("--device cuda runs one rank for now; this job has several",
-        "run one process (multi-rank GPU training with NCCL is not built yet), or use --device cpu");
+  const bool multi = bootstrap::read_rank_env().world_size > 1;  // mics launch, Slurm, Open MPI, ...
   const std::string why = model::cuda::device_unavailable_reason();
   if (!why.empty())
     throw Error(ErrorKind::kUnavailable, why,
@@ -95,24 +97,71 @@ int run_cuda_training(const TrainConfig& c) {
   if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_STAGES")) options.flash_bwd_stages = std::string(f) == "2" ? 2 : 1;
   if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_MINBLOCKS")) options.flash_bwd_min_blocks = std::atoi(f);
   if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_KEYS")) options.flash_bwd_key_tile = std::atoi(f) == 128 ? 128 : 64;
+  // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
+  std::unique_ptr<comm::Runtime> rt;
+  int rank = 0, world = 1;
+  comm::GpuBackendChoice backend;
+  if (multi) {
+    rt = comm::Runtime::start(fmt::format("train cuda model={} strategy={} p={} S={} B={} T={} steps={} seed={} lr={} clip={} wd={}",
+                                          c.model, c.strategy, c.partition_size, c.grad_accum, c.micro_batch, T, c.steps,
+                                          c.seed, c.lr, c.clip, c.weight_decay));
+    rank = rt->rank();
+    world = rt->world_size();
+    log::set_rank(rank);
+    if (c.partition_size == "auto")
+      bad("--partition-size auto is not built for --device cuda", "give a partition size (or 0: the ranks per node)");
+    if (c.comm_dtype != "f32")
+      bad(fmt::format("--comm-dtype {} is not built for --device cuda", c.comm_dtype), "use --comm-dtype f32");
+    const int device = comm::select_gpu_device(*rt);
+    backend = comm::choose_gpu_backend(*rt, device);
+  }
+  const bool leader = rank == 0;
+  const size_t numel = [&] {
+    size_t n = 0;
+    for (int u = 0; u < gpt.num_units(); ++u) n += gpt.unit_numel(u);
+    return n;
+  }();
+  if (multi) {
+    options.param_capacity = (numel + static_cast<size_t>(world) - 1) / static_cast<size_t>(world) * static_cast<size_t>(world);
+    options.own_optimizer = false;
+  }
   model::cuda::CudaGpt model(mc, c.micro_batch, T, options);
   {
     std::vector<float> flat(model.num_params());
     for (int u = 0; u < gpt.num_units(); ++u) gpt.init_unit(u, c.seed, flat.data() + model.unit_offset(u));
     model.upload_params(flat.data());
   }
+  std::unique_ptr<shard::CudaEngine> engine;
+  if (multi) {
+    shard::CudaEngineOptions eo;
+    eo.strategy = topo::parse_strategy(c.strategy);
+    eo.partition_size = std::stoi(c.partition_size);
+    eo.grad_accum = c.grad_accum;
+    eo.beta1 = 0.9f;
+    eo.beta2 = 0.95f;
+    eo.eps = 1e-8f;
+    eo.weight_decay = c.weight_decay;
+    eo.clip_norm = c.clip;
+    eo.backend = backend.backend;
+    engine = std::make_unique<shard::CudaEngine>(*rt, eo, numel, model.device_optimizer());
+    engine->finalize(model.device_params(), model.stream());
+  }
   const model::cuda::DeviceSummary dev = model::cuda::device_summary();
-  const uint64_t tokens_per_step = static_cast<uint64_t>(c.grad_accum) * c.micro_batch * T;
+  const uint64_t tokens_per_step = static_cast<uint64_t>(world) * c.grad_accum * c.micro_batch * T;
   // MFU as the peers quote it: 6N + 6LCT per token, N without the position table.
   const double n_no_wpe = static_cast<double>(mc.num_params()) - static_cast<double>(mc.max_seq) * mc.channels;
   const double flops_per_token = 6.0 * n_no_wpe + 6.0 * mc.layers * mc.channels * T;
   const int warmup = c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup;
+  if (leader) {
   std::printf("mics train: %s (%s) on %s (%s)\n", c.model.c_str(), mc.describe().c_str(), dev.name.c_str(),
               human(static_cast<double>(dev.memory_bytes)).c_str());
-  std::printf("  device cuda, 1 rank | bf16 compute, fp32 master weights and accumulation | attention: %s\n",
-              model.attention_kind().c_str());
-  std::printf("  batch: %d micro-steps x %d sequences x %d tokens = %llu tokens per step; %d steps\n", c.grad_accum,
-              c.micro_batch, T, static_cast<unsigned long long>(tokens_per_step), c.steps);
+  if (engine)
+    std::printf("  device cuda, %d ranks: %s p=%d r=%d | GPU collectives: %s\n", world, c.strategy.c_str(),
+                engine->partition_size(), engine->replicas(), backend.reason.c_str());
+  std::printf("  device cuda, %d rank%s | bf16 compute, fp32 master weights and accumulation | attention: %s\n",
+              world, world == 1 ? "" : "s", model.attention_kind().c_str());
+  std::printf("  batch: %d ranks x %d micro-steps x %d sequences x %d tokens = %llu tokens per step; %d steps\n", world,
+              c.grad_accum, c.micro_batch, T, static_cast<unsigned long long>(tokens_per_step), c.steps);
   std::printf("  optimizer: AdamW lr %.2e (warm-up %d, cosine to %.2e), weight decay %g, clip %g\n", c.lr, warmup,
               c.lr * c.min_lr_ratio, c.weight_decay, c.clip);
   std::printf("  data: %s (%llu sequences; eval: %s)\n", origin.c_str(),
@@ -120,18 +169,19 @@ int run_cuda_training(const TrainConfig& c) {
               val_data ? fmt::format("{} sequences", val_data->num_sequences()).c_str() : "none");
   std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
   std::fflush(stdout);
+  }
 
   std::unique_ptr<MetricsWriter> metrics;
   std::string metrics_path = c.metrics;
   if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
-  if (!c.out.empty()) fs::create_directories(c.out);
-  if (!metrics_path.empty()) metrics = std::make_unique<MetricsWriter>(metrics_path);
+  if (!c.out.empty() && leader) fs::create_directories(c.out);
+  if (!metrics_path.empty() && leader) metrics = std::make_unique<MetricsWriter>(metrics_path);
 
   StopSignal stop;
   const LrSchedule schedule{c.lr, warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
-  io::Prefetcher prefetcher(train_data, sampler, 0, 1, c.grad_accum, c.micro_batch, 0);
-  StepPrinter printer(true, c.steps, c.log_every);
+  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, 0);
+  StepPrinter printer(leader, c.steps, c.log_every);
   model::cuda::AdamWConfig adam;
   adam.beta1 = 0.9f;
   adam.beta2 = 0.95f;
@@ -148,11 +198,31 @@ int run_cuda_training(const TrainConfig& c) {
     const double wait_before = prefetcher.wait_seconds();
     adam.lr = schedule.at(step);
     model.zero_grads();
-    for (int m = 0; m < c.grad_accum; ++m) {
-      io::MicroBatch mb = prefetcher.next();
-      model.forward_backward(mb.inputs.data(), mb.targets.data());
+    model::cuda::StepResult r;
+    bool stop_agreed = false;
+    if (!engine) {
+      for (int m = 0; m < c.grad_accum; ++m) {
+        io::MicroBatch mb = prefetcher.next();
+        model.forward_backward(mb.inputs.data(), mb.targets.data());
+      }
+      r = model.step(adam, step + 1, c.grad_accum);
+    } else {
+      for (int m = 0; m < c.grad_accum; ++m) {
+        io::MicroBatch mb = prefetcher.next();
+        if (m > 0) model.clear_grads();
+        model.forward_backward(mb.inputs.data(), mb.targets.data());
+        engine->reduce_gradients(model.device_grads(), model.stream());
+      }
+      const float local_loss = model.accumulated_loss();
+      const shard::CudaStepReport er = engine->step(model.device_params(), adam.lr, model.stream());
+      model.params_changed();
+      float control[2] = {local_loss, stop.requested() ? 1.0f : 0.0f};
+      engine->control_all_reduce(control, 2, ReduceOp::kSum);
+      r.loss = control[0] / static_cast<double>(world);
+      r.grad_norm = er.grad_norm;
+      r.skipped = er.skipped;
+      stop_agreed = control[1] > 0;
     }
-    const model::cuda::StepResult r = model.step(adam, step + 1, c.grad_accum);
     const double step_s = seconds_since(t0);
     if (step == 0) peak_in_use = model::cuda::device_memory_in_use();
     if (step == skip_timing - 1 || (skip_timing == 0 && step == 0)) {
@@ -176,7 +246,7 @@ int run_cuda_training(const TrainConfig& c) {
     rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
     printer.step(rec);
     if (metrics) metrics->step(rec);
-    if (stop.requested()) {
+    if (engine ? stop_agreed : stop.requested()) {
       stopped = true;
       printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
       break;
@@ -201,7 +271,9 @@ int run_cuda_training(const TrainConfig& c) {
   }
 
   Summary sum;
-  sum.strategy = "single GPU";
+  sum.strategy = engine ? fmt::format("{} on GPUs (p={}, r={}, {} collectives)", c.strategy, engine->partition_size(),
+                                       engine->replicas(), comm::to_string(engine->backend()))
+                        : "single GPU";
   sum.model = c.model;
   sum.grad_accum = c.grad_accum;
   sum.micro_batch = c.micro_batch;
@@ -215,8 +287,31 @@ int run_cuda_training(const TrainConfig& c) {
   sum.train_seconds = train_seconds;
   sum.traffic_matches_model = true;
   sum.model_state_bytes_per_rank = static_cast<uint64_t>(model.num_params()) * 18;
+  if (engine) {
+    const comm::Traffic got = engine->traffic();
+    const comm::Traffic want = engine->expected_traffic(steps_done);
+    sum.traffic_matches_model = got.bytes_sent == want.bytes_sent;
+    const double n = std::max(1, steps_done);
+    sum.intra_node_bytes_per_step = static_cast<double>(got.bytes(fabric::Rail::kIntra)) / n;
+    sum.inter_node_bytes_per_step = static_cast<double>(got.bytes(fabric::Rail::kInter)) / n;
+    // sharded optimizer states (16 B per shard element) + the model's full fp32 params and
+    // grads and bf16 copy (10 B per parameter)
+    sum.model_state_bytes_per_rank = engine->model_state_bytes() + static_cast<uint64_t>(model.num_params()) * 10;
+    if (!sum.traffic_matches_model)
+      log::warn("GPU engine traffic: got intra {} inter {} bytes, the formula says intra {} inter {}",
+                got.bytes(fabric::Rail::kIntra), got.bytes(fabric::Rail::kInter), want.bytes(fabric::Rail::kIntra),
+                want.bytes(fabric::Rail::kInter));
+  }
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
+  if (engine) {
+    if (metrics) metrics->summary(sum);
+    if (leader) std::fputs(format_summary(sum).c_str(), stdout);
+    std::fflush(stdout);
+    engine.reset();
+    rt->finish();
+    return 0;
+  }
   std::fputs(format_summary(sum).c_str(), stdout);
   const double tflops = sum.tokens_per_s * flops_per_token / 1e12;
   std::printf("  %-28s %s\n", "GPU", dev.name.c_str());

@@ -1,10 +1,10 @@
 #pragma once
-// `mics train --device cuda`: one rank training the GPT on one GPU (cuda_trainer.cpp).
+// `mics train --device cuda`: the GPT on GPUs, one rank or several (cuda_trainer.cpp).
 #include "train/config.hpp"
 
 namespace mics::train {
 
-// Returns the exit status; throws mics::Error (no GPU, several ranks, bad flags).
+// Returns the exit status; throws mics::Error (no GPU, bad flags).
 int run_cuda_training(const TrainConfig& config);
 
 }  // namespace mics::train

@@ -104,7 +104,7 @@ struct CudaGpt::Impl {
   cudaStream_t stream = nullptr;
   Blas blas;
   Arena arena;
-  size_t nparams = 0;
+  size_t nparams = 0, capacity = 0;
   std::vector<size_t> offsets;
   // parameters and optimizer state
   float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
@@ -156,15 +156,16 @@ struct CudaGpt::Impl {
       offsets.push_back(nparams);
       nparams += gpt.unit_numel(u);
     }
+    capacity = std::max(nparams, opt.param_capacity);
     const size_t bh = static_cast<size_t>(B) * H;
     const size_t nc = N * C;
     auto plan = [&](bool take) {
       auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
       auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
-      params = f(nparams);
-      grads = f(nparams);
-      m = f(nparams);
-      v = f(nparams);
+      params = f(capacity);
+      grads = f(capacity);
+      m = opt.own_optimizer ? f(nparams) : nullptr;
+      v = opt.own_optimizer ? f(nparams) : nullptr;
       params_bf16 = h(nparams);
       acts.assign(static_cast<size_t>(L), LayerActs{});
       for (auto& a : acts) {
@@ -218,9 +219,10 @@ struct CudaGpt::Impl {
     arena.allocate();
     plan(true);
     MICS_CUDA(cudaMallocHost(&host_out, 2 * sizeof(float)));
-    MICS_CUDA(cudaMemsetAsync(m, 0, nparams * 4, stream));
-    MICS_CUDA(cudaMemsetAsync(v, 0, nparams * 4, stream));
-    MICS_CUDA(cudaMemsetAsync(grads, 0, nparams * 4, stream));
+    if (m) MICS_CUDA(cudaMemsetAsync(m, 0, nparams * 4, stream));
+    if (v) MICS_CUDA(cudaMemsetAsync(v, 0, nparams * 4, stream));
+    MICS_CUDA(cudaMemsetAsync(params, 0, capacity * 4, stream));
+    MICS_CUDA(cudaMemsetAsync(grads, 0, capacity * 4, stream));
     MICS_CUDA(cudaMemsetAsync(loss_sum, 0, 4, stream));
   }
 
@@ -500,9 +502,38 @@ void CudaGpt::download_grads(float* host) const {
 void CudaGpt::zero_grads() {
   Impl& s = *impl_;
   Impl::Scope sc(&s, "zero grads");
-  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.nparams * 4, s.stream));
+  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.capacity * 4, s.stream));
   MICS_CUDA(cudaMemsetAsync(s.loss_sum, 0, 4, s.stream));
   s.micro = 0;
+}
+
+float* CudaGpt::device_params() { return impl_->params; }
+float* CudaGpt::device_grads() { return impl_->grads; }
+void* CudaGpt::stream() { return impl_->stream; }
+
+void CudaGpt::clear_grads() {
+  Impl& s = *impl_;
+  Impl::Scope sc(&s, "zero grads");
+  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.capacity * 4, s.stream));
+}
+
+void CudaGpt::params_changed() {
+  Impl& s = *impl_;
+  f32_to_bf16(s.params, s.params_bf16, s.nparams, s.stream);
+}
+
+shard::DeviceOptimizer CudaGpt::device_optimizer() {
+  Impl* s = impl_.get();
+  shard::DeviceOptimizer d;
+  d.sum_squares = [s](const float* x, size_t n, float* out, comm::GpuStream stream) {
+    sum_squares(x, n, out, s->norm_partial, stream);
+  };
+  d.adamw = [](float* param, const float* grad, float* m, float* v, size_t n, const float* norm_sq,
+               const shard::AdamWStep& a, comm::GpuStream stream) {
+    const AdamWArgs args{a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale, a.clip_norm, a.t};
+    adamw(param, nullptr, grad, m, v, n, norm_sq, args, stream);
+  };
+  return d;
 }
 
 void CudaGpt::forward_backward(const int32_t* inputs, const int32_t* targets) {
@@ -533,6 +564,9 @@ float CudaGpt::accumulated_loss() {
 
 StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
   Impl& s = *impl_;
+  if (!s.m)
+    throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step without optimizer states (own_optimizer = false)",
+                {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
   const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
   {
     Impl::Scope sc(&s, "grad norm");

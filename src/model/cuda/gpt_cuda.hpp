@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "model/gpt.hpp"
+#include "shard/cuda_engine.hpp"
 
 namespace mics::model::cuda {
 
@@ -31,6 +32,11 @@ struct CudaOptions {
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
                                  // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
   int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
+  // For the sharded engine (shard/cuda_engine.hpp): parameter and gradient arrays of at least
+  // this many floats (zeros past num_params(); the engine's padded size), and no AdamW moments
+  // of the model's own (the engine keeps them, sharded).
+  size_t param_capacity = 0;
+  bool own_optimizer = true;
 };
 
 struct PhaseTime {
@@ -72,6 +78,17 @@ class CudaGpt {
   // Global norm, clip, AdamW with step number t (1-based) over micro_steps accumulated
   // micro-batches; waits for the device and returns the loss and norm.
   StepResult step(const AdamWConfig& config, int64_t t, int micro_steps);
+
+  // For the sharded engine: the device arrays (fp32 params and grads, param_capacity floats),
+  // the model's stream (a cudaStream_t), clear_grads() (gradients only, the loss accumulator
+  // stays), params_changed() (remake the bf16 copy after the engine wrote the fp32 params, on
+  // the model's stream), and the norm and AdamW kernels bound to this model's scratch.
+  float* device_params();
+  float* device_grads();
+  void* stream();
+  void clear_grads();
+  void params_changed();
+  shard::DeviceOptimizer device_optimizer();
 
   std::vector<PhaseTime> take_profile();
   uint64_t allocated_bytes() const;  // what this model allocated (params, states, activations)

@@ -1,0 +1,283 @@
+#include "shard/cuda_engine.hpp"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "base/clock.hpp"
+#include "base/log.hpp"
+#include "comm/traffic_model.hpp"
+
+#ifdef MICS_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace mics::shard {
+
+#ifdef MICS_HAVE_CUDA
+namespace cuda {
+void add_into(float* acc, const float* x, size_t n, void* stream);  // shard/cuda/engine_kernels.cu
+}
+
+namespace {
+
+void check(cudaError_t err, const char* call) {
+  if (err != cudaSuccess)
+    throw Error(ErrorKind::kUnavailable, fmt::format("{} failed: {}: {}", call, cudaGetErrorName(err), cudaGetErrorString(err)),
+                {.layer = "shard", .where = "GPU sharded engine", .hint = "check the GPU with mics doctor and nvidia-smi"});
+}
+#define MICS_ENGINE_CUDA(call) check((call), #call)
+
+cudaStream_t st(comm::GpuStream s) { return static_cast<cudaStream_t>(s); }
+
+void add_to(comm::Traffic& total, const comm::Traffic& t, uint64_t times = 1) {
+  for (int i = 0; i < fabric::kNumRails; ++i) {
+    total.bytes_sent[i] += t.bytes_sent[i] * times;
+    total.msgs_sent[i] += t.msgs_sent[i] * times;
+  }
+}
+
+comm::Traffic minus(const comm::Traffic& a, const comm::Traffic& b) {
+  comm::Traffic t;
+  for (int i = 0; i < fabric::kNumRails; ++i) {
+    t.bytes_sent[i] = a.bytes_sent[i] - b.bytes_sent[i];
+    t.msgs_sent[i] = a.msgs_sent[i] - b.msgs_sent[i];
+  }
+  return t;
+}
+
+}  // namespace
+
+struct CudaEngine::Impl {
+  comm::Runtime& runtime;
+  CudaEngineOptions options;
+  DeviceOptimizer ops;
+  topo::Groups groups;
+  std::unique_ptr<comm::Communicator> world;  // control all-reduces (not in traffic())
+  std::unique_ptr<comm::GpuComm> partition, replication;  // null for a group of one
+  int N = 1, p = 1, r = 1;
+  size_t numel = 0, padded = 0, shard = 0;
+  float *master = nullptr, *acc = nullptr, *m = nullptr, *v = nullptr, *rs_out = nullptr, *norm_sq = nullptr;
+  float* host_norm = nullptr;
+  cudaStream_t cs = nullptr;
+  cudaEvent_t compute_done = nullptr, comm_done = nullptr;
+  int micro = 0;
+  int64_t steps = 0;
+  int consecutive_skips = 0;
+  comm::Traffic base;
+
+  Impl(comm::Runtime& rt, const CudaEngineOptions& o, DeviceOptimizer d) : runtime(rt), options(o), ops(std::move(d)) {}
+  ~Impl() {
+    if (cs) cudaStreamSynchronize(cs);
+    for (float* f : {master, acc, m, v, rs_out, norm_sq})
+      if (f) cudaFree(f);
+    if (host_norm) cudaFreeHost(host_norm);
+    if (compute_done) cudaEventDestroy(compute_done);
+    if (comm_done) cudaEventDestroy(comm_done);
+    if (cs) cudaStreamDestroy(cs);
+  }
+
+  comm::Traffic raw_traffic() const {
+    comm::Traffic t;
+    if (partition) add_to(t, partition->traffic());
+    if (replication) add_to(t, replication->traffic());
+    return t;
+  }
+  // After the compute stream's work so far.
+  void follow(comm::GpuStream compute) {
+    MICS_ENGINE_CUDA(cudaEventRecord(compute_done, st(compute)));
+    MICS_ENGINE_CUDA(cudaStreamWaitEvent(cs, compute_done, 0));
+  }
+  void lead(comm::GpuStream compute) {
+    MICS_ENGINE_CUDA(cudaEventRecord(comm_done, cs));
+    MICS_ENGINE_CUDA(cudaStreamWaitEvent(st(compute), comm_done, 0));
+  }
+};
+
+CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options, size_t numel, DeviceOptimizer ops)
+    : impl_(std::make_unique<Impl>(runtime, options, std::move(ops))) {
+  Impl& s = *impl_;
+  if (options.grad_accum < 1)
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("grad_accum {} < 1", options.grad_accum), {.layer = "shard"});
+  comm::Communicator& job = runtime.world();
+  s.N = job.size();
+  const int per_node = runtime.topology().uniform_ranks_per_node() ? runtime.topology().uniform_ranks_per_node() : s.N;
+  s.p = topo::resolve_partition_size(options.strategy, options.partition_size, s.N, per_node);
+  s.r = s.N / s.p;
+  s.groups = topo::build_groups(job, s.p);
+  s.world = job.split(0, job.rank(), "gpu-engine-world");
+  if (s.groups.partition->num_nodes() > 1 && s.groups.partition->members_per_node() > 1)
+    s.groups.partition->cross_node();  // the hierarchical all-gather's sub-communicators, now
+  if (s.p > 1) s.partition = comm::make_gpu_comm(options.backend, *s.groups.partition, runtime.store());
+  if (s.r > 1) s.replication = comm::make_gpu_comm(options.backend, *s.groups.replication, runtime.store());
+  s.base = s.raw_traffic();
+  s.numel = numel;
+  const size_t n = static_cast<size_t>(s.N);
+  s.padded = (numel + n - 1) / n * n;
+  s.shard = s.padded / static_cast<size_t>(s.p);
+  for (float** f : {&s.master, &s.acc, &s.m, &s.v, &s.rs_out})
+    MICS_ENGINE_CUDA(cudaMalloc(f, std::max<size_t>(s.shard, 1) * sizeof(float)));
+  MICS_ENGINE_CUDA(cudaMalloc(&s.norm_sq, sizeof(float)));
+  MICS_ENGINE_CUDA(cudaMallocHost(&s.host_norm, sizeof(float)));
+  MICS_ENGINE_CUDA(cudaStreamCreateWithFlags(&s.cs, cudaStreamNonBlocking));
+  MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.compute_done, cudaEventDisableTiming));
+  MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.comm_done, cudaEventDisableTiming));
+  if (job.rank() == 0)
+    log::info("gpu engine: {} with p={} r={} over {}; GPU collectives: {}; {} floats padded to {} ({} per shard)",
+              topo::to_string(options.strategy), s.p, s.r, runtime.topology().describe(),
+              comm::to_string(options.backend), numel, s.padded, s.shard);
+}
+
+CudaEngine::~CudaEngine() = default;
+
+size_t CudaEngine::padded() const { return impl_->padded; }
+size_t CudaEngine::shard_size() const { return impl_->shard; }
+
+void CudaEngine::finalize(const float* device_params, comm::GpuStream stream) {
+  Impl& s = *impl_;
+  s.follow(stream);
+  const size_t member = static_cast<size_t>(s.groups.partition->rank());
+  MICS_ENGINE_CUDA(cudaMemcpyAsync(s.master, device_params + member * s.shard, s.shard * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, s.cs));
+  for (float* f : {s.acc, s.m, s.v}) MICS_ENGINE_CUDA(cudaMemsetAsync(f, 0, s.shard * sizeof(float), s.cs));
+  MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
+}
+
+void CudaEngine::reduce_gradients(const float* device_grads, comm::GpuStream stream) {
+  Impl& s = *impl_;
+  if (s.micro >= s.options.grad_accum)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("reduce_gradients called {} times before step() (grad_accum {})", s.micro + 1, s.options.grad_accum),
+                {.layer = "shard", .where = "GPU sharded engine"});
+  s.follow(stream);
+  if (s.partition) {
+    s.partition->reduce_scatter(device_grads, s.rs_out, s.padded, DType::kF32, ReduceOp::kSum, s.cs);
+    cuda::add_into(s.acc, s.rs_out, s.shard, s.cs);
+  } else {
+    cuda::add_into(s.acc, device_grads, s.shard, s.cs);
+  }
+  ++s.micro;
+  s.lead(stream);  // the model writes its gradients again only after the reduce-scatter read them
+}
+
+CudaStepReport CudaEngine::step(float* device_params, float lr, comm::GpuStream stream) {
+  Impl& s = *impl_;
+  if (s.micro != s.options.grad_accum)
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("step() after {} reduce_gradients calls (grad_accum {})", s.micro, s.options.grad_accum),
+                {.layer = "shard", .where = "GPU sharded engine"});
+  s.micro = 0;
+  const auto t0 = Clock::now();
+  CudaStepReport report;
+  s.follow(stream);
+  if (s.replication) s.replication->all_reduce(s.acc, s.acc, s.shard, DType::kF32, ReduceOp::kSum, s.cs);
+  s.ops.sum_squares(s.acc, s.shard, s.norm_sq, s.cs);
+  if (s.partition) s.partition->all_reduce(s.norm_sq, s.norm_sq, 1, DType::kF32, ReduceOp::kSum, s.cs);
+  const float scale = 1.0f / static_cast<float>(s.N * s.options.grad_accum);
+  const AdamWStep a{lr, s.options.beta1, s.options.beta2, s.options.eps, s.options.weight_decay, scale,
+                    s.options.clip_norm, s.steps + 1};
+  s.ops.adamw(s.master, s.acc, s.m, s.v, s.shard, s.norm_sq, a, s.cs);
+  MICS_ENGINE_CUDA(cudaMemsetAsync(s.acc, 0, s.shard * sizeof(float), s.cs));
+  if (s.partition)
+    s.partition->all_gather(s.master, device_params, s.padded, DType::kF32, s.cs);
+  else
+    MICS_ENGINE_CUDA(cudaMemcpyAsync(device_params, s.master, s.shard * sizeof(float), cudaMemcpyDeviceToDevice, s.cs));
+  MICS_ENGINE_CUDA(cudaMemcpyAsync(s.host_norm, s.norm_sq, sizeof(float), cudaMemcpyDeviceToHost, s.cs));
+  s.lead(stream);
+  if (s.partition)
+    s.partition->synchronize(s.cs, "the optimizer step");
+  else if (s.replication)
+    s.replication->synchronize(s.cs, "the optimizer step");
+  else
+    MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
+  report.comm_wait_s = seconds_since(t0);
+  const double nsq = *s.host_norm;
+  report.grad_norm = std::sqrt(nsq) * scale;
+  if (!std::isfinite(nsq)) {
+    report.skipped = true;
+    ++s.consecutive_skips;
+    if (s.runtime.rank() == 0)
+      log::warn("step {} skipped: the global gradient norm is {} (non-finite)", s.steps + 1, report.grad_norm);
+    if (s.consecutive_skips > s.options.max_skipped_steps)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("{} optimizer steps in a row had non-finite gradients", s.consecutive_skips),
+                  {.layer = "shard", .where = "the optimizer step (GPU)",
+                   .hint = "lower the learning rate, check the data and the loss for inf/NaN"});
+  } else {
+    s.consecutive_skips = 0;
+    ++s.steps;
+  }
+  return report;
+}
+
+int64_t CudaEngine::optimizer_steps() const { return impl_->steps; }
+int CudaEngine::partition_size() const { return impl_->p; }
+int CudaEngine::replicas() const { return impl_->r; }
+comm::GpuBackend CudaEngine::backend() const { return impl_->options.backend; }
+uint64_t CudaEngine::model_state_bytes() const { return 16ull * impl_->shard; }
+
+void CudaEngine::control_all_reduce(float* values, size_t count, ReduceOp op) {
+  if (impl_->N > 1 && count) impl_->world->all_reduce(values, values, count, DType::kF32, op);
+}
+
+comm::Traffic CudaEngine::traffic() const { return minus(impl_->raw_traffic(), impl_->base); }
+
+comm::Traffic CudaEngine::expected_traffic(int optimizer_steps) const {
+  const Impl& s = *impl_;
+  comm::Traffic step;
+  const uint64_t S = static_cast<uint64_t>(s.options.grad_accum);
+  if (s.options.backend == comm::GpuBackend::kFabric) {
+    if (s.p > 1) {
+      add_to(step, comm::predict_traffic(*s.groups.partition, "reduce_scatter", s.padded, DType::kF32), S);
+      add_to(step, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32));
+      add_to(step, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded, DType::kF32));
+    }
+    if (s.r > 1) add_to(step, comm::predict_traffic(*s.groups.replication, "all_reduce", s.shard, DType::kF32));
+  } else {
+    // The ring formulas NcclGpuComm counts (bytes only), on the rail its group sits on.
+    auto ring = [&](const comm::Communicator& c, uint64_t bytes) {
+      const int rail = c.num_nodes() > 1 ? static_cast<int>(fabric::Rail::kInter) : static_cast<int>(fabric::Rail::kIntra);
+      step.bytes_sent[rail] += bytes;
+    };
+    const uint64_t P = s.padded * 4, n = static_cast<uint64_t>(s.p), rr = static_cast<uint64_t>(s.r);
+    if (s.p > 1) {
+      ring(*s.groups.partition, S * (P - P / n));
+      ring(*s.groups.partition, 2 * (4 - 4 / n));
+      ring(*s.groups.partition, P - P / n);
+    }
+    if (s.r > 1) ring(*s.groups.replication, 2 * (s.shard * 4 - s.shard * 4 / rr));
+  }
+  comm::Traffic total;
+  total.bytes_sent = {};
+  for (int i = 0; i < fabric::kNumRails; ++i) {
+    total.bytes_sent[i] = step.bytes_sent[i] * static_cast<uint64_t>(optimizer_steps);
+    total.msgs_sent[i] = step.msgs_sent[i] * static_cast<uint64_t>(optimizer_steps);
+  }
+  return total;
+}
+
+#else  // no CUDA
+
+struct CudaEngine::Impl {};
+CudaEngine::CudaEngine(comm::Runtime&, const CudaEngineOptions&, size_t, DeviceOptimizer) {
+  throw Error(ErrorKind::kUnavailable, "the GPU sharded engine: this build has no CUDA support",
+              {.layer = "shard", .hint = "build with CUDA (cmake -DMICS_WITH_CUDA=ON), or use --device cpu"});
+}
+CudaEngine::~CudaEngine() = default;
+size_t CudaEngine::padded() const { return 0; }
+size_t CudaEngine::shard_size() const { return 0; }
+void CudaEngine::finalize(const float*, comm::GpuStream) {}
+void CudaEngine::reduce_gradients(const float*, comm::GpuStream) {}
+CudaStepReport CudaEngine::step(float*, float, comm::GpuStream) { return {}; }
+int64_t CudaEngine::optimizer_steps() const { return 0; }
+int CudaEngine::partition_size() const { return 1; }
+int CudaEngine::replicas() const { return 1; }
+comm::GpuBackend CudaEngine::backend() const { return comm::GpuBackend::kFabric; }
+uint64_t CudaEngine::model_state_bytes() const { return 0; }
+void CudaEngine::control_all_reduce(float*, size_t, ReduceOp) {}
+comm::Traffic CudaEngine::traffic() const { return {}; }
+comm::Traffic CudaEngine::expected_traffic(int) const { return {}; }
+
+#endif
+
+}  // namespace mics::shard
