@@ -114,6 +114,17 @@ constexpr size_t fwd_smem_bytes() {
   return static_cast<size_t>(5) * kTile * (D + 8) * sizeof(__nv_bfloat16);  // Q, 2 x (K, V)
 }
 
+// Two adjacent fp32 atomic adds: one vector atomic on sm_90 (Hopper has float2 atomicAdd),
+// two scalar ones on older targets, so the file builds for any CMAKE_CUDA_ARCHITECTURES.
+__device__ __forceinline__ void add_pair(float* at, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(at), make_float2(a, b));
+#else
+  atomicAdd(at, a);
+  atomicAdd(at + 1, b);
+#endif
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16* __restrict__ q,
                                                              const __nv_bfloat16* __restrict__ k,
@@ -453,11 +464,9 @@ __global__ void __launch_bounds__(32 * NW, kMinBlocks) flash_bwd_kernel(
     for (int nt = 0; nt < DW / 8; ++nt) {
       const int col = dw0 + nt * 8 + 2 * (lane & 3);
       if (qa_row < T)
-        atomicAdd(reinterpret_cast<float2*>(dq_acc + abase + static_cast<size_t>(qa_row) * ld_acc + col),
-                  make_float2(dqacc[nt][0], dqacc[nt][1]));
+        add_pair(dq_acc + abase + static_cast<size_t>(qa_row) * ld_acc + col, dqacc[nt][0], dqacc[nt][1]);
       if (qb_row < T)
-        atomicAdd(reinterpret_cast<float2*>(dq_acc + abase + static_cast<size_t>(qb_row) * ld_acc + col),
-                  make_float2(dqacc[nt][2], dqacc[nt][3]));
+        add_pair(dq_acc + abase + static_cast<size_t>(qb_row) * ld_acc + col, dqacc[nt][2], dqacc[nt][3]);
     }
     __syncthreads();  // Qs, dOs and dSs are refilled next
   }
