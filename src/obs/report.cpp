@@ -17,6 +17,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A summary value as a reader wants it: strings without JSON quotes, floats to 6 significant
+// digits, integers and booleans as they are.
+std::string cell_text(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_float()) return fmt::format("{:.6g}", v.get<double>());
+  return v.dump();
+}
+
+
 std::string escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
@@ -294,7 +303,7 @@ ReportFiles write_report(const std::string& input, const std::string& html_path,
                             "seq_len", "steps", "final_loss", "eval_loss", "entropy_floor", "tokens_per_s", "train_seconds",
                             "comm_exposed_ms_per_step", "data_wait_ms_per_step", "intra_node_bytes_per_step",
                             "inter_node_bytes_per_step", "traffic_matches_model"})
-      if (summary.contains(key)) html += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", key, escape(summary[key].dump()));
+      if (summary.contains(key)) html += fmt::format("<tr><td>{}</td><td>{}</td></tr>\n", key, escape(cell_text(summary[key])));
     if (summary.contains("collectives"))
       html += fmt::format("<tr><td>collective records equal the fabric counters</td><td>{}</td></tr>\n",
                           summary["collectives"].value("records_match_fabric", false) ? "yes" : "NO");
