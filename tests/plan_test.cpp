@@ -436,14 +436,18 @@ TEST(PlanMesh, SearchReturnsAFittingLayout) {
   EXPECT_GT(found.layouts_fit, 0);
   EXPECT_EQ(found.pure_mics.layout.t, 1);
   EXPECT_EQ(found.pure_mics.layout.s, 1);
-  if (found.pure_mics.fits) EXPECT_LE(found.best.step_s, found.pure_mics.step_s);
+  if (found.pure_mics.fits) {
+    EXPECT_LE(found.best.step_s, found.pure_mics.step_s);
+  }
   // Every layout that fits is no faster than the winner.
   for (int t : {1, 2, 4, 8})
     for (int s : {1, 2, 4, 8, 16})
       for (int p = 1; p <= 512 / (t * s); p *= 2) {
         if (!mesh_invalid(spec, t, s, p).empty()) continue;
         const MeshPrediction m = predict_mesh(spec, CostParams{}, t, s, p);
-        if (m.fits) EXPECT_GE(m.step_s, found.best.step_s) << m.layout.describe();
+        if (m.fits) {
+          EXPECT_GE(m.step_s, found.best.step_s) << m.layout.describe();
+        }
       }
 }
 

@@ -106,7 +106,7 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
       add(nd == 1, S * (p - 1.0) / p * M);
     }
   }
-  if (r > 1) add(p >= nd || N <= n ? N > n : false, 2.0 * (r - 1.0) / r * M / p);
+  if (r > 1) add(p >= nd && N > n, 2.0 * (r - 1.0) / r * M / p);  // one member per node: inter
 
   // Memory.
   const double elem = cl.cpu_engine ? 4.0 : 2.0;
@@ -134,6 +134,7 @@ MeshSearch search_mesh(const MeshSpec& spec, const CostParams& params) {
         if (D % p != 0 || !mesh_invalid(spec, t, s, p).empty()) continue;
         const MeshPrediction pr = predict_mesh(spec, params, t, s, p);
         ++out.layouts_tried;
+        out.layouts.push_back(pr);
         if (pr.fits) ++out.layouts_fit;
         if (pr.fits && (!have_best || pr.step_s < out.best.step_s)) out.best = pr, have_best = true;
         if (t == 1 && s == 1 && !have_pure && (pr.fits || p == D)) out.pure_mics = pr, have_pure = true;

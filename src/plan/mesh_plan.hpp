@@ -75,6 +75,7 @@ struct MeshSearch {
   MeshPrediction best;       // the fastest layout that fits (best.fits false: none fits)
   MeshPrediction pure_mics;  // t = s = 1 with the smallest p that fits (or p = N)
   int layouts_tried = 0, layouts_fit = 0;
+  std::vector<MeshPrediction> layouts;  // every valid layout tried
 };
 MeshSearch search_mesh(const MeshSpec& spec, const CostParams& params);
 

@@ -356,6 +356,7 @@ int run_plan(const PlanOptions& o) {
     if (o.json) {
       j["mesh_search"] = {{"layouts_tried", found.layouts_tried}, {"layouts_fit", found.layouts_fit},
                           {"pure_mics", mesh_json(found.pure_mics)}};
+      for (const auto& m : found.layouts) j["mesh_search"]["layouts"].push_back(mesh_json(m));
       if (found.best.fits) j["mesh_search"]["best"] = mesh_json(found.best);
     } else {
       std::printf("\nmesh search over (t, s, p) (closed forms, docs/PLANNING.md; %d layouts, %d fit):\n",
