@@ -393,18 +393,19 @@ TEST(PlanMesh, ClosedForms) {
   const MeshSpec spec = spec_100b(512);
   const CostParams q;
   const int t = 4, s = 8, p = 4;  // D = 16 data ranks, r = 4
+  const int S = 8 * t * s;        // the pure layout's global batch: D ranks run t*s x the micro-batches
   const MeshPrediction m = predict_mesh(spec, q, t, s, p);
   EXPECT_EQ(m.layout.r, 4);
   const CollectiveModel cm(spec.cluster, q, spec.gpus);
   const double act = 1.0 * 2048 * 10240 * 2;  // B*T*C bf16
   const double L_s = 80.0 / s;
-  EXPECT_DOUBLE_EQ(m.tensor_s, 8 * 4 * L_s * ring_time(Collective::kAllReduce, t, act, cm.intra()));
+  EXPECT_DOUBLE_EQ(m.tensor_s, S * 4 * L_s * ring_time(Collective::kAllReduce, t, act, cm.intra()));
   // Stage neighbours are t*p = 16 ranks apart: on another node.
-  EXPECT_DOUBLE_EQ(m.pipeline_p2p_s, 8 * 2 * (cm.inter().latency + act / cm.inter().bandwidth));
-  EXPECT_DOUBLE_EQ(m.bubble_fraction, (s - 1.0) / (8 + s - 1.0));
-  const double u = (m.compute_s + m.tensor_s + m.pipeline_p2p_s) / 8;
+  EXPECT_DOUBLE_EQ(m.pipeline_p2p_s, S * 2 * (cm.inter().latency + act / cm.inter().bandwidth));
+  EXPECT_DOUBLE_EQ(m.bubble_fraction, (s - 1.0) / (S + s - 1.0));
+  const double u = (m.compute_s + m.tensor_s + m.pipeline_p2p_s) / S;
   EXPECT_NEAR(m.bubble_s, (s - 1) * u, 1e-12);
-  EXPECT_NEAR(m.step_s, (8 + s - 1) * u + m.data_exposed_s + m.optimizer_s, 1e-12);
+  EXPECT_NEAR(m.step_s, (S + s - 1) * u + m.data_exposed_s + m.optimizer_s, 1e-12);
   // Model states divided by t*s and p.
   EXPECT_NEAR(static_cast<double>(m.memory.model_states), 16.0 * static_cast<double>(spec.model.params()) / (t * s * p), 16.0);
   // t = s = 1: no tensor, pipeline or bubble time.

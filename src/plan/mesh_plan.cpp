@@ -38,7 +38,10 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   MeshPrediction pr;
   const Cluster& cl = spec.cluster;
   const auto& c = spec.model.config;
-  const int N = spec.gpus, n = ranks_per_node(spec), T = seq_of(spec), S = spec.grad_accum, B = spec.micro_batch;
+  const int N = spec.gpus, n = ranks_per_node(spec), T = seq_of(spec), B = spec.micro_batch;
+  // The global batch is the pure layout's (N * S * B sequences): D = N/(t*s) data ranks run
+  // t*s times the micro-batches.
+  const int S = spec.grad_accum * t * s;
   const int D = N / (t * s), r = D / p, nd = std::max(1, std::min(D, n / t));  // data ranks per node and slice
   pr.layout = {t, s, p, r};
   const double e = cl.cpu_engine ? 4.0 : 2.0;

@@ -4,6 +4,8 @@
 // A closed-form step model (no timeline), e = bytes per element (2 bf16 on accelerators, 4 on
 // the CPU engine), N_tok = B*T tokens per micro-batch, L/s layers per stage:
 //
+// The global batch stays the pure layout's: grad_accum is the micro-batches per rank of t = s = 1,
+// and a mesh's D data ranks each run S = grad_accum * t * s micro-batches of B sequences.
 //   compute per micro-batch    flops_per_token(T) * N_tok / (t*s) / (peak * efficiency)
 //                              (x 4/3 with recompute; accelerators add the layers' elementwise
 //                              passes at HBM bandwidth, divided by t)
@@ -63,7 +65,7 @@ struct MeshPrediction {
 struct MeshSpec {
   ModelDesc model;
   Cluster cluster;
-  int gpus = 8, micro_batch = 1, grad_accum = 1, seq_len = 0;
+  int gpus = 8, micro_batch = 1, grad_accum = 1, seq_len = 0;  // grad_accum: of the pure layout (t = s = 1)
   bool recompute = false;
 };
 
