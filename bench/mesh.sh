@@ -26,18 +26,21 @@ for m in $MESHES; do
     --micro-batch "$b" --grad-accum "$acc" --out "$OUT/$name" >"$OUT/$name.log" 2>&1
 done
 "$MICS" plan --calibrate "$OUT/mics_p4" --cluster "$HOST" --json >"$OUT/calibration.json"
-EFF=$(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(j['compute_efficiency'], j['intra_efficiency'], j['inter_efficiency'])" "$OUT/calibration.json")
-read -r CE IE XE <<<"$EFF"
+EFF=$(python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print(j['compute_efficiency'], j['intra_efficiency'], j['inter_efficiency'], j['latency_scale'])" "$OUT/calibration.json")
+read -r CE IE XE LS <<<"$EFF"
 for m in $MESHES; do
   IFS=: read -r name t s p b acc <<<"$m"
-  "$MICS" plan --model "$MODEL" --seq-len 64 --cluster "$HOST" --gpus 8 --micro-batch "$b" --grad-accum "$acc" \
-    --efficiency "$CE" --intra-efficiency "$IE" --inter-efficiency "$XE" --mesh-search --json >"$OUT/$name.plan.json"
+  # --grad-accum is the pure layout's (t = s = 1: 8 ranks x 1 x B = 16); the planner gives a
+  # mesh t*s times the micro-batches per data rank, as this script's runs do.
+  "$MICS" plan --model "$MODEL" --seq-len 64 --cluster "$HOST" --gpus 8 --micro-batch "$b" --grad-accum 1 \
+    --efficiency "$CE" --intra-efficiency "$IE" --inter-efficiency "$XE" --latency-scale "$LS" --mesh-search \
+    --json >"$OUT/$name.plan.json"
 done
 
-python3 - "$OUT" "$MESHES" "$CE" <<'PY'
+python3 - "$OUT" "$MESHES" "$CE" "$LS" <<'PY'
 import json, statistics, sys
-out, meshes, ce = sys.argv[1], sys.argv[2].split(), sys.argv[3]
-print(f"compute efficiency calibrated on mics_p4: {float(ce):.3f}")
+out, meshes, ce, ls = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
+print(f"calibrated on mics_p4: compute efficiency {float(ce):.3f}, latency x{float(ls):.1f}")
 print("| mesh | t | s | p | r | S x B | step ms (median) | predicted ms | intra MB/step | predicted | inter MB/step | predicted | eval loss |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in meshes:

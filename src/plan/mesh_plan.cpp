@@ -42,7 +42,11 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   // The global batch is the pure layout's (N * S * B sequences): D = N/(t*s) data ranks run
   // t*s times the micro-batches.
   const int S = spec.grad_accum * t * s;
-  const int D = N / (t * s), r = D / p, nd = std::max(1, std::min(D, n / t));  // data ranks per node and slice
+  const int D = N / (t * s), r = D / p;
+  // Data ranks of one slice per node under the default placement (tpsr): a node of n ranks
+  // holds n/t of one stage's shard group when t*p fills it, else whole groups of p and, when
+  // t*p*s fits in it, n/(t*p*s) of the replicas.
+  const int nd = std::max(1, std::min(D, t * p >= n ? n / t : p * std::max(1, n / (t * p * s))));
   pr.layout = {t, s, p, r};
   const double e = cl.cpu_engine ? 4.0 : 2.0;
   const double tokens = static_cast<double>(B) * T;

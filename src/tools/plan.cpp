@@ -27,7 +27,7 @@ struct PlanOptions {
   std::string model = "100b", cluster = "p4d.24xlarge", strategy = "mics", partition = "auto", sweep, svg, timeline;
   int gpus = 512, micro_batch = 1, grad_accum = 1, seq_len = 0, prefetch = 1;
   bool cluster_given = false, recompute = false, json = false, validate = false, mesh_search = false, hierarchical_zero3 = false, fit_latency = true;
-  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8;
+  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8, latency_scale = 1.0;
   std::string calibrate;
   std::vector<std::string> check;
 };
@@ -41,6 +41,7 @@ plan::CostParams params_of(const PlanOptions& o) {
   p.compute_efficiency = o.efficiency;
   p.intra_efficiency = o.intra_efficiency;
   p.inter_efficiency = o.inter_efficiency;
+  p.latency_scale = o.latency_scale;
   return p;
 }
 
@@ -237,6 +238,7 @@ int run_calibrate(const PlanOptions& o) {
                       {"compute_efficiency", cal.params.compute_efficiency},
                       {"inter_efficiency", cal.params.inter_efficiency},
                       {"intra_efficiency", cal.params.intra_efficiency},
+                      {"latency_scale", cal.params.latency_scale},
                       {"predicted_step_s", cal.prediction.step_s},
                       {"measured_step_s", run.step_s}};
   if (!o.json) std::printf("%s", cal.report.c_str());
@@ -397,6 +399,8 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_option("--efficiency", o->efficiency, "achieved/peak FLOP/s of the compute")->capture_default_str();
   sub->add_option("--intra-efficiency", o->intra_efficiency, "achieved/nominal intra-node bandwidth")->capture_default_str();
   sub->add_option("--inter-efficiency", o->inter_efficiency, "achieved/nominal inter-node bandwidth")->capture_default_str();
+  sub->add_option("--latency-scale", o->latency_scale, "multiplies both rails' hop latency (as --calibrate fits it)")
+      ->capture_default_str();
   sub->add_option("--sweep-gpus", o->sweep, "weak-scaling sweep over powers of two, e.g. 16..4096");
   sub->add_option("--svg", o->svg, "with --sweep-gpus: write the TFLOPS-per-GPU plot here");
   sub->add_option("--timeline", o->timeline, "write the predicted step as a Chrome trace (JSON)");
