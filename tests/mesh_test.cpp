@@ -6,6 +6,8 @@
 // What a mesh changes is only the order of fp32 additions: the row-split GEMMs' partial sums
 // added by the tensor all-reduce, the vocab-parallel softmax sums, the gradient reductions
 // over data ranks and micro-steps (measured here: the printed losses agree to every digit).
+// Eval: with S = 1 the final eval loss equals the one-process run's over the same 16 validation
+// sequences within the same bound (evaluation traffic is left out of the formulas' counters).
 // Traffic: every rank's counters must equal the formulas of mesh_trainer.cpp per dimension
 // (tensor all-reduces, pipeline messages, the data-parallel engine), exactly.
 #include <unistd.h>
@@ -123,6 +125,17 @@ const std::vector<double>& reference() {
   return losses;
 }
 
+// The final eval loss of a one-process run over validation sequences 0..15 (one batch of 16):
+// a mesh with D data ranks and B = 16/D reads sequences b*B*D + row*D + d, the same 16.
+double reference_eval() {
+  static const double loss = [] {
+    const TrainRun r = train(1, 1, "--strategy ddp --micro-batch 16 --grad-accum 1", "reference-eval");
+    EXPECT_EQ(r.result.status, 0) << r.result.output;
+    return r.summary.value("eval_loss", nlohmann::json()).is_number() ? r.summary["eval_loss"].get<double>() : -1.0;
+  }();
+  return loss;
+}
+
 struct MeshCase {
   int t, s, p, r, nodes;
   bool accumulate;  // S > 1 micro-batches per step (B = 2), or S = 1 with the batch in B
@@ -150,6 +163,12 @@ TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) {
   ASSERT_EQ(run.losses.size(), ref.size()) << run.result.output;
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_NEAR(run.losses[i], ref[i], 1e-5 * ref[i]) << "step " << i + 1 << "\n" << run.result.output;
+  ASSERT_TRUE(run.summary["eval_loss"].is_number()) << run.result.output;
+  if (!m.accumulate) {  // B*D = 16: the reference's validation sequences
+    const double ref_eval = reference_eval();
+    ASSERT_GT(ref_eval, 0.0);
+    EXPECT_NEAR(run.summary["eval_loss"].get<double>(), ref_eval, 1e-5 * ref_eval) << run.result.output;
+  }
   const auto& mesh = run.summary["mesh"];
   EXPECT_EQ(mesh["t"], m.t);
   EXPECT_EQ(mesh["s"], m.s);

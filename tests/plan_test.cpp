@@ -18,6 +18,7 @@
 #include "base/error.hpp"
 #include "plan/calibrate.hpp"
 #include "plan/collective_model.hpp"
+#include "plan/mesh_plan.hpp"
 #include "plan/simulator.hpp"
 #include "plan/validation.hpp"
 #include "process_util.hpp"
@@ -370,3 +371,85 @@ TEST(PlanCli, PlanSweepAndJson) {
 }
 
 }  // namespace
+
+// --- the mesh planner (plan/mesh_plan.hpp) ----------------------------------------------------
+
+namespace mesh_plan {
+
+using namespace mics::plan;
+
+MeshSpec spec_100b(int gpus) {
+  MeshSpec s;
+  s.model = find_model("100b");
+  s.cluster = find_cluster("p4d.24xlarge");
+  s.gpus = gpus;
+  s.micro_batch = 1;
+  s.grad_accum = 8;
+  s.seq_len = 2048;
+  return s;
+}
+
+TEST(PlanMesh, ClosedForms) {
+  const MeshSpec spec = spec_100b(512);
+  const CostParams q;
+  const int t = 4, s = 8, p = 4;  // D = 16 data ranks, r = 4
+  const int S = 8 * t * s;        // the pure layout's global batch: D ranks run t*s x the micro-batches
+  const MeshPrediction m = predict_mesh(spec, q, t, s, p);
+  EXPECT_EQ(m.layout.r, 4);
+  const CollectiveModel cm(spec.cluster, q, spec.gpus);
+  const double act = 1.0 * 2048 * 10240 * 2;  // B*T*C bf16
+  const double L_s = 80.0 / s;
+  EXPECT_DOUBLE_EQ(m.tensor_s, S * 4 * L_s * ring_time(Collective::kAllReduce, t, act, cm.intra()));
+  // Stage neighbours are t*p = 16 ranks apart: on another node.
+  EXPECT_DOUBLE_EQ(m.pipeline_p2p_s, S * 2 * (cm.inter().latency + act / cm.inter().bandwidth));
+  EXPECT_DOUBLE_EQ(m.bubble_fraction, (s - 1.0) / (S + s - 1.0));
+  const double u = (m.compute_s + m.tensor_s + m.pipeline_p2p_s) / S;
+  EXPECT_NEAR(m.bubble_s, (s - 1) * u, 1e-12);
+  EXPECT_NEAR(m.step_s, (S + s - 1) * u + m.data_exposed_s + m.optimizer_s, 1e-12);
+  // Model states divided by t*s and p.
+  EXPECT_NEAR(static_cast<double>(m.memory.model_states), 16.0 * static_cast<double>(spec.model.params()) / (t * s * p), 16.0);
+  // t = s = 1: no tensor, pipeline or bubble time.
+  const MeshPrediction flat = predict_mesh(spec, q, 1, 1, 64);
+  EXPECT_EQ(flat.tensor_s, 0.0);
+  EXPECT_EQ(flat.pipeline_p2p_s, 0.0);
+  EXPECT_EQ(flat.bubble_s, 0.0);
+}
+
+TEST(PlanMesh, Constraints) {
+  const MeshSpec spec = spec_100b(512);
+  EXPECT_EQ(mesh_invalid(spec, 8, 4, 2), "");
+  EXPECT_NE(mesh_invalid(spec, 3, 1, 8).find("does not divide the 80 heads"), std::string::npos);
+  EXPECT_NE(mesh_invalid(spec, 16, 1, 8).find("ranks per node"), std::string::npos);  // t at most one node
+  EXPECT_NE(mesh_invalid(spec, 1, 81, 1).find("more than the 80 layers"), std::string::npos);
+  EXPECT_NE(mesh_invalid(spec, 1, 3, 1).find("does not divide N=512"), std::string::npos);
+  EXPECT_NE(mesh_invalid(spec, 2, 1, 3).find("not a valid partition"), std::string::npos);
+}
+
+TEST(PlanMesh, SearchReturnsAFittingLayout) {
+  const MeshSpec spec = spec_100b(512);
+  const MeshSearch found = search_mesh(spec, CostParams{});
+  ASSERT_TRUE(found.best.fits);
+  const MeshLayout& l = found.best.layout;
+  EXPECT_EQ(mesh_invalid(spec, l.t, l.s, l.p), "") << l.describe();
+  EXPECT_EQ(l.t * l.s * l.p * l.r, 512);
+  EXPECT_LE(found.best.memory.total(), memory_budget(spec.cluster));
+  EXPECT_GT(found.layouts_tried, found.layouts_fit);
+  EXPECT_GT(found.layouts_fit, 0);
+  EXPECT_EQ(found.pure_mics.layout.t, 1);
+  EXPECT_EQ(found.pure_mics.layout.s, 1);
+  if (found.pure_mics.fits) {
+    EXPECT_LE(found.best.step_s, found.pure_mics.step_s);
+  }
+  // Every layout that fits is no faster than the winner.
+  for (int t : {1, 2, 4, 8})
+    for (int s : {1, 2, 4, 8, 16})
+      for (int p = 1; p <= 512 / (t * s); p *= 2) {
+        if (!mesh_invalid(spec, t, s, p).empty()) continue;
+        const MeshPrediction m = predict_mesh(spec, CostParams{}, t, s, p);
+        if (m.fits) {
+          EXPECT_GE(m.step_s, found.best.step_s) << m.layout.describe();
+        }
+      }
+}
+
+}  // namespace mesh_plan

@@ -14,6 +14,7 @@
 #include "base/error.hpp"
 #include "base/strings.hpp"
 #include "plan/calibrate.hpp"
+#include "plan/mesh_plan.hpp"
 #include "plan/simulator.hpp"
 #include "plan/validation.hpp"
 #include "tools/commands.hpp"
@@ -25,8 +26,8 @@ namespace {
 struct PlanOptions {
   std::string model = "100b", cluster = "p4d.24xlarge", strategy = "mics", partition = "auto", sweep, svg, timeline;
   int gpus = 512, micro_batch = 1, grad_accum = 1, seq_len = 0, prefetch = 1;
-  bool cluster_given = false, recompute = false, json = false, validate = false, hierarchical_zero3 = false, fit_latency = true;
-  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8;
+  bool cluster_given = false, recompute = false, json = false, validate = false, mesh_search = false, hierarchical_zero3 = false, fit_latency = true;
+  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8, latency_scale = 1.0;
   std::string calibrate;
   std::vector<std::string> check;
 };
@@ -40,6 +41,7 @@ plan::CostParams params_of(const PlanOptions& o) {
   p.compute_efficiency = o.efficiency;
   p.intra_efficiency = o.intra_efficiency;
   p.inter_efficiency = o.inter_efficiency;
+  p.latency_scale = o.latency_scale;
   return p;
 }
 
@@ -199,6 +201,34 @@ void write_timeline(const std::string& path, const plan::StepPrediction& p) {
   out << nlohmann::json{{"traceEvents", events}}.dump() << "\n";
 }
 
+nlohmann::json mesh_json(const plan::MeshPrediction& m) {
+  return {{"t", m.layout.t},
+          {"s", m.layout.s},
+          {"p", m.layout.p},
+          {"r", m.layout.r},
+          {"step_s", m.step_s},
+          {"compute_s", m.compute_s},
+          {"tensor_s", m.tensor_s},
+          {"pipeline_p2p_s", m.pipeline_p2p_s},
+          {"bubble_s", m.bubble_s},
+          {"bubble_fraction", m.bubble_fraction},
+          {"data_exposed_s", m.data_exposed_s},
+          {"optimizer_s", m.optimizer_s},
+          {"tokens_per_s", m.tokens_per_s},
+          {"tflops_per_gpu", m.tflops_per_gpu},
+          {"intra_bytes_per_step", m.intra_bytes},
+          {"inter_bytes_per_step", m.inter_bytes},
+          {"memory_total", m.memory.total()},
+          {"fits", m.fits}};
+}
+
+std::string mesh_row(const char* label, const plan::MeshPrediction& m) {
+  return fmt::format("  {:<10} {:<22} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>8.1f} {:>12}{}\n", label,
+                     m.layout.describe(), m.step_s, m.compute_s, m.tensor_s, m.pipeline_p2p_s, m.bubble_s,
+                     m.data_exposed_s, m.tflops_per_gpu, plan::bytes_text(static_cast<double>(m.memory.total())),
+                     m.fits ? "" : "  (does not fit)");
+}
+
 int run_calibrate(const PlanOptions& o) {
   // A measured `mics train` run is this host's CPU engine unless --cluster says otherwise.
   const plan::Cluster cluster = plan::find_cluster(o.cluster_given ? o.cluster : "host");
@@ -208,6 +238,7 @@ int run_calibrate(const PlanOptions& o) {
                       {"compute_efficiency", cal.params.compute_efficiency},
                       {"inter_efficiency", cal.params.inter_efficiency},
                       {"intra_efficiency", cal.params.intra_efficiency},
+                      {"latency_scale", cal.params.latency_scale},
                       {"predicted_step_s", cal.prediction.step_s},
                       {"measured_step_s", run.step_s}};
   if (!o.json) std::printf("%s", cal.report.c_str());
@@ -321,6 +352,27 @@ int run_plan(const PlanOptions& o) {
     else
       std::printf("%s", row(p, c.fits).c_str());
   }
+  if (o.mesh_search) {
+    plan::MeshSpec ms{model, cluster, o.gpus, o.micro_batch, o.grad_accum, main_choice.spec.seq_len, o.recompute};
+    const plan::MeshSearch found = plan::search_mesh(ms, params);
+    if (o.json) {
+      j["mesh_search"] = {{"layouts_tried", found.layouts_tried}, {"layouts_fit", found.layouts_fit},
+                          {"pure_mics", mesh_json(found.pure_mics)}};
+      for (const auto& m : found.layouts) j["mesh_search"]["layouts"].push_back(mesh_json(m));
+      if (found.best.fits) j["mesh_search"]["best"] = mesh_json(found.best);
+    } else {
+      std::printf("\nmesh search over (t, s, p) (closed forms, docs/PLANNING.md; %d layouts, %d fit):\n",
+                  found.layouts_tried, found.layouts_fit);
+      std::printf("  %-10s %-22s %9s %9s %9s %9s %9s %9s %8s %12s\n", "", "layout", "step(s)", "compute", "tensor",
+                  "p2p", "bubble", "data exp", "TFLOPS", "memory/GPU");
+      if (found.best.fits) std::printf("%s", mesh_row("fastest", found.best).c_str());
+      else std::printf("  fastest    none fits (use --recompute, a smaller --micro-batch or more GPUs)\n");
+      std::printf("%s", mesh_row("pure MiCS", found.pure_mics).c_str());
+      if (found.best.fits && found.pure_mics.step_s > 0)
+        std::printf("  -> %s is %.2fx the pure-MiCS layout's speed\n", found.best.layout.describe().c_str(),
+                    found.pure_mics.step_s / found.best.step_s);
+    }
+  }
   if (o.json) std::printf("%s\n", j.dump(2).c_str());
   return 0;
 }
@@ -347,10 +399,14 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_option("--efficiency", o->efficiency, "achieved/peak FLOP/s of the compute")->capture_default_str();
   sub->add_option("--intra-efficiency", o->intra_efficiency, "achieved/nominal intra-node bandwidth")->capture_default_str();
   sub->add_option("--inter-efficiency", o->inter_efficiency, "achieved/nominal inter-node bandwidth")->capture_default_str();
+  sub->add_option("--latency-scale", o->latency_scale, "multiplies both rails' hop latency (as --calibrate fits it)")
+      ->capture_default_str();
   sub->add_option("--sweep-gpus", o->sweep, "weak-scaling sweep over powers of two, e.g. 16..4096");
   sub->add_option("--svg", o->svg, "with --sweep-gpus: write the TFLOPS-per-GPU plot here");
   sub->add_option("--timeline", o->timeline, "write the predicted step as a Chrome trace (JSON)");
   sub->add_flag("--json", o->json, "print JSON");
+  sub->add_flag("--mesh-search", o->mesh_search,
+                "also search tensor (t) x pipeline (s) x partition (p) layouts: the fastest that fits beside pure MiCS");
   sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured `mics train --out` run directory");
   sub->add_flag("--fit-latency,!--no-fit-latency", o->fit_latency,
                 "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");

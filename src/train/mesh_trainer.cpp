@@ -115,7 +115,8 @@ struct StageUnits {
 
 }  // namespace
 
-int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const io::TokenDataset& train_data) {
+int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const io::TokenDataset& train_data,
+                      const io::TokenDataset* val_data) {
   const model::GptConfig& mc = gpt.config();
   auto rt = comm::Runtime::start("train " + describe(c));
   const int rank = rt->rank(), world = rt->world_size();
@@ -215,7 +216,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
                          shape.describe(), topology.describe(), t, s, schedule_name, bubble, D, c.strategy, p, D / p);
     block += fmt::format("  batch: {} data ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
                          D, S, B, T, tokens_per_step, c.steps);
-    block += "  (evaluation, samples and checkpoints are not done by the mesh trainer yet)\n";
+    block += "  (samples and checkpoints are not done by the mesh trainer yet)\n";
     std::fputs(block.c_str(), stdout);
     std::fflush(stdout);
   }
@@ -360,6 +361,70 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     for (int mb = remaining; mb < S; ++mb) recv_backward(mb), backward(mb), send_backward(mb);
   };
 
+  // --- evaluation: forward only, the same fixed sequences as trainer.cpp's evaluate() --------
+  // Data index d reads sequences (b*B + row)*D + d (wrapping) for b < eval_batches, like rank d
+  // of a D-rank run; every stage of a pipeline the same tokens. The last stage's tensor rank 0
+  // sums its batches' mean losses; the control all-reduce brings the mean to every rank. Its
+  // traffic (gathers, tensor all-reduces, pipeline messages) is left out of the step figures.
+  comm::Traffic eval_tensor, eval_pipe, eval_data;
+  auto evaluate = [&]() -> double {
+    const comm::Traffic tensor0 = mesh.tensor->traffic(), pipe0 = pipe->traffic(), data0 = engine.traffic();
+    model::TpPass& ps = *passes[0];
+    const int data_index = me.data(shape);
+    std::vector<int32_t> inputs(N), targets(N);
+    double sum = 0;
+    constexpr uint16_t kEvalTag = 0xFFF0;
+    for (int b = 0; b < c.eval_batches; ++b) {
+      for (int row = 0; row < B; ++row) {
+        const uint64_t index = (static_cast<uint64_t>(b) * B + static_cast<uint64_t>(row)) * static_cast<uint64_t>(D) +
+                               static_cast<uint64_t>(data_index);
+        val_data->sequence(index % val_data->num_sequences(), inputs.data() + static_cast<size_t>(row) * T,
+                           targets.data() + static_cast<size_t>(row) * T);
+      }
+      ps.set_tokens(inputs.data(), targets.data());
+      if (first) {
+        const float* wte = engine.gather(su.wte);
+        const float* wpe = engine.gather(su.wpe);
+        ps.embed_forward(wte, wpe);
+        engine.release(su.wpe);
+        engine.release(su.wte);
+      } else {
+        float* buf = ps.input();
+        pipe_op([=] { pipe->recv(buf, act_bytes, me.s - 1, kEvalTag); });
+      }
+      for (int i = 0; i < layers.count; ++i) {
+        const int a = su.split[static_cast<size_t>(i)], r = su.rep[static_cast<size_t>(i)];
+        ps.block_forward(i, engine.gather(a), engine.gather(r));
+        engine.release(a);
+        engine.release(r);
+      }
+      if (last) {
+        const float* wte = engine.gather(su.wte);
+        const float* lnf = engine.gather(su.lnf);
+        const double loss = ps.head_forward(wte, lnf);
+        if (me.t == 0) sum += loss;
+        engine.release(su.lnf);
+        engine.release(su.wte);
+      } else {
+        const float* buf = ps.output();
+        pipe_op([=] { pipe->send(buf, act_bytes, me.s + 1, kEvalTag); });
+      }
+    }
+    float total = static_cast<float>(sum);
+    comm::Communicator* ctl = mesh.control.get();
+    float* tv = &total;
+    engine.run_on_comm_thread([=] { ctl->all_reduce(tv, tv, 1, DType::kF32, ReduceOp::kSum); });
+    auto accumulate = [](comm::Traffic& into, const comm::Traffic& after, const comm::Traffic& before) {
+      const comm::Traffic d = minus(after, before);
+      for (size_t i = 0; i < static_cast<size_t>(fabric::kNumRails); ++i)
+        into.bytes_sent[i] += d.bytes_sent[i], into.msgs_sent[i] += d.msgs_sent[i];
+    };
+    accumulate(eval_tensor, mesh.tensor->traffic(), tensor0);
+    accumulate(eval_pipe, pipe->traffic(), pipe0);
+    accumulate(eval_data, engine.traffic(), data0);
+    return static_cast<double>(total) / (static_cast<double>(D) * c.eval_batches);
+  };
+
   // --- training -------------------------------------------------------------------------------
   StopSignal stop;
   const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
@@ -370,7 +435,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const comm::Traffic tensor_base = mesh.tensor->traffic(), pipe_base = pipe->traffic();
   double train_seconds = 0, steady_seconds = 0, exposed_total = 0, pipe_wait_total = 0;
   int steps_done = 0, steady_steps = 0;
-  double last_loss = NAN;
+  double last_loss = NAN, eval_loss = NAN;
   bool stopped = false;
   for (int step = 0; step < c.steps; ++step) {
     const float lr = schedule.at(step);
@@ -409,6 +474,10 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     rec.step_ms = step_s * 1e3;
     rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
     rec.comm_exposed_ms = exposed * 1e3;
+    if (val_data && c.eval_every > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps && c.eval_batches > 0) {
+      rec.eval_loss = evaluate();
+      eval_loss = rec.eval_loss;
+    }
     printer.step(rec);
     if (metrics) metrics->step(rec);
     if (control[1] > 0) {
@@ -418,6 +487,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     }
   }
   printer.finish();
+  if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
 
   // --- traffic per mesh dimension against the formulas (mesh_trainer.cpp's header) ----------
   const uint64_t steps64 = static_cast<uint64_t>(steps_done), S64 = static_cast<uint64_t>(S);
@@ -435,9 +505,9 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     pipe_expected.bytes_sent[static_cast<size_t>(rt->transport().rail_to(pipe->global_rank(me.s + 1)))] += act_bytes * S64 * steps64;
   if (!first)
     pipe_expected.bytes_sent[static_cast<size_t>(rt->transport().rail_to(pipe->global_rank(me.s - 1)))] += act_bytes * S64 * steps64;
-  const comm::Traffic tensor_sent = minus(mesh.tensor->traffic(), tensor_base);
-  const comm::Traffic pipe_sent = minus(pipe->traffic(), pipe_base);
-  const comm::Traffic data_sent = engine.traffic(), data_expected = engine.expected_traffic(steps_done);
+  const comm::Traffic tensor_sent = minus(minus(mesh.tensor->traffic(), tensor_base), eval_tensor);
+  const comm::Traffic pipe_sent = minus(minus(pipe->traffic(), pipe_base), eval_pipe);
+  const comm::Traffic data_sent = minus(engine.traffic(), eval_data), data_expected = engine.expected_traffic(steps_done);
   float flags[3] = {same_bytes(tensor_sent, tensor_expected) ? 0.0f : 1.0f, same_bytes(pipe_sent, pipe_expected) ? 0.0f : 1.0f,
                     same_bytes(data_sent, data_expected) ? 0.0f : 1.0f};
   {
@@ -474,6 +544,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   sum.steps = steps_done;
   sum.stopped_early = stopped;
   sum.final_loss = last_loss;
+  sum.eval_loss = eval_loss;
   sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
   sum.train_seconds = train_seconds;
   sum.comm_exposed_ms_per_step = steps_done ? exposed_total * 1e3 / steps_done : 0;

@@ -18,6 +18,8 @@ int mesh_partition_size(const TrainConfig& c, int data_ranks, int data_ranks_per
 // choices).
 void mesh_preflight(const TrainConfig& c, const model::GptConfig& mc, int world, int ranks_per_node);
 
-int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int seq_len, const io::TokenDataset& train);
+// `val` may be null (no validation shards): then no evaluation and no eval loss.
+int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int seq_len, const io::TokenDataset& train,
+                      const io::TokenDataset* val);
 
 }  // namespace mics::train

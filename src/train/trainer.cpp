@@ -427,7 +427,7 @@ int run_training(const TrainConfig& c) {
   const DataPlan& data_plan = pr.data;
   const io::TokenDataset& train_data = *pr.train;
   const io::TokenDataset* val_data = pr.val.get();
-  if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) return run_mesh_training(c, gpt, T, train_data);
+  if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) return run_mesh_training(c, gpt, T, train_data, val_data);
 
   auto rt = comm::Runtime::start("train " + describe(c));
   const int rank = rt->rank(), world = rt->world_size();

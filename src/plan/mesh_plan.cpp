@@ -1,0 +1,155 @@
+// The mesh planner's closed forms (see mesh_plan.hpp).
+#include "plan/mesh_plan.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "topo/groups.hpp"
+
+namespace mics::plan {
+
+std::string MeshLayout::describe() const { return fmt::format("t={} s={} p={} r={}", t, s, p, r); }
+
+namespace {
+
+int ranks_per_node(const MeshSpec& spec) { return std::max(1, std::min(spec.gpus, spec.cluster.gpus_per_node)); }
+int seq_of(const MeshSpec& spec) { return spec.seq_len > 0 ? spec.seq_len : spec.model.config.max_seq; }
+
+}  // namespace
+
+std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p) {
+  const int n = ranks_per_node(spec), N = spec.gpus;
+  const auto& c = spec.model.config;
+  if (t < 1 || s < 1 || p < 1) return "t, s and p must be >= 1";
+  if (c.heads % t != 0) return fmt::format("t={} does not divide the {} heads", t, c.heads);
+  if (n % t != 0) return fmt::format("t={} does not divide the {} ranks per node", t, n);
+  if (s > c.layers) return fmt::format("s={} is more than the {} layers", s, c.layers);
+  if (N % (t * s) != 0) return fmt::format("t*s={} does not divide N={}", t * s, N);
+  const int D = N / (t * s);
+  const auto valid = topo::valid_partition_sizes(D, std::max(1, std::min(D, n / t)));
+  if (std::find(valid.begin(), valid.end(), p) == valid.end())
+    return fmt::format("p={} is not a valid partition of the {} data ranks", p, D);
+  return "";
+}
+
+MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int t, int s, int p) {
+  MeshPrediction pr;
+  const Cluster& cl = spec.cluster;
+  const auto& c = spec.model.config;
+  const int N = spec.gpus, n = ranks_per_node(spec), T = seq_of(spec), B = spec.micro_batch;
+  // The global batch is the pure layout's (N * S * B sequences): D = N/(t*s) data ranks run
+  // t*s times the micro-batches.
+  const int S = spec.grad_accum * t * s;
+  const int D = N / (t * s), r = D / p;
+  // Data ranks of one slice per node under the default placement (tpsr): a node of n ranks
+  // holds n/t of one stage's shard group when t*p fills it, else whole groups of p and, when
+  // t*p*s fits in it, n/(t*p*s) of the replicas.
+  const int nd = std::max(1, std::min(D, t * p >= n ? n / t : p * std::max(1, n / (t * p * s))));
+  pr.layout = {t, s, p, r};
+  const double e = cl.cpu_engine ? 4.0 : 2.0;
+  const double tokens = static_cast<double>(B) * T;
+  const double layers_per_stage = static_cast<double>(c.layers) / s;
+  const CollectiveModel cm(cl, params, N);
+  const Rail& intra = cm.intra();
+  const Rail& inter = cm.inter();
+
+  // Compute.
+  const double rate = cl.peak_flops * params.compute_efficiency;
+  double compute = spec.model.flops_per_token(T) * tokens / (t * s) / rate * (spec.recompute ? 4.0 / 3.0 : 1.0);
+  if (!cl.cpu_engine)
+    compute += (spec.recompute ? 4.0 : 3.0) * layers_per_stage * 2.0 * spec.model.layer_activation_bytes(B, T) / t /
+               cl.memory_bandwidth;
+  // Tensor all-reduces (intra-node rail: t divides the node).
+  const double act = tokens * c.channels * e;
+  const double tensor = t > 1 ? 4.0 * layers_per_stage * ring_time(Collective::kAllReduce, t, act, intra) : 0.0;
+  // Pipeline messages: stage neighbours are t*p ranks apart (default placement).
+  const bool p2p_inter = s > 1 && t * p >= n && N > n;
+  const Rail& p2p_rail = p2p_inter ? inter : intra;
+  const double p2p = s > 1 ? 2.0 * (p2p_rail.latency + act / p2p_rail.bandwidth) : 0.0;
+  const double u = compute + tensor + p2p;
+  pr.compute_s = S * compute;
+  pr.tensor_s = S * tensor;
+  pr.pipeline_p2p_s = S * p2p;
+  pr.bubble_fraction = static_cast<double>(s - 1) / (S + s - 1);
+  pr.bubble_s = (s - 1) * u;
+  const double pipeline = (S + s - 1) * u;
+
+  // The data dimension: MiCS over p inside the slice, replicated over r.
+  const auto sizes = spec.model.unit_sizes();
+  double slice_params = 0;
+  for (uint64_t x : sizes) slice_params += static_cast<double>(x);
+  slice_params /= static_cast<double>(t) * s;
+  const double M = slice_params * e;
+  // A virtual cluster for one slice's data ranks: nd per node, the node's network shared by t slices.
+  Cluster dc = cl;
+  dc.gpus_per_node = nd;
+  dc.inter.bandwidth = cl.inter.bandwidth / t;
+  const CollectiveModel dm(dc, params, D);
+  double gathers = 0, rs = 0, ar = 0;
+  if (p > 1) {
+    gathers = 2.0 * S * dm.partition_all_gather(p, M, true);
+    rs = S * dm.partition_reduce_scatter(p, M);
+  }
+  if (r > 1) ar = dm.replication_all_reduce(p, M / p);
+  pr.data_exposed_s = std::max(0.0, gathers + rs - pr.compute_s) + ar;
+  pr.optimizer_s = 32.0 * slice_params / p / cl.memory_bandwidth;
+  pr.step_s = pipeline + pr.data_exposed_s + pr.optimizer_s;
+  pr.tokens_per_s = tokens * S * D / pr.step_s;
+  pr.tflops_per_gpu = spec.model.flops_per_token(T) * tokens * S * D / N / pr.step_s / 1e12;
+
+  // Rank 0's bytes per step by rail (its ring successor's rail; see mesh_plan.hpp).
+  auto add = [&](bool on_inter, double bytes) { (on_inter ? pr.inter_bytes : pr.intra_bytes) += bytes; };
+  if (t > 1) add(false, S * 4.0 * layers_per_stage * 2.0 * (t - 1) / t * act);
+  if (s > 1) add(p2p_inter, S * act);
+  if (p > 1) {
+    if (p <= nd) {
+      add(false, S * 3.0 * (p - 1.0) / p * M);
+    } else {  // hierarchical gathers: (k-1)/k of M/nd across nodes, then (nd-1)/nd of M inside
+      const double k = static_cast<double>(p) / nd;
+      add(true, S * 2.0 * (k - 1.0) / k * M / nd);
+      add(false, S * 2.0 * (nd - 1.0) / nd * M);
+      add(nd == 1, S * (p - 1.0) / p * M);
+    }
+  }
+  if (r > 1) add(p >= nd && N > n, 2.0 * (r - 1.0) / r * M / p);  // one member per node: inter
+
+  // Memory.
+  const double elem = cl.cpu_engine ? 4.0 : 2.0;
+  const double unit0 = static_cast<double>(sizes[0]) / t, block = sizes.size() > 1 ? static_cast<double>(sizes[1]) / t : 0.0;
+  pr.memory.partition_size = p;
+  pr.memory.model_states = static_cast<uint64_t>(16.0 * slice_params / p);
+  pr.memory.gathered = p == 1 ? 0 : static_cast<uint64_t>(elem * (unit0 + 2 * block));
+  pr.memory.grad_buffers = cl.cpu_engine || p > 1 ? static_cast<uint64_t>(elem * (unit0 + block)) : 0;
+  const double acts = cl.cpu_engine ? static_cast<double>(spec.model.engine_activation_bytes(B, T, spec.recompute))
+                                    : static_cast<double>(spec.model.gpu_activation_bytes(B, T, spec.recompute));
+  pr.memory.activations = static_cast<uint64_t>(acts / (t * s) * std::min(S, s));
+  pr.fits = pr.memory.total() <= memory_budget(cl);
+  return pr;
+}
+
+MeshSearch search_mesh(const MeshSpec& spec, const CostParams& params) {
+  MeshSearch out;
+  const int N = spec.gpus;
+  bool have_best = false, have_pure = false;
+  for (int t = 1; t <= N; ++t) {
+    for (int s = 1; s <= spec.model.config.layers && t * s <= N; ++s) {
+      if (N % (t * s) != 0) continue;
+      const int D = N / (t * s);
+      for (int p = 1; p <= D; ++p) {
+        if (D % p != 0 || !mesh_invalid(spec, t, s, p).empty()) continue;
+        const MeshPrediction pr = predict_mesh(spec, params, t, s, p);
+        ++out.layouts_tried;
+        out.layouts.push_back(pr);
+        if (pr.fits) ++out.layouts_fit;
+        if (pr.fits && (!have_best || pr.step_s < out.best.step_s)) out.best = pr, have_best = true;
+        if (t == 1 && s == 1 && !have_pure && (pr.fits || p == D)) out.pure_mics = pr, have_pure = true;
+      }
+    }
+  }
+  if (!have_best) out.best.fits = false;
+  return out;
+}
+
+}  // namespace mics::plan
