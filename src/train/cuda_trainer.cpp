@@ -1,9 +1,10 @@
 // `mics train --device cuda`: the GPT on GPUs (model/cuda/gpt_cuda.hpp), the same data pipeline
 // (io/), schedule and metrics as the CPU loop in trainer.cpp, AdamW on the device.
 // One rank: the model steps itself. Several ranks (mics launch / -n, Slurm, mpirun): the GPU
-// sharded engine (shard/cuda_engine.hpp) holds the optimizer states sharded and drives the
-// reduce-scatters, the 2-hop all-reduce and the parameter all-gather over NCCL, or over the
-// libfabric rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
+// sharded engine (shard/cuda_engine.hpp) holds parameters, gradients and optimizer states
+// sharded (ZeRO-3 / MiCS); the model gathers each unit before its forward and its backward and
+// reduce-scatters each unit's gradient after its backward, over NCCL, or over the libfabric
+// rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
 #include "train/cuda_trainer.hpp"
 
 #include <algorithm>

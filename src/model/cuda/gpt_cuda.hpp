@@ -7,6 +7,9 @@
 // bf16 copy (what the GEMMs read), grads (fp32, same layout), the AdamW moments; activations of
 // one micro-batch of B x T tokens: the residual stream fp32, the rest bf16.
 // A step: zero_grads(); forward_backward() per micro-batch; step() (norm, clip, AdamW).
+// Sharded (CudaOptions::shard_pad > 0, several ranks): none of the full arrays; per-unit
+// working buffers filled by the engine's gathers and drained by its reduce-scatters (the
+// UnitSource of shard/cuda_engine.hpp), the engine steps.
 //
 // No CUDA headers here; without a CUDA build (MICS_HAVE_CUDA) only device_unavailable_reason()
 // exists, and it says so.
