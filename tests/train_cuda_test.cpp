@@ -9,7 +9,10 @@
 //    and, from step 2, fp32 rounding of the parameters that can flip a bf16 rounding.
 //  - against the CPU run (fp32 everywhere): 2e-2, the whole-model bf16 loss bound of
 //    tests/model_cuda_test.cpp (kLossTol 1e-2) doubled for the steps that follow.
-// Each run's summary must say the engine's byte counters equal its traffic formula.
+// Each run's summary must say the engine's byte counters equal its traffic formula (two fp32
+// gathers and one reduce-scatter per unit per micro-step, shard/cuda_engine.hpp), and its model
+// states per rank must be (params + grads + 2 moments) / p: 16 bytes x params / p, plus at most
+// the padding of each unit to a multiple of the world size.
 // Without a CUDA device every test is skipped with the reason.
 #include <unistd.h>
 
@@ -116,6 +119,17 @@ TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
   EXPECT_LT(run.losses.back(), run.losses.front());
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
   EXPECT_NE(run.summary.value("strategy", std::string()).find("fabric collectives"), std::string::npos) << run.summary.dump();
+  // Model states per rank shrink with p: 16 B x params / p (+ padding: < world floats per unit).
+  const int p = l.strategy == "ddp" ? 1 : l.strategy == "zero3" ? l.ranks : l.partition;
+  const uint64_t params = run.summary.value("params", uint64_t{0});
+  const uint64_t states = run.summary.value("model_state_bytes_per_rank", uint64_t{0});
+  ASSERT_GT(params, 0u) << run.summary.dump();
+  EXPECT_GE(states * static_cast<uint64_t>(p), 16 * params) << run.summary.dump();
+  constexpr uint64_t kMaxUnits = 64;  // tiny: far fewer
+  EXPECT_LT(states * static_cast<uint64_t>(p), 16 * (params + kMaxUnits * static_cast<uint64_t>(l.ranks))) << run.summary.dump();
+  EXPECT_NE(run.result.output.find("working buffers"), std::string::npos) << run.result.output;
+  std::printf("[ %s ] model states per rank %llu bytes (p=%d, %llu params)\n", name(l).c_str(),
+              static_cast<unsigned long long>(states), p, static_cast<unsigned long long>(params));
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainCuda,

@@ -26,11 +26,9 @@ float CudaGpt::forward_loss(const int32_t*, const int32_t*) { return 0; }
 float CudaGpt::accumulated_loss() { return 0; }
 StepResult CudaGpt::step(const AdamWConfig&, int64_t, int) { return {}; }
 std::vector<PhaseTime> CudaGpt::take_profile() { return {}; }
-float* CudaGpt::device_params() { return nullptr; }
-float* CudaGpt::device_grads() { return nullptr; }
 void* CudaGpt::stream() { return nullptr; }
-void CudaGpt::clear_grads() {}
-void CudaGpt::params_changed() {}
+void CudaGpt::set_unit_source(shard::UnitSource) {}
+uint64_t CudaGpt::working_buffer_bytes() const { return 0; }
 shard::DeviceOptimizer CudaGpt::device_optimizer() { return {}; }
 uint64_t CudaGpt::allocated_bytes() const { return 0; }
 std::string CudaGpt::attention_kind() const { return ""; }

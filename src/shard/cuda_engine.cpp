@@ -1,6 +1,8 @@
 #include "shard/cuda_engine.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -56,12 +58,14 @@ struct CudaEngine::Impl {
   std::unique_ptr<comm::Communicator> world;  // control all-reduces (not in traffic())
   std::unique_ptr<comm::GpuComm> partition, replication;  // null for a group of one
   int N = 1, p = 1, r = 1;
-  size_t numel = 0, padded = 0, shard = 0;
+  std::vector<size_t> numel, padded, offset;  // per unit; offset: where its shard starts in ours
+  size_t shard = 0, max_shard = 0;
   float *master = nullptr, *acc = nullptr, *m = nullptr, *v = nullptr, *rs_out = nullptr, *norm_sq = nullptr;
   float* host_norm = nullptr;
   cudaStream_t cs = nullptr;
   cudaEvent_t compute_done = nullptr, comm_done = nullptr;
-  int micro = 0;
+  std::vector<cudaEvent_t> ready;  // per unit: its last gather finished
+  std::vector<int> reduced;        // per unit: reduce() calls since the last step
   int64_t steps = 0;
   int consecutive_skips = 0;
   comm::Traffic base;
@@ -72,6 +76,7 @@ struct CudaEngine::Impl {
     for (float* f : {master, acc, m, v, rs_out, norm_sq})
       if (f) cudaFree(f);
     if (host_norm) cudaFreeHost(host_norm);
+    for (cudaEvent_t e : ready) cudaEventDestroy(e);
     if (compute_done) cudaEventDestroy(compute_done);
     if (comm_done) cudaEventDestroy(comm_done);
     if (cs) cudaStreamDestroy(cs);
@@ -92,9 +97,47 @@ struct CudaEngine::Impl {
     MICS_ENGINE_CUDA(cudaEventRecord(comm_done, cs));
     MICS_ENGINE_CUDA(cudaStreamWaitEvent(st(compute), comm_done, 0));
   }
+  void check_unit(int u, const char* what) const {
+    if (u < 0 || static_cast<size_t>(u) >= numel.size())
+      throw Error(ErrorKind::kInvalidArgument, fmt::format("{}: unit {} of {}", what, u, numel.size()),
+                  {.layer = "shard", .where = "GPU sharded engine"});
+  }
+  void gather(int u, float* dst, comm::GpuStream compute) {
+    check_unit(u, "gather");
+    follow(compute);  // dst's previous contents were read by the model's work so far
+    const size_t k = static_cast<size_t>(u);
+    if (partition)
+      partition->all_gather(master + offset[k], dst, padded[k], DType::kF32, cs);
+    else
+      MICS_ENGINE_CUDA(cudaMemcpyAsync(dst, master + offset[k], padded[k] * sizeof(float), cudaMemcpyDeviceToDevice, cs));
+    MICS_ENGINE_CUDA(cudaEventRecord(ready[k], cs));
+  }
+  void wait(int u, comm::GpuStream compute) {
+    check_unit(u, "wait");
+    MICS_ENGINE_CUDA(cudaStreamWaitEvent(st(compute), ready[static_cast<size_t>(u)], 0));
+  }
+  void reduce(int u, const float* grads, comm::GpuStream compute) {
+    check_unit(u, "reduce");
+    const size_t k = static_cast<size_t>(u);
+    if (reduced[k] >= options.grad_accum)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("unit {} reduced {} times before step() (grad_accum {})", u, reduced[k] + 1, options.grad_accum),
+                  {.layer = "shard", .where = "GPU sharded engine"});
+    follow(compute);
+    const size_t n = padded[k] / static_cast<size_t>(p);
+    if (partition) {
+      partition->reduce_scatter(grads, rs_out, padded[k], DType::kF32, ReduceOp::kSum, cs);
+      cuda::add_into(acc + offset[k], rs_out, n, cs);
+    } else {
+      cuda::add_into(acc + offset[k], grads, n, cs);
+    }
+    ++reduced[k];
+    lead(compute);  // the model writes this gradient buffer again only after the reduce-scatter read it
+  }
 };
 
-CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options, size_t numel, DeviceOptimizer ops)
+CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options, std::vector<size_t> unit_numel,
+                       DeviceOptimizer ops)
     : impl_(std::make_unique<Impl>(runtime, options, std::move(ops))) {
   Impl& s = *impl_;
   if (options.grad_accum < 1)
@@ -111,62 +154,71 @@ CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options,
   if (s.p > 1) s.partition = comm::make_gpu_comm(options.backend, *s.groups.partition, runtime.store());
   if (s.r > 1) s.replication = comm::make_gpu_comm(options.backend, *s.groups.replication, runtime.store());
   s.base = s.raw_traffic();
-  s.numel = numel;
-  const size_t n = static_cast<size_t>(s.N);
-  s.padded = (numel + n - 1) / n * n;
-  s.shard = s.padded / static_cast<size_t>(s.p);
-  for (float** f : {&s.master, &s.acc, &s.m, &s.v, &s.rs_out})
-    MICS_ENGINE_CUDA(cudaMalloc(f, std::max<size_t>(s.shard, 1) * sizeof(float)));
+  s.numel = std::move(unit_numel);
+  const size_t n = static_cast<size_t>(s.N), units = s.numel.size();
+  size_t total = 0;
+  for (size_t u = 0; u < units; ++u) {
+    s.padded.push_back((s.numel[u] + n - 1) / n * n);
+    s.offset.push_back(s.shard);
+    const size_t part = s.padded[u] / static_cast<size_t>(s.p);
+    s.shard += part;
+    s.max_shard = std::max(s.max_shard, part);
+    total += s.numel[u];
+  }
+  s.reduced.assign(units, 0);
+  for (float** f : {&s.master, &s.acc, &s.m, &s.v}) MICS_ENGINE_CUDA(cudaMalloc(f, std::max<size_t>(s.shard, 1) * sizeof(float)));
+  MICS_ENGINE_CUDA(cudaMalloc(&s.rs_out, std::max<size_t>(s.max_shard, 1) * sizeof(float)));
   MICS_ENGINE_CUDA(cudaMalloc(&s.norm_sq, sizeof(float)));
   MICS_ENGINE_CUDA(cudaMallocHost(&s.host_norm, sizeof(float)));
   MICS_ENGINE_CUDA(cudaStreamCreateWithFlags(&s.cs, cudaStreamNonBlocking));
   MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.compute_done, cudaEventDisableTiming));
   MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.comm_done, cudaEventDisableTiming));
+  s.ready.assign(units, nullptr);
+  for (cudaEvent_t& e : s.ready) MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   if (job.rank() == 0)
-    log::info("gpu engine: {} with p={} r={} over {}; GPU collectives: {}; {} floats padded to {} ({} per shard)",
+    log::info("gpu engine: {} with p={} r={} over {}; GPU collectives: {}; {} units, {} floats, {} per rank's shard "
+              "(units gathered per use, gradients reduce-scattered per unit)",
               topo::to_string(options.strategy), s.p, s.r, runtime.topology().describe(),
-              comm::to_string(options.backend), numel, s.padded, s.shard);
+              comm::to_string(options.backend), units, total, s.shard);
 }
 
 CudaEngine::~CudaEngine() = default;
 
-size_t CudaEngine::padded() const { return impl_->padded; }
+int CudaEngine::world_size() const { return impl_->N; }
+size_t CudaEngine::unit_padded(int unit) const { return impl_->padded.at(static_cast<size_t>(unit)); }
 size_t CudaEngine::shard_size() const { return impl_->shard; }
 
-void CudaEngine::finalize(const float* device_params, comm::GpuStream stream) {
+void CudaEngine::finalize(const std::function<void(int unit, float* host)>& init) {
   Impl& s = *impl_;
-  s.follow(stream);
   const size_t member = static_cast<size_t>(s.groups.partition->rank());
-  MICS_ENGINE_CUDA(cudaMemcpyAsync(s.master, device_params + member * s.shard, s.shard * sizeof(float),
-                                   cudaMemcpyDeviceToDevice, s.cs));
+  std::vector<float> host;
+  for (size_t u = 0; u < s.numel.size(); ++u) {
+    host.assign(s.padded[u], 0.0f);
+    init(static_cast<int>(u), host.data());
+    const size_t n = s.padded[u] / static_cast<size_t>(s.p);
+    MICS_ENGINE_CUDA(cudaMemcpy(s.master + s.offset[u], host.data() + member * n, n * sizeof(float), cudaMemcpyHostToDevice));
+  }
   for (float* f : {s.acc, s.m, s.v}) MICS_ENGINE_CUDA(cudaMemsetAsync(f, 0, s.shard * sizeof(float), s.cs));
   MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
 }
 
-void CudaEngine::reduce_gradients(const float* device_grads, comm::GpuStream stream) {
-  Impl& s = *impl_;
-  if (s.micro >= s.options.grad_accum)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("reduce_gradients called {} times before step() (grad_accum {})", s.micro + 1, s.options.grad_accum),
-                {.layer = "shard", .where = "GPU sharded engine"});
-  s.follow(stream);
-  if (s.partition) {
-    s.partition->reduce_scatter(device_grads, s.rs_out, s.padded, DType::kF32, ReduceOp::kSum, s.cs);
-    cuda::add_into(s.acc, s.rs_out, s.shard, s.cs);
-  } else {
-    cuda::add_into(s.acc, device_grads, s.shard, s.cs);
-  }
-  ++s.micro;
-  s.lead(stream);  // the model writes its gradients again only after the reduce-scatter read them
+UnitSource CudaEngine::unit_source() {
+  Impl* s = impl_.get();
+  UnitSource src;
+  src.gather = [s](int u, float* dst, comm::GpuStream stream) { s->gather(u, dst, stream); };
+  src.wait = [s](int u, comm::GpuStream stream) { s->wait(u, stream); };
+  src.reduce = [s](int u, const float* grads, comm::GpuStream stream) { s->reduce(u, grads, stream); };
+  return src;
 }
 
-CudaStepReport CudaEngine::step(float* device_params, float lr, comm::GpuStream stream) {
+CudaStepReport CudaEngine::step(float lr, comm::GpuStream stream) {
   Impl& s = *impl_;
-  if (s.micro != s.options.grad_accum)
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("step() after {} reduce_gradients calls (grad_accum {})", s.micro, s.options.grad_accum),
-                {.layer = "shard", .where = "GPU sharded engine"});
-  s.micro = 0;
+  for (size_t u = 0; u < s.reduced.size(); ++u)
+    if (s.reduced[u] != s.options.grad_accum)
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("step() after {} reduce calls of unit {} (grad_accum {})", s.reduced[u], u, s.options.grad_accum),
+                  {.layer = "shard", .where = "GPU sharded engine"});
+  std::fill(s.reduced.begin(), s.reduced.end(), 0);
   const auto t0 = Clock::now();
   CudaStepReport report;
   s.follow(stream);
@@ -178,10 +230,6 @@ CudaStepReport CudaEngine::step(float* device_params, float lr, comm::GpuStream 
                     s.options.clip_norm, s.steps + 1};
   s.ops.adamw(s.master, s.acc, s.m, s.v, s.shard, s.norm_sq, a, s.cs);
   MICS_ENGINE_CUDA(cudaMemsetAsync(s.acc, 0, s.shard * sizeof(float), s.cs));
-  if (s.partition)
-    s.partition->all_gather(s.master, device_params, s.padded, DType::kF32, s.cs);
-  else
-    MICS_ENGINE_CUDA(cudaMemcpyAsync(device_params, s.master, s.shard * sizeof(float), cudaMemcpyDeviceToDevice, s.cs));
   MICS_ENGINE_CUDA(cudaMemcpyAsync(s.host_norm, s.norm_sq, sizeof(float), cudaMemcpyDeviceToHost, s.cs));
   s.lead(stream);
   if (s.partition)
@@ -222,36 +270,41 @@ void CudaEngine::control_all_reduce(float* values, size_t count, ReduceOp op) {
 
 comm::Traffic CudaEngine::traffic() const { return minus(impl_->raw_traffic(), impl_->base); }
 
-comm::Traffic CudaEngine::expected_traffic(int optimizer_steps) const {
+comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_passes) const {
   const Impl& s = *impl_;
-  comm::Traffic step;
   const uint64_t S = static_cast<uint64_t>(s.options.grad_accum);
+  const uint64_t steps = static_cast<uint64_t>(optimizer_steps), passes = static_cast<uint64_t>(forward_passes);
+  const size_t units = s.numel.size();
+  comm::Traffic total;
+  total.bytes_sent = {};
+  total.msgs_sent = {};
   if (s.options.backend == comm::GpuBackend::kFabric) {
     if (s.p > 1) {
-      add_to(step, comm::predict_traffic(*s.groups.partition, "reduce_scatter", s.padded, DType::kF32), S);
-      add_to(step, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32));
-      add_to(step, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded, DType::kF32));
+      for (size_t u = 0; u < units; ++u) {
+        // training: two gathers and one reduce-scatter per micro-step; eval: one gather (unit 0: two)
+        const uint64_t gathers = steps * S * 2 + passes * (u == 0 ? 2 : 1);
+        add_to(total, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded[u], DType::kF32), gathers);
+        add_to(total, comm::predict_traffic(*s.groups.partition, "reduce_scatter", s.padded[u], DType::kF32), steps * S);
+      }
+      add_to(total, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32), steps);
     }
-    if (s.r > 1) add_to(step, comm::predict_traffic(*s.groups.replication, "all_reduce", s.shard, DType::kF32));
+    if (s.r > 1) add_to(total, comm::predict_traffic(*s.groups.replication, "all_reduce", s.shard, DType::kF32), steps);
   } else {
     // The ring formulas NcclGpuComm counts (bytes only), on the rail its group sits on.
     auto ring = [&](const comm::Communicator& c, uint64_t bytes) {
       const int rail = c.num_nodes() > 1 ? static_cast<int>(fabric::Rail::kInter) : static_cast<int>(fabric::Rail::kIntra);
-      step.bytes_sent[rail] += bytes;
+      total.bytes_sent[rail] += bytes;
     };
-    const uint64_t P = s.padded * 4, n = static_cast<uint64_t>(s.p), rr = static_cast<uint64_t>(s.r);
+    const uint64_t n = static_cast<uint64_t>(s.p), rr = static_cast<uint64_t>(s.r);
     if (s.p > 1) {
-      ring(*s.groups.partition, S * (P - P / n));
-      ring(*s.groups.partition, 2 * (4 - 4 / n));
-      ring(*s.groups.partition, P - P / n);
+      for (size_t u = 0; u < units; ++u) {
+        const uint64_t P = s.padded[u] * 4;
+        ring(*s.groups.partition, (steps * S * 2 + passes * (u == 0 ? 2 : 1)) * (P - P / n));
+        ring(*s.groups.partition, steps * S * (P - P / n));
+      }
+      ring(*s.groups.partition, steps * 2 * (4 - 4 / n));
     }
-    if (s.r > 1) ring(*s.groups.replication, 2 * (s.shard * 4 - s.shard * 4 / rr));
-  }
-  comm::Traffic total;
-  total.bytes_sent = {};
-  for (int i = 0; i < fabric::kNumRails; ++i) {
-    total.bytes_sent[i] = step.bytes_sent[i] * static_cast<uint64_t>(optimizer_steps);
-    total.msgs_sent[i] = step.msgs_sent[i] * static_cast<uint64_t>(optimizer_steps);
+    if (s.r > 1) ring(*s.groups.replication, steps * 2 * (s.shard * 4 - s.shard * 4 / rr));
   }
   return total;
 }
@@ -259,16 +312,17 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps) const {
 #else  // no CUDA
 
 struct CudaEngine::Impl {};
-CudaEngine::CudaEngine(comm::Runtime&, const CudaEngineOptions&, size_t, DeviceOptimizer) {
+CudaEngine::CudaEngine(comm::Runtime&, const CudaEngineOptions&, std::vector<size_t>, DeviceOptimizer) {
   throw Error(ErrorKind::kUnavailable, "the GPU sharded engine: this build has no CUDA support",
               {.layer = "shard", .hint = "build with CUDA (cmake -DMICS_WITH_CUDA=ON), or use --device cpu"});
 }
 CudaEngine::~CudaEngine() = default;
-size_t CudaEngine::padded() const { return 0; }
+int CudaEngine::world_size() const { return 1; }
+size_t CudaEngine::unit_padded(int) const { return 0; }
 size_t CudaEngine::shard_size() const { return 0; }
-void CudaEngine::finalize(const float*, comm::GpuStream) {}
-void CudaEngine::reduce_gradients(const float*, comm::GpuStream) {}
-CudaStepReport CudaEngine::step(float*, float, comm::GpuStream) { return {}; }
+void CudaEngine::finalize(const std::function<void(int, float*)>&) {}
+UnitSource CudaEngine::unit_source() { return {}; }
+CudaStepReport CudaEngine::step(float, comm::GpuStream) { return {}; }
 int64_t CudaEngine::optimizer_steps() const { return 0; }
 int CudaEngine::partition_size() const { return 1; }
 int CudaEngine::replicas() const { return 1; }
@@ -276,7 +330,7 @@ comm::GpuBackend CudaEngine::backend() const { return comm::GpuBackend::kFabric;
 uint64_t CudaEngine::model_state_bytes() const { return 0; }
 void CudaEngine::control_all_reduce(float*, size_t, ReduceOp) {}
 comm::Traffic CudaEngine::traffic() const { return {}; }
-comm::Traffic CudaEngine::expected_traffic(int) const { return {}; }
+comm::Traffic CudaEngine::expected_traffic(int, int) const { return {}; }
 
 #endif
 

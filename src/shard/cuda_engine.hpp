@@ -1,37 +1,40 @@
 #pragma once
 // The sharded engine of the GPU path (`mics train --device cuda` with several ranks).
 //
-// What is sharded: the model's flat parameter array (every unit concatenated, numel floats)
-// padded to a multiple of the world size (padded()) and cut into p equal shards, p the
-// partition size (ddp 1, zero3 N, mics p; topo/groups.hpp). A rank keeps on the device, for
-// its shard: fp32 master weights, the fp32 gradient accumulator and both AdamW moments
-// (16 bytes per parameter / p).
-//
-// What is not (yet): the model itself keeps full-size fp32 and bf16 parameters and fp32
-// gradients on every rank (the single-GPU model of model/cuda); there is no per-unit
-// gather/release working set on the GPU path. So memory per rank is the optimizer states / p
-// plus a full model copy (ZeRO-2-like), while the communication follows MiCS:
-//   per micro-step: reduce_gradients() reduce-scatters the full gradient inside the partition
-//                   group and adds the shard into the accumulator (fp32);
-//   per step:       step() all-reduces the accumulator across the replication group (2-hop,
-//                   once), the global norm (a one-float all-reduce over the partition group),
-//                   clipping and AdamW on the shard on the device, then all-gathers the new
-//                   master shards (fp32) into the model's parameter array.
-// Traffic per optimizer step and rank (ring formulas, P = padded() floats, fp32):
-//   S * (p-1)/p * 4P  +  2 (r-1)/r * 4P/p  +  norm all-reduce (one float)  +  (p-1)/p * 4P
-// expected_traffic() predicts it per rail (for the fabric backend through comm::predict_traffic,
-// exactly; for nccl through the same ring formula GpuComm counts).
-//
-// Streams: collectives run on the engine's own stream; reduce_gradients() makes it wait for
-// the model's stream (an event), and the model's stream waits for the reduce-scatter before
-// the gradients are written again (another event): no host synchronisation except what the
-// fabric backend needs (it stages through host memory) and one per step to read the norm.
+// What is sharded (ZeRO-3 / MiCS, the call pattern of the CPU engine, shard/engine.hpp): the
+// model is a list of units (GPT: unit 0 = embeddings + final LayerNorm, then one per block);
+// each unit's fp32 parameters are padded to a multiple of the world size N (unit_padded(u))
+// and cut into p equal shards, p the partition size (ddp 1, zero3 N, mics p; topo/groups.hpp).
+// A rank keeps on the device, for its shard of every unit (the shards concatenated in unit
+// order): fp32 master weights, the fp32 gradient accumulator and both AdamW moments, 16 bytes
+// per shard element: model states per rank = (params + grads + 2 moments) / p (plus padding).
+// No full-model parameter or gradient array exists on any rank: the model (CudaGpt with
+// CudaOptions::shard_pad) holds per-unit working buffers and calls, per micro-step,
+//   gather(u, dst)  before unit u's forward and again before its backward (two per unit per
+//                   micro-step, like the CPU engine: unit 0 before the embedding and before
+//                   the head; the head's copy serves the head's backward): an fp32 all-gather
+//                   of the unit's shards inside the partition group into dst, on the engine's
+//                   stream after the model's work so far (the slot it overwrites is free);
+//   wait(u)         the model's stream waits for that gather (an event per unit): a gather
+//                   issued one unit early overlaps the current unit's compute (prefetch);
+//   reduce(u, g)    right after unit u's backward: reduce-scatter (fp32) of its padded
+//                   gradient inside the partition group, added into the shard accumulator; the
+//                   model's stream waits for it before g is written again.
+// step(): the 2-hop all-reduce of the accumulator across the replication group (once), the
+// global norm (a one-float all-reduce over the partition group), clipping and AdamW on the
+// shard. The next micro-step gathers the new parameters.
+// Traffic per optimizer step and rank (ring formulas, M = sum of padded unit bytes, fp32):
+//   S * 2 * (p-1)/p * M  +  S * (p-1)/p * M  +  2 (r-1)/r * M/p  +  norm all-reduce (one float)
+// plus, outside training, one gather per block and two of unit 0 per forward-only pass (eval).
+// expected_traffic() predicts it per rail (fabric: comm::predict_traffic per call, exactly;
+// nccl: the same ring formula GpuComm counts).
 //
 // No CUDA headers here; the AdamW and norm kernels come from the caller (shard/ sits below
 // model/, where the CUDA kernels live).
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "comm/gpu_comm.hpp"
 #include "comm/runtime.hpp"
@@ -70,23 +73,33 @@ struct CudaStepReport {
   double comm_wait_s = 0;   // host time spent in the fabric staging and the step's wait
 };
 
+// What the model calls per unit (see above); streams are cudaStream_t.
+struct UnitSource {
+  std::function<void(int unit, float* dst, comm::GpuStream s)> gather;
+  std::function<void(int unit, comm::GpuStream s)> wait;
+  std::function<void(int unit, const float* grads, comm::GpuStream s)> reduce;
+};
+
 class CudaEngine {
  public:
   // Collective over runtime's world. The caller made its GPU current (comm::select_gpu_device).
-  CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options, size_t numel, DeviceOptimizer ops);
+  // unit_numel: every unit's parameter count, same on every rank.
+  CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options, std::vector<size_t> unit_numel,
+             DeviceOptimizer ops);
   ~CudaEngine();
   CudaEngine(const CudaEngine&) = delete;
   CudaEngine& operator=(const CudaEngine&) = delete;
 
-  size_t padded() const;  // floats the model's parameter and gradient arrays must hold (zeros past numel)
-  size_t shard_size() const;
-  // Takes this rank's shard from the full parameters (identical on every rank), on `stream`.
-  void finalize(const float* device_params, comm::GpuStream stream);
-  // After a micro-batch's backward on `stream`: reduce-scatter of the padded gradient.
-  void reduce_gradients(const float* device_grads, comm::GpuStream stream);
-  // After grad_accum reduce_gradients(): the 2-hop all-reduce, norm, clip, AdamW, and the
-  // all-gather of the new parameters into device_params (`stream` waits for it).
-  CudaStepReport step(float* device_params, float lr, comm::GpuStream stream);
+  int world_size() const;                // units are padded to a multiple of it
+  size_t unit_padded(int unit) const;     // floats of a gathered unit / its gradient buffer
+  size_t shard_size() const;              // this rank's shard floats over all units
+  // Takes this rank's shards from init(unit, host) (the unit's full parameters, unit_numel
+  // floats, identical on every rank; the rest of the padded host buffer is zero).
+  void finalize(const std::function<void(int unit, float* host)>& init);
+  UnitSource unit_source();  // valid while the engine lives
+  // After grad_accum micro-steps (every unit reduced grad_accum times): the 2-hop all-reduce,
+  // norm, clip, AdamW on the shard (`stream`, the model's, waits for it).
+  CudaStepReport step(float lr, comm::GpuStream stream);
 
   int64_t optimizer_steps() const;
   int partition_size() const;
@@ -95,7 +108,8 @@ class CudaEngine {
   // A few floats over every rank on the host (the mean loss): not in traffic().
   void control_all_reduce(float* values, size_t count, ReduceOp op);
   comm::Traffic traffic() const;
-  comm::Traffic expected_traffic(int optimizer_steps) const;
+  // optimizer_steps steps plus forward_passes forward-only passes (eval).
+  comm::Traffic expected_traffic(int optimizer_steps, int forward_passes = 0) const;
   uint64_t model_state_bytes() const;  // 16 bytes per shard element
 
  private:

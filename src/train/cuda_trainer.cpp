@@ -1,9 +1,10 @@
 // `mics train --device cuda`: the GPT on GPUs (model/cuda/gpt_cuda.hpp), the same data pipeline
 // (io/), schedule and metrics as the CPU loop in trainer.cpp, AdamW on the device.
 // One rank: the model steps itself. Several ranks (mics launch / -n, Slurm, mpirun): the GPU
-// sharded engine (shard/cuda_engine.hpp) holds the optimizer states sharded and drives the
-// reduce-scatters, the 2-hop all-reduce and the parameter all-gather over NCCL, or over the
-// libfabric rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
+// sharded engine (shard/cuda_engine.hpp) holds parameters, gradients and optimizer states
+// sharded (ZeRO-3 / MiCS); the model gathers each unit before its forward and its backward and
+// reduce-scatters each unit's gradient after its backward, over NCCL, or over the libfabric
+// rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
 #include "train/cuda_trainer.hpp"
 
 #include <algorithm>
@@ -116,17 +117,9 @@ int run_cuda_training(const TrainConfig& c) {
     backend = comm::choose_gpu_backend(*rt, device);
   }
   const bool leader = rank == 0;
-  const size_t numel = [&] {
-    size_t n = 0;
-    for (int u = 0; u < gpt.num_units(); ++u) n += gpt.unit_numel(u);
-    return n;
-  }();
-  if (multi) {
-    options.param_capacity = (numel + static_cast<size_t>(world) - 1) / static_cast<size_t>(world) * static_cast<size_t>(world);
-    options.own_optimizer = false;
-  }
+  if (multi) options.shard_pad = world;  // no full-model arrays: per-unit working buffers
   model::cuda::CudaGpt model(mc, c.micro_batch, T, options);
-  {
+  if (!multi) {
     std::vector<float> flat(model.num_params());
     for (int u = 0; u < gpt.num_units(); ++u) gpt.init_unit(u, c.seed, flat.data() + model.unit_offset(u));
     model.upload_params(flat.data());
@@ -143,8 +136,11 @@ int run_cuda_training(const TrainConfig& c) {
     eo.weight_decay = c.weight_decay;
     eo.clip_norm = c.clip;
     eo.backend = backend.backend;
-    engine = std::make_unique<shard::CudaEngine>(*rt, eo, numel, model.device_optimizer());
-    engine->finalize(model.device_params(), model.stream());
+    std::vector<size_t> units;
+    for (int u = 0; u < gpt.num_units(); ++u) units.push_back(gpt.unit_numel(u));
+    engine = std::make_unique<shard::CudaEngine>(*rt, eo, units, model.device_optimizer());
+    engine->finalize([&](int u, float* host) { gpt.init_unit(u, c.seed, host); });
+    model.set_unit_source(engine->unit_source());
   }
   const model::cuda::DeviceSummary dev = model::cuda::device_summary();
   const uint64_t tokens_per_step = static_cast<uint64_t>(world) * c.grad_accum * c.micro_batch * T;
@@ -168,6 +164,11 @@ int run_cuda_training(const TrainConfig& c) {
               static_cast<unsigned long long>(train_data.num_sequences()),
               val_data ? fmt::format("{} sequences", val_data->num_sequences()).c_str() : "none");
   std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
+  if (engine)
+    std::printf("  model states per rank: %s (fp32 params + grads + 2 moments of %zu shard floats); working buffers: %s "
+                "(unit 0 + 2 block slots gathered, unit 0 + 1 block gradient)\n",
+                human(static_cast<double>(engine->model_state_bytes())).c_str(), engine->shard_size(),
+                human(static_cast<double>(model.working_buffer_bytes())).c_str());
   std::fflush(stdout);
   }
 
@@ -209,13 +210,10 @@ int run_cuda_training(const TrainConfig& c) {
     } else {
       for (int m = 0; m < c.grad_accum; ++m) {
         io::MicroBatch mb = prefetcher.next();
-        if (m > 0) model.clear_grads();
-        model.forward_backward(mb.inputs.data(), mb.targets.data());
-        engine->reduce_gradients(model.device_grads(), model.stream());
+        model.forward_backward(mb.inputs.data(), mb.targets.data());  // gathers, reduce-scatters per unit
       }
       const float local_loss = model.accumulated_loss();
-      const shard::CudaStepReport er = engine->step(model.device_params(), adam.lr, model.stream());
-      model.params_changed();
+      const shard::CudaStepReport er = engine->step(adam.lr, model.stream());
       float control[2] = {local_loss, stop.requested() ? 1.0f : 0.0f};
       engine->control_all_reduce(control, 2, ReduceOp::kSum);
       r.loss = control[0] / static_cast<double>(world);
@@ -254,6 +252,7 @@ int run_cuda_training(const TrainConfig& c) {
   }
   printer.finish();
   const auto profile = model.take_profile();
+  const comm::Traffic train_traffic = engine ? engine->traffic() : comm::Traffic{};  // before eval's gathers
 
   double eval_loss = NAN;
   if (val_data && !stopped && c.eval_batches > 0) {
@@ -288,15 +287,15 @@ int run_cuda_training(const TrainConfig& c) {
   sum.traffic_matches_model = true;
   sum.model_state_bytes_per_rank = static_cast<uint64_t>(model.num_params()) * 18;
   if (engine) {
-    const comm::Traffic got = engine->traffic();
+    const comm::Traffic got = train_traffic;
     const comm::Traffic want = engine->expected_traffic(steps_done);
     sum.traffic_matches_model = got.bytes_sent == want.bytes_sent;
     const double n = std::max(1, steps_done);
     sum.intra_node_bytes_per_step = static_cast<double>(got.bytes(fabric::Rail::kIntra)) / n;
     sum.inter_node_bytes_per_step = static_cast<double>(got.bytes(fabric::Rail::kInter)) / n;
-    // sharded optimizer states (16 B per shard element) + the model's full fp32 params and
-    // grads and bf16 copy (10 B per parameter)
-    sum.model_state_bytes_per_rank = engine->model_state_bytes() + static_cast<uint64_t>(model.num_params()) * 10;
+    // fp32 params, grads and both moments of this rank's shards (16 B per shard element); the
+    // model's per-unit working buffers are printed beside it
+    sum.model_state_bytes_per_rank = engine->model_state_bytes();
     if (!sum.traffic_matches_model)
       log::warn("GPU engine traffic: got intra {} inter {} bytes, the formula says intra {} inter {}",
                 got.bytes(fabric::Rail::kIntra), got.bytes(fabric::Rail::kInter), want.bytes(fabric::Rail::kIntra),

@@ -104,11 +104,20 @@ struct CudaGpt::Impl {
   cudaStream_t stream = nullptr;
   Blas blas;
   Arena arena;
-  size_t nparams = 0, capacity = 0;
-  std::vector<size_t> offsets;
-  // parameters and optimizer state
+  size_t nparams = 0;
+  std::vector<size_t> offsets, unit_n;
+  // parameters and optimizer state (one GPU)
   float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
   bf16_t* params_bf16 = nullptr;
+  // sharded (opt.shard_pad > 0): unit 0's and two block slots' gathered params, unit 0's and
+  // one block's gradients, all padded to a multiple of shard_pad
+  bool sharded = false;
+  shard::UnitSource source;
+  size_t pad0 = 0, padb = 0, work_bytes = 0;
+  float *u0 = nullptr, *g0 = nullptr, *gblk = nullptr;
+  bf16_t* u0_bf16 = nullptr;
+  float* slot32[2] = {nullptr, nullptr};
+  bf16_t* slot16[2] = {nullptr, nullptr};
   // activations
   std::vector<LayerActs> acts;
   float* res_final = nullptr;
@@ -154,19 +163,41 @@ struct CudaGpt::Impl {
     const Gpt gpt(cfg);
     for (int u = 0; u < gpt.num_units(); ++u) {
       offsets.push_back(nparams);
+      unit_n.push_back(gpt.unit_numel(u));
       nparams += gpt.unit_numel(u);
     }
-    capacity = std::max(nparams, opt.param_capacity);
+    sharded = opt.shard_pad > 0;
+    if (sharded) {
+      const size_t k = static_cast<size_t>(opt.shard_pad);
+      pad0 = round_up(unit_n[0], k);
+      padb = L > 0 ? round_up(unit_n[1], k) : 0;
+      const size_t nb = L > 0 ? unit_n[1] : 0;
+      // as the arena rounds them
+      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) + 3 * round_up(padb * 4, 256) +
+                   2 * round_up(nb * 2, 256);
+    }
     const size_t bh = static_cast<size_t>(B) * H;
     const size_t nc = N * C;
     auto plan = [&](bool take) {
       auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
       auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
-      params = f(capacity);
-      grads = f(capacity);
-      m = opt.own_optimizer ? f(nparams) : nullptr;
-      v = opt.own_optimizer ? f(nparams) : nullptr;
-      params_bf16 = h(nparams);
+      if (sharded) {
+        const size_t nb = L > 0 ? unit_n[1] : 0;
+        u0 = f(pad0);
+        u0_bf16 = h(unit_n[0]);
+        g0 = f(pad0);
+        for (int i = 0; i < 2; ++i) {
+          slot32[i] = f(padb);
+          slot16[i] = h(nb);
+        }
+        gblk = f(padb);
+      } else {
+        params = f(nparams);
+        grads = f(nparams);
+        m = f(nparams);
+        v = f(nparams);
+        params_bf16 = h(nparams);
+      }
       acts.assign(static_cast<size_t>(L), LayerActs{});
       for (auto& a : acts) {
         a.res = f(nc);
@@ -219,10 +250,8 @@ struct CudaGpt::Impl {
     arena.allocate();
     plan(true);
     MICS_CUDA(cudaMallocHost(&host_out, 2 * sizeof(float)));
-    if (m) MICS_CUDA(cudaMemsetAsync(m, 0, nparams * 4, stream));
-    if (v) MICS_CUDA(cudaMemsetAsync(v, 0, nparams * 4, stream));
-    MICS_CUDA(cudaMemsetAsync(params, 0, capacity * 4, stream));
-    MICS_CUDA(cudaMemsetAsync(grads, 0, capacity * 4, stream));
+    for (float* f : {m, v, params, grads})
+      if (f) MICS_CUDA(cudaMemsetAsync(f, 0, nparams * 4, stream));
     MICS_CUDA(cudaMemsetAsync(loss_sum, 0, 4, stream));
   }
 
@@ -271,14 +300,49 @@ struct CudaGpt::Impl {
   }
 
   // --- parameter views ---
-  layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(params, V, cfg.max_seq, C); }
-  layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(params_bf16, V, cfg.max_seq, C); }
-  layers::EmbedTensors<float> embed_grad() const { return layers::embed_tensors(grads, V, cfg.max_seq, C); }
-  layers::BlockTensors<float> block_f32(int l) const { return layers::block_tensors(params + offsets[1 + l], C); }
-  layers::BlockTensors<bf16_t> block_bf16(int l) const {
-    return layers::block_tensors(params_bf16 + offsets[1 + l], C);
+  // Unit u's parameters and gradients: slices of the full arrays on one GPU; sharded, the
+  // working buffers (blocks alternate between two slots: the current one and the prefetched).
+  float* unit_f32(int u) const {
+    if (!sharded) return params + offsets[static_cast<size_t>(u)];
+    return u == 0 ? u0 : slot32[(u - 1) % 2];
   }
-  layers::BlockTensors<float> block_grad(int l) const { return layers::block_tensors(grads + offsets[1 + l], C); }
+  bf16_t* unit_bf16(int u) const {
+    if (!sharded) return params_bf16 + offsets[static_cast<size_t>(u)];
+    return u == 0 ? u0_bf16 : slot16[(u - 1) % 2];
+  }
+  float* unit_grad(int u) const {
+    if (!sharded) return grads + offsets[static_cast<size_t>(u)];
+    return u == 0 ? g0 : gblk;
+  }
+  // Sharded: start gathering unit u (its slot's last reader is the work enqueued so far) ...
+  void fetch(int u) {
+    if (sharded) source.gather(u, unit_f32(u), stream);
+  }
+  // ... and, right before its compute, wait for it and make its bf16 copy.
+  void ready(int u) {
+    if (!sharded) return;
+    Scope sc(this, "gathered unit to bf16");
+    source.wait(u, stream);
+    f32_to_bf16(unit_f32(u), unit_bf16(u), unit_n[static_cast<size_t>(u)], stream);
+  }
+  // Sharded: unit u's gradient is complete: reduce-scatter it (the stream waits for it).
+  void reduce(int u) {
+    if (sharded) source.reduce(u, unit_grad(u), stream);
+  }
+  void require_full(const char* what) const {
+    if (sharded)
+      throw Error(ErrorKind::kInvalidArgument, std::string(what) + " on a sharded CudaGpt (no full parameter arrays)",
+                  {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine holds the parameters"});
+  }
+  void zero_unit_grad(int u) {
+    if (sharded) MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
+  }
+  layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(unit_f32(0), V, cfg.max_seq, C); }
+  layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(unit_bf16(0), V, cfg.max_seq, C); }
+  layers::EmbedTensors<float> embed_grad() const { return layers::embed_tensors(unit_grad(0), V, cfg.max_seq, C); }
+  layers::BlockTensors<float> block_f32(int l) const { return layers::block_tensors(unit_f32(1 + l), C); }
+  layers::BlockTensors<bf16_t> block_bf16(int l) const { return layers::block_tensors(unit_bf16(1 + l), C); }
+  layers::BlockTensors<float> block_grad(int l) const { return layers::block_tensors(unit_grad(1 + l), C); }
 
   void upload_tokens(const int32_t* in, const int32_t* tg) {
     MICS_CUDA(cudaMemcpyAsync(tokens, in, N * 4, cudaMemcpyHostToDevice, stream));
@@ -340,12 +404,20 @@ struct CudaGpt::Impl {
   // --- forward ---
   void forward(bool grad) {
     const int n = static_cast<int>(N);
+    if (sharded && !source.gather)
+      throw Error(ErrorKind::kInvalidArgument, "a sharded CudaGpt without a unit source",
+                  {.layer = "model", .where = "CudaGpt", .hint = "call set_unit_source() first"});
+    fetch(0);
+    ready(0);
     const auto e32 = embed_f32();
     {
       Scope sc(this, "embedding fwd");
       embedding_forward(tokens, e32.wte, e32.wpe, L > 0 ? acts[0].res : res_final, B, T, C, s());
     }
+    fetch(L > 0 ? 1 : 0);  // unit 0 released; the first block (or the head's unit 0) next
     for (int l = 0; l < L; ++l) {
+      ready(1 + l);
+      fetch(l + 1 < L ? 2 + l : 0);  // prefetch: the next block, or unit 0 for the head
       LayerActs& a = acts[static_cast<size_t>(l)];
       const auto p32 = block_f32(l);
       const auto p16 = block_bf16(l);
@@ -379,6 +451,7 @@ struct CudaGpt::Impl {
         blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
       }
     }
+    ready(0);  // the head's copy, kept for the head's backward
     const auto e16 = embed_bf16();
     {
       Scope sc(this, "layernorm fwd");
@@ -401,6 +474,8 @@ struct CudaGpt::Impl {
     const auto e32 = embed_f32();
     const auto e16 = embed_bf16();
     const auto eg = embed_grad();
+    zero_unit_grad(0);
+    if (L > 0) fetch(L);  // the last block, gathered again for its backward
     {
       Scope sc(this, "gemm logits bwd");
       blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
@@ -414,6 +489,9 @@ struct CudaGpt::Impl {
     }
     for (int l = L - 1; l >= 0; --l) {
       const LayerActs& a = acts[static_cast<size_t>(l)];
+      ready(1 + l);
+      if (l > 0) fetch(l);
+      zero_unit_grad(1 + l);
       const auto p32 = block_f32(l);
       const auto p16 = block_bf16(l);
       const auto g = block_grad(l);
@@ -467,11 +545,13 @@ struct CudaGpt::Impl {
         layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b, partial,
                            n, C, s());
       }
+      reduce(1 + l);
     }
     {
       Scope sc(this, "embedding bwd");
       embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s());
     }
+    reduce(0);
   }
 };
 
@@ -484,17 +564,20 @@ size_t CudaGpt::unit_offset(int unit) const { return impl_->offsets.at(static_ca
 
 void CudaGpt::upload_params(const float* host) {
   Impl& s = *impl_;
+  s.require_full("upload_params");
   MICS_CUDA(cudaMemcpyAsync(s.params, host, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
   f32_to_bf16(s.params, s.params_bf16, s.nparams, s.stream);
   MICS_CUDA(cudaStreamSynchronize(s.stream));
 }
 
 void CudaGpt::download_params(float* host) const {
+  impl_->require_full("download_params");
   MICS_CUDA(cudaMemcpyAsync(host, impl_->params, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
 
 void CudaGpt::download_grads(float* host) const {
+  impl_->require_full("download_grads");
   MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
@@ -502,25 +585,19 @@ void CudaGpt::download_grads(float* host) const {
 void CudaGpt::zero_grads() {
   Impl& s = *impl_;
   Impl::Scope sc(&s, "zero grads");
-  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.capacity * 4, s.stream));
+  if (s.grads) MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.nparams * 4, s.stream));
   MICS_CUDA(cudaMemsetAsync(s.loss_sum, 0, 4, s.stream));
   s.micro = 0;
 }
 
-float* CudaGpt::device_params() { return impl_->params; }
-float* CudaGpt::device_grads() { return impl_->grads; }
+void CudaGpt::set_unit_source(shard::UnitSource source) {
+  if (!impl_->sharded)
+    throw Error(ErrorKind::kInvalidArgument, "set_unit_source on a CudaGpt built without shard_pad",
+                {.layer = "model", .where = "CudaGpt"});
+  impl_->source = std::move(source);
+}
 void* CudaGpt::stream() { return impl_->stream; }
-
-void CudaGpt::clear_grads() {
-  Impl& s = *impl_;
-  Impl::Scope sc(&s, "zero grads");
-  MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.capacity * 4, s.stream));
-}
-
-void CudaGpt::params_changed() {
-  Impl& s = *impl_;
-  f32_to_bf16(s.params, s.params_bf16, s.nparams, s.stream);
-}
+uint64_t CudaGpt::working_buffer_bytes() const { return impl_->work_bytes; }
 
 shard::DeviceOptimizer CudaGpt::device_optimizer() {
   Impl* s = impl_.get();
@@ -565,7 +642,7 @@ float CudaGpt::accumulated_loss() {
 StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
   Impl& s = *impl_;
   if (!s.m)
-    throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step without optimizer states (own_optimizer = false)",
+    throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step on a sharded model (no optimizer states of its own)",
                 {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
   const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
   {

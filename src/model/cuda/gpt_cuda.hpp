@@ -7,6 +7,9 @@
 // bf16 copy (what the GEMMs read), grads (fp32, same layout), the AdamW moments; activations of
 // one micro-batch of B x T tokens: the residual stream fp32, the rest bf16.
 // A step: zero_grads(); forward_backward() per micro-batch; step() (norm, clip, AdamW).
+// Sharded (CudaOptions::shard_pad > 0, several ranks): none of the full arrays; per-unit
+// working buffers filled by the engine's gathers and drained by its reduce-scatters (the
+// UnitSource of shard/cuda_engine.hpp), the engine steps.
 //
 // No CUDA headers here; without a CUDA build (MICS_HAVE_CUDA) only device_unavailable_reason()
 // exists, and it says so.
@@ -32,11 +35,12 @@ struct CudaOptions {
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
                                  // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
   int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
-  // For the sharded engine (shard/cuda_engine.hpp): parameter and gradient arrays of at least
-  // this many floats (zeros past num_params(); the engine's padded size), and no AdamW moments
-  // of the model's own (the engine keeps them, sharded).
-  size_t param_capacity = 0;
-  bool own_optimizer = true;
+  // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
+  // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
+  // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
+  // unit 0 (fp32 + bf16 params, fp32 grads), two block slots (fp32 + bf16 params: the current
+  // block and the prefetched one) and one block gradient buffer.
+  int shard_pad = 0;
 };
 
 struct PhaseTime {
@@ -79,15 +83,12 @@ class CudaGpt {
   // micro-batches; waits for the device and returns the loss and norm.
   StepResult step(const AdamWConfig& config, int64_t t, int micro_steps);
 
-  // For the sharded engine: the device arrays (fp32 params and grads, param_capacity floats),
-  // the model's stream (a cudaStream_t), clear_grads() (gradients only, the loss accumulator
-  // stays), params_changed() (remake the bf16 copy after the engine wrote the fp32 params, on
-  // the model's stream), and the norm and AdamW kernels bound to this model's scratch.
-  float* device_params();
-  float* device_grads();
+  // For the sharded engine (shard_pad > 0): where each unit's parameters come from and its
+  // gradients go (set before the first forward), the model's stream (a cudaStream_t), the
+  // bytes of the working buffers, and the norm and AdamW kernels bound to this model's scratch.
+  void set_unit_source(shard::UnitSource source);
   void* stream();
-  void clear_grads();
-  void params_changed();
+  uint64_t working_buffer_bytes() const;
   shard::DeviceOptimizer device_optimizer();
 
   std::vector<PhaseTime> take_profile();
