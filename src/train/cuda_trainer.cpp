@@ -189,11 +189,10 @@ int run_cuda_training(const TrainConfig& c) {
   adam.eps = 1e-8f;
   adam.weight_decay = c.weight_decay;
   adam.clip = c.clip;
-  double steady_seconds = 0, train_seconds = 0, last_loss = NAN;
-  int steps_done = 0, steady_steps = 0;
   bool stopped = false;
   uint64_t peak_in_use = 0;
   const int skip_timing = std::min(3, std::max(0, c.steps - 1));  // warm-up steps left out of tokens/s
+  RunTally tally(tokens_per_step, skip_timing);
   for (int step = 0; step < c.steps; ++step) {
     const auto t0 = Clock::now();
     const double wait_before = prefetcher.wait_seconds();
@@ -226,21 +225,7 @@ int run_cuda_training(const TrainConfig& c) {
     if (step == skip_timing - 1 || (skip_timing == 0 && step == 0)) {
       (void)model.take_profile();  // the profile counts steady steps only
     }
-    ++steps_done;
-    train_seconds += step_s;
-    if (step >= skip_timing) {
-      steady_seconds += step_s;
-      ++steady_steps;
-    }
-    last_loss = r.loss;
-    StepRecord rec;
-    rec.step = step + 1;
-    rec.loss = r.loss;
-    rec.lr = adam.lr;
-    rec.grad_norm = r.grad_norm;
-    rec.skipped = r.skipped;
-    rec.step_ms = step_s * 1e3;
-    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
+    StepRecord rec = tally.add(step, r.loss, adam.lr, r.grad_norm, r.skipped, step_s, 0.0);
     rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
     printer.step(rec);
     if (metrics) metrics->step(rec);
@@ -252,6 +237,8 @@ int run_cuda_training(const TrainConfig& c) {
   }
   printer.finish();
   const auto profile = model.take_profile();
+  const int steps_done = tally.steps(), steady_steps = tally.steady_steps();
+  const double steady_seconds = tally.steady_seconds();
   const comm::Traffic train_traffic = engine ? engine->traffic() : comm::Traffic{};  // before eval's gathers
 
   double eval_loss = NAN;
@@ -277,13 +264,10 @@ int run_cuda_training(const TrainConfig& c) {
   sum.grad_accum = c.grad_accum;
   sum.micro_batch = c.micro_batch;
   sum.seq_len = T;
-  sum.steps = steps_done;
+  tally.fill(sum);
   sum.stopped_early = stopped;
-  sum.final_loss = last_loss;
   sum.eval_loss = eval_loss;
   sum.entropy_floor = entropy_floor;
-  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
-  sum.train_seconds = train_seconds;
   sum.traffic_matches_model = true;
   sum.model_state_bytes_per_rank = static_cast<uint64_t>(model.num_params()) * 18;
   if (engine) {

@@ -433,9 +433,9 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   io::Prefetcher prefetcher(train_data, sampler, data_index, D, S, B, 0);
   StepPrinter printer(leader, c.steps, c.log_every);
   const comm::Traffic tensor_base = mesh.tensor->traffic(), pipe_base = pipe->traffic();
-  double train_seconds = 0, steady_seconds = 0, exposed_total = 0, pipe_wait_total = 0;
-  int steps_done = 0, steady_steps = 0;
-  double last_loss = NAN, eval_loss = NAN;
+  RunTally tally(tokens_per_step, c.steps > 1 ? 1 : 0);
+  double pipe_wait_total = 0;
+  double eval_loss = NAN;
   bool stopped = false;
   for (int step = 0; step < c.steps; ++step) {
     const float lr = schedule.at(step);
@@ -459,21 +459,8 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     engine.run_on_comm_thread([=] { ctl->all_reduce(cv, cv, 2, DType::kF32, ReduceOp::kSum); });
     const double step_s = seconds_since(t0);
     const double loss = static_cast<double>(control[0]) / (D * S);
-    last_loss = loss;
-    ++steps_done;
-    train_seconds += step_s;
-    if (step > 0 || c.steps == 1) steady_seconds += step_s, ++steady_steps;
-    exposed_total += exposed;
     pipe_wait_total += pipe_wait_s;
-    StepRecord rec;
-    rec.step = step + 1;
-    rec.loss = loss;
-    rec.lr = lr;
-    rec.grad_norm = report.grad_norm;
-    rec.skipped = report.skipped;
-    rec.step_ms = step_s * 1e3;
-    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
-    rec.comm_exposed_ms = exposed * 1e3;
+    StepRecord rec = tally.add(step, loss, lr, report.grad_norm, report.skipped, step_s, exposed);
     if (val_data && c.eval_every > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps && c.eval_batches > 0) {
       rec.eval_loss = evaluate();
       eval_loss = rec.eval_loss;
@@ -489,6 +476,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   printer.finish();
   if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
 
+  const int steps_done = tally.steps();
   // --- traffic per mesh dimension against the formulas (mesh_trainer.cpp's header) ----------
   const uint64_t steps64 = static_cast<uint64_t>(steps_done), S64 = static_cast<uint64_t>(S);
   comm::Traffic tensor_expected, pipe_expected;
@@ -541,13 +529,9 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   sum.grad_accum = S;
   sum.micro_batch = B;
   sum.seq_len = T;
-  sum.steps = steps_done;
+  tally.fill(sum);
   sum.stopped_early = stopped;
-  sum.final_loss = last_loss;
   sum.eval_loss = eval_loss;
-  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
-  sum.train_seconds = train_seconds;
-  sum.comm_exposed_ms_per_step = steps_done ? exposed_total * 1e3 / steps_done : 0;
   const comm::Traffic all = [&] {
     comm::Traffic a;
     add(a, tensor_sent), add(a, pipe_sent), add(a, data_sent);

@@ -29,6 +29,36 @@ std::string human_bytes(double bytes) {
 
 }  // namespace
 
+StepRecord RunTally::add(int step, double loss, double lr, double grad_norm, bool skipped, double step_s,
+                         double exposed_s) {
+  ++steps_;
+  train_s_ += step_s;
+  exposed_s_ += exposed_s;
+  last_loss_ = loss;
+  if (step >= warmup_) {
+    steady_s_ += step_s;
+    ++steady_steps_;
+  }
+  StepRecord rec;
+  rec.step = step + 1;
+  rec.loss = loss;
+  rec.lr = lr;
+  rec.grad_norm = grad_norm;
+  rec.skipped = skipped;
+  rec.step_ms = step_s * 1e3;
+  rec.tokens_per_s = static_cast<double>(tokens_per_step_) / step_s;
+  rec.comm_exposed_ms = exposed_s * 1e3;
+  return rec;
+}
+
+void RunTally::fill(Summary& summary) const {
+  summary.steps = steps_;
+  summary.final_loss = last_loss_;
+  summary.tokens_per_s = steady_steps_ > 0 ? static_cast<double>(tokens_per_step_) * steady_steps_ / steady_s_ : 0;
+  summary.train_seconds = train_s_;
+  summary.comm_exposed_ms_per_step = per_step(exposed_s_ * 1e3);
+}
+
 MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   file_ = std::fopen(path.c_str(), "w");
   if (!file_)

@@ -44,6 +44,29 @@ struct Summary {
   std::string observability_json;  // a JSON object whose keys join the summary record
 };
 
+// The running figures every training loop keeps (CPU, mesh, CUDA), and the step-record and
+// summary fields made from them: one definition of steady tokens/s (the steps after the first
+// `warmup_steps`, which pay for first touches and lazy set-up).
+class RunTally {
+ public:
+  RunTally(uint64_t tokens_per_step, int warmup_steps) : tokens_per_step_(tokens_per_step), warmup_(warmup_steps) {}
+  // A finished step (0-based index): returns its record with the common fields filled.
+  StepRecord add(int step, double loss, double lr, double grad_norm, bool skipped, double step_s, double exposed_s);
+  int steps() const { return steps_; }
+  int steady_steps() const { return steady_steps_; }
+  double steady_seconds() const { return steady_s_; }
+  double last_loss() const { return last_loss_; }
+  double per_step(double total) const { return steps_ ? total / steps_ : 0; }
+  // steps, final_loss, tokens_per_s, train_seconds, comm_exposed_ms_per_step.
+  void fill(Summary& summary) const;
+
+ private:
+  uint64_t tokens_per_step_;
+  int warmup_;
+  int steps_ = 0, steady_steps_ = 0;
+  double train_s_ = 0, steady_s_ = 0, exposed_s_ = 0, last_loss_ = NAN;
+};
+
 // JSON lines, flushed after every record so a killed run keeps what it measured.
 class MetricsWriter {
  public:

@@ -540,9 +540,10 @@ int run_training(const TrainConfig& c) {
       total.msgs_sent[i] += after.msgs_sent[i] - before.msgs_sent[i];
     }
   };
-  double train_seconds = 0, steady_seconds = 0, exposed_total = 0, data_wait_total = 0;
-  int steps_done = 0, steady_steps = 0;
-  double last_loss = NAN, eval_loss = NAN;
+  // The first step of a run (fresh or resumed) pays for first touches: left out of tokens/s.
+  RunTally tally(tokens_per_step, c.steps - start_step > 1 ? start_step + 1 : start_step);
+  double data_wait_total = 0;
+  double eval_loss = NAN;
   bool stopped = false;
   for (int step = start_step; step < c.steps; ++step) {
     const float lr = schedule.at(step);
@@ -569,25 +570,9 @@ int run_training(const TrainConfig& c) {
     const obs::StragglerResult straggler = exchange_control(engine, observer, control);
     const double step_s = seconds_since(t0);
     const double loss = static_cast<double>(control[0]) / world;
-    last_loss = loss;
-    ++steps_done;
-    train_seconds += step_s;
-    if (step > 0 || c.steps == 1) {
-      steady_seconds += step_s;
-      ++steady_steps;
-    }
-    exposed_total += exposed;
+    StepRecord rec = tally.add(step, loss, lr, report.grad_norm, report.skipped, step_s, exposed);
     const double data_wait = prefetcher.wait_seconds() - wait_before;
     data_wait_total += data_wait;
-    StepRecord rec;
-    rec.step = step + 1;
-    rec.loss = loss;
-    rec.lr = lr;
-    rec.grad_norm = report.grad_norm;
-    rec.skipped = report.skipped;
-    rec.step_ms = step_s * 1e3;
-    rec.tokens_per_s = static_cast<double>(tokens_per_step) / step_s;
-    rec.comm_exposed_ms = exposed * 1e3;
     rec.data_wait_ms = data_wait * 1e3;
     fill_observed(rec, straggler, observer, stragglers);
     if (val_data && c.eval_every > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps) {
@@ -614,6 +599,7 @@ int run_training(const TrainConfig& c) {
     }
   }
   printer.finish();
+  const int steps_done = tally.steps();
   ckpt.finish(start_step + steps_done);
 
   // --- final evaluation, samples, summary -----------------------------------------------------
@@ -659,15 +645,11 @@ int run_training(const TrainConfig& c) {
   sum.grad_accum = c.grad_accum;
   sum.micro_batch = c.micro_batch;
   sum.seq_len = T;
-  sum.steps = steps_done;
+  tally.fill(sum);
   sum.stopped_early = stopped;
-  sum.final_loss = last_loss;
   sum.eval_loss = eval_loss;
   sum.entropy_floor = data_plan.entropy_floor;
-  sum.tokens_per_s = steady_steps > 0 ? static_cast<double>(tokens_per_step) * steady_steps / steady_seconds : 0;
-  sum.train_seconds = train_seconds;
-  sum.comm_exposed_ms_per_step = steps_done ? exposed_total * 1e3 / steps_done : 0;
-  sum.data_wait_ms_per_step = steps_done ? data_wait_total * 1e3 / steps_done : 0;
+  sum.data_wait_ms_per_step = tally.per_step(data_wait_total * 1e3);
   // Rank 0's bytes per step, as the traffic formulas in shard/engine.hpp count them per rank.
   sum.intra_node_bytes_per_step = steps_done ? static_cast<double>(trained.bytes_sent[kIntraRail]) / steps_done : 0;
   sum.inter_node_bytes_per_step = steps_done ? static_cast<double>(trained.bytes_sent[kInterRail]) / steps_done : 0;
