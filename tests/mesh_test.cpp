@@ -22,7 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.hpp"
-#include "process_util.hpp"
+#include "train_run.hpp"
 #include "topo/mesh.hpp"
 
 namespace {
@@ -83,37 +83,17 @@ TEST(Mesh, InvalidMeshesListValidChoices) {
 
 // --- end to end --------------------------------------------------------------------------------
 
-const std::string& scratch() {
-  static const std::string dir = [] {
-    std::string d = fmt::format("{}/mics-mesh-test-{}", fs::temp_directory_path().string(), ::getpid());
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
+const std::string& scratch() { return mics::testing::scratch_dir("mics-mesh-test"); }
 
-struct TrainRun {
-  mics::testing::RunResult result;
-  std::vector<double> losses;
-  nlohmann::json summary;
-};
+using mics::testing::TrainRun;
 
 TrainRun train(int ranks, int nodes, const std::string& args, const std::string& tag) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
-  TrainRun run{mics::testing::run_command(fmt::format(
-              "MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --nodes {} --model tiny --seq-len 32 --steps 4 "
-              "--samples 0 --eval-batches 1 --seed 3 {} --metrics {}",
-              scratch(), MICS_BINARY, ranks, nodes, args, metrics)),
-          {},
-          {}};
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["event"] == "step") run.losses.push_back(j["loss"].get<double>());
-    if (j["event"] == "summary") run.summary = j;
-  }
-  return run;
+  return mics::testing::run_and_read_metrics(
+      fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --nodes {} --model tiny --seq-len 32 --steps 4 "
+                  "--samples 0 --eval-batches 1 --seed 3 {} --metrics {}",
+                  scratch(), MICS_BINARY, ranks, nodes, args, metrics),
+      metrics);
 }
 
 const std::vector<double>& reference() {

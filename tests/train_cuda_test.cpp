@@ -27,7 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/cuda/gpt_cuda.hpp"
-#include "process_util.hpp"
+#include "train_run.hpp"
 
 namespace {
 
@@ -39,36 +39,18 @@ namespace fs = std::filesystem;
     if (!why.empty()) GTEST_SKIP() << why << " (GPU tests skipped)";        \
   } while (0)
 
-const std::string& scratch() {
-  static const std::string dir = [] {
-    std::string d = fmt::format("{}/mics-train-cuda-test-{}", fs::temp_directory_path().string(), ::getpid());
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
+const std::string& scratch() { return mics::testing::scratch_dir("mics-train-cuda-test"); }
 
-struct TrainRun {
-  mics::testing::RunResult result;
-  std::vector<double> losses;
-  nlohmann::json summary;
-};
+using mics::testing::TrainRun;
 
 const std::string kCommon = "--model tiny --micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
 
 TrainRun train(const std::string& args, const std::string& tag) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
-  TrainRun run;
-  run.result = mics::testing::run_command(fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} train {} {} --metrics {} 2>&1",
-                                                      scratch(), MICS_BINARY, kCommon, args, metrics));
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["event"] == "step") run.losses.push_back(j["loss"].get<double>());
-    if (j["event"] == "summary") run.summary = j;
-  }
-  return run;
+  return mics::testing::run_and_read_metrics(
+      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} train {} {} --metrics {} 2>&1", scratch(),
+                  MICS_BINARY, kCommon, args, metrics),
+      metrics);
 }
 
 const TrainRun& gpu_reference() {

@@ -21,54 +21,30 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "process_util.hpp"
+#include "train_run.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 
 // A scratch directory per test process; the embedded corpus is cached there once.
-const std::string& scratch() {
-  static const std::string dir = [] {
-    std::string d =
-        fmt::format("{}/mics-train-test-{}", fs::temp_directory_path().string(), ::getpid());
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
+const std::string& scratch() { return mics::testing::scratch_dir("mics-train-test"); }
 
 std::string env_prefix() {
   return fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data", scratch());
 }
 
-struct TrainRun {
-  mics::testing::RunResult result;
-  std::vector<double> losses;
-  nlohmann::json summary;
-};
-
-TrainRun read_metrics(mics::testing::RunResult r, const std::string& metrics) {
-  TrainRun run{std::move(r), {}, {}};
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["event"] == "step") run.losses.push_back(j["loss"].get<double>());
-    if (j["event"] == "summary") run.summary = j;
-  }
-  return run;
-}
+using mics::testing::TrainRun;
 
 const std::string kCommon =
     "--model tiny --micro-batch 2 --seq-len 32 --steps 4 --samples 0 --eval-batches 1 --seed 3";
 
 TrainRun train(int ranks, int nodes, const std::string& args, const std::string& tag) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
-  const auto r = mics::testing::run_command(
+  return mics::testing::run_and_read_metrics(
       fmt::format("{} {} train -n {} --nodes {} {} {} --metrics {}", env_prefix(), MICS_BINARY,
-                  ranks, nodes, kCommon, args, metrics));
-  return read_metrics(r, metrics);
+                  ranks, nodes, kCommon, args, metrics),
+      metrics);
 }
 
 const std::vector<double>& reference_losses() {
@@ -141,13 +117,13 @@ TEST(Train, MpirunTrainsExactlyLikeMicsLaunch) {
   ASSERT_EQ(launched.result.status, 0) << launched.result.output;
   const std::string metrics = scratch() + "/mpirun.jsonl";
   const int port = 20000 + ::getpid() % 20000;
-  const auto r = mics::testing::run_command(
+  const TrainRun mpi = mics::testing::run_and_read_metrics(
       fmt::format("{} MICS_MASTER_ADDR=127.0.0.1 MICS_MASTER_PORT={} mpirun --allow-run-as-root "
                   "--oversubscribe -np 4 "
                   "-x MICS_TIMEOUT_S -x MICS_DATA_DIR -x MICS_MASTER_ADDR -x MICS_MASTER_PORT {} "
                   "train {} {} --metrics {}",
-                  env_prefix(), port, MICS_BINARY, kCommon, args, metrics));
-  const TrainRun mpi = read_metrics(r, metrics);
+                  env_prefix(), port, MICS_BINARY, kCommon, args, metrics),
+      metrics);
   ASSERT_EQ(mpi.result.status, 0) << mpi.result.output;
   ASSERT_EQ(mpi.losses.size(), launched.losses.size());
   for (size_t i = 0; i < mpi.losses.size(); ++i)
@@ -198,7 +174,7 @@ TEST(Train, SigtermStopsCleanlyAfterTheCurrentStep) {
       "0.1; done; "
       "kill -TERM $pid; wait $pid",
       env_prefix(), MICS_BINARY, metrics, metrics, metrics);
-  const TrainRun run = read_metrics(mics::testing::run_command(cmd), metrics);
+  const TrainRun run = mics::testing::run_and_read_metrics(cmd, metrics);
   EXPECT_EQ(run.result.status, 128 + SIGTERM)
       << run.result.output;  // the launcher reports the signal
   EXPECT_GE(run.losses.size(), 2u);
