@@ -155,8 +155,9 @@ TEST(Report, SvgPlotsAreDocuments) {
 }
 
 // The cost of recording one collective (the comm thread pays it per operation), with and
-// without a trace; printed for docs/ARCHITECTURE.md and bounded loosely (shared CI cores).
-TEST(Overhead, RecordingACollectiveCostsWellUnderAMicrosecond) {
+// without a trace. A measurement, not a speed test (timings stay out of unit tests): it prints
+// the figure docs/ARCHITECTURE.md quotes and checks only what recording must do.
+TEST(Overhead, RecordingACollectivePrintsItsCost) {
   for (bool tracing : {false, true}) {
     mics::obs::Observer observer(0, 4, 4096);
     if (tracing) observer.enable_trace({.max_events = 4096, .pinned_steps = 2});
@@ -171,7 +172,8 @@ TEST(Overhead, RecordingACollectiveCostsWellUnderAMicrosecond) {
     }
     const double ns = static_cast<double>(mics::obs::steady_ns() - t0) / n;
     std::printf("record cost with trace %s: %.0f ns per collective\n", tracing ? "on" : "off", ns);
-    EXPECT_LT(ns, 5000.0);
+    EXPECT_EQ(observer.log().total(), static_cast<uint64_t>(n));
+    EXPECT_EQ(observer.log().recent().size(), observer.log().capacity());  // the ring stays bounded
   }
 }
 

@@ -436,7 +436,14 @@ int run_training(const TrainConfig& c) {
   const auto& topology = rt->topology();
   const int per_node = topology.uniform_ranks_per_node() ? topology.uniform_ranks_per_node() : world;
 
+  // --threads, else OMP_NUM_THREADS as users of OpenMP programs expect, else the cores this host
+  // has per rank.
+  const int omp_env = [] {
+    const char* v = std::getenv("OMP_NUM_THREADS");
+    return v ? std::atoi(v) : 0;
+  }();
   const int threads = c.threads > 0 ? c.threads
+                      : omp_env > 0 ? omp_env
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
   model::set_compute_threads(threads);
 
