@@ -227,11 +227,8 @@ int run_cuda_training(const TrainConfig& c) {
     }
     StepRecord rec = tally.add(step, r.loss, adam.lr, r.grad_norm, r.skipped, step_s, 0.0);
     rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
-    printer.step(rec);
-    if (metrics) metrics->step(rec);
-    if (engine ? stop_agreed : stop.requested()) {
+    if (report_step(printer, metrics.get(), rec, engine ? stop_agreed : stop.requested())) {
       stopped = true;
-      printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
       break;
     }
   }

@@ -465,11 +465,8 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
       rec.eval_loss = evaluate();
       eval_loss = rec.eval_loss;
     }
-    printer.step(rec);
-    if (metrics) metrics->step(rec);
-    if (control[1] > 0) {
+    if (report_step(printer, metrics.get(), rec, control[1] > 0)) {
       stopped = true;
-      if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
       break;
     }
   }

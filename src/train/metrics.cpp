@@ -176,6 +176,13 @@ void StepPrinter::finish() {
   if (active_) std::fflush(stdout);
 }
 
+bool report_step(StepPrinter& printer, MetricsWriter* metrics, const StepRecord& record, bool stop) {
+  printer.step(record);
+  if (metrics) metrics->step(record);
+  if (stop) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", record.step));
+  return stop;
+}
+
 std::string format_summary(const Summary& s) {
   std::string t = "summary\n";
   auto row = [&t](const std::string& k, const std::string& v) { t += fmt::format("  {:<28} {}\n", k, v); };

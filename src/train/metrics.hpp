@@ -98,6 +98,10 @@ class StepPrinter {
   bool bar_drawn_ = false;
 };
 
+// The end of every training step: the record to the terminal and the metrics file (when there
+// is one) and, when the ranks agreed to stop, the line that says so. Returns `stop`.
+bool report_step(StepPrinter& printer, MetricsWriter* metrics, const StepRecord& record, bool stop);
+
 std::string format_summary(const Summary& summary);
 
 }  // namespace mics::train

@@ -597,11 +597,8 @@ int run_training(const TrainConfig& c) {
       ckpt.after_step(step + 1);
       rec.checkpoint_ms = seconds_since(ckpt_t0) * 1e3;
     }
-    printer.step(rec);
-    if (metrics) metrics->step(rec);
-    if (control[1] > 0) {
+    if (report_step(printer, metrics.get(), rec, control[1] > 0)) {
       stopped = true;
-      if (leader) printer.note(fmt::format("stopping after step {}: got a stop signal (SIGTERM/SIGINT)", step + 1));
       break;
     }
   }
