@@ -23,29 +23,22 @@ class Blas {
   void set_fused_epilogues(bool on) { fused_ = on; }
 
   // out [rows, oc] (bf16) = in [rows, ic] w^T + bias (bf16 [oc], may be null).
-  void linear(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* out, int rows, int ic,
-              int oc, Stream s);
+  void linear(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* out, int rows, int ic, int oc,
+              Stream s);
   // Same with the output row stride ld_out >= oc (the logits, padded rows).
-  void linear_ld(const bf16_t* in, const bf16_t* w, bf16_t* out, int ld_out, int rows, int ic,
-                 int oc, Stream s);
+  void linear_ld(const bf16_t* in, const bf16_t* w, bf16_t* out, int ld_out, int rows, int ic, int oc, Stream s);
   // pre = in w^T + bias; out = gelu(pre) (both bf16 [rows, oc]).
-  void linear_gelu(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* pre, bf16_t* out,
-                   int rows, int ic, int oc, Stream s);
+  void linear_gelu(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* pre, bf16_t* out, int rows,
+                   int ic, int oc, Stream s);
   // out (fp32) = in w^T + bias (fp32) + residual (fp32); out may equal residual.
-  void linear_residual(const bf16_t* in, const bf16_t* w, const float* bias, const float* residual,
-                       float* out, int rows, int ic, int oc, Stream s);
+  void linear_residual(const bf16_t* in, const bf16_t* w, const float* bias, const float* residual, float* out,
+                       int rows, int ic, int oc, Stream s);
   // din [rows, ic] = dout [rows, oc] (row stride ld_dout) w; times gelu'(gelu_pre) unless null.
-  void linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* w,
-                             const bf16_t* gelu_pre, bf16_t* din, int rows, int ic, int oc,
-                             Stream s);
-  // dw [oc, ic] += dout^T in (fp32 accumulation into the fp32 gradient). With bias_grad_out,
-  // also bias_grad_out [oc] = column sums of dout, computed by the GEMM's epilogue (cuBLASLt
-  // BGRADB) while it streams dout anyway: one pass over dout instead of two. Note: the bias
-  // gradient is written, not accumulated. Returns false (and writes no bias gradient) when
-  // cuBLASLt has no such epilogue for the shape or fused epilogues are off: the caller sums the
-  // columns itself.
-  bool linear_backward_weight(const bf16_t* dout, int ld_dout, const bf16_t* in, float* dw,
-                              int rows, int ic, int oc, Stream s, float* bias_grad_out = nullptr);
+  void linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* w, const bf16_t* gelu_pre,
+                             bf16_t* din, int rows, int ic, int oc, Stream s);
+  // dw [oc, ic] += dout^T in (fp32 accumulation into the fp32 gradient).
+  void linear_backward_weight(const bf16_t* dout, int ld_dout, const bf16_t* in, float* dw, int rows, int ic,
+                              int oc, Stream s);
 
   // A batch of column-major products D = alpha op(A) op(B) (bf16 in and out), for attention:
   // D [m, n] (ld ldd), op(A) [m, k], op(B) [k, n], with strides between the batch's matrices.

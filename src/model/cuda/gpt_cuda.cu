@@ -18,9 +18,7 @@ namespace mics::model::cuda {
 std::string device_unavailable_reason() {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess)
-    return std::string("no CUDA device: ") + cudaGetErrorString(err) + " (" +
-           cudaGetErrorName(err) + ")";
+  if (err != cudaSuccess) return std::string("no CUDA device: ") + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
   if (count == 0) return "no CUDA device: the runtime sees 0 GPUs";
   return "";
 }
@@ -29,17 +27,15 @@ DeviceSummary device_summary() {
   DeviceSummary d;
   int dev = 0;
   cudaDeviceProp prop{};
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
-    return d;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return d;
   d.name = prop.name;
   d.memory_bytes = prop.totalGlobalMem;
   // Dense bf16 peak of the SXM Hopper parts (H100 and H200 share the datasheet's 989 TFLOP/s);
   // other GPUs: quoted against the same figure, named as such.
   d.peak_bf16_tflops = 989.0;
-  d.peak_note =
-      (d.name.find("H100") != std::string::npos || d.name.find("H200") != std::string::npos)
-          ? "989 TFLOP/s dense bf16 (H100/H200 SXM datasheet)"
-          : "989 TFLOP/s (H100 SXM dense bf16; this GPU's own peak differs)";
+  d.peak_note = (d.name.find("H100") != std::string::npos || d.name.find("H200") != std::string::npos)
+                    ? "989 TFLOP/s dense bf16 (H100/H200 SXM datasheet)"
+                    : "989 TFLOP/s (H100 SXM dense bf16; this GPU's own peak differs)";
   return d;
 }
 
@@ -51,9 +47,7 @@ uint64_t device_memory_in_use() {
 
 namespace {
 
-size_t round_up(size_t n, size_t a) {
-  return (n + a - 1) / a * a;
-}
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 // One device allocation carved into aligned pieces.
 class Arena {
@@ -130,10 +124,10 @@ struct CudaGpt::Impl {
   bf16_t *lnf = nullptr, *logits = nullptr;
   float *lnf_mean = nullptr, *lnf_rstd = nullptr, *losses = nullptr;
   // scratch
-  bf16_t *qkv = nullptr, *yh = nullptr, *dres_bf16 = nullptr, *dln = nullptr, *datty = nullptr,
-         *dyh = nullptr, *dp = nullptr, *dqkvh = nullptr, *dqkv = nullptr, *dfch = nullptr;
-  float *dres = nullptr, *partial = nullptr, *flash_scratch = nullptr, *loss_sum = nullptr,
-        *norm_sq = nullptr, *norm_partial = nullptr;
+  bf16_t *qkv = nullptr, *yh = nullptr, *dres_bf16 = nullptr, *dln = nullptr, *datty = nullptr, *dyh = nullptr,
+         *dp = nullptr, *dqkvh = nullptr, *dqkv = nullptr, *dfch = nullptr;
+  float *dres = nullptr, *partial = nullptr, *flash_scratch = nullptr, *loss_sum = nullptr, *norm_sq = nullptr,
+        *norm_partial = nullptr;
   int32_t *tokens = nullptr, *targets = nullptr;
   float* host_out = nullptr;  // pinned: loss sum, norm^2
   int micro = 0;
@@ -148,34 +142,20 @@ struct CudaGpt::Impl {
   std::map<std::string, PhaseTime> profile;
 
   Impl(const GptConfig& c, int batch, int seq_len, CudaOptions o)
-      : cfg(c),
-        B(batch),
-        T(seq_len),
-        C(c.channels),
-        H(c.heads),
-        D(c.channels / c.heads),
-        L(c.layers),
-        V(c.vocab),
-        Vp(static_cast<int>(round_up(static_cast<size_t>(c.vocab), 64))),
-        N(static_cast<size_t>(batch) * seq_len),
-        opt(o) {
+      : cfg(c), B(batch), T(seq_len), C(c.channels), H(c.heads), D(c.channels / c.heads), L(c.layers),
+        V(c.vocab), Vp(static_cast<int>(round_up(static_cast<size_t>(c.vocab), 64))),
+        N(static_cast<size_t>(batch) * seq_len), opt(o) {
     Vh = Vp - V <= c.max_seq ? Vp : V;
     cfg.validate();
     if (C % 8 != 0 || D % 8 != 0)
       throw Error(ErrorKind::kInvalidArgument,
-                  "the CUDA model needs channels and head size that are multiples of 8 (C" +
-                      std::to_string(C) + " H" + std::to_string(H) + ": head " + std::to_string(D) +
-                      ")",
-                  {.layer = "model",
-                   .where = "CudaGpt",
-                   .hint = "choose C and H with C % 8 == 0 and (C/H) % 8 == 0"});
+                  "the CUDA model needs channels and head size that are multiples of 8 (C" + std::to_string(C) +
+                      " H" + std::to_string(H) + ": head " + std::to_string(D) + ")",
+                  {.layer = "model", .where = "CudaGpt", .hint = "choose C and H with C % 8 == 0 and (C/H) % 8 == 0"});
     if (T > cfg.max_seq || T < 1 || B < 1)
-      throw Error(ErrorKind::kInvalidArgument,
-                  "batch " + std::to_string(B) + " x seq_len " + std::to_string(T) + " (context " +
+      throw Error(ErrorKind::kInvalidArgument, "batch " + std::to_string(B) + " x seq_len " + std::to_string(T) + " (context " +
                       std::to_string(cfg.max_seq) + ")",
-                  {.layer = "model",
-                   .where = "CudaGpt",
-                   .hint = "use 1 <= seq_len <= the model's context"});
+                  {.layer = "model", .where = "CudaGpt", .hint = "use 1 <= seq_len <= the model's context"});
     flash = opt.flash_attention && flash_supported(D);
     blas.set_fused_epilogues(opt.fused_epilogues);
     MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -193,18 +173,14 @@ struct CudaGpt::Impl {
       padb = L > 0 ? round_up(unit_n[1], k) : 0;
       const size_t nb = L > 0 ? unit_n[1] : 0;
       // as the arena rounds them
-      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) +
-                   3 * round_up(padb * 4, 256) + 2 * round_up(nb * 2, 256);
+      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) + 3 * round_up(padb * 4, 256) +
+                   2 * round_up(nb * 2, 256);
     }
     const size_t bh = static_cast<size_t>(B) * H;
     const size_t nc = N * C;
     auto plan = [&](bool take) {
-      auto f = [&](size_t n) {
-        return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr);
-      };
-      auto h = [&](size_t n) {
-        return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr);
-      };
+      auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
+      auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
       if (sharded) {
         const size_t nb = L > 0 ? unit_n[1] : 0;
         u0 = f(pad0);
@@ -355,33 +331,18 @@ struct CudaGpt::Impl {
   }
   void require_full(const char* what) const {
     if (sharded)
-      throw Error(ErrorKind::kInvalidArgument,
-                  std::string(what) + " on a sharded CudaGpt (no full parameter arrays)",
-                  {.layer = "model",
-                   .where = "CudaGpt",
-                   .hint = "the sharded engine holds the parameters"});
+      throw Error(ErrorKind::kInvalidArgument, std::string(what) + " on a sharded CudaGpt (no full parameter arrays)",
+                  {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine holds the parameters"});
   }
   void zero_unit_grad(int u) {
     if (sharded) MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
   }
-  layers::EmbedTensors<float> embed_f32() const {
-    return layers::embed_tensors(unit_f32(0), V, cfg.max_seq, C);
-  }
-  layers::EmbedTensors<bf16_t> embed_bf16() const {
-    return layers::embed_tensors(unit_bf16(0), V, cfg.max_seq, C);
-  }
-  layers::EmbedTensors<float> embed_grad() const {
-    return layers::embed_tensors(unit_grad(0), V, cfg.max_seq, C);
-  }
-  layers::BlockTensors<float> block_f32(int l) const {
-    return layers::block_tensors(unit_f32(1 + l), C);
-  }
-  layers::BlockTensors<bf16_t> block_bf16(int l) const {
-    return layers::block_tensors(unit_bf16(1 + l), C);
-  }
-  layers::BlockTensors<float> block_grad(int l) const {
-    return layers::block_tensors(unit_grad(1 + l), C);
-  }
+  layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(unit_f32(0), V, cfg.max_seq, C); }
+  layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(unit_bf16(0), V, cfg.max_seq, C); }
+  layers::EmbedTensors<float> embed_grad() const { return layers::embed_tensors(unit_grad(0), V, cfg.max_seq, C); }
+  layers::BlockTensors<float> block_f32(int l) const { return layers::block_tensors(unit_f32(1 + l), C); }
+  layers::BlockTensors<bf16_t> block_bf16(int l) const { return layers::block_tensors(unit_bf16(1 + l), C); }
+  layers::BlockTensors<float> block_grad(int l) const { return layers::block_tensors(unit_grad(1 + l), C); }
 
   void upload_tokens(const int32_t* in, const int32_t* tg) {
     MICS_CUDA(cudaMemcpyAsync(tokens, in, N * 4, cudaMemcpyHostToDevice, stream));
@@ -397,8 +358,7 @@ struct CudaGpt::Impl {
     const int bh = B * H;
     const size_t plane = N * C;
     if (flash) {
-      flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(),
-                              flash_layout());
+      flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(), flash_layout());
       return;
     }
     attention_split_heads(qkv, a.qkvh, B, T, H, D, s());
@@ -419,10 +379,9 @@ struct CudaGpt::Impl {
     const int bh = B * H;
     const size_t plane = N * C;
     if (flash) {
-      flash_attention_backward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, datty, a.lse, dqkv,
-                               dqkv + C, dqkv + 2 * C, flash_scratch, bh, T, D, s(),
-                               opt.flash_bwd_stages, flash_layout(), opt.flash_bwd_min_blocks,
-                               opt.flash_bwd_key_tile);
+      flash_attention_backward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, datty, a.lse, dqkv, dqkv + C,
+                               dqkv + 2 * C, flash_scratch, bh, T, D, s(), opt.flash_bwd_stages, flash_layout(),
+                               opt.flash_bwd_min_blocks, opt.flash_bwd_key_tile);
       return;
     }
     const bf16_t *q = a.qkvh, *k = a.qkvh + plane, *vv = a.qkvh + 2 * plane;
@@ -525,8 +484,8 @@ struct CudaGpt::Impl {
     {
       Scope sc(this, "layernorm bwd");
       MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
-      layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w,
-                         eg.lnf_b, partial, n, C, s());
+      layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b, partial,
+                         n, C, s());
     }
     for (int l = L - 1; l >= 0; --l) {
       const LayerActs& a = acts[static_cast<size_t>(l)];
@@ -536,41 +495,35 @@ struct CudaGpt::Impl {
       const auto p32 = block_f32(l);
       const auto p16 = block_bf16(l);
       const auto g = block_grad(l);
-      bool fcproj_b_fused = false;  // bias gradient from the weight GEMM's epilogue
       {
         Scope sc(this, "gemm fcproj bwd (+dgelu)");
         blas.linear_backward_input(dres_bf16, C, p16.fcproj_w, a.fch, dfch, n, 4 * C, C, s());
-        fcproj_b_fused = blas.linear_backward_weight(dres_bf16, C, a.fch_gelu, g.fcproj_w, n, 4 * C,
-                                                     C, s(), g.fcproj_b);
+        blas.linear_backward_weight(dres_bf16, C, a.fch_gelu, g.fcproj_w, n, 4 * C, C, s());
       }
-      if (!fcproj_b_fused) {
+      {
         Scope sc(this, "bias grads");
         column_sum(dres_bf16, g.fcproj_b, partial, n, C, s());
       }
-      bool fc_b_fused = false;  // bias gradient from the weight GEMM's epilogue
       {
         Scope sc(this, "gemm fc bwd");
         blas.linear_backward_input(dfch, 4 * C, p16.fc_w, nullptr, dln, n, C, 4 * C, s());
-        fc_b_fused =
-            blas.linear_backward_weight(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, s(), g.fc_b);
+        blas.linear_backward_weight(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, s());
       }
-      if (!fc_b_fused) {
+      {
         Scope sc(this, "bias grads");
         column_sum(dfch, g.fc_b, partial, n, 4 * C, s());
       }
       {
         Scope sc(this, "layernorm bwd");
-        layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w,
-                           g.ln2_b, partial, n, C, s());
+        layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w, g.ln2_b, partial,
+                           n, C, s());
       }
-      bool proj_b_fused = false;  // bias gradient from the weight GEMM's epilogue
       {
         Scope sc(this, "gemm proj bwd");
         blas.linear_backward_input(dres_bf16, C, p16.proj_w, nullptr, datty, n, C, C, s());
-        proj_b_fused =
-            blas.linear_backward_weight(dres_bf16, C, a.atty, g.proj_w, n, C, C, s(), g.proj_b);
+        blas.linear_backward_weight(dres_bf16, C, a.atty, g.proj_w, n, C, C, s());
       }
-      if (!proj_b_fused) {
+      {
         Scope sc(this, "bias grads");
         column_sum(dres_bf16, g.proj_b, partial, n, C, s());
       }
@@ -578,21 +531,19 @@ struct CudaGpt::Impl {
         Scope sc(this, "attention bwd");
         attention_backward(a);
       }
-      bool qkv_b_fused = false;  // bias gradient from the weight GEMM's epilogue
       {
         Scope sc(this, "gemm qkv bwd");
         blas.linear_backward_input(dqkv, 3 * C, p16.qkv_w, nullptr, dln, n, C, 3 * C, s());
-        qkv_b_fused =
-            blas.linear_backward_weight(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, s(), g.qkv_b);
+        blas.linear_backward_weight(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, s());
       }
-      if (!qkv_b_fused) {
+      {
         Scope sc(this, "bias grads");
         column_sum(dqkv, g.qkv_b, partial, n, 3 * C, s());
       }
       {
         Scope sc(this, "layernorm bwd");
-        layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w,
-                           g.ln1_b, partial, n, C, s());
+        layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b, partial,
+                           n, C, s());
       }
       reduce(1 + l);
     }
@@ -608,12 +559,8 @@ CudaGpt::CudaGpt(const GptConfig& config, int batch, int seq_len, CudaOptions op
     : impl_(std::make_unique<Impl>(config, batch, seq_len, options)) {}
 CudaGpt::~CudaGpt() = default;
 
-size_t CudaGpt::num_params() const {
-  return impl_->nparams;
-}
-size_t CudaGpt::unit_offset(int unit) const {
-  return impl_->offsets.at(static_cast<size_t>(unit));
-}
+size_t CudaGpt::num_params() const { return impl_->nparams; }
+size_t CudaGpt::unit_offset(int unit) const { return impl_->offsets.at(static_cast<size_t>(unit)); }
 
 void CudaGpt::upload_params(const float* host) {
   Impl& s = *impl_;
@@ -625,15 +572,13 @@ void CudaGpt::upload_params(const float* host) {
 
 void CudaGpt::download_params(float* host) const {
   impl_->require_full("download_params");
-  MICS_CUDA(cudaMemcpyAsync(host, impl_->params, impl_->nparams * 4, cudaMemcpyDeviceToHost,
-                            impl_->stream));
+  MICS_CUDA(cudaMemcpyAsync(host, impl_->params, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
 
 void CudaGpt::download_grads(float* host) const {
   impl_->require_full("download_grads");
-  MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost,
-                            impl_->stream));
+  MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
 
@@ -651,12 +596,8 @@ void CudaGpt::set_unit_source(shard::UnitSource source) {
                 {.layer = "model", .where = "CudaGpt"});
   impl_->source = std::move(source);
 }
-void* CudaGpt::stream() {
-  return impl_->stream;
-}
-uint64_t CudaGpt::working_buffer_bytes() const {
-  return impl_->work_bytes;
-}
+void* CudaGpt::stream() { return impl_->stream; }
+uint64_t CudaGpt::working_buffer_bytes() const { return impl_->work_bytes; }
 
 shard::DeviceOptimizer CudaGpt::device_optimizer() {
   Impl* s = impl_.get();
@@ -666,8 +607,7 @@ shard::DeviceOptimizer CudaGpt::device_optimizer() {
   };
   d.adamw = [](float* param, const float* grad, float* m, float* v, size_t n, const float* norm_sq,
                const shard::AdamWStep& a, comm::GpuStream stream) {
-    const AdamWArgs args{a.lr,           a.beta1,      a.beta2,     a.eps,
-                         a.weight_decay, a.grad_scale, a.clip_norm, a.t};
+    const AdamWArgs args{a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.grad_scale, a.clip_norm, a.t};
     adamw(param, nullptr, grad, m, v, n, norm_sq, args, stream);
   };
   return d;
@@ -702,10 +642,8 @@ float CudaGpt::accumulated_loss() {
 StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
   Impl& s = *impl_;
   if (!s.m)
-    throw Error(
-        ErrorKind::kInvalidArgument,
-        "CudaGpt::step on a sharded model (no optimizer states of its own)",
-        {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
+    throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step on a sharded model (no optimizer states of its own)",
+                {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
   const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
   {
     Impl::Scope sc(&s, "grad norm");
@@ -734,13 +672,10 @@ std::vector<PhaseTime> CudaGpt::take_profile() {
   return out;
 }
 
-uint64_t CudaGpt::allocated_bytes() const {
-  return impl_->arena.size() + (64ull << 20);
-}
+uint64_t CudaGpt::allocated_bytes() const { return impl_->arena.size() + (64ull << 20); }
 
 std::string CudaGpt::attention_kind() const {
-  return impl_->flash ? "fused flash-style kernels"
-                      : "cuBLASLt batched GEMMs + causal softmax kernels";
+  return impl_->flash ? "fused flash-style kernels" : "cuBLASLt batched GEMMs + causal softmax kernels";
 }
 
 }  // namespace mics::model::cuda

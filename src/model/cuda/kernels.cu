@@ -188,15 +188,12 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused(
   for (int row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
     const size_t off = static_cast<size_t>(row) * C;
     const float m = mean[row], s = rstd[row];
-    float4 g[kVec], xh[kVec], d[kVec];
+    float4 g[kVec], xh[kVec];
     float sg = 0, sgx = 0;
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
       const int c = lane * 4 + i * 128;
       if (c < C) {
-        // dx is read here, before the row sums, so its load is in flight with dout's and x's
-        // instead of after the warp reductions (the kernel is bound by memory latency).
-        d[i] = *reinterpret_cast<const float4*>(dx + off + c);
         g[i] = load4(dout + off + c);
         const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
         const float4 wv = *reinterpret_cast<const float4*>(w + c);
@@ -219,12 +216,13 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused(
     for (int i = 0; i < kVec; ++i) {
       const int c = lane * 4 + i * 128;
       if (c < C) {
-        d[i].x += s * (g[i].x - a - xh[i].x * bx);
-        d[i].y += s * (g[i].y - a - xh[i].y * bx);
-        d[i].z += s * (g[i].z - a - xh[i].z * bx);
-        d[i].w += s * (g[i].w - a - xh[i].w * bx);
-        *reinterpret_cast<float4*>(dx + off + c) = d[i];
-        if (dx_bf16) store4(dx_bf16 + off + c, d[i]);
+        float4 d = *reinterpret_cast<float4*>(dx + off + c);
+        d.x += s * (g[i].x - a - xh[i].x * bx);
+        d.y += s * (g[i].y - a - xh[i].y * bx);
+        d.z += s * (g[i].z - a - xh[i].z * bx);
+        d.w += s * (g[i].w - a - xh[i].w * bx);
+        *reinterpret_cast<float4*>(dx + off + c) = d;
+        if (dx_bf16) store4(dx_bf16 + off + c, d);
       }
     }
   }
