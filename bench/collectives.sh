@@ -28,6 +28,7 @@ for n in 2 4; do
     "$ompi" "${sweep[@]}" -o all_gather,reduce_scatter_v,all_reduce -j "$out/ompi_warm_n$n.json" >/dev/null
   "$mics" launch -n $n --no-prefix -- "$mics" bench --op all_gather,reduce_scatter,all_reduce \
     "${sweep[@]}" --json "$out/mics_n$n.json" >/dev/null
+  "$mics" launch -n $n --no-prefix -- "$mics" bench --op sendrecv "${sweep[@]}" --json "$out/mics_sr_n$n.json" >/dev/null
   "${mpirun_cmd[@]}" -n $n "$ompi" "${lat[@]}" -o all_reduce -j "$out/ompi_lat_n$n.json" >/dev/null
   "$mics" launch -n $n --no-prefix -- "$mics" bench --op all_reduce "${lat[@]}" --json "$out/mics_lat_n$n.json" >/dev/null
 done
@@ -37,7 +38,11 @@ for algo in ring hier; do
   "$mics" launch -n 4 --nodes 2 --no-prefix -- "$mics" bench --op all_gather -b 1M -e 256M -f 4 -w 2 -n 5 -r 3 \
     --algo $algo --json "$out/mics_2x2_$algo.json" >/dev/null
 done
+"$mics" launch -n 4 --nodes 2 --no-prefix -- "$mics" bench --op sendrecv -b 1M -e 256M -f 4 -w 2 -n 5 -r 3 \
+  --json "$out/mics_sr_2x2.json" >/dev/null
 echo "== 2 emulated nodes x 1 rank (tcp only)"
+"$mics" launch -n 2 --nodes 2 --no-prefix -- "$mics" bench --op sendrecv -b 1M -e 256M -f 4 -w 2 -n 5 -r 3 \
+  --json "$out/mics_sr_1x2.json" >/dev/null
 "$mics" launch -n 2 --nodes 2 --no-prefix -- "$mics" bench --op all_gather -b 1M -e 256M -f 4 -w 2 -n 5 -r 3 \
   --json "$out/mics_1x2_ring.json" >/dev/null
 

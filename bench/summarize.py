@@ -36,22 +36,27 @@ tcp = {p["size"]: p["best_gbps"] for p in ceil["pingpong"] if p["provider"] == "
 mib = lambda b: f"{b >> 20}M" if b >= 1 << 20 else f"{b}B"
 
 print("### Same node (shm), busbw GB/s; ratios vs the shm pingpong ceiling and vs Open MPI\n")
-print("| ranks | op | size | mics | ceiling | mics/ceiling | Open MPI | Open MPI (malloc tuned) | mics/Open MPI |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("sendrecv: `mics bench --op sendrecv` on the same ranks, every rank sending to the next and "
+      "receiving from the previous at once (one ring step, both directions of every link busy).\n")
+print("| ranks | op | size | mics | ceiling | mics/ceiling | sendrecv | mics/sendrecv | Open MPI | "
+      "Open MPI (malloc tuned) | mics/Open MPI |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+fmt = lambda v: f"{v:.2f}" if v is not None else "-"
+pct = lambda a, b: f"{a / b * 100:.0f}%" if a is not None and b else "-"
 for n in (2, 4):
     m, o, w = load(f"mics_n{n}.json"), load(f"ompi_n{n}.json"), load(f"ompi_warm_n{n}.json")
+    sr = rows(load(f"mics_sr_n{n}.json"), "sendrecv")
     for op in ("all_gather", "reduce_scatter", "all_reduce"):
         mr, orr, wr = rows(m, op), rows(o, op), rows(w, op)
         for size in sorted(mr):
             mb = busbw(mr[size])
             c = shm.get(size)
+            x = busbw(sr[size]) if size in sr else None
             ob = busbw(orr[size]) if size in orr else None
             wb = busbw(wr[size]) if size in wr else None
-            fmt = lambda v: f"{v:.2f}" if v is not None else "-"
-            print(f"| {n} | {op} | {mib(size)} | {mb:.2f} | {fmt(c)} | "
-                  f"{(mb / c * 100):.0f}% | {fmt(ob)} | {fmt(wb)} | "
-                  f"{(mb / ob):.2f}x |" if c and ob else
-                  f"| {n} | {op} | {mib(size)} | {mb:.2f} | {fmt(c)} | - | {fmt(ob)} | {fmt(wb)} | - |")
+            vs_ompi = f"{mb / ob:.2f}x" if ob else "-"
+            print(f"| {n} | {op} | {mib(size)} | {mb:.2f} | {fmt(c)} | {pct(mb, c)} | {fmt(x)} | {pct(mb, x)} | "
+                  f"{fmt(ob)} | {fmt(wb)} | {vs_ompi} |")
 
 print("\n### 8-byte all-reduce latency, one node (us)\n")
 print("| ranks | mics | Open MPI |")
@@ -62,12 +67,14 @@ for n in (2, 4):
         print(f"| {n} | {m['results'][0]['time_us']:.2f} | {o['results'][0]['time_us']:.2f} |")
 
 print("\n### Across emulated nodes (tcp;ofi_rxm between nodes), all-gather\n")
-print("| layout | algo | size | busbw GB/s | tcp pingpong | busbw/ceiling | inter-node bytes per node | formula |")
-print("|---|---|---|---|---|---|---|---|")
+print("| layout | algo | size | busbw GB/s | tcp pingpong | busbw/ceiling | sendrecv | busbw/sendrecv | "
+      "inter-node bytes per node | formula |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for name, layout, algo in (("mics_1x2_ring.json", "2 nodes x 1", "ring"),
                            ("mics_2x2_ring.json", "2 nodes x 2", "ring"),
                            ("mics_2x2_hier.json", "2 nodes x 2", "hier")):
     d = load(name)
+    sr = rows(load("mics_sr_1x2.json" if layout == "2 nodes x 1" else "mics_sr_2x2.json"), "sendrecv")
     if not d:
         continue
     for r in d["results"]:
@@ -78,6 +85,6 @@ for name, layout, algo in (("mics_1x2_ring.json", "2 nodes x 1", "ring"),
         if layout == "2 nodes x 1":
             formula = size // 2
         c = tcp.get(size)
-        ratio = f"{r['busbw_gbps'] / c * 100:.0f}%" if c else "-"
-        print(f"| {layout} | {r['algo']} | {mib(size)} | {r['busbw_gbps']:.2f} | {c if c is None else f'{c:.2f}'} | {ratio} | "
-              f"{r['inter_bytes_per_node']:.0f} | {formula} |")
+        x = busbw(sr[size]) if size in sr else None
+        print(f"| {layout} | {r['algo']} | {mib(size)} | {r['busbw_gbps']:.2f} | {fmt(c)} | {pct(r['busbw_gbps'], c)} | "
+              f"{fmt(x)} | {pct(r['busbw_gbps'], x)} | {r['inter_bytes_per_node']:.0f} | {formula} |")

@@ -103,11 +103,16 @@ int run_bench(const BenchOptions& o) {
   const comm::Algo algo = comm::parse_algo(o.algo);
   std::vector<std::string> ops = split(o.ops, ',');
   if (o.ops == "all") ops = {"all_gather", "reduce_scatter", "all_reduce", "broadcast"};
-  for (const auto& op : ops)
-    if (op != "all_gather" && op != "reduce_scatter" && op != "all_reduce" && op != "broadcast")
+  for (const auto& op : ops) {
+    if (op != "all_gather" && op != "reduce_scatter" && op != "all_reduce" && op != "broadcast" &&
+        op != "sendrecv")
       throw Error(ErrorKind::kInvalidArgument, fmt::format("unknown --op '{}'", op),
                   {.layer = "bench",
-                   .hint = "use all_gather, reduce_scatter, all_reduce, broadcast or all"});
+                   .hint = "use all_gather, reduce_scatter, all_reduce, broadcast, sendrecv or all"});
+    if (op == "sendrecv" && algo != comm::Algo::kAuto)
+      throw Error(ErrorKind::kInvalidArgument, "--algo does not apply to sendrecv",
+                  {.layer = "bench", .hint = "leave --algo at auto for --op sendrecv"});
+  }
 
   const std::string config =
       fmt::format("bench ops={} b={} e={} f={} dtype={} redop={} algo={} iters={}", o.ops, *lo, *hi,
@@ -134,7 +139,10 @@ int run_bench(const BenchOptions& o) {
                 o.ops.c_str(), n, topo.num_nodes,
                 rt->transport().provider(fabric::Rail::kIntra).c_str(),
                 rt->transport().provider(fabric::Rail::kInter).c_str());
-    std::printf("# knobs set:\n%s", describe_knobs(true).c_str());
+    // Every line that is not a result starts with '#', as in nccl-tests, so scripts can filter.
+    std::printf("# knobs set:\n");
+    for (const std::string& line : split(describe_knobs(true), '\n'))
+      if (!line.empty()) std::printf("#%s\n", line.c_str());
     std::printf("#\n# %10s %12s %8s %6s %6s %10s %10s %10s %7s %12s %12s %12s\n", "size", "count",
                 "type", "redop", "algo", "time(us)", "algbw", "busbw", "#wrong", "intra(B)",
                 "inter(B)", "inter/node");
@@ -157,12 +165,22 @@ int run_bench(const BenchOptions& o) {
           world.reduce_scatter(input.data(), output.data(), count, *dtype, *redop, algo);
         else if (op == "all_reduce")
           world.all_reduce(input.data(), output.data(), count, *dtype, *redop, algo);
-        else
+        else if (op == "sendrecv") {
+          // nccl-tests' sendrecv_perf: every rank sends the whole buffer to the next rank and
+          // receives the previous rank's at the same time, i.e. one ring step with both
+          // directions of every link busy: the most a ring's step can move.
+          if (n > 1)
+            world.send_recv(input.data(), bytes, (me + 1) % n, 1, output.data(), bytes, (me + n - 1) % n, 1);
+          else
+            std::memcpy(output.data(), input.data(), bytes);
+        } else
           world.broadcast(output.data(), count, *dtype, 0, algo);
       };
       auto prepare = [&] {
         if (op == "all_gather")
           fill(input.data(), mine.count, *dtype, 0, mine.offset);
+        else if (op == "sendrecv")
+          fill(input.data(), count, *dtype, me, 0);
         else if (op == "broadcast") {
           if (me == 0)
             fill(output.data(), count, *dtype, 0, 0);
@@ -208,6 +226,10 @@ int run_bench(const BenchOptions& o) {
           for (size_t i = 0; i < count; ++i)
             wrong += !close_enough(load_f32(output.data(), i, *dtype), expected_reduction(n, i, *redop),
                                    *dtype);
+        } else if (op == "sendrecv") {
+          const int from = n > 1 ? (me + n - 1) % n : me;
+          for (size_t i = 0; i < count; ++i)
+            wrong += !close_enough(load_f32(output.data(), i, *dtype), input_value(from, i), *dtype);
         } else {
           for (size_t i = 0; i < count; ++i)
             wrong += !close_enough(load_f32(output.data(), i, *dtype), input_value(0, i), *dtype);
@@ -238,14 +260,15 @@ int run_bench(const BenchOptions& o) {
       for (double v : inter_per_node) node_max = std::max(node_max, v);
       const double time_us = o.iters ? slowest / o.iters * 1e6 : 0;
       const double algbw = time_us > 0 ? static_cast<double>(bytes) / (time_us * 1e-6) / 1e9 : 0;
-      const std::string algo_used = comm::to_string(world.choose(op.c_str(), bytes, algo));
+      const std::string algo_used =
+          op == "sendrecv" ? std::string("p2p") : comm::to_string(world.choose(op.c_str(), bytes, algo));
       Row row{op,          bytes, count, time_us,  algbw,    algbw * bus_factor(op, n),
               wrong_total, intra, inter, node_max, algo_used};
       rows.push_back(row);
       if (me == 0) {
         std::printf("  %10zu %12zu %8s %6s %6s %10.2f %10.3f %10.3f %7s %12.0f %12.0f %12.0f\n",
                     bytes, count, to_string(*dtype),
-                    op == "all_gather" || op == "broadcast" ? "none" : o.redop.c_str(),
+                    op == "all_gather" || op == "broadcast" || op == "sendrecv" ? "none" : o.redop.c_str(),
                     algo_used.c_str(), time_us, algbw, row.busbw,
                     o.check ? std::to_string(wrong_total).c_str() : "N/A", intra, inter, node_max);
         std::fflush(stdout);
@@ -309,7 +332,7 @@ Runner add_bench_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "bench", "nccl-tests-style collective benchmark (run under mics launch or mpirun)");
   sub->add_option("--op", opts->ops,
-                  "all_gather, reduce_scatter, all_reduce, broadcast, a comma list, or all")
+                  "all_gather, reduce_scatter, all_reduce, broadcast, sendrecv (ring-step exchange), a comma list, or all")
       ->capture_default_str();
   sub->add_option("-b,--minbytes", opts->min_bytes, "smallest size (whole array), e.g. 8, 1K, 1M")
       ->capture_default_str();
