@@ -42,6 +42,12 @@ double parse_double(const char* name, const std::string& v, double lo, double hi
   return *parsed;
 }
 
+bool parse_switch(const char* name, const std::string& v) {
+  if (v == "1") return true;
+  if (v == "0") return false;
+  bad_value(name, v, "1 or 0");
+}
+
 const std::vector<KnobSpec>& specs() {
   static const std::vector<KnobSpec> table = {
       {"MICS_TIMEOUT_S", "deadline in seconds of every collective, connect and rendezvous step",
@@ -109,6 +115,34 @@ const std::vector<KnobSpec>& specs() {
          k.gpu_comm = v;
        },
        [](const Knobs& k) { return k.gpu_comm; }},
+      {"MICS_CUDA_PROFILE", "1: time every kernel kind with CUDA events and print the breakdown (adds a little time)",
+       [](Knobs& k, const std::string& v) { k.cuda_profile = parse_switch("MICS_CUDA_PROFILE", v); },
+       [](const Knobs& k) { return std::string(k.cuda_profile ? "1" : "0"); }},
+      {"MICS_CUDA_FLASH", "1: fused causal attention; 0: attention through GEMMs and a softmax kernel",
+       [](Knobs& k, const std::string& v) { k.cuda_flash = parse_switch("MICS_CUDA_FLASH", v); },
+       [](const Knobs& k) { return std::string(k.cuda_flash ? "1" : "0"); }},
+      {"MICS_CUDA_EPILOGUES", "1: bias, GELU and residual fused into cuBLASLt epilogues; 0: separate kernels",
+       [](Knobs& k, const std::string& v) { k.cuda_epilogues = parse_switch("MICS_CUDA_EPILOGUES", v); },
+       [](const Knobs& k) { return std::string(k.cuda_epilogues ? "1" : "0"); }},
+      {"MICS_CUDA_FLASH_BWD_STAGES", "fused attention backward: 1, or 2 (Q/dO double-buffered)",
+       [](Knobs& k, const std::string& v) {
+         k.cuda_flash_bwd_stages = parse_int("MICS_CUDA_FLASH_BWD_STAGES", v, 1, 2);
+       },
+       [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_bwd_stages); }},
+      {"MICS_CUDA_FLASH_BWD_MINBLOCKS", "3: fused attention backward with registers capped for 3 blocks per SM; 0: no cap",
+       [](Knobs& k, const std::string& v) {
+         const int64_t blocks = parse_int("MICS_CUDA_FLASH_BWD_MINBLOCKS", v, 0, 3);
+         if (blocks != 0 && blocks != 3) bad_value("MICS_CUDA_FLASH_BWD_MINBLOCKS", v, "0 or 3");
+         k.cuda_flash_bwd_min_blocks = blocks;
+       },
+       [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_bwd_min_blocks); }},
+      {"MICS_CUDA_FLASH_BWD_KEYS", "keys per block of the fused attention backward: 64 or 128 (8 warps)",
+       [](Knobs& k, const std::string& v) {
+         const int64_t keys = parse_int("MICS_CUDA_FLASH_BWD_KEYS", v, 64, 128);
+         if (keys != 64 && keys != 128) bad_value("MICS_CUDA_FLASH_BWD_KEYS", v, "64 or 128");
+         k.cuda_flash_bwd_keys = keys;
+       },
+       [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_bwd_keys); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

@@ -29,6 +29,13 @@ struct Knobs {
   int64_t debug_slow_rank = -1;          // MICS_DEBUG_SLOW_RANK: this rank sleeps before each step
   int64_t debug_slow_ms = 0;             // MICS_DEBUG_SLOW_MS: for this long (ms)
   int64_t debug_ckpt_write_delay_ms = 0; // MICS_DEBUG_CKPT_WRITE_DELAY_MS: tests only: slow checkpoint writes
+  // The CUDA path's switches (read by train/, applied in model/cuda's CudaOptions).
+  bool cuda_profile = false;             // MICS_CUDA_PROFILE: per-kernel-kind CUDA event times per step
+  bool cuda_flash = true;                // MICS_CUDA_FLASH: fused attention (0: GEMMs + softmax)
+  bool cuda_epilogues = true;            // MICS_CUDA_EPILOGUES: cuBLASLt bias/GELU epilogues
+  int64_t cuda_flash_bwd_stages = 1;     // MICS_CUDA_FLASH_BWD_STAGES: 1 or 2
+  int64_t cuda_flash_bwd_min_blocks = 3; // MICS_CUDA_FLASH_BWD_MINBLOCKS: 3 or 0 (no cap)
+  int64_t cuda_flash_bwd_keys = 64;      // MICS_CUDA_FLASH_BWD_KEYS: 64 or 128
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "base/knobs.hpp"
 #include "base/clock.hpp"
 #include "base/error.hpp"
 #include "base/log.hpp"
@@ -92,12 +93,12 @@ int run_cuda_training(const TrainConfig& c) {
   if (!val_files.empty()) val_data = std::make_unique<io::TokenDataset>(val_files, mc.vocab, T);
 
   model::cuda::CudaOptions options;
-  options.profile = std::getenv("MICS_CUDA_PROFILE") && std::string(std::getenv("MICS_CUDA_PROFILE")) == "1";
-  if (const char* f = std::getenv("MICS_CUDA_FLASH")) options.flash_attention = std::string(f) != "0";
-  if (const char* f = std::getenv("MICS_CUDA_EPILOGUES")) options.fused_epilogues = std::string(f) != "0";
-  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_STAGES")) options.flash_bwd_stages = std::string(f) == "2" ? 2 : 1;
-  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_MINBLOCKS")) options.flash_bwd_min_blocks = std::atoi(f);
-  if (const char* f = std::getenv("MICS_CUDA_FLASH_BWD_KEYS")) options.flash_bwd_key_tile = std::atoi(f) == 128 ? 128 : 64;
+  options.profile = knobs().cuda_profile;
+  options.flash_attention = knobs().cuda_flash;
+  options.fused_epilogues = knobs().cuda_epilogues;
+  options.flash_bwd_stages = static_cast<int>(knobs().cuda_flash_bwd_stages);
+  options.flash_bwd_min_blocks = static_cast<int>(knobs().cuda_flash_bwd_min_blocks);
+  options.flash_bwd_key_tile = static_cast<int>(knobs().cuda_flash_bwd_keys);
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
   int rank = 0, world = 1;
