@@ -12,8 +12,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <queue>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -173,11 +175,18 @@ WriteStats write_shard_file(const std::string& dir, const std::string& file, con
   uint64_t offset = 0;
   try {
     for (const WriteChunk& c : chunks) {
+      const bool strided = c.run != 0 && c.run != c.length;
+      if (strided && (c.length % c.run != 0 || c.run > c.stride))
+        throw Error(ErrorKind::kInternal,
+                    fmt::format("checkpoint chunk of {} at {}: {} elements are not rows of {} at most {} apart", c.tensor,
+                                c.offset, c.length, c.run, c.stride),
+                    {.layer = "io", .where = "checkpoint", .hint = "a mics bug: the writer's placement is inconsistent"});
       const size_t bytes = c.length * sizeof(float);
       const uint64_t d = digest64(c.data, bytes);
       write_all(fd, c.data, bytes, offset, path, piece, delay);
       index.push_back({{"tensor", c.tensor}, {"numel", c.numel}, {"offset", c.offset}, {"length", c.length},
                        {"file_offset", offset}, {"digest", digest_hex(d)}});
+      if (strided) index.back()["run"] = c.run, index.back()["stride"] = c.stride;
       offset += bytes;
     }
     if (::fsync(fd) != 0) sys_error("cannot fsync", path, errno);
@@ -190,6 +199,51 @@ WriteStats write_shard_file(const std::string& dir, const std::string& file, con
   write_file_durably(dir + "/" + fs::path(file).stem().string() + ".index.json", doc.dump());
   fsync_path(dir, true);
   return {offset, seconds_since(t0)};
+}
+
+namespace {
+
+ChunkInfo chunk_from_json(const nlohmann::json& c, std::string file) {
+  ChunkInfo ci{c.at("offset"), c.at("length"), std::move(file), c.at("file_offset"), parse_hex(c.at("digest"))};
+  if (c.contains("run")) {
+    ci.run = c.at("run");
+    ci.stride = c.at("stride");
+  }
+  return ci;
+}
+
+nlohmann::json chunk_to_json(const ChunkInfo& c) {
+  nlohmann::json j = {{"offset", c.offset}, {"length", c.length}, {"file", c.file}, {"file_offset", c.file_offset},
+                      {"digest", digest_hex(c.digest)}};
+  if (c.strided()) j["run"] = c.run, j["stride"] = c.stride;
+  return j;
+}
+
+}  // namespace
+
+std::string check_tiling(std::vector<ChunkInfo>& chunks, uint64_t numel) {
+  std::sort(chunks.begin(), chunks.end(), [](const ChunkInfo& x, const ChunkInfo& y) { return x.offset < y.offset; });
+  for (const ChunkInfo& c : chunks)
+    if (c.strided() && (c.length % c.run != 0 || c.run > c.stride))
+      return fmt::format("a strided chunk at element {} in {} whose {} elements are not rows of {} at most {} apart", c.offset,
+                         c.file, c.length, c.run, c.stride);
+  // The rows of all chunks in order of their first element: (start, chunk, row).
+  using Row = std::tuple<uint64_t, size_t, uint64_t>;
+  std::priority_queue<Row, std::vector<Row>, std::greater<>> heap;
+  for (size_t i = 0; i < chunks.size(); ++i) heap.emplace(chunks[i].offset, i, 0);
+  uint64_t next = 0;
+  while (!heap.empty()) {
+    const auto [start, i, row] = heap.top();
+    heap.pop();
+    const ChunkInfo& c = chunks[i];
+    if (start != next)
+      return fmt::format("{} at element {} (a chunk row from {} starts at {})", start < next ? "overlapping chunks" : "a gap",
+                         next, c.file, start);
+    next = start + c.row_length();
+    if (row + 1 < c.rows()) heap.emplace(start + c.row_stride(), i, row + 1);
+  }
+  if (next != numel) return fmt::format("chunks that cover up to element {} of {}", next, numel);
+  return "";
 }
 
 void commit_manifest(const std::string& dir, const std::vector<std::string>& files, uint64_t step,
@@ -209,31 +263,26 @@ void commit_manifest(const std::string& dir, const std::vector<std::string>& fil
         it->second.numel = c.at("numel");
         order.push_back(name);
       }
-      it->second.chunks.push_back({c.at("offset"), c.at("length"), file, c.at("file_offset"), parse_hex(c.at("digest"))});
+      it->second.chunks.push_back(chunk_from_json(c, file));
     }
   }
   nlohmann::json jt = nlohmann::json::array();
+  bool any_strided = false;
   for (const std::string& name : order) {
     TensorInfo& t = tensors[name];
-    std::sort(t.chunks.begin(), t.chunks.end(), [](const ChunkInfo& x, const ChunkInfo& y) { return x.offset < y.offset; });
-    uint64_t next = 0;
+    const std::string problem = check_tiling(t.chunks, t.numel);
+    if (!problem.empty())
+      io_error(fmt::format("commit of {}: tensor {} has {}", dir, name, problem),
+               "a mics bug: the writers' ranges do not tile the tensor", ErrorKind::kInternal);
     nlohmann::json chunks = nlohmann::json::array();
     for (const ChunkInfo& c : t.chunks) {
-      if (c.offset != next)
-        io_error(fmt::format("commit of {}: tensor {} has {} at element {} (chunk from {} starts at {})", dir, name,
-                             c.offset < next ? "overlapping chunks" : "a gap", next, c.file, c.offset),
-                 "a mics bug: the writers' ranges do not tile the tensor", ErrorKind::kInternal);
-      next += c.length;
-      chunks.push_back({{"offset", c.offset}, {"length", c.length}, {"file", c.file}, {"file_offset", c.file_offset},
-                        {"digest", digest_hex(c.digest)}});
+      any_strided = any_strided || c.strided();
+      chunks.push_back(chunk_to_json(c));
     }
-    if (next != t.numel)
-      io_error(fmt::format("commit of {}: tensor {} covered up to {} of {} elements", dir, name, next, t.numel),
-               "a mics bug: the writers' ranges do not tile the tensor", ErrorKind::kInternal);
     jt.push_back({{"name", name}, {"dtype", "f32"}, {"shape", {t.numel}}, {"chunks", chunks}});
   }
-  const nlohmann::json manifest = {{"format", "mics-checkpoint"}, {"version", 1},     {"digest", "mics64"},
-                                   {"step", step},                {"training", training}, {"model", model},
+  const nlohmann::json manifest = {{"format", "mics-checkpoint"}, {"version", any_strided ? 2 : 1}, {"digest", "mics64"},
+                                   {"step", step},                {"training", training},          {"model", model},
                                    {"files", file_list},          {"tensors", jt}};
   write_file_durably(dir + "/" + kManifestName, manifest.dump(1));
   fsync_path(dir, true);
@@ -274,10 +323,10 @@ CheckpointReader::CheckpointReader(std::string dir) : dir_(std::move(dir)) {
              "use an older checkpoint; this one was never committed");
   manifest_ = read_json(mpath, "checkpoint " + dir_);
   try {
-    if (manifest_.at("format") != "mics-checkpoint" || manifest_.at("version") != 1)
+    if (manifest_.at("format") != "mics-checkpoint" || (manifest_.at("version") != 1 && manifest_.at("version") != 2))
       io_error(fmt::format("checkpoint {}: unknown format {} version {}", dir_, manifest_.at("format").dump(),
                            manifest_.at("version").dump()),
-               "this mics reads mics-checkpoint version 1", ErrorKind::kProtocol);
+               "this mics reads mics-checkpoint versions 1 and 2", ErrorKind::kProtocol);
     step_ = manifest_.at("step");
     std::map<std::string, uint64_t> file_bytes;
     for (const auto& f : manifest_.at("files")) {
@@ -299,19 +348,18 @@ CheckpointReader::CheckpointReader(std::string dir) : dir_(std::move(dir)) {
       t.name = jt.at("name");
       t.dtype = jt.at("dtype");
       t.numel = jt.at("shape").at(0);
-      uint64_t next = 0;
       for (const auto& c : jt.at("chunks")) {
-        ChunkInfo ci{c.at("offset"), c.at("length"), c.at("file"), c.at("file_offset"), parse_hex(c.at("digest"))};
+        ChunkInfo ci = chunk_from_json(c, c.at("file"));
         auto f = file_bytes.find(ci.file);
-        if (ci.offset != next || f == file_bytes.end() || ci.file_offset + ci.length * 4 > f->second)
+        if (f == file_bytes.end() || ci.file_offset + ci.length * 4 > f->second || (ci.strided() && ci.end() > t.numel))
           io_error(fmt::format("checkpoint {}: tensor {} chunk at element {} is inconsistent (file {}, offset {})", dir_,
                                t.name, ci.offset, ci.file, ci.file_offset),
                    "the manifest is damaged: use an older checkpoint", ErrorKind::kProtocol);
-        next += ci.length;
-        t.chunks.push_back(ci);
+        t.chunks.push_back(std::move(ci));
       }
-      if (next != t.numel)
-        io_error(fmt::format("checkpoint {}: tensor {} covers {} of {} elements", dir_, t.name, next, t.numel),
+      const std::string problem = check_tiling(t.chunks, t.numel);
+      if (!problem.empty())
+        io_error(fmt::format("checkpoint {}: tensor {} has {}", dir_, t.name, problem),
                  "the manifest is damaged: use an older checkpoint", ErrorKind::kProtocol);
       tensors_.push_back(std::move(t));
     }
@@ -358,26 +406,55 @@ void CheckpointReader::read_chunk(const TensorInfo& t, size_t index, float* out)
 }
 
 void CheckpointReader::read(const std::string& tensor, uint64_t offset, uint64_t count, float* out) const {
+  read_runs(tensor, {ReadRun{offset, count, out}});
+}
+
+void CheckpointReader::read_runs(const std::string& tensor, std::vector<ReadRun> runs) const {
   const TensorInfo* t = find(tensor);
   if (!t)
     io_error(fmt::format("checkpoint {} has no tensor {}", dir_, tensor), "the checkpoint is of another model",
              ErrorKind::kInvalidArgument);
-  if (offset + count > t->numel)
-    io_error(fmt::format("checkpoint {}: elements {}..{} of {} are past its {} elements", dir_, offset, offset + count,
-                         tensor, t->numel),
-             "the checkpoint is of another model", ErrorKind::kInvalidArgument);
+  std::erase_if(runs, [](const ReadRun& r) { return r.count == 0; });
+  std::sort(runs.begin(), runs.end(), [](const ReadRun& x, const ReadRun& y) { return x.offset < y.offset; });
+  for (size_t i = 0; i < runs.size(); ++i)
+    if (runs[i].offset + runs[i].count > t->numel || (i > 0 && runs[i - 1].offset + runs[i - 1].count > runs[i].offset))
+      io_error(fmt::format("checkpoint {}: elements {}..{} of {} are past its {} elements or overlap another range", dir_,
+                           runs[i].offset, runs[i].offset + runs[i].count, tensor, t->numel),
+               "the checkpoint is of another model", ErrorKind::kInvalidArgument);
+  if (runs.empty()) return;
+  // The first run that ends after `x`.
+  auto first_after = [&](uint64_t x) {
+    return std::upper_bound(runs.begin(), runs.end(), x, [](uint64_t v, const ReadRun& r) { return v < r.offset + r.count; });
+  };
+  // Copies the overlaps of one chunk row [lo, lo + n) (data at `src`) into the runs.
+  auto scatter = [&](uint64_t lo, uint64_t n, const float* src) {
+    for (auto it = first_after(lo); it != runs.end() && it->offset < lo + n; ++it) {
+      const uint64_t a = std::max(lo, it->offset), b = std::min(lo + n, it->offset + it->count);
+      std::memcpy(it->out + (a - it->offset), src + (a - lo), (b - a) * sizeof(float));
+    }
+  };
+  auto touches = [&](uint64_t lo, uint64_t n) {
+    auto it = first_after(lo);
+    return it != runs.end() && it->offset < lo + n;
+  };
   std::vector<float> tmp;
   for (size_t i = 0; i < t->chunks.size(); ++i) {
     const ChunkInfo& c = t->chunks[i];
-    const uint64_t lo = std::max(offset, c.offset), hi = std::min(offset + count, c.offset + c.length);
-    if (lo >= hi) continue;
-    if (lo == c.offset && hi == c.offset + c.length) {
-      read_chunk(*t, i, out + (c.offset - offset));  // whole chunk: straight into place
-      continue;
+    if (!touches(c.offset, c.end() - c.offset)) continue;
+    bool needed = !c.strided();
+    for (uint64_t row = 0; !needed && row < c.rows(); ++row) needed = touches(c.offset + row * c.stride, c.run);
+    if (!needed) continue;
+    if (!c.strided()) {
+      auto it = first_after(c.offset);
+      if (it->offset <= c.offset && c.offset + c.length <= it->offset + it->count) {
+        read_chunk(*t, i, it->out + (c.offset - it->offset));  // whole chunk inside one run: straight into place
+        continue;
+      }
     }
     tmp.resize(c.length);
     read_chunk(*t, i, tmp.data());
-    std::memcpy(out + (lo - offset), tmp.data() + (lo - c.offset), (hi - lo) * sizeof(float));
+    for (uint64_t row = 0; row < c.rows(); ++row)
+      scatter(c.offset + row * c.row_stride(), c.row_length(), tmp.data() + row * c.row_length());
   }
 }
 

@@ -13,12 +13,20 @@
 // that every tensor is covered exactly once, writes manifest.json.tmp, fsyncs it, renames it
 // to manifest.json and fsyncs the directory. Deleting a checkpoint removes the manifest first.
 //
-// Manifest (JSON): {"format": "mics-checkpoint", "version": 1, "digest": "mics64",
+// Manifest (JSON): {"format": "mics-checkpoint", "version": 1 or 2, "digest": "mics64",
 //   "step": t, "training": {...}, "model": {...},          (opaque to this layer)
 //   "files": [{"name", "bytes"}],
 //   "tensors": [{"name", "dtype": "f32", "shape": [numel],
-//                "chunks": [{"offset", "length", "file", "file_offset", "digest"}]}]}
+//                "chunks": [{"offset", "length", "file", "file_offset", "digest"[, "run", "stride"]}]}]}
 // offset/length count elements of the tensor, file_offset bytes; digest is 16 hex digits.
+// A chunk is contiguous (elements offset .. offset+length) unless it has "run" and "stride":
+// then its `length` elements (back to back in the file, one digest) are length/run rows of
+// `run` elements placed at offset + i*stride (i = 0, 1, ...). Strided chunks let a tensor-
+// parallel rank write its column slice of a row-major matrix (every row's `run` columns) as
+// one chunk instead of one chunk per row, so the manifest stays small for large models.
+// Version 2 = a manifest with at least one strided chunk (version 1 readers refuse it
+// instead of misreading it); a checkpoint without them is written as version 1. Every
+// tensor's chunks tile it exactly: each element in exactly one chunk.
 //
 // Digest "mics64": a 64-bit non-cryptographic hash, four independent lanes over 8-byte words
 // (lane = rotl(lane + w * K1, 29) * K2, each step a bijection in w and in the lane), lanes
@@ -63,6 +71,10 @@ struct WriteChunk {
   uint64_t offset = 0;  // first element of the range
   uint64_t length = 0;  // elements
   const float* data = nullptr;
+  // Strided placement (see above): 0 = contiguous; else rows of `run` elements `stride` apart
+  // (length a multiple of run, run < stride).
+  uint64_t run = 0;
+  uint64_t stride = 0;
 };
 
 struct WriteStats {
@@ -100,6 +112,23 @@ struct ChunkInfo {
   std::string file;
   uint64_t file_offset = 0;  // bytes
   uint64_t digest = 0;
+  uint64_t run = 0, stride = 0;  // strided placement; 0: contiguous
+  bool strided() const { return run != 0 && run != length; }
+  uint64_t rows() const { return strided() ? length / run : 1; }
+  uint64_t row_length() const { return strided() ? run : length; }
+  uint64_t row_stride() const { return strided() ? stride : length; }
+  uint64_t end() const { return offset + (rows() - 1) * row_stride() + row_length(); }  // past the last element
+};
+
+// Whether chunks tile [0, numel) exactly; empty when they do, else what is wrong (a gap or an
+// overlap at an element). Sorts the chunks by offset. A k-way merge of the chunks' rows:
+// O(rows log chunks) time, O(chunks) memory.
+std::string check_tiling(std::vector<ChunkInfo>& chunks, uint64_t numel);
+
+// A destination of a batched read: elements [offset, offset + count) of a tensor into out.
+struct ReadRun {
+  uint64_t offset = 0, count = 0;
+  float* out = nullptr;
 };
 
 struct TensorInfo {
@@ -126,6 +155,10 @@ class CheckpointReader {
   // Elements [offset, offset + count) of a tensor. Every chunk that overlaps is read whole
   // (pread) and its digest checked; a mismatch throws naming the file, chunk and offsets.
   void read(const std::string& tensor, uint64_t offset, uint64_t count, float* out) const;
+  // Several ranges of one tensor (non-overlapping, any order): every chunk that overlaps any of
+  // them is read once and its digest checked, so a strided read (a tensor-parallel column
+  // slice, thousands of short runs) costs one pass over the chunks it touches.
+  void read_runs(const std::string& tensor, std::vector<ReadRun> runs) const;
   // The whole tensor.
   std::vector<float> read_all(const std::string& tensor) const;
 

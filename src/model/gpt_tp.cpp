@@ -93,6 +93,47 @@ void tp_slice_embed(const GptConfig& c, TpSlice slice, const float* full_unit0, 
   }
 }
 
+std::vector<UnitPiece> tp_unit_pieces(const GptConfig& c, TpSlice slice, TpUnit kind, int layer) {
+  const size_t C = sz(c.channels), cl = C / sz(slice.size), k = sz(slice.rank), vl = sz(c.vocab) / sz(slice.size);
+  std::vector<UnitPiece> out;
+  size_t local = 0;
+  const int unit = kind == TpUnit::kSplit || kind == TpUnit::kRep ? 1 + layer : 0;
+  auto add = [&](size_t offset, size_t rows, size_t run, size_t stride) {
+    if (rows == 1) stride = run;
+    UnitPiece* prev = out.empty() ? nullptr : &out.back();
+    if (rows == 1 && prev && prev->rows == 1 && prev->local + prev->run == local && prev->offset + prev->run == offset) {
+      prev->run += run, prev->stride = prev->run;  // adjacent on both sides: one piece
+    } else {
+      out.push_back({local, unit, offset, rows, run, stride});
+    }
+    local += rows * run;
+  };
+  // Offsets in a block unit (gpt.hpp's order, as layers::block_tensors carves it).
+  const size_t ln1_w = 0, qkv_w = 2 * C, qkv_b = qkv_w + 3 * C * C, proj_w = qkv_b + 3 * C, proj_b = proj_w + C * C,
+               ln2_w = proj_b + C, fc_w = ln2_w + 2 * C, fc_b = fc_w + 4 * C * C, fcproj_w = fc_b + 4 * C,
+               fcproj_b = fcproj_w + 4 * C * C;
+  switch (kind) {
+    case TpUnit::kWte: add(k * vl * C, 1, vl * C, 0); break;
+    case TpUnit::kWpe: add(sz(c.vocab) * C, 1, sz(c.max_seq) * C, 0); break;
+    case TpUnit::kLnf: add((sz(c.vocab) + sz(c.max_seq)) * C, 1, 2 * C, 0); break;
+    case TpUnit::kSplit:  // the layout of split_view
+      for (size_t part = 0; part < 3; ++part) add(qkv_w + (part * C + k * cl) * C, 1, cl * C, 0);
+      for (size_t part = 0; part < 3; ++part) add(qkv_b + part * C + k * cl, 1, cl, 0);
+      add(proj_w + k * cl, C, cl, C);
+      add(fc_w + k * 4 * cl * C, 1, 4 * cl * C, 0);
+      add(fc_b + k * 4 * cl, 1, 4 * cl, 0);
+      add(fcproj_w + k * 4 * cl, C, 4 * cl, 4 * C);
+      break;
+    case TpUnit::kRep:  // the layout of rep_view
+      add(ln1_w, 1, 2 * C, 0);
+      add(proj_b, 1, C, 0);
+      add(ln2_w, 1, 2 * C, 0);
+      add(fcproj_b, 1, C, 0);
+      break;
+  }
+  return out;
+}
+
 struct TpPass::Impl {
   GptConfig c;
   TpSlice slice;
@@ -273,6 +314,8 @@ float TpPass::head_forward(const float* wte, const float* lnf) {
   }
   return static_cast<float>(loss / static_cast<double>(N));
 }
+
+const float* TpPass::logits() const { return impl_->logits.data(); }
 
 void TpPass::head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf) {
   Impl& s = *impl_;

@@ -62,6 +62,22 @@ size_t tp_lnf_numel(const GptConfig& c);
 void tp_slice_block(const GptConfig& c, TpSlice slice, const float* full_block, float* split, float* rep);
 void tp_slice_embed(const GptConfig& c, TpSlice slice, const float* full_unit0, float* wte, float* wpe, float* lnf);
 
+// Where a slice's unit lives in the single-process model (gpt.hpp's units: 0 the embeddings,
+// 1 + l block l), so checkpoints store every tensor in that logical layout whatever the mesh
+// (train/checkpoint.hpp). A piece: the slice unit's elements [local, local + rows*run) are
+// `rows` rows of `run` elements, row i at element offset + i*stride of unit `unit`; contiguous
+// pieces have rows = 1 and stride = run. The pieces of a unit cover it exactly once, and the
+// pieces of all t slices (the replicated ones once per slice) cover the logical unit; adjacent
+// contiguous pieces are merged. Column slices of row-major matrices (proj_w, fcproj_w) are
+// the strided pieces: C rows of C/t (4C/t) elements.
+struct UnitPiece {
+  size_t local = 0;
+  int unit = 0;
+  size_t offset = 0, rows = 1, run = 0, stride = 0;
+};
+enum class TpUnit { kWte, kWpe, kLnf, kSplit, kRep };
+std::vector<UnitPiece> tp_unit_pieces(const GptConfig& c, TpSlice slice, TpUnit kind, int layer = 0);
+
 // One micro-batch's activations on one pipeline stage: `blocks` consecutive blocks, with the
 // embedding (first stage) and the head (last stage) as the stage has them.
 class TpPass {
@@ -80,6 +96,9 @@ class TpPass {
   void embed_forward(const float* wte, const float* wpe);  // into input()
   void block_forward(int i, const float* split, const float* rep);  // local block i
   float head_forward(const float* wte, const float* lnf);  // the mean loss; reads output()
+  // [N, V/t]: the logits of this rank's vocabulary slice (columns slice.rank*V/t ..) from the
+  // last head_forward (the samples gather rows of them over the tensor group).
+  const float* logits() const;
   // Backward: head_backward overwrites dwte, dlnf and grad(); block_backward overwrites the
   // block's gradients and turns grad() into dL/d(its input); embed_backward accumulates into
   // dwte and overwrites dwpe from grad().

@@ -41,12 +41,85 @@ nlohmann::json model_record(const TrainConfig& c, const model::Gpt& gpt) {
   throw Error(kind, std::move(message), {.layer = "train", .where = "checkpoint", .hint = std::move(hint)});
 }
 
+std::string tensor_name(const model::Gpt& gpt, int logical_unit, int kind) {
+  return fmt::format("{}.{}", gpt.unit_name(logical_unit), kKinds[kind]);
+}
+
+// The logical pieces of engine elements [offset, offset + count) of `unit` (the layout's pieces
+// of the unit cut to the range: a partial first row, the whole rows, a partial last row).
+void place(const StateLayout& layout, int unit, size_t offset, size_t count, std::vector<model::UnitPiece>& out) {
+  out.clear();
+  const size_t end = offset + count;
+  for (const model::UnitPiece& p : layout.pieces(unit)) {
+    const size_t lo = std::max(offset, p.local), hi = std::min(end, p.local + p.rows * p.run);
+    if (lo >= hi) continue;
+    auto emit = [&](size_t local, size_t row, size_t col, size_t rows, size_t run) {
+      out.push_back({local, p.unit, p.offset + row * p.stride + col, rows, run, rows > 1 ? p.stride : run});
+    };
+    size_t row = (lo - p.local) / p.run, at = lo;
+    const size_t col = (lo - p.local) % p.run;
+    if (col != 0 || hi - at < p.run) {
+      const size_t n = std::min(p.run - col, hi - at);
+      emit(at, row, col, 1, n);
+      at += n;
+      ++row;
+    }
+    if (const size_t full = (hi - at) / p.run; full > 0) {
+      emit(at, row, 0, full, p.run);
+      at += full * p.run;
+      row += full;
+    }
+    if (at < hi) emit(at, row, 0, 1, hi - at);
+  }
+}
+
+// The part of a checkpoint range that copy `which` of `copies` writes: block `which` of the
+// range cut in `copies` (the first count % copies blocks one element longer).
+std::pair<size_t, size_t> share_of(std::pair<int, int> copies, size_t offset, size_t count) {
+  const size_t n = static_cast<size_t>(copies.first), j = static_cast<size_t>(copies.second);
+  const size_t base = count / n, extra = count % n;
+  return {offset + j * base + std::min(j, extra), base + (j < extra ? 1 : 0)};
+}
+
+// Fills every range the engine holds from full logical units (`full(unit)`: the unit's
+// elements, valid until the next call) and zeroes the moments.
+void load_from_units(shard::Engine& engine, const StateLayout& layout, const std::function<const float*(int)>& full) {
+  std::vector<model::UnitPiece> pieces;
+  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+    if (which != 0) {
+      std::fill(out, out + count, 0.0f);
+      return;
+    }
+    place(layout, unit, offset, count, pieces);
+    for (const model::UnitPiece& p : pieces) {
+      const float* src = full(p.unit);
+      for (size_t i = 0; i < p.rows; ++i)
+        std::copy(src + p.offset + i * p.stride, src + p.offset + i * p.stride + p.run, out + (p.local - offset) + i * p.run);
+    }
+  });
+}
+
 }  // namespace
+
+StateLayout plain_layout(shard::Engine& engine, const model::Gpt& gpt, int rank, int world) {
+  StateLayout l;
+  l.rank = rank;
+  l.world = world;
+  l.data_ranks = world;
+  l.pieces = [&gpt](int unit) {
+    const size_t n = gpt.unit_numel(unit);
+    return std::vector<model::UnitPiece>{{0, unit, 0, 1, n, n}};
+  };
+  l.copies = [](int) { return std::pair<int, int>{1, 0}; };
+  l.all_reduce = [&engine](float* v, size_t n, ReduceOp op) { engine.control_all_reduce(v, n, op); };
+  return l;
+}
 
 struct Checkpointer::Impl {
   shard::Engine& engine;
   const TrainConfig& c;
   const model::Gpt& gpt;
+  StateLayout layout;
   int rank, world, seq_len;
   bool leader;
   int last_saved = -1;
@@ -64,13 +137,17 @@ struct Checkpointer::Impl {
   io::WriteStats stats;
   Clock::time_point started;
 
-  Impl(shard::Engine& e, const TrainConfig& config, const model::Gpt& g, int r, int w, int T)
-      : engine(e), c(config), gpt(g), rank(r), world(w), seq_len(T), leader(r == 0) {}
+  Impl(shard::Engine& e, const TrainConfig& config, const model::Gpt& g, StateLayout l, int T)
+      : engine(e), c(config), gpt(g), layout(std::move(l)), rank(layout.rank), world(layout.world), seq_len(T),
+        leader(rank == 0) {}
+
+  // The control all-reduce over every rank of the job.
+  void all_reduce(float* v, size_t n, ReduceOp op) { layout.all_reduce(v, n, op); }
 
   nlohmann::json training_record(int step) const {
     const shard::OptimizerCounters oc = engine.optimizer_counters();
-    const uint64_t G = static_cast<uint64_t>(world) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
-    return {{"step", step},
+    const uint64_t G = static_cast<uint64_t>(layout.data_ranks) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
+    nlohmann::json t = {{"step", step},
             {"sampler_position", static_cast<uint64_t>(step) * G},
             {"global_batch_sequences", G},
             {"seq_len", seq_len},
@@ -86,12 +163,19 @@ struct Checkpointer::Impl {
             {"strategy", c.strategy},
             {"partition_size", engine.partition_size()},
             {"grad_accum", c.grad_accum},
-            {"micro_batch", c.micro_batch}};
+            {"micro_batch", c.micro_batch},
+            {"data_ranks", layout.data_ranks},
+            {"layout", "logical: the one-process model's units, whatever the mesh"}};
+    if (!layout.mesh.is_null()) t["mesh"] = layout.mesh;
+    return t;
   }
+
+  // This rank's part of a checkpoint range (all of it unless other ranks hold the same copy).
+  std::pair<size_t, size_t> share(const shard::StateRange& r) const { return share_of(layout.copies(r.unit), r.offset, r.count); }
 
   size_t snapshot_elements() const {
     size_t n = 0;
-    for (const auto& r : engine.checkpoint_ranges()) n += 3 * r.count;
+    for (const auto& r : engine.checkpoint_ranges()) n += 3 * share(r).second;
     return n;
   }
 
@@ -154,20 +238,25 @@ struct Checkpointer::Impl {
         outcome = 1;
       }
     }
-    engine.control_all_reduce(&outcome, 1, ReduceOp::kSum);
+    all_reduce(&outcome, 1, ReduceOp::kSum);
     return outcome == 0 ? Prepared::kReady : outcome == 1 ? Prepared::kFailed : Prepared::kKept;
   }
 
   void write_body() {
     try {
       std::vector<io::WriteChunk> chunks;
+      std::vector<model::UnitPiece> pieces;
       size_t at = 0;
-      for (const auto& r : engine_ranges)
+      for (const Share& sh : shares) {
+        place(layout, sh.unit, sh.offset, sh.count, pieces);
         for (int k = 0; k < 3; ++k) {
-          chunks.push_back({fmt::format("{}.{}", gpt.unit_name(r.unit), kKinds[k]), gpt.unit_numel(r.unit), r.offset,
-                            r.count, buffer.data() + at});
-          at += r.count;
+          const float* base = buffer.data() + at;
+          for (const model::UnitPiece& p : pieces)
+            chunks.push_back({tensor_name(gpt, p.unit, k), gpt.unit_numel(p.unit), p.offset, p.rows * p.run,
+                              base + (p.local - sh.offset), p.rows > 1 ? p.run : 0, p.rows > 1 ? p.stride : 0});
+          at += sh.count;
         }
+      }
       stats = io::write_shard_file(pending_dir, io::rank_file_name(rank), chunks);
     } catch (const io::SystemError& e) {
       writer_error = e.what();
@@ -177,7 +266,11 @@ struct Checkpointer::Impl {
     }
     writer_done = true;
   }
-  std::vector<shard::StateRange> engine_ranges;
+  struct Share {
+    int unit;
+    size_t offset, count;
+  };
+  std::vector<Share> shares;  // what the snapshot holds: this rank's parts of its ranges
 
   void save(int step, bool sync, bool final_save) {
     if (pending) {
@@ -201,16 +294,22 @@ struct Checkpointer::Impl {
     }
     const auto t0 = Clock::now();
     started = t0;
-    engine_ranges = engine.checkpoint_ranges();
+    const std::vector<shard::StateRange> ranges = engine.checkpoint_ranges();
+    shares.clear();
     size_t need = 0;
-    for (const auto& r : engine_ranges) need += 3 * r.count;
+    for (const auto& r : ranges) {
+      const auto [offset, count] = share(r);
+      shares.push_back({r.unit, offset, count});
+      need += 3 * count;
+    }
     if (buffer.size() < need) buffer.resize(need);
     size_t at = 0;
-    for (const auto& r : engine_ranges) {
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      const shard::StateRange& r = ranges[i];
       const float* src[3] = {r.param, r.exp_avg, r.exp_avg_sq};
       for (int k = 0; k < 3; ++k) {
-        std::memcpy(buffer.data() + at, src[k], r.count * sizeof(float));
-        at += r.count;
+        std::memcpy(buffer.data() + at, src[k] + (shares[i].offset - r.offset), shares[i].count * sizeof(float));
+        at += shares[i].count;
       }
     }
     training = training_record(step);
@@ -237,7 +336,7 @@ struct Checkpointer::Impl {
     if (!pending) return true;
     if (wait && writer.joinable()) writer.join();
     float flags[3] = {writer_done ? 1.0f : 0.0f, writer_done && !writer_error.empty() ? 1.0f : 0.0f, 0};
-    engine.control_all_reduce(flags, 2, ReduceOp::kSum);
+    all_reduce(flags, 2, ReduceOp::kSum);
     if (flags[0] < static_cast<float>(world)) return false;
     if (writer.joinable()) writer.join();
     pending = false;
@@ -247,7 +346,7 @@ struct Checkpointer::Impl {
       // Which ranks failed and their system error (-1: not a system error), for rank 0's report.
       std::vector<float> reasons(static_cast<size_t>(world), 0.0f);
       if (!writer_error.empty()) reasons[static_cast<size_t>(rank)] = writer_errno > 0 ? static_cast<float>(writer_errno) : -1.0f;
-      engine.control_all_reduce(reasons.data(), reasons.size(), ReduceOp::kSum);
+      all_reduce(reasons.data(), reasons.size(), ReduceOp::kSum);
       if (leader) {
         std::string who;
         int listed = 0;
@@ -268,7 +367,7 @@ struct Checkpointer::Impl {
     }
     float commit_failed = 0;
     float seconds = static_cast<float>(stats.seconds);
-    engine.control_all_reduce(&seconds, 1, ReduceOp::kMax);
+    all_reduce(&seconds, 1, ReduceOp::kMax);
     if (leader) {
       try {
         std::vector<std::string> files;
@@ -280,7 +379,7 @@ struct Checkpointer::Impl {
         commit_failed = 1;
       }
     }
-    engine.control_all_reduce(&commit_failed, 1, ReduceOp::kSum);
+    all_reduce(&commit_failed, 1, ReduceOp::kSum);
     if (commit_failed > 0) {
       last_failed = true;
       return true;
@@ -313,9 +412,9 @@ struct Checkpointer::Impl {
   }
 };
 
-Checkpointer::Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, int rank, int world,
+Checkpointer::Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
                            int seq_len, int start_step, std::string loaded_from)
-    : impl_(std::make_unique<Impl>(engine, config, gpt, rank, world, seq_len)) {
+    : impl_(std::make_unique<Impl>(engine, config, gpt, std::move(layout), seq_len)) {
   Impl& s = *impl_;
   if (!enabled()) return;
   s.skip_dir = std::move(loaded_from);
@@ -354,7 +453,7 @@ void Checkpointer::finish(int step) {
 namespace {
 
 // Throws (on every rank alike) when the checkpoint cannot continue this run.
-void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const model::Gpt& gpt, int world, int seq_len) {
+void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const model::Gpt& gpt, int data_ranks, int seq_len) {
   const nlohmann::json& m = r.manifest().at("model");
   const model::GptConfig& g = gpt.config();
   if (m.at("layers") != g.layers || m.at("heads") != g.heads || m.at("channels") != g.channels || m.at("vocab") != g.vocab ||
@@ -366,13 +465,14 @@ void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const
                             g.describe()),
                 "give the --model the checkpoint was trained with");
   const nlohmann::json& t = r.manifest().at("training");
-  const uint64_t G = static_cast<uint64_t>(world) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
+  const uint64_t G = static_cast<uint64_t>(data_ranks) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
   if (t.at("global_batch_sequences") != G || t.at("seq_len") != seq_len)
     train_error(ErrorKind::kInvalidArgument,
                 fmt::format("checkpoint {} was trained with a global batch of {} sequences of {} tokens; this run has {} "
-                            "ranks x {} micro-steps x {} sequences = {} of {}",
-                            r.dir(), t.at("global_batch_sequences").get<uint64_t>(), t.at("seq_len").get<int>(), world,
-                            c.grad_accum, c.micro_batch, G, seq_len),
+                            "{}ranks x {} micro-steps x {} sequences = {} of {}",
+                            r.dir(), t.at("global_batch_sequences").get<uint64_t>(), t.at("seq_len").get<int>(), data_ranks,
+                            c.tensor_parallel > 1 || c.pipeline_parallel > 1 ? "data " : "", c.grad_accum, c.micro_batch, G,
+                            seq_len),
                 "keep ranks x --grad-accum x --micro-batch and --seq-len equal to the checkpoint's (change --grad-accum "
                 "when the world size changes)");
   if (t.at("step").get<int>() > c.steps)
@@ -381,25 +481,22 @@ void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const
                 "raise --steps");
 }
 
-void load_fresh(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt) {
+void load_fresh(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout) {
   std::vector<float> full;
   int cached = -1;
-  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
-    if (which != 0) {
-      std::fill(out, out + count, 0.0f);
-      return;
-    }
+  load_from_units(engine, layout, [&](int unit) {
     if (cached != unit) {
       full.assign(gpt.unit_numel(unit), 0.0f);
       gpt.init_unit(unit, c.seed, full.data());
       cached = unit;
     }
-    std::copy(full.begin() + static_cast<long>(offset), full.begin() + static_cast<long>(offset + count), out);
+    return full.data();
   });
   engine.set_optimizer_counters({});
 }
 
-int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, std::string* source) {
+int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
+                 std::string* source) {
   const std::string dir = c.init_from;
   std::ifstream in(dir + "/config.json");
   if (!in)
@@ -426,14 +523,7 @@ int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& 
                   "the tensor layouts must be GPT-2's (Conv1D weights [in, out])");
     model::from_hf(t, it->second.data.data(), units[static_cast<size_t>(t.unit)].data());
   }
-  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
-    if (which != 0) {
-      std::fill(out, out + count, 0.0f);
-      return;
-    }
-    const auto& full = units[static_cast<size_t>(unit)];
-    std::copy(full.begin() + static_cast<long>(offset), full.begin() + static_cast<long>(offset + count), out);
-  });
+  load_from_units(engine, layout, [&](int unit) { return units[static_cast<size_t>(unit)].data(); });
   engine.set_optimizer_counters({});
   *source = dir;
   return 0;
@@ -441,10 +531,11 @@ int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& 
 
 }  // namespace
 
-int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, int rank, int world,
+int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
                        int seq_len, std::string* source) {
+  const int rank = layout.rank, world = layout.world;
   source->clear();
-  if (!c.init_from.empty()) return init_from_hf(engine, c, gpt, source);
+  if (!c.init_from.empty()) return init_from_hf(engine, c, gpt, layout, source);
   if (c.resume.empty() || c.resume == "none") return 0;
   const bool automatic = c.resume == "auto";
   std::vector<io::StepDir> candidates;
@@ -472,28 +563,46 @@ int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model:
     } catch (const Error& e) {
       problem = e.message();
     }
-    if (reader) check_compatible(*reader, c, gpt, world, seq_len);  // a mismatch is an error, not a fallback
+    if (reader) check_compatible(*reader, c, gpt, layout.data_ranks, seq_len);  // a mismatch is an error, not a fallback
     if (reader) {
       touched = true;
       try {
+        std::vector<model::UnitPiece> pieces;
+        std::vector<io::ReadRun> runs;
         engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
-          reader->read(fmt::format("{}.{}", gpt.unit_name(unit), kKinds[which]), offset, count, out);
+          place(layout, unit, offset, count, pieces);
+          // An engine unit's pieces lie in one logical unit (a block's slices, or the embeddings).
+          for (size_t i = 0; i < pieces.size();) {
+            const int logical = pieces[i].unit;
+            runs.clear();
+            for (; i < pieces.size() && pieces[i].unit == logical; ++i) {
+              const model::UnitPiece& p = pieces[i];
+              for (size_t row = 0; row < p.rows; ++row)
+                runs.push_back({p.offset + row * p.stride, p.run, out + (p.local - offset) + row * p.run});
+            }
+            reader->read_runs(tensor_name(gpt, logical, which), runs);
+          }
         });
       } catch (const Error& e) {
         problem = e.message();
       }
     }
     float failed = problem.empty() ? 0.0f : 1.0f;
-    engine.control_all_reduce(&failed, 1, ReduceOp::kSum);
+    layout.all_reduce(&failed, 1, ReduceOp::kSum);
     if (failed == 0) {
       const nlohmann::json& t = reader->manifest().at("training");
       engine.set_optimizer_counters({t.at("adam_steps").get<int64_t>(), t.at("consecutive_skipped_steps").get<int>()});
       *source = d.path;
       const int step = t.at("step");
       if (rank == 0) {
-        log::info("resumed from {} (step {}, written by {} ranks with {} p={}; this run: {} ranks)", d.path, step,
+        auto mesh_text = [](const nlohmann::json& m) {
+          return m.is_null() ? std::string()
+                             : fmt::format(" in a mesh r{} p{} s{} t{}", m.at("r").get<int>(), m.at("p").get<int>(),
+                                           m.at("s").get<int>(), m.at("t").get<int>());
+        };
+        log::info("resumed from {} (step {}, written by {} ranks with {} p={}{}; this run: {} ranks{})", d.path, step,
                   t.at("world_size").get<int>(), t.at("strategy").get<std::string>(), t.at("partition_size").get<int>(),
-                  world);
+                  mesh_text(t.value("mesh", nlohmann::json())), world, mesh_text(layout.mesh));
         if (t.at("schedule").at("steps") != c.steps)
           log::warn("resume: the checkpoint's schedule ran over {} steps, this run's over {}: the learning rate curve "
                     "changes from here on",
@@ -509,7 +618,7 @@ int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model:
     train_error(ErrorKind::kInvalidArgument,
                 fmt::format("--resume {}: no usable checkpoint{}", c.resume, last_problem.empty() ? "" : ": " + last_problem),
                 "give a committed step-XXXXXXXX directory, --resume auto, or --resume none");
-  if (touched) load_fresh(engine, c, gpt);
+  if (touched) load_fresh(engine, c, gpt, layout);
   if (rank == 0) log::info("resume auto: no usable checkpoint in {}: starting from step 0", c.out);
   return 0;
 }

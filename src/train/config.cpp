@@ -77,8 +77,6 @@ void validate(const TrainConfig& c) {
     if (c.device != "cpu") bad_flag(flag, "with --device " + c.device, hint);
     if (c.recompute) bad_flag(flag, "with --recompute", hint);
     if (c.partition_size == "auto") bad_flag(flag, "with --partition-size auto", "give the partition size as a number");
-    if (c.resume != "none" || !c.init_from.empty() || c.ckpt_every > 0)
-      bad_flag(flag, "with checkpoints (--resume, --init-from, --ckpt-every)", hint);
     if (!c.trace.empty()) bad_flag(flag, "with --trace", hint);
   }
   if (c.comm_dtype != "f32" && c.comm_dtype != "bf16")

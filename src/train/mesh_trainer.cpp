@@ -57,6 +57,8 @@
 #include "shard/engine.hpp"
 #include "topo/groups.hpp"
 #include "topo/mesh.hpp"
+#include "io/byte_tokenizer.hpp"
+#include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
@@ -186,6 +188,39 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     engine.tie_gradients(su.wte, mesh.tied.get());
   }
 
+  // --- checkpoints in the logical layout (train/checkpoint.hpp) ------------------------------
+  // Every engine unit is a slice of one of the one-process model's units (model/gpt_tp.hpp's
+  // pieces). Identical copies split the writing: the tied wte of the first and last stage
+  // (s > 1) in two halves, the units replicated over the tensor ranks in t parts.
+  std::vector<std::pair<model::TpUnit, int>> unit_kind(static_cast<size_t>(engine.num_units()), {model::TpUnit::kWte, 0});
+  if (su.wpe >= 0) unit_kind[static_cast<size_t>(su.wpe)] = {model::TpUnit::kWpe, 0};
+  if (su.lnf >= 0) unit_kind[static_cast<size_t>(su.lnf)] = {model::TpUnit::kLnf, 0};
+  for (size_t i = 0; i < su.split.size(); ++i) {
+    unit_kind[static_cast<size_t>(su.split[i])] = {model::TpUnit::kSplit, layers.first + static_cast<int>(i)};
+    unit_kind[static_cast<size_t>(su.rep[i])] = {model::TpUnit::kRep, layers.first + static_cast<int>(i)};
+  }
+  StateLayout layout;
+  layout.rank = rank;
+  layout.world = world;
+  layout.data_ranks = D;
+  layout.mesh = {{"r", shape.r}, {"p", p}, {"s", s}, {"t", t}, {"order", shape.order}};
+  layout.pieces = [&](int unit) {
+    const auto& [kind, layer] = unit_kind[static_cast<size_t>(unit)];
+    return model::tp_unit_pieces(mc, slice, kind, layer);
+  };
+  layout.copies = [&](int unit) -> std::pair<int, int> {
+    if (unit == su.wte) return s > 1 ? std::pair<int, int>{2, first ? 0 : 1} : std::pair<int, int>{1, 0};
+    const model::TpUnit kind = unit_kind[static_cast<size_t>(unit)].first;
+    if (kind == model::TpUnit::kSplit) return {1, 0};
+    return {t, me.t};  // wpe, lnf and the blocks' rep units: the same on every tensor rank
+  };
+  layout.all_reduce = [&](float* v, size_t n, ReduceOp op) {
+    comm::Communicator* ctl = mesh.control.get();
+    engine.run_on_comm_thread([=] { ctl->all_reduce(v, v, n, DType::kF32, op); });
+  };
+  std::string loaded_from;
+  const int start_step = load_initial_state(engine, c, gpt, layout, T, &loaded_from);
+
   // --- communication helpers (all on the engine's communication thread) ---------------------
   double pipe_wait_s = 0;
   model::TensorAllReduce tensor_all_reduce = [&](float* data, size_t count, ReduceOp op) {
@@ -216,16 +251,24 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
                          shape.describe(), topology.describe(), t, s, schedule_name, bubble, D, c.strategy, p, D / p);
     block += fmt::format("  batch: {} data ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
                          D, S, B, T, tokens_per_step, c.steps);
-    block += "  (samples and checkpoints are not done by the mesh trainer yet)\n";
+    if (c.ckpt_every > 0)
+      block += fmt::format("  checkpoints every {} steps into {} (logical layout: loads into any mesh or strategy)\n",
+                           c.ckpt_every, c.out);
     std::fputs(block.c_str(), stdout);
     std::fflush(stdout);
   }
   std::unique_ptr<MetricsWriter> metrics;
   std::string metrics_path = c.metrics;
   if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
-  if (leader && !metrics_path.empty()) {
-    if (!c.out.empty()) std::filesystem::create_directories(c.out);
-    metrics = std::make_unique<MetricsWriter>(metrics_path);
+  if (leader) {
+    if (!c.out.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(c.out, ec);
+      if (ec)
+        throw Error(ErrorKind::kIo, fmt::format("cannot create --out {}: {}", c.out, ec.message()),
+                    {.layer = "train", .where = "mics train", .hint = "choose a writable directory"});
+    }
+    if (!metrics_path.empty()) metrics = std::make_unique<MetricsWriter>(metrics_path);
   }
 
   // --- activations: a pass per micro-batch in flight -----------------------------------------
@@ -367,6 +410,11 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   // sums its batches' mean losses; the control all-reduce brings the mean to every rank. Its
   // traffic (gathers, tensor all-reduces, pipeline messages) is left out of the step figures.
   comm::Traffic eval_tensor, eval_pipe, eval_data;
+  auto accumulate = [](comm::Traffic& into, const comm::Traffic& after, const comm::Traffic& before) {
+    const comm::Traffic d = minus(after, before);
+    for (size_t i = 0; i < static_cast<size_t>(fabric::kNumRails); ++i)
+      into.bytes_sent[i] += d.bytes_sent[i], into.msgs_sent[i] += d.msgs_sent[i];
+  };
   auto evaluate = [&]() -> double {
     const comm::Traffic tensor0 = mesh.tensor->traffic(), pipe0 = pipe->traffic(), data0 = engine.traffic();
     model::TpPass& ps = *passes[0];
@@ -414,15 +462,103 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     comm::Communicator* ctl = mesh.control.get();
     float* tv = &total;
     engine.run_on_comm_thread([=] { ctl->all_reduce(tv, tv, 1, DType::kF32, ReduceOp::kSum); });
-    auto accumulate = [](comm::Traffic& into, const comm::Traffic& after, const comm::Traffic& before) {
-      const comm::Traffic d = minus(after, before);
-      for (size_t i = 0; i < static_cast<size_t>(fabric::kNumRails); ++i)
-        into.bytes_sent[i] += d.bytes_sent[i], into.msgs_sent[i] += d.msgs_sent[i];
-    };
     accumulate(eval_tensor, mesh.tensor->traffic(), tensor0);
     accumulate(eval_pipe, pipe->traffic(), pipe0);
     accumulate(eval_data, engine.traffic(), data0);
     return static_cast<double>(total) / (static_cast<double>(D) * c.eval_batches);
+  };
+
+  // --- samples: trainer.cpp's continuations of a prompt (row 0 greedy, the others at
+  // temperature 0.8, the same random stream) through the pipeline ---------------------------
+  // Every rank runs every token (the engines' gathers are collective over the data ranks; each
+  // data index computes the same rows). The last stage gathers the rows' logits at the
+  // position over the tensor group (each rank fills its vocabulary slice of a zeroed row, one
+  // sum all-reduce), picks the tokens, and one control all-reduce (from the last stage's
+  // tensor rank 0 of data index 0) hands them to every rank. Traffic left out like eval's.
+  auto sample = [&](const std::vector<int32_t>& prompt) {
+    const int rows = c.samples, V = mc.vocab;
+    const int window = std::min<int>(mc.max_seq, static_cast<int>(prompt.size()) + c.sample_tokens);
+    model::TpPass ps(mc, slice, rows, window, layers.count, tensor_all_reduce);
+    const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(window) * static_cast<size_t>(mc.channels) * sizeof(float);
+    const size_t vl = static_cast<size_t>(V / t);
+    std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(rows), prompt);
+    std::vector<int32_t> inputs(static_cast<size_t>(rows) * window), targets(inputs.size(), 0);
+    std::vector<float> full(static_cast<size_t>(rows) * V), picked(static_cast<size_t>(rows));
+    uint64_t state = c.seed * 0x9E3779B97F4A7C15ull + 1;
+    auto uniform = [&state] {
+      state ^= state >> 12, state ^= state << 25, state ^= state >> 27;
+      return static_cast<double>((state * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
+    };
+    constexpr uint16_t kSampleTag = 0xFFF2;
+    for (int tok = 0; tok < c.sample_tokens; ++tok) {
+      int pos = 0;
+      for (int r = 0; r < rows; ++r) {
+        const auto& sq = seqs[static_cast<size_t>(r)];
+        const int len = static_cast<int>(sq.size()), start = std::max(0, len - window);
+        pos = len - start - 1;
+        std::fill(inputs.begin() + static_cast<long>(r) * window, inputs.begin() + static_cast<long>(r + 1) * window, 0);
+        std::copy(sq.begin() + start, sq.end(), inputs.begin() + static_cast<long>(r) * window);
+      }
+      ps.set_tokens(inputs.data(), targets.data());
+      if (first) {
+        ps.embed_forward(engine.gather(su.wte), engine.gather(su.wpe));
+        engine.release(su.wpe);
+        engine.release(su.wte);
+      } else {
+        float* buf = ps.input();
+        pipe_op([=] { pipe->recv(buf, bytes, me.s - 1, kSampleTag); });
+      }
+      for (int i = 0; i < layers.count; ++i) {
+        const int a = su.split[static_cast<size_t>(i)], r = su.rep[static_cast<size_t>(i)];
+        ps.block_forward(i, engine.gather(a), engine.gather(r));
+        engine.release(a);
+        engine.release(r);
+      }
+      std::fill(picked.begin(), picked.end(), 0.0f);
+      if (last) {
+        ps.head_forward(engine.gather(su.wte), engine.gather(su.lnf));
+        engine.release(su.lnf);
+        engine.release(su.wte);
+        std::fill(full.begin(), full.end(), 0.0f);
+        for (int r = 0; r < rows; ++r)
+          std::copy_n(ps.logits() + (static_cast<size_t>(r) * window + pos) * vl, vl,
+                      full.begin() + static_cast<long>(static_cast<size_t>(r) * V + static_cast<size_t>(me.t) * vl));
+        if (t > 1) tensor_all_reduce(full.data(), full.size(), ReduceOp::kSum);
+        for (int r = 0; r < rows; ++r) {
+          const float* logits = full.data() + static_cast<size_t>(r) * V;
+          int32_t next = 0;
+          if (r == 0) {
+            next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+          } else {
+            const double temperature = 0.8;
+            const float top = *std::max_element(logits, logits + V);
+            std::vector<double> pr(static_cast<size_t>(V));
+            double z = 0;
+            for (int v = 0; v < V; ++v) z += pr[static_cast<size_t>(v)] = std::exp((logits[v] - top) / temperature);
+            double u = uniform() * z;
+            next = V - 1;
+            for (int v = 0; v < V; ++v)
+              if ((u -= pr[static_cast<size_t>(v)]) <= 0) {
+                next = v;
+                break;
+              }
+          }
+          if (me.t == 0 && me.data(shape) == 0) picked[static_cast<size_t>(r)] = static_cast<float>(next);  // exact below 2^24
+        }
+      } else {
+        const float* buf = ps.output();
+        pipe_op([=] { pipe->send(buf, bytes, me.s + 1, kSampleTag); });
+      }
+      layout.all_reduce(picked.data(), picked.size(), ReduceOp::kSum);
+      for (int r = 0; r < rows; ++r) seqs[static_cast<size_t>(r)].push_back(static_cast<int32_t>(picked[static_cast<size_t>(r)]));
+    }
+    return seqs;
+  };
+  auto render_tokens = [](const std::vector<int32_t>& ids, int vocab) {
+    if (vocab <= 256) return io::byte_decode(std::span<const int32_t>(ids));
+    std::string text;
+    for (int32_t id : ids) text += fmt::format("{} ", id);
+    return text;
   };
 
   // --- training -------------------------------------------------------------------------------
@@ -430,14 +566,16 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
   const int data_index = me.data(shape);
-  io::Prefetcher prefetcher(train_data, sampler, data_index, D, S, B, 0);
+  io::Prefetcher prefetcher(train_data, sampler, data_index, D, S, B, static_cast<uint64_t>(start_step));
+  Checkpointer ckpt(engine, c, gpt, layout, T, start_step, loaded_from);
   StepPrinter printer(leader, c.steps, c.log_every);
   const comm::Traffic tensor_base = mesh.tensor->traffic(), pipe_base = pipe->traffic();
-  RunTally tally(tokens_per_step, c.steps > 1 ? 1 : 0);
+  // The first step of a run (fresh or resumed) pays for first touches: left out of tokens/s.
+  RunTally tally(tokens_per_step, c.steps - start_step > 1 ? start_step + 1 : start_step);
   double pipe_wait_total = 0;
   double eval_loss = NAN;
   bool stopped = false;
-  for (int step = 0; step < c.steps; ++step) {
+  for (int step = start_step; step < c.steps; ++step) {
     const float lr = schedule.at(step);
     engine.set_lr(lr);
     const auto t0 = Clock::now();
@@ -465,15 +603,39 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
       rec.eval_loss = evaluate();
       eval_loss = rec.eval_loss;
     }
+    {
+      const auto ckpt_t0 = Clock::now();
+      ckpt.after_step(step + 1);
+      rec.checkpoint_ms = seconds_since(ckpt_t0) * 1e3;
+    }
     if (report_step(printer, metrics.get(), rec, control[1] > 0)) {
       stopped = true;
       break;
     }
   }
   printer.finish();
-  if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
-
   const int steps_done = tally.steps();
+  ckpt.finish(start_step + steps_done);
+  if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
+  if (c.samples > 0 && !stopped) {
+    const comm::Traffic tensor0 = mesh.tensor->traffic(), pipe0 = pipe->traffic(), data0 = engine.traffic();
+    const io::TokenDataset& source = val_data ? *val_data : train_data;
+    std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
+    source.sequence(0, in.data(), tg.data());
+    const std::vector<int32_t> prompt(in.begin(), in.begin() + std::min(8, T));
+    const auto seqs = sample(prompt);
+    accumulate(eval_tensor, mesh.tensor->traffic(), tensor0);
+    accumulate(eval_pipe, pipe->traffic(), pipe0);
+    accumulate(eval_data, engine.traffic(), data0);
+    if (leader) {
+      std::string text = fmt::format("samples (prompt: the first {} tokens of a {} sequence):\n", prompt.size(),
+                                     val_data ? "validation" : "training");
+      for (size_t r = 0; r < seqs.size(); ++r)
+        text += fmt::format("  [{}] {}\n", r == 0 ? "greedy" : "t=0.8", render_tokens(seqs[r], mc.vocab));
+      std::fputs(text.c_str(), stdout);
+    }
+  }
+
   // --- traffic per mesh dimension against the formulas (mesh_trainer.cpp's header) ----------
   const uint64_t steps64 = static_cast<uint64_t>(steps_done), S64 = static_cast<uint64_t>(S);
   comm::Traffic tensor_expected, pipe_expected;

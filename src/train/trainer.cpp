@@ -485,7 +485,7 @@ int run_training(const TrainConfig& c) {
   engine.finalize([&](int unit, float* params) { gpt.init_unit(unit, c.seed, params); });
   p = engine.partition_size();
   std::string loaded_from;  // --resume / --init-from (train/checkpoint.hpp)
-  const int start_step = load_initial_state(engine, c, gpt, rank, world, T, &loaded_from);
+  const int start_step = load_initial_state(engine, c, gpt, plain_layout(engine, gpt, rank, world), T, &loaded_from);
   const MemoryPlan mp = plan_memory(gpt, p, world, c.micro_batch, T, c.recompute);
 
   // --- start-up block ------------------------------------------------------------------
@@ -535,7 +535,7 @@ int run_training(const TrainConfig& c) {
   const LrSchedule schedule{c.lr, c.warmup < 0 ? std::max(1, c.steps / 20) : c.warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
   io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, static_cast<uint64_t>(start_step));
-  Checkpointer ckpt(engine, c, gpt, rank, world, T, start_step, loaded_from);
+  Checkpointer ckpt(engine, c, gpt, plain_layout(engine, gpt, rank, world), T, start_step, loaded_from);
   model::GptPass pass(gpt, c.micro_batch, T, c.recompute);
   std::vector<float> grad0(gpt.unit_numel(0)), grad_block(gpt.num_units() > 1 ? gpt.unit_numel(1) : 0);
   StepPrinter printer(leader, c.steps, c.log_every);
