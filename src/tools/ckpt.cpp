@@ -75,6 +75,9 @@ int inspect(const CkptFlags& f) {
   fmt::print("  written by {} ranks, strategy {} p={} (grad accum {}, micro batch {}), seed {}\n", t.at("world_size").get<int>(),
              t.at("strategy").get<std::string>(), t.at("partition_size").get<int>(), t.at("grad_accum").get<int>(),
              t.at("micro_batch").get<int>(), t.at("seed").get<uint64_t>());
+  if (t.contains("mesh"))
+    fmt::print("  in a mesh r={} p={} s={} t={} (stored in the logical, one-process layout)\n", t["mesh"].at("r").get<int>(),
+               t["mesh"].at("p").get<int>(), t["mesh"].at("s").get<int>(), t["mesh"].at("t").get<int>());
   fmt::print("  schedule: {}\n", t.at("schedule").dump());
   fmt::print("  model {}: L{} H{} C{} V{} T{}\n", md.value("name", "?"), md.at("layers").get<int>(), md.at("heads").get<int>(),
              md.at("channels").get<int>(), md.at("vocab").get<int>(), md.at("max_seq").get<int>());
@@ -85,7 +88,10 @@ int inspect(const CkptFlags& f) {
   for (const auto& fl : m.at("files")) fmt::print("    {}  {} bytes\n", fl.at("name").get<std::string>(), fl.at("bytes").get<uint64_t>());
   for (const auto& tn : r.tensors()) {
     fmt::print("    {:<28} f32 [{}]  {} chunk(s):", tn.name, tn.numel, tn.chunks.size());
-    for (const auto& c : tn.chunks) fmt::print(" {}+{}@{}", c.offset, c.length, c.file);
+    for (const auto& c : tn.chunks) {
+      if (c.strided()) fmt::print(" {}+{}x{}/{}@{}", c.offset, c.rows(), c.run, c.stride, c.file);  // rows x run, stride
+      else fmt::print(" {}+{}@{}", c.offset, c.length, c.file);
+    }
     fmt::print("\n");
   }
   return 0;
