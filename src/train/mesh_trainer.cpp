@@ -37,6 +37,12 @@
 //             the one-float norm all-reduce over the model communicator
 // The summary's "mesh" object carries rank 0's bytes per step for each and whether every
 // rank's counters equal these.
+//
+// Checkpoints (train/checkpoint.hpp): the same files, protocol and async saves as the plain
+// trainer, with the tensors in the one-process model's layout (a StateLayout built from
+// model::tp_unit_pieces), so any mesh or plain layout loads them; the checkpointer's control
+// all-reduces run over the "control" communicator (every rank), not the slice's engine.
+// Samples: trainer.cpp's continuations through the pipeline (see sample() below).
 #include "train/mesh_trainer.hpp"
 
 #include <algorithm>
