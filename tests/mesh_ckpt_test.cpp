@@ -7,6 +7,7 @@
 //     for bit, and the next steps' losses equal the source run's within 1e-5 relative (the fp32
 //     bound of tests/mesh_test.cpp: only the order of additions differs);
 //   - samples: a mesh prints trainer.cpp's greedy continuation of the one-process run;
+//   - --init-from a Hugging Face export into a mesh gives back the exported parameters;
 //   - a checkpoint of another model, a corrupted rank file: the existing clear errors.
 #include <cmath>
 #include <filesystem>
@@ -22,6 +23,7 @@
 
 #include "base/error.hpp"
 #include "io/checkpoint.hpp"
+#include "io/safetensors.hpp"
 #include "model/gpt.hpp"
 #include "model/gpt_tp.hpp"
 #include "train_run.hpp"
@@ -264,6 +266,26 @@ TEST(MeshCkptTrain, MeshPrintsTheSamples) {
   EXPECT_EQ(greedy(mesh.result.output), greedy(plain.result.output));
   EXPECT_TRUE(mesh.summary["mesh"]["tensor_matches"].get<bool>()) << "sampling traffic leaked into the step figures";
   EXPECT_TRUE(mesh.summary["mesh"]["pipeline_matches"].get<bool>()) << "sampling traffic leaked into the step figures";
+}
+
+// A t2 p2 r2 checkpoint exported to Hugging Face's layout, --init-from it on a t2 s2 p2 mesh, one
+// step at a negligible learning rate, exported again: the same parameters.
+TEST(MeshCkptTrain, InitFromAnExportIntoAMesh) {
+  const std::string src = scratch() + "/init_src", hf = scratch() + "/init_hf", dst = scratch() + "/init_dst",
+                    hf2 = scratch() + "/init_hf2";
+  const TrainRun run = train(fmt::format("{} --steps 1 --ckpt-every 1 --out {}", kT2P2R2, src), "init_src");
+  ASSERT_EQ(run.result.status, 0) << run.result.output;
+  auto r = mics::testing::run_command(fmt::format("{} ckpt export {} --out {}", MICS_BINARY, src, hf));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const TrainRun init =
+      train(fmt::format("{} --steps 1 --lr 1e-30 --ckpt-every 1 --init-from {} --out {}", kT2S2P2, hf, dst), "init_dst");
+  ASSERT_EQ(init.result.status, 0) << init.result.output;
+  r = mics::testing::run_command(fmt::format("{} ckpt export {} --out {}", MICS_BINARY, dst, hf2));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto a = mics::io::read_safetensors(hf + "/model.safetensors"), b = mics::io::read_safetensors(hf2 + "/model.safetensors");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a)
+    for (size_t i = 0; i < t.data.size(); ++i) ASSERT_NEAR(b.at(name).data[i], t.data[i], 1e-20) << name << "[" << i << "]";
 }
 
 TEST(MeshCkptTrain, WrongModelAndCorruptFileAreClearErrors) {
