@@ -403,7 +403,7 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
   struct Case {
     int bh, T, D;
   };
-  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 300, 64}, Case{2, 150, 128}}) {
+  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 150, 128}}) {
     ASSERT_TRUE(mc::flash_supported(c.D));
     SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
     const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
@@ -419,13 +419,6 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
     const double ey = rel_error(gy, ref.y), el = rel_error(dlse.get(), ref.lse);
     EXPECT_LT(ey, kBf16Tol);
     EXPECT_LT(el, kF32GemmTol);
-    {  // the forward with 64-query blocks (one row group per warp), outputs poisoned again
-      Dev<uint16_t> y64(n);
-      Dev<float> lse64(static_cast<size_t>(c.bh) * c.T);
-      mc::flash_attention_forward(dq_.p, dk_.p, dv_.p, y64.p, lse64.p, c.bh, c.T, c.D, nullptr, {}, 64);
-      EXPECT_LT(rel_error(from_bf16(y64.get()), ref.y), kBf16Tol) << "64-query forward";
-      EXPECT_LT(rel_error(lse64.get(), ref.lse), kF32GemmTol) << "64-query forward";
-    }
     struct Variant {
       int stages, min_blocks, key_tile;
     };

@@ -143,13 +143,6 @@ const std::vector<KnobSpec>& specs() {
          k.cuda_flash_bwd_keys = keys;
        },
        [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_bwd_keys); }},
-      {"MICS_CUDA_FLASH_FWD_ROWS", "queries per block of the fused attention forward: 128 (head size 64) or 64",
-       [](Knobs& k, const std::string& v) {
-         const int64_t rows = parse_int("MICS_CUDA_FLASH_FWD_ROWS", v, 64, 128);
-         if (rows != 64 && rows != 128) bad_value("MICS_CUDA_FLASH_FWD_ROWS", v, "64 or 128");
-         k.cuda_flash_fwd_rows = rows;
-       },
-       [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_fwd_rows); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

@@ -36,7 +36,6 @@ struct Knobs {
   int64_t cuda_flash_bwd_stages = 1;     // MICS_CUDA_FLASH_BWD_STAGES: 1 or 2
   int64_t cuda_flash_bwd_min_blocks = 3; // MICS_CUDA_FLASH_BWD_MINBLOCKS: 3 or 0 (no cap)
   int64_t cuda_flash_bwd_keys = 64;      // MICS_CUDA_FLASH_BWD_KEYS: 64 or 128
-  int64_t cuda_flash_fwd_rows = 128;     // MICS_CUDA_FLASH_FWD_ROWS: 128 or 64
 };
 
 // One row per knob for printing: name, value as text, whether the env set it, help.

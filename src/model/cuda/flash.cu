@@ -9,10 +9,8 @@
 // Tensor cores through mma.sync m16n8k16 (bf16 in, fp32 accumulate), operands moved from
 // shared memory with ldmatrix; tiles of 64 queries x 64 keys, 4 warps of 16 rows each.
 //
-// Forward: one block per (64*RW-query tile, head), each warp owning RW groups of 16 rows (RW = 2
-// for head size 64: every K/V fragment read from shared memory then feeds two MMAs); K/V tiles
-// streamed through shared memory (two stages, cp.async); online softmax in the log2 domain;
-// y and lse written once.
+// Forward: one block per (64-query tile, head); K/V tiles streamed through shared memory (two
+// stages, cp.async); online softmax in the log2 domain; y and lse written once.
 // Backward: Di = rowsum(dy * y) first; then one block per (64-key tile, head) walks the query
 // tiles at and below the diagonal, recomputing P^T = exp(K Q^T * scale - lse) per tile: dV and
 // dK accumulate in registers, dQ (= dS K) goes to an fp32 scratch with float2 atomics and is
@@ -111,14 +109,10 @@ __device__ __forceinline__ const __nv_bfloat16* at_frag(const __nv_bfloat16* s, 
   return s + (r0 + (lane & 7) + (lane >> 4) * 8) * ld + c0 + ((lane >> 3) & 1) * 8;
 }
 
-// Forward: each warp holds RW groups of 16 query rows (group g of warp w: rows g*64 + w*16 ..),
-// so a block covers 64*RW queries and every K/V fragment read from shared memory feeds RW
-// tensor-core products (the forward is bound by shared-memory reads at RW = 1).
-template <int D, int RW>
+template <int D>
 constexpr size_t fwd_smem_bytes() {
-  return static_cast<size_t>(RW + 4) * kTile * (D + 8) * sizeof(__nv_bfloat16);  // Q (RW tiles), 2 x (K, V)
+  return static_cast<size_t>(5) * kTile * (D + 8) * sizeof(__nv_bfloat16);  // Q, 2 x (K, V)
 }
-// RW = 2 only for head size 64: its 2 x (S, O, Q) fragments take 230 registers, no spills.
 
 // Two adjacent fp32 atomic adds: one vector atomic on sm_90 (Hopper has float2 atomicAdd),
 // two scalar ones on older targets, so the file builds for any CMAKE_CUDA_ARCHITECTURES.
@@ -131,7 +125,7 @@ __device__ __forceinline__ void add_pair(float* at, float a, float b) {
 #endif
 }
 
-template <int D, int RW>
+template <int D>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16* __restrict__ q,
                                                              const __nv_bfloat16* __restrict__ k,
                                                              const __nv_bfloat16* __restrict__ v,
@@ -140,42 +134,33 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
                                                              int ld_o) {
   constexpr int LD = D + 8;
   constexpr int KD = D / 16;  // k-steps over the head dimension
-  constexpr int QROWS = kTile * RW;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  // stage b: K at Qs + (RW + 2b) tiles, V at Qs + (RW + 1 + 2b) tiles
-  auto Ks = [&](int b) { return Qs + (RW + 2 * b) * kTile * LD; };
-  auto Vs = [&](int b) { return Qs + (RW + 1 + 2 * b) * kTile * LD; };
+  // stage b: K at Qs + (1 + 2b) tiles, V at Qs + (2 + 2b) tiles
+  auto Ks = [&](int b) { return Qs + (1 + 2 * b) * kTile * LD; };
+  auto Vs = [&](int b) { return Qs + (2 + 2 * b) * kTile * LD; };
 
   const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // long rows first
   const int bi = static_cast<int>(blockIdx.y) / heads, hi = static_cast<int>(blockIdx.y) % heads;
   const size_t base = static_cast<size_t>(bi) * T * ld_qkv + static_cast<size_t>(hi) * D;
   const size_t obase = static_cast<size_t>(bi) * T * ld_o + static_cast<size_t>(hi) * D;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int q0 = qt * QROWS;
-  const int tile0 = qt * RW;  // the key tile on the diagonal of row group 0
+  const int q0 = qt * kTile;
 
-  load_tile<D, QROWS>(Qs, q + base, q0, T, ld_qkv);
+  load_tile<D>(Qs, q + base, q0, T, ld_qkv);
   load_tile<D>(Ks(0), k + base, 0, T, ld_qkv);
   load_tile<D>(Vs(0), v + base, 0, T, ld_qkv);
   cp_async_commit();
 
-  int row_a[RW], row_b[RW];  // this thread's two rows in each group
-  float m_a[RW], m_b[RW], l_a[RW], l_b[RW];
-  float o[RW][D / 8][4];
-  uint32_t qa[RW][KD][4];
+  const int row_a = q0 + warp * 16 + (lane >> 2);  // this thread's two rows
+  const int row_b = row_a + 8;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+  float o[D / 8][4];
 #pragma unroll
-  for (int g = 0; g < RW; ++g) {
-    row_a[g] = q0 + g * kTile + warp * 16 + (lane >> 2);
-    row_b[g] = row_a[g] + 8;
-    m_a[g] = m_b[g] = -INFINITY;
-    l_a[g] = l_b[g] = 0.f;
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[g][i][0] = o[g][i][1] = o[g][i][2] = o[g][i][3] = 0.f;
-  }
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  uint32_t qa[KD][4];
 
-  // key tiles 0 .. the diagonal of the last group (causal), clipped to the sequence
-  const int last = min(tile0 + RW - 1, (T - 1) / kTile);
+  const int last = qt;  // key tiles 0..qt (causal)
   for (int kt = 0; kt <= last; ++kt) {
     const int buf = kt & 1;
     if (kt < last) {  // prefetch the next K/V tile into the other stage
@@ -187,134 +172,104 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
     __syncthreads();
     if (kt == 0) {
 #pragma unroll
-      for (int g = 0; g < RW; ++g)
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk) ldsm_x4(qa[g][kk], a_frag(Qs, LD, g * kTile + warp * 16, kk * 16));
+      for (int kk = 0; kk < KD; ++kk) ldsm_x4(qa[kk], a_frag(Qs, LD, warp * 16, kk * 16));
     }
-    // group g sees this tile unless it lies wholly above its diagonal (the same for every warp)
-    bool active[RW];
+    // S = Q K^T for this warp's 16 rows x 64 keys
+    float s[8][4];
 #pragma unroll
-    for (int g = 0; g < RW; ++g) active[g] = kt <= tile0 + g;
-    // S = Q K^T: 16 rows x 64 keys per group; each K fragment serves every active group
-    float sc[RW][8][4];
-#pragma unroll
-    for (int g = 0; g < RW; ++g)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) sc[g][i][0] = sc[g][i][1] = sc[g][i][2] = sc[g][i][3] = 0.f;
+    for (int i = 0; i < 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < KD; ++kk) {
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
         uint32_t b[4];
         ldsm_x4(b, b_frag(Ks(buf), LD, np * 16, kk * 16));
+        mma(s[2 * np], qa[kk], b[0], b[1]);
+        mma(s[2 * np + 1], qa[kk], b[2], b[3]);
+      }
+    }
+    // scale (log2 domain), causal mask on the diagonal tile, online softmax
+    float mx_a = m_a, mx_b = m_b;
 #pragma unroll
-        for (int g = 0; g < RW; ++g) {
-          if (!active[g]) continue;
-          mma(sc[g][2 * np], qa[g][kk], b[0], b[1]);
-          mma(sc[g][2 * np + 1], qa[g][kk], b[2], b[3]);
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = kt * kTile + nt * 8 + 2 * (lane & 3) + j;
+        float xa = s[nt][j] * scale_log2, xb = s[nt][2 + j] * scale_log2;
+        if (kt == last) {
+          if (col > row_a) xa = -INFINITY;
+          if (col > row_b) xb = -INFINITY;
         }
+        s[nt][j] = xa;
+        s[nt][2 + j] = xb;
+        mx_a = fmaxf(mx_a, xa);
+        mx_b = fmaxf(mx_b, xb);
       }
     }
 #pragma unroll
-    for (int g = 0; g < RW; ++g) {
-      if (!active[g]) continue;
-      // scale (log2 domain), causal mask on the group's diagonal tile, online softmax
-      const bool diagonal = kt == tile0 + g;
-      float mx_a = m_a[g], mx_b = m_b[g];
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
+    }
+    // key 0 is unmasked for every row, so the maxima are finite from the first tile on
+    const float alpha_a = exp2f(m_a - mx_a), alpha_b = exp2f(m_b - mx_b);
+    m_a = mx_a;
+    m_b = mx_b;
+    l_a *= alpha_a;
+    l_b *= alpha_b;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha_a;
+      o[i][1] *= alpha_a;
+      o[i][2] *= alpha_b;
+      o[i][3] *= alpha_b;
+    }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int col = kt * kTile + nt * 8 + 2 * (lane & 3) + j;
-          float xa = sc[g][nt][j] * scale_log2, xb = sc[g][nt][2 + j] * scale_log2;
-          if (diagonal) {
-            if (col > row_a[g]) xa = -INFINITY;
-            if (col > row_b[g]) xb = -INFINITY;
-          }
-          sc[g][nt][j] = xa;
-          sc[g][nt][2 + j] = xb;
-          mx_a = fmaxf(mx_a, xa);
-          mx_b = fmaxf(mx_b, xb);
-        }
-      }
+    for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
-      }
-      // key 0 is unmasked for every row, so the maxima are finite from the first tile on
-      const float alpha_a = exp2f(m_a[g] - mx_a), alpha_b = exp2f(m_b[g] - mx_b);
-      m_a[g] = mx_a;
-      m_b[g] = mx_b;
-      l_a[g] *= alpha_a;
-      l_b[g] *= alpha_b;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[g][i][0] *= alpha_a;
-        o[g][i][1] *= alpha_a;
-        o[g][i][2] *= alpha_b;
-        o[g][i][3] *= alpha_b;
-      }
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          sc[g][nt][j] = exp2f(sc[g][nt][j] - mx_a);
-          sc[g][nt][2 + j] = exp2f(sc[g][nt][2 + j] - mx_b);
-          l_a[g] += sc[g][nt][j];
-          l_b[g] += sc[g][nt][2 + j];
-        }
+      for (int j = 0; j < 2; ++j) {
+        s[nt][j] = exp2f(s[nt][j] - m_a);
+        s[nt][2 + j] = exp2f(s[nt][2 + j] - m_b);
+        l_a += s[nt][j];
+        l_b += s[nt][2 + j];
       }
     }
-    // O += P V: P from the accumulators (two n-tiles make one 16-wide k-step); each V fragment
-    // serves every active group
+    // O += P V: P from the accumulators (two n-tiles make one 16-wide k-step)
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      uint32_t pa[RW][4];
-#pragma unroll
-      for (int g = 0; g < RW; ++g) {
-        pa[g][0] = pack_bf16(sc[g][2 * kk][0], sc[g][2 * kk][1]);
-        pa[g][1] = pack_bf16(sc[g][2 * kk][2], sc[g][2 * kk][3]);
-        pa[g][2] = pack_bf16(sc[g][2 * kk + 1][0], sc[g][2 * kk + 1][1]);
-        pa[g][3] = pack_bf16(sc[g][2 * kk + 1][2], sc[g][2 * kk + 1][3]);
-      }
+      const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
         ldsm_x4_t(b, bt_frag(Vs(buf), LD, kk * 16, dp * 16));
-#pragma unroll
-        for (int g = 0; g < RW; ++g) {
-          if (!active[g]) continue;
-          mma(o[g][2 * dp], pa[g], b[0], b[1]);
-          mma(o[g][2 * dp + 1], pa[g], b[2], b[3]);
-        }
+        mma(o[2 * dp], pa, b[0], b[1]);
+        mma(o[2 * dp + 1], pa, b[2], b[3]);
       }
     }
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 #pragma unroll
-  for (int g = 0; g < RW; ++g) {
+  for (int off = 1; off <= 2; off <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
+  const float inv_a = 1.f / l_a, inv_b = 1.f / l_b;
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      l_a[g] += __shfl_xor_sync(0xffffffffu, l_a[g], off);
-      l_b[g] += __shfl_xor_sync(0xffffffffu, l_b[g], off);
-    }
-    const float inv_a = 1.f / l_a[g], inv_b = 1.f / l_b[g];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int col = nt * 8 + 2 * (lane & 3);
-      if (row_a[g] < T)
-        *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_a[g]) * ld_o + col) =
-            pack_bf16(o[g][nt][0] * inv_a, o[g][nt][1] * inv_a);
-      if (row_b[g] < T)
-        *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_b[g]) * ld_o + col) =
-            pack_bf16(o[g][nt][2] * inv_b, o[g][nt][3] * inv_b);
-    }
-    if ((lane & 3) == 0) {
-      float* l = lse + static_cast<size_t>(blockIdx.y) * T;
-      if (row_a[g] < T) l[row_a[g]] = (m_a[g] + log2f(l_a[g])) * kLn2;
-      if (row_b[g] < T) l[row_b[g]] = (m_b[g] + log2f(l_b[g])) * kLn2;
-    }
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int col = nt * 8 + 2 * (lane & 3);
+    if (row_a < T)
+      *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_a) * ld_o + col) =
+          pack_bf16(o[nt][0] * inv_a, o[nt][1] * inv_a);
+    if (row_b < T)
+      *reinterpret_cast<uint32_t*>(y + obase + static_cast<size_t>(row_b) * ld_o + col) =
+          pack_bf16(o[nt][2] * inv_b, o[nt][3] * inv_b);
+  }
+  if ((lane & 3) == 0) {
+    float* l = lse + static_cast<size_t>(blockIdx.y) * T;
+    if (row_a < T) l[row_a] = (m_a + log2f(l_a)) * kLn2;
+    if (row_b < T) l[row_b] = (m_b + log2f(l_b)) * kLn2;
   }
 }
 
@@ -545,19 +500,19 @@ __global__ void dq_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* _
   *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(x.z, x.w);
 }
 
-template <int D, int RW>
+template <int D>
 void forward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, float* lse, int bh, int T,
                const FlashLayout& L, Stream s) {
-  constexpr size_t smem = fwd_smem_bytes<D, RW>();
+  constexpr size_t smem = fwd_smem_bytes<D>();
   static bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(flash_fwd_kernel<D, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    MICS_CUDA(cudaFuncSetAttribute(flash_fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(smem)));
     return true;
   }();
   (void)attr;
-  const dim3 grid((T + kTile * RW - 1) / (kTile * RW), bh);
+  const dim3 grid((T + kTile - 1) / kTile, bh);
   const float scale_log2 = kLog2e / sqrtf(static_cast<float>(D));
-  flash_fwd_kernel<D, RW><<<grid, kThreads, smem, st(s)>>>(
+  flash_fwd_kernel<D><<<grid, kThreads, smem, st(s)>>>(
       reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
       reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<__nv_bfloat16*>(y), lse, T, scale_log2, L.heads,
       L.ld_qkv, L.ld_o);
@@ -637,14 +592,12 @@ FlashLayout resolve(FlashLayout L, int head_dim) {
 bool flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y, float* lse, int bh,
-                             int seq_len, int head_dim, Stream s, const FlashLayout& layout, int query_rows) {
+                             int seq_len, int head_dim, Stream s, const FlashLayout& layout) {
   if (bh <= 0 || seq_len <= 0) return;
   const FlashLayout L = resolve(layout, head_dim);
   switch (head_dim) {
-    case 64:
-      if (query_rows == 128) return forward_d<64, 2>(q, k, v, y, lse, bh, seq_len, L, s);
-      return forward_d<64, 1>(q, k, v, y, lse, bh, seq_len, L, s);
-    case 128: return forward_d<128, 1>(q, k, v, y, lse, bh, seq_len, L, s);
+    case 64: return forward_d<64>(q, k, v, y, lse, bh, seq_len, L, s);
+    case 128: return forward_d<128>(q, k, v, y, lse, bh, seq_len, L, s);
     default: throw_cuda("flash_attention_forward", "no fused attention kernel for head size " + std::to_string(head_dim));
   }
 }

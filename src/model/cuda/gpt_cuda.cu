@@ -358,8 +358,7 @@ struct CudaGpt::Impl {
     const int bh = B * H;
     const size_t plane = N * C;
     if (flash) {
-      flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(), flash_layout(),
-                              opt.flash_fwd_query_rows);
+      flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(), flash_layout());
       return;
     }
     attention_split_heads(qkv, a.qkvh, B, T, H, D, s());

@@ -34,7 +34,6 @@ struct CudaOptions {
   int flash_bwd_stages = 1;     // fused attention backward: 1, or 2 (Q/dO double-buffered; no faster on the H200)
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
                                  // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
-  int flash_fwd_query_rows = 128;  // forward blocks of 128 queries (2 row groups per warp; head size 64) or 64
   int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
   // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of

@@ -81,9 +81,7 @@ struct FlashLayout {
 bool flash_supported(int head_dim);
 void flash_attention_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* y,
                              float* lse, int bh, int seq_len, int head_dim, Stream s,
-                             const FlashLayout& layout = {}, int query_rows = 128);
-// query_rows: queries per block of the forward, 128 (two 16-row groups per warp, head size 64
-// only; others use 64) or 64.
+                             const FlashLayout& layout = {});
 // scratch: flash_scratch_floats(bh, seq_len, head_dim) floats. stages: 1 (each query tile's
 // Q/dO waited for) or 2 (the next tile's fetched during this one; measured no faster on the
 // H200). min_blocks 3: launch bounds for 3 blocks per SM; key_tile 128: blocks of 128 keys
