@@ -403,7 +403,7 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
   struct Case {
     int bh, T, D;
   };
-  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 150, 128}}) {
+  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 300, 64}, Case{2, 150, 128}}) {
     ASSERT_TRUE(mc::flash_supported(c.D));
     SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
     const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
