@@ -73,6 +73,9 @@ MeasuredRun read_run(const std::string& path) {
     run.tokens_per_s = summary.value("tokens_per_s", 0.0);
     run.model_state_bytes = summary.value("model_state_bytes_per_rank", uint64_t{0});
     run.activation_bytes = summary.value("activation_bytes", uint64_t{0});
+    run.host_cores = summary.value("host_cores", 0);
+    run.ranks_on_host = summary.value("ranks_on_host", 0);
+    run.compute_threads = summary.value("compute_threads", 0);
   } catch (const std::exception& e) {
     throw run_error(fmt::format("{}: the summary lacks a field: {}", run.path, e.what()), path);
   }
@@ -87,7 +90,10 @@ MeasuredRun read_run(const std::string& path) {
 
 RunSpec run_spec(const MeasuredRun& run, Cluster cluster) {
   cluster.gpus_per_node = std::max(1, run.world / std::max(1, run.nodes));
+  if (cluster.cpu_engine && run.host_cores > 0) cluster.host_cores = run.host_cores;
   RunSpec s;
+  s.ranks_per_host = run.ranks_on_host;
+  s.compute_threads = run.compute_threads;
   s.model = find_model(run.model);
   s.cluster = cluster;
   s.world = run.world;
@@ -118,8 +124,9 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
                                      cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9,
                                      cluster.intra.latency * cal.params.latency_scale * 1e6,
                                      cluster.inter.latency * cal.params.latency_scale * 1e6);
-  // Compute first, then the latency, then compute again (the exposed time shifts a little).
-  for (int round = 0; round < 2; ++round) {
+  // Compute first, then the latency, then again: the exposed time shifts with the compute, and
+  // with shared cores the compute time with the collectives' busy time.
+  for (int round = 0; round < 6; ++round) {
     cal.params.compute_efficiency = solve_monotonic(
         [&](double e) { return with(e, cal.params.latency_scale).compute_s; }, measured_compute, 1e-6, 10.0);
     if (!fit_latency || run.exposed_comm_s <= 0) continue;
@@ -141,11 +148,14 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   cal.report = fmt::format(
       "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
       "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank = {:.2f} GFLOP/s achieved\n  {}\n"
+      "  shared cores: {} ranks of {} compute threads on {} cores: compute at x{:.2f} while communicating "
+      "(+{:.1f} ms per step)\n"
       "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
-      net_note, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
+      net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores, cal.prediction.compute_share_during_comm,
+      cal.prediction.shared_core_s * 1e3, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
       cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
   return cal;
 }

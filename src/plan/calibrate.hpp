@@ -3,7 +3,8 @@
 //
 // A run directory holds metrics.jsonl (train/metrics.cpp): "step" records with step_ms and
 // comm_exposed_ms, and a final "summary" with the layout (world_size, nodes, partition_size,
-// grad_accum, micro_batch, seq_len, recompute, model). The median step time (the first step
+// grad_accum, micro_batch, seq_len, recompute, model; host_cores, ranks_on_host and
+// compute_threads where the run recorded them). The median step time (the first step
 // left out: it warms caches and connections) is split into compute (step - exposed
 // communication) and exposed communication. Fitted, in order:
 //   compute efficiency: the simulator's compute time equals the measured compute time;
@@ -27,6 +28,9 @@ struct MeasuredRun {
   double exposed_comm_s = 0;  // median exposed communication per step
   double tokens_per_s = 0;    // the summary's
   uint64_t model_state_bytes = 0, activation_bytes = 0;
+  // The host the ranks shared (0: not recorded; older runs): usable cores, ranks on it, compute
+  // threads per rank. They set the simulator's shared-core speed (simulator.hpp).
+  int host_cores = 0, ranks_on_host = 0, compute_threads = 0;
 };
 
 // RUN_DIR (with metrics.jsonl) or the metrics file itself. Throws mics::Error (layer plan)
