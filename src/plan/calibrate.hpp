@@ -8,7 +8,7 @@
 // left out: it warms caches and connections) is split into compute (step - exposed
 // communication) and exposed communication. Fitted, in order:
 //   compute efficiency: the simulator's compute time equals the measured compute time;
-//   per-hop latency scale (fit_latency): its exposed communication equals the measured one
+//   per-hop latency (fit_latency): its exposed communication equals the measured one
 //   (left at its prior when the run exposes none, or no value reaches it). On a host with
 //   fewer cores than ranks a collective's exposed time is mostly ranks waiting for a core at
 //   every hop, not the wire: the bandwidths stay the cluster's (host:BENCH.json measures them)
@@ -29,7 +29,7 @@ struct MeasuredRun {
   double tokens_per_s = 0;    // the summary's
   uint64_t model_state_bytes = 0, activation_bytes = 0;
   // The host the ranks shared (0: not recorded; older runs): usable cores, ranks on it, compute
-  // threads per rank. They set the simulator's shared-core speed (simulator.hpp).
+  // threads per rank. Reported with the fit.
   int host_cores = 0, ranks_on_host = 0, compute_threads = 0;
 };
 

@@ -26,10 +26,8 @@ struct Cluster {
   // The CPU engine of this repository (fp32 parameters, gradients and gathers; the memory of
   // `mics train`) instead of bf16 mixed precision on accelerators.
   bool cpu_engine = false;
-  // CPU engine: the cores of one host, which its ranks' compute threads and communication
-  // threads share (a waiting communication thread yields for MICS_YIELD_US before it sleeps,
-  // so it stays runnable and takes its fair share of a core while a collective is in flight;
-  // simulator.hpp). 0: collectives run on engines of their own (accelerators).
+  // CPU engine: the cores of one host (reported by --calibrate beside the fitted hop wait,
+  // which exists because ranks outnumber them). 0: accelerators.
   int host_cores = 0;
 };
 

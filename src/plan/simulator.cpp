@@ -45,18 +45,15 @@ std::vector<Op> micro_step_ops(const ModelDesc& m, int seq_len, bool recompute, 
 
 std::string unit_name(int unit) { return unit == 0 ? "embed" : fmt::format("block.{}", unit - 1); }
 
-// A FIFO stream: an op issued at t starts when the stream is free. Its busy intervals, in
-// order and disjoint (FIFO), are what compute shares the cores with.
+// A FIFO stream: an op issued at t starts when the stream is free.
 struct Fifo {
   Stream stream;
   double free_at = 0, busy = 0;
-  std::vector<std::pair<double, double>> intervals;
   Event run(std::vector<Event>& out, const std::string& what, int micro, int unit, double issued, double duration) {
     Event e{stream, what, micro, unit, std::max(issued, free_at), 0};
     e.end = e.start + duration;
     free_at = e.end;
     busy += duration;
-    if (duration > 0) intervals.emplace_back(e.start, e.end);
     out.push_back(e);
     return e;
   }
@@ -73,31 +70,6 @@ const char* to_string(Stream s) {
     default:
       return "reduce";
   }
-}
-
-double compute_share_during_comm(int host_cores, int ranks_per_host, int compute_threads) {
-  if (host_cores <= 0) return 1.0;
-  const double C = host_cores, h = std::max(1, ranks_per_host), t = std::max(1, compute_threads);
-  return std::min(1.0, C / (h * (t + 1))) / std::min(1.0, C / (h * t));
-}
-
-double shared_core_end(double start, double work, const std::vector<std::pair<double, double>>& busy, double rho) {
-  MICS_CHECK(rho > 0 && rho <= 1, "compute's share during communication must be in (0, 1]");
-  double t = start, left = work;
-  // The first interval that ends after start (intervals are sorted and disjoint).
-  auto it = std::upper_bound(busy.begin(), busy.end(), start,
-                             [](double x, const std::pair<double, double>& iv) { return x < iv.second; });
-  for (; it != busy.end() && left > 0; ++it) {
-    const double gap = std::max(0.0, it->first - t);  // full speed up to the interval
-    if (left <= gap) return t + left;
-    left -= gap;
-    t = std::max(t, it->first);
-    const double slow = (it->second - t) * rho;  // work done inside it
-    if (left <= slow) return t + left / rho;
-    left -= slow;
-    t = it->second;
-  }
-  return t + left;
 }
 
 RunSpec resolve(RunSpec s) {
@@ -151,12 +123,6 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
     return r > 1 ? cm.replication_all_reduce(p, shard) : 0.0;
   };
 
-  // Shared cores (simulator.hpp): compute's speed while the communication thread is busy.
-  const int ranks_per_host = s.ranks_per_host > 0 ? s.ranks_per_host : std::min(N, cl.gpus_per_node);
-  const int threads = s.compute_threads > 0 ? s.compute_threads : std::max(1, cl.host_cores / std::max(1, ranks_per_host));
-  const double rho = cl.cpu_engine ? compute_share_during_comm(cl.host_cores, ranks_per_host, threads) : 1.0;
-  pr.compute_share_during_comm = rho;
-
   const std::vector<Op> one = micro_step_ops(s.model, s.seq_len, s.recompute, sharded);
   struct Flat {
     Op op;
@@ -187,11 +153,7 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
     const double ready = f.op.gather ? gather_end[i] : 0.0;
     const double start = std::max(compute.free_at, ready);
     if (depth > 0) issue_gather(i + static_cast<size_t>(depth), start);
-    const double work = f.op.flops_per_token * tokens / flops_rate + f.op.memory_passes * elementwise_s;
-    // Everything that can overlap this op is queued by now: gathers issued at or before its
-    // start, reductions of earlier ops.
-    const double duration = rho < 1 ? shared_core_end(start, work, gather.intervals, rho) - start : work;
-    pr.shared_core_s += duration - work;
+    const double duration = f.op.flops_per_token * tokens / flops_rate + f.op.memory_passes * elementwise_s;
     const Event c = compute.run(tl, f.op.what, f.micro, f.op.unit, start, duration);
     if (f.op.reduce)
       reducer.run(tl, "reduce_scatter " + unit_name(f.op.unit), f.micro, f.op.unit, c.end, rs_time(f.op.unit));

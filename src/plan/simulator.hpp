@@ -18,20 +18,14 @@
 // never overlap; a unit's compute starts after its gather ends; a reduce-scatter starts after
 // the backward it reduces; the optimizer starts after every collective has ended.
 //
-// Shared cores (CPU engine, Cluster::host_cores > 0). The engine's communication thread waits
-// for a peer by yielding (MICS_YIELD_US, 20 ms) before it sleeps, so while a collective is in
-// flight it is a runnable thread like the rank's compute threads. With h ranks on a host of C
-// cores, t compute threads per rank, every rank's collectives in flight together (they are
-// collectives) and the scheduler fair, a compute thread gets min(1, C/(h*t)) of a core
-// without communication and min(1, C/(h*(t+1))) during it: compute runs at
-//   rho = min(1, C/(h*(t+1))) / min(1, C/(h*t))        (1/2 for 4 ranks of 1 thread on 2 cores)
-// of its speed while the communication stream is busy (processor sharing; shared_core_end).
-// No parameter is fitted for it: h, t and C come from the run (its summary records them).
-// On accelerators (host_cores 0) collectives run on engines of their own: rho = 1.
+// CPU engine on a host with more ranks than cores: a ring hop waits for the receiving rank's
+// communication thread to get a core (CostParams::host_hop_s, fitted by --calibrate). The
+// compute threads are not slowed while a collective is in flight: a waiting communication
+// thread yields its core, and the measurements (docs/PLANNING.md) showed that a fair-share
+// slowdown of compute during communication over-predicts the cost of sharded layouts 2x.
 // The CPU engine all-reduces the replication group's gradients at the boundary as one flat
 // array (shard/engine.cpp: one collective, one set of hops), not unit by unit.
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "plan/collective_model.hpp"
@@ -57,10 +51,6 @@ struct RunSpec {
   // micro-step's reductions before its backward returns; the CPU engine lets them run into the
   // next micro-step (its FIFO comm thread orders them before the next gathers). -1: by cluster.
   int sync_reductions_each_micro_step = -1;
-  // CPU engine: ranks sharing one host's cores (0: the ranks per node; emulated nodes of
-  // `mics launch --nodes K` share one host: all ranks) and compute threads per rank (0: the
-  // host's cores divided among its ranks, at least 1, as `mics train` picks).
-  int ranks_per_host = 0, compute_threads = 0;
 };
 
 // Fills the defaults: seq_len, the partition size (checked against the topology).
@@ -82,9 +72,6 @@ struct StepPrediction {
   int partition_size = 1, replicas = 1;
   double step_s = 0, compute_s = 0, optimizer_s = 0, exposed_comm_s = 0;
   double gather_busy_s = 0, reduce_busy_s = 0;  // time each comm stream is busy
-  // Shared cores: compute's speed while communication is in flight (rho above; 1 when the
-  // collectives have engines of their own), and the compute time that sharing added.
-  double compute_share_during_comm = 1, shared_core_s = 0;
   double tflops_per_gpu = 0;  // model FLOPs (6N + 6LCT per token, recompute not counted) / step
   double mfu = 0;             // tflops_per_gpu / peak
   double tokens_per_s = 0;    // whole cluster
@@ -94,12 +81,5 @@ struct StepPrediction {
 
 StepPrediction simulate(const RunSpec& spec, const CostParams& params);
 
-// rho for h ranks of t compute threads on C cores (formula above); 1 when C <= 0.
-double compute_share_during_comm(int host_cores, int ranks_per_host, int compute_threads);
-
-// Processor sharing: the end of `work` seconds of compute (at full speed) that starts at
-// `start` and runs at speed `rho` inside the intervals `busy` (sorted, disjoint [begin, end))
-// and at speed 1 outside them.
-double shared_core_end(double start, double work, const std::vector<std::pair<double, double>>& busy, double rho);
 
 }  // namespace mics::plan

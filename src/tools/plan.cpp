@@ -239,6 +239,7 @@ int run_calibrate(const PlanOptions& o) {
                       {"inter_efficiency", cal.params.inter_efficiency},
                       {"intra_efficiency", cal.params.intra_efficiency},
                       {"latency_scale", cal.params.latency_scale},
+                      {"host_hop_s", cal.params.host_hop_s},
                       {"predicted_step_s", cal.prediction.step_s},
                       {"measured_step_s", run.step_s}};
   if (!o.json) std::printf("%s", cal.report.c_str());
