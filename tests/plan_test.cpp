@@ -176,6 +176,42 @@ TEST(PlanSimulator, FlopsAndTokensAddUp) {
   EXPECT_EQ(pr.partition_size, 8);  // mics default: one node
 }
 
+// The CPU host's hop wait (CostParams::host_hop_s) adds to every hop of either rail.
+TEST(PlanCollectives, HostHopWaitAddsToEveryHop) {
+  Cluster host = find_cluster("host");
+  host.gpus_per_node = 2;
+  CostParams q;
+  q.intra_efficiency = q.inter_efficiency = 1;
+  const CollectiveModel base(host, q, 4);
+  q.host_hop_s = 5e-3;
+  const CollectiveModel waiting(host, q, 4);
+  const double M = 1 << 20;
+  // p = 2 inside a node: 1 hop; ZeRO-3 p = 4 on 2 nodes, hierarchical: 1 inter + 1 intra hop;
+  // the 2-hop all-reduce over r = 2 (one rank per node): 2 hops.
+  EXPECT_NEAR(waiting.partition_all_gather(2, M, true) - base.partition_all_gather(2, M, true), 5e-3, 1e-12);
+  EXPECT_NEAR(waiting.partition_all_gather(4, M, true) - base.partition_all_gather(4, M, true), 2 * 5e-3, 1e-12);
+  EXPECT_NEAR(waiting.replication_all_reduce(2, M) - base.replication_all_reduce(2, M), 2 * 5e-3, 1e-12);
+  EXPECT_NEAR(waiting.intra().latency, host.intra.latency + 5e-3, 1e-15);
+  EXPECT_NEAR(waiting.inter().latency, host.inter.latency + 5e-3, 1e-15);
+}
+
+// The CPU engine's boundary all-reduce is one collective over the concatenated shards.
+TEST(PlanSimulator, CpuEngineAllReducesOnce) {
+  RunSpec s;
+  s.model = find_model("L4H4C128V256T64");
+  s.cluster = find_cluster("host");
+  s.cluster.gpus_per_node = 2;
+  s.world = 4;
+  s.strategy = mics::topo::Strategy::kMics;
+  s.partition_size = 2;
+  s.grad_accum = 2;
+  s.micro_batch = 4;
+  s.seq_len = 64;
+  int all_reduces = 0;
+  for (const auto& e : simulate(s, CostParams{}).timeline) all_reduces += e.what.rfind("all_reduce", 0) == 0;
+  EXPECT_EQ(all_reduces, 1);
+}
+
 // --- memory against the engine -----------------------------------------------------------
 
 struct Layout {
@@ -268,7 +304,8 @@ void write_run(const std::string& dir, const StepPrediction& pr, const std::stri
   out << nlohmann::json{{"event", "summary"}, {"model", model}, {"strategy", mics::topo::to_string(s.strategy)},
                         {"world_size", s.world}, {"nodes", s.world / s.cluster.gpus_per_node},
                         {"partition_size", pr.partition_size}, {"grad_accum", s.grad_accum},
-                        {"micro_batch", s.micro_batch}, {"seq_len", s.seq_len}, {"steps", 5}, {"recompute", false}}
+                        {"micro_batch", s.micro_batch}, {"seq_len", s.seq_len}, {"steps", 5}, {"recompute", false},
+                        {"host_cores", 2}, {"ranks_on_host", 4}, {"compute_threads", 1}}
              .dump()
       << "\n";
 }
@@ -278,7 +315,7 @@ TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   host.gpus_per_node = 2;
   CostParams truth;
   truth.compute_efficiency = 0.07;
-  truth.latency_scale = 30;
+  truth.host_hop_s = 4e-3;  // a hop's wait for a core
   const auto spec_of = [&](mics::topo::Strategy st, int p, int accum) {
     RunSpec s;
     s.model = find_model("L4H4C128V256T64");
@@ -298,9 +335,12 @@ TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   write_run(scratch() + "/cal-b", b, "L4H4C128V256T64");
   const MeasuredRun ra = read_run(scratch() + "/cal-a");
   EXPECT_NEAR(ra.step_s, a.step_s, 1e-9);  // the first (slow) step is left out
+  EXPECT_EQ(ra.host_cores, 2);
+  EXPECT_EQ(ra.ranks_on_host, 4);
   const Calibration cal = calibrate(ra, find_cluster("host"), CostParams{}, true);
   EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
-  EXPECT_NEAR(cal.params.latency_scale, truth.latency_scale, 1e-3 * truth.latency_scale);
+  EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
+  EXPECT_EQ(cal.params.latency_scale, 1.0);  // the CPU engine's hop parameter is the wait
   const auto pb = simulate(run_spec(read_run(scratch() + "/cal-b"), find_cluster("host")), cal.params);
   EXPECT_NEAR(pb.step_s, b.step_s, 1e-3 * b.step_s);
 }

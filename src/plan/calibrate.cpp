@@ -73,6 +73,9 @@ MeasuredRun read_run(const std::string& path) {
     run.tokens_per_s = summary.value("tokens_per_s", 0.0);
     run.model_state_bytes = summary.value("model_state_bytes_per_rank", uint64_t{0});
     run.activation_bytes = summary.value("activation_bytes", uint64_t{0});
+    run.host_cores = summary.value("host_cores", 0);
+    run.ranks_on_host = summary.value("ranks_on_host", 0);
+    run.compute_threads = summary.value("compute_threads", 0);
   } catch (const std::exception& e) {
     throw run_error(fmt::format("{}: the summary lacks a field: {}", run.path, e.what()), path);
   }
@@ -87,6 +90,7 @@ MeasuredRun read_run(const std::string& path) {
 
 RunSpec run_spec(const MeasuredRun& run, Cluster cluster) {
   cluster.gpus_per_node = std::max(1, run.world / std::max(1, run.nodes));
+  if (cluster.cpu_engine && run.host_cores > 0) cluster.host_cores = run.host_cores;
   RunSpec s;
   s.model = find_model(run.model);
   s.cluster = cluster;
@@ -106,10 +110,14 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   cal.params = prior;
   const RunSpec spec = run_spec(run, cluster);
   const double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
-  const auto with = [&](double compute, double latency_scale) {
+  // The CPU engine's hops wait for a core (host_hop_s, the same on both rails); an
+  // accelerator's hops are the wire's, scaled.
+  const bool host_hop = cluster.cpu_engine;
+  double& hop = host_hop ? cal.params.host_hop_s : cal.params.latency_scale;
+  const auto with = [&](double compute, double hop_value) {
     CostParams q = cal.params;
     q.compute_efficiency = compute;
-    q.latency_scale = latency_scale;
+    (host_hop ? q.host_hop_s : q.latency_scale) = hop_value;
     return simulate(spec, q);
   };
   std::string net_note = fmt::format("rails: intra {:.2f} GB/s, inter {:.2f} GB/s per node; hop latency intra {:.0f} us, "
@@ -118,19 +126,21 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
                                      cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9,
                                      cluster.intra.latency * cal.params.latency_scale * 1e6,
                                      cluster.inter.latency * cal.params.latency_scale * 1e6);
-  // Compute first, then the latency, then compute again (the exposed time shifts a little).
-  for (int round = 0; round < 2; ++round) {
+  // Compute first, then the hop, then again (the exposed time shifts with the compute).
+  for (int round = 0; round < 6; ++round) {
     cal.params.compute_efficiency = solve_monotonic(
-        [&](double e) { return with(e, cal.params.latency_scale).compute_s; }, measured_compute, 1e-6, 10.0);
+        [&](double e) { return with(e, hop).compute_s; }, measured_compute, 1e-6, 10.0);
     if (!fit_latency || run.exposed_comm_s <= 0) continue;
     const auto exposed = [&](double x) { return with(cal.params.compute_efficiency, x).exposed_comm_s; };
-    const double lo = 1e-3, hi = 1e4;
+    const double lo = host_hop ? 1e-7 : 1e-3, hi = host_hop ? 1.0 : 1e4;  // seconds, or a scale
     if (exposed(lo) <= run.exposed_comm_s && exposed(hi) >= run.exposed_comm_s) {
-      cal.params.latency_scale = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
-      net_note = fmt::format("hop latency x{:.1f} fitted to the exposed communication: intra {:.0f} us, inter {:.0f} us "
+      hop = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
+      net_note = fmt::format("{} fitted to the exposed communication: hop latency intra {:.0f} us, inter {:.0f} us "
                              "(bandwidths kept: intra {:.2f} GB/s, inter {:.2f} GB/s per node)",
-                             cal.params.latency_scale, cluster.intra.latency * cal.params.latency_scale * 1e6,
-                             cluster.inter.latency * cal.params.latency_scale * 1e6,
+                             host_hop ? fmt::format("a hop's wait for a core, {:.0f} us,", cal.params.host_hop_s * 1e6)
+                                      : fmt::format("hop latency x{:.1f}", cal.params.latency_scale),
+                             (cluster.intra.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
+                             (cluster.inter.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
                              cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
                              cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
     } else {
@@ -141,11 +151,12 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   cal.report = fmt::format(
       "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
       "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank = {:.2f} GFLOP/s achieved\n  {}\n"
+      "  host: {} ranks of {} compute threads on {} cores\n"
       "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
-      net_note, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
+      net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
       cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
   return cal;
 }

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/clock.hpp"
 #include "base/error.hpp"
 #include "base/strings.hpp"
 
@@ -35,36 +36,36 @@ const std::vector<Cluster>& catalog() {
       // NVLink 2 hybrid cube mesh (6 links x 25 GB/s per direction = 150 GB/s per GPU),
       // 100 Gbps networking (https://aws.amazon.com/ec2/instance-types/p3/).
       {"p3dn.24xlarge", "8x V100-32GB, NVLink 2, 100 Gbps EFA", 8, 125 * kTflops, 32 * kGiB, 900 * kGB,
-       Rail{150 * kGB, 5 * kUs}, Rail{100 * kGbps, 25 * kUs}, false},
+       Rail{150 * kGB, 5 * kUs}, Rail{100 * kGbps, 25 * kUs}, false, 0},
       // p4d.24xlarge: 8x A100-SXM4 40 GB (312 TFLOPS dense bf16, 1555 GB/s HBM2), NVSwitch
       // 600 GB/s per GPU (300 GB/s per direction), 4x100 Gbps EFA
       // (https://aws.amazon.com/ec2/instance-types/p4/, NVIDIA A100 datasheet).
       {"p4d.24xlarge", "8x A100-40GB, NVSwitch 600 GB/s, 400 Gbps EFA", 8, 312 * kTflops, 40 * kGiB, 1555 * kGB,
-       Rail{300 * kGB, 4 * kUs}, Rail{400 * kGbps, 20 * kUs}, false},
+       Rail{300 * kGB, 4 * kUs}, Rail{400 * kGbps, 20 * kUs}, false, 0},
       // p4de.24xlarge: as p4d with A100-SXM4 80 GB (2039 GB/s HBM2e) (same AWS page).
       {"p4de.24xlarge", "8x A100-80GB, NVSwitch 600 GB/s, 400 Gbps EFA", 8, 312 * kTflops, 80 * kGiB, 2039 * kGB,
-       Rail{300 * kGB, 4 * kUs}, Rail{400 * kGbps, 20 * kUs}, false},
+       Rail{300 * kGB, 4 * kUs}, Rail{400 * kGbps, 20 * kUs}, false, 0},
       // p5.48xlarge: 8x H100-SXM5 80 GB (989 TFLOPS dense bf16, 3350 GB/s HBM3), NVLink 4
       // 900 GB/s per GPU (450 per direction), 3200 Gbps EFA v2
       // (https://aws.amazon.com/ec2/instance-types/p5/, NVIDIA H100 datasheet).
       {"p5.48xlarge", "8x H100-80GB, NVLink 900 GB/s, 3200 Gbps EFA", 8, 989 * kTflops, 80 * kGiB, 3350 * kGB,
-       Rail{450 * kGB, 3 * kUs}, Rail{3200 * kGbps, 15 * kUs}, false},
+       Rail{450 * kGB, 3 * kUs}, Rail{3200 * kGbps, 15 * kUs}, false, 0},
       // trn1.32xlarge: 16 Trainium chips, 32 GB HBM each (820 GB/s), 190 TFLOPS bf16 per chip,
       // NeuronLink-v2 ring (384 GB/s per chip, taken as 192 per direction), 800 Gbps EFA
       // (https://aws.amazon.com/ec2/instance-types/trn1/, AWS Neuron docs "Trainium").
       {"trn1.32xlarge", "16x Trainium-32GB, NeuronLink-v2, 800 Gbps EFA", 16, 190 * kTflops, 32 * kGiB, 820 * kGB,
-       Rail{192 * kGB, 5 * kUs}, Rail{800 * kGbps, 20 * kUs}, false},
+       Rail{192 * kGB, 5 * kUs}, Rail{800 * kGbps, 20 * kUs}, false, 0},
       // The FSDP2 anchor's machines (shared/anchors/README.md: 2 nodes x 8 A100-80GB over
       // Ethernet, from NVIDIA/cosmos-framework#161): A100-80GB SXM nodes with NVSwitch and an
       // Ethernet link whose speed the source does not give; 100 Gbps assumed (calibrated).
       {"a100-80gb-ethernet", "8x A100-80GB, NVSwitch 600 GB/s, 100 Gbps Ethernet (assumed)", 8, 312 * kTflops,
-       80 * kGiB, 2039 * kGB, Rail{300 * kGB, 4 * kUs}, Rail{100 * kGbps, 50 * kUs}, false},
+       80 * kGiB, 2039 * kGB, Rail{300 * kGB, 4 * kUs}, Rail{100 * kGbps, 50 * kUs}, false, 0},
       // This machine running the CPU engine (`mics train`, `mics launch --nodes K`): shm between
       // ranks of a node, tcp between emulated nodes. Nominal figures; measure them with
       // `mics bench --json` and pass host:FILE.json. peak_flops is a nominal 100 GFLOP/s per
       // rank so that the efficiency `--calibrate` fits reads as a fraction of it.
       {"host", "this machine, CPU engine (fp32), shm + tcp rails", 4, 100e9, 4 * kGiB, 10 * kGB,
-       Rail{2 * kGB, 20 * kUs}, Rail{1 * kGB, 60 * kUs}, true},
+       Rail{2 * kGB, 20 * kUs}, Rail{1 * kGB, 60 * kUs}, true, 0},
   };
   return table;
 }
@@ -114,8 +115,12 @@ Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_pe
 }
 
 Cluster find_cluster(const std::string& name) {
-  for (const auto& c : catalog())
-    if (c.name == name) return c;
+  for (Cluster c : catalog())
+    if (c.name == name) {
+      // The CPU engine's ranks share this machine's cores unless a measured run says otherwise.
+      if (c.cpu_engine && c.host_cores == 0) c.host_cores = usable_cores();
+      return c;
+    }
   if (name.rfind("host:", 0) == 0) {
     Cluster c = find_cluster("host");
     c.description = "this machine, CPU engine, rails from " + name.substr(5);

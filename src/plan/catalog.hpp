@@ -26,6 +26,9 @@ struct Cluster {
   // The CPU engine of this repository (fp32 parameters, gradients and gathers; the memory of
   // `mics train`) instead of bf16 mixed precision on accelerators.
   bool cpu_engine = false;
+  // CPU engine: the cores of one host (reported by --calibrate beside the fitted hop wait,
+  // which exists because ranks outnumber them). 0: accelerators.
+  int host_cores = 0;
 };
 
 const std::vector<Cluster>& catalog();

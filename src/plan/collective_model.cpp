@@ -16,8 +16,10 @@ double ring_time(Collective op, int n, double bytes, const Rail& rail) {
 CollectiveModel::CollectiveModel(const Cluster& cluster, const CostParams& params, int world)
     : world_(world), n_(std::max(1, std::min(world, cluster.gpus_per_node))) {
   MICS_CHECK(world >= 1, "world size must be >= 1");
-  intra_ = Rail{cluster.intra.bandwidth * params.intra_efficiency, cluster.intra.latency * params.latency_scale};
-  inter_ = Rail{cluster.inter.bandwidth * params.inter_efficiency, cluster.inter.latency * params.latency_scale};
+  intra_ = Rail{cluster.intra.bandwidth * params.intra_efficiency,
+                cluster.intra.latency * params.latency_scale + params.host_hop_s};
+  inter_ = Rail{cluster.inter.bandwidth * params.inter_efficiency,
+                cluster.inter.latency * params.latency_scale + params.host_hop_s};
 }
 
 double CollectiveModel::ring(Collective op, const GroupShape& g, double bytes) const {

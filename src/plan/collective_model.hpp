@@ -26,6 +26,11 @@ struct CostParams {
   double intra_efficiency = 0.8;    // achieved / nominal intra-node bandwidth
   double inter_efficiency = 0.8;    // achieved / nominal inter-node bandwidth
   double latency_scale = 1.0;       // multiplies both rails' per-hop latency
+  // Seconds added to every hop on either rail: on a host whose ranks outnumber its cores, a
+  // ring hop waits for the receiving rank's communication thread to get a core, a scheduling
+  // delay that is the same on the shm and the tcp rail and far above either wire's latency.
+  // 0 on accelerators; `mics plan --calibrate` fits it on the CPU engine (calibrate.hpp).
+  double host_hop_s = 0.0;
 };
 
 enum class Collective { kAllGather, kReduceScatter, kAllReduce };

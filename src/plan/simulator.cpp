@@ -162,9 +162,14 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
       reducer.run(tl, "all_reduce " + unit_name(f.op.unit), f.micro, f.op.unit, c.end, ar_time(f.op.unit));
     if (sync_micro && f.op.what == "bwd embed") compute.free_at = std::max(compute.free_at, reducer.free_at);
   }
-  if (r > 1 && !boundary_in_backward && !s.all_reduce_every_micro_step)
-    for (int u = static_cast<int>(sizes.size()) - 1; u >= 0; --u)
-      reducer.run(tl, "all_reduce " + unit_name(u), s.grad_accum - 1, u, compute.free_at, ar_time(u));
+  if (r > 1 && !boundary_in_backward && !s.all_reduce_every_micro_step) {
+    // The CPU engine's step(): one all-reduce of the concatenated gradient shards.
+    double shard_bytes = 0;
+    for (uint64_t numel : sizes)
+      shard_bytes += (p == 1 ? static_cast<double>(numel) : padded(numel) / p) * grad_bytes;
+    reducer.run(tl, "all_reduce gradients", s.grad_accum - 1, -1, compute.free_at,
+                cm.replication_all_reduce(p, shard_bytes));
+  }
 
   // The optimizer: AdamW over this rank's shard, bound by memory bandwidth (read master, grad,
   // 2 moments; write master, 2 moments, zero the grad: 32 bytes per parameter).

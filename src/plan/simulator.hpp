@@ -17,6 +17,14 @@
 // modelled). Rules the timeline keeps (tests/plan_test.cpp checks them): events of one stream
 // never overlap; a unit's compute starts after its gather ends; a reduce-scatter starts after
 // the backward it reduces; the optimizer starts after every collective has ended.
+//
+// CPU engine on a host with more ranks than cores: a ring hop waits for the receiving rank's
+// communication thread to get a core (CostParams::host_hop_s, fitted by --calibrate). The
+// compute threads are not slowed while a collective is in flight: a waiting communication
+// thread yields its core, and the measurements (docs/PLANNING.md) showed that a fair-share
+// slowdown of compute during communication over-predicts the cost of sharded layouts 2x.
+// The CPU engine all-reduces the replication group's gradients at the boundary as one flat
+// array (shard/engine.cpp: one collective, one set of hops), not unit by unit.
 #include <string>
 #include <vector>
 
@@ -72,5 +80,6 @@ struct StepPrediction {
 };
 
 StepPrediction simulate(const RunSpec& spec, const CostParams& params);
+
 
 }  // namespace mics::plan

@@ -27,7 +27,7 @@ struct PlanOptions {
   std::string model = "100b", cluster = "p4d.24xlarge", strategy = "mics", partition = "auto", sweep, svg, timeline;
   int gpus = 512, micro_batch = 1, grad_accum = 1, seq_len = 0, prefetch = 1;
   bool cluster_given = false, recompute = false, json = false, validate = false, mesh_search = false, hierarchical_zero3 = false, fit_latency = true;
-  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8, latency_scale = 1.0;
+  double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8, latency_scale = 1.0, host_hop_us = 0;
   std::string calibrate;
   std::vector<std::string> check;
 };
@@ -42,6 +42,7 @@ plan::CostParams params_of(const PlanOptions& o) {
   p.intra_efficiency = o.intra_efficiency;
   p.inter_efficiency = o.inter_efficiency;
   p.latency_scale = o.latency_scale;
+  p.host_hop_s = o.host_hop_us * 1e-6;
   return p;
 }
 
@@ -239,6 +240,7 @@ int run_calibrate(const PlanOptions& o) {
                       {"inter_efficiency", cal.params.inter_efficiency},
                       {"intra_efficiency", cal.params.intra_efficiency},
                       {"latency_scale", cal.params.latency_scale},
+                      {"host_hop_s", cal.params.host_hop_s},
                       {"predicted_step_s", cal.prediction.step_s},
                       {"measured_step_s", run.step_s}};
   if (!o.json) std::printf("%s", cal.report.c_str());
@@ -407,6 +409,9 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_flag("--json", o->json, "print JSON");
   sub->add_flag("--mesh-search", o->mesh_search,
                 "also search tensor (t) x pipeline (s) x partition (p) layouts: the fastest that fits beside pure MiCS");
+  sub->add_option("--host-hop-us", o->host_hop_us,
+                  "CPU engine: microseconds a ring hop waits for a core, added on both rails (as --calibrate fits it)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured `mics train --out` run directory");
   sub->add_flag("--fit-latency,!--no-fit-latency", o->fit_latency,
                 "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");

@@ -695,6 +695,9 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   sum.micro_batch = B;
   sum.seq_len = T;
   tally.fill(sum);
+  sum.host_cores = usable_cores();
+  sum.ranks_on_host = ranks_on_host();
+  sum.compute_threads = threads;
   sum.stopped_early = stopped;
   sum.eval_loss = eval_loss;
   const comm::Traffic all = [&] {

@@ -124,7 +124,10 @@ void MetricsWriter::summary(const Summary& s) {
                       {"model_state_bytes_per_rank", s.model_state_bytes_per_rank},
                       {"activation_bytes", s.activation_bytes},
                       {"recompute", s.recompute},
-                      {"peak_rss_bytes", s.peak_rss_bytes}};
+                      {"peak_rss_bytes", s.peak_rss_bytes},
+                      {"host_cores", s.host_cores},
+                      {"ranks_on_host", s.ranks_on_host},
+                      {"compute_threads", s.compute_threads}};
   if (!s.observability_json.empty()) j.update(nlohmann::json::parse(s.observability_json));
   write_line(j.dump());
 }

@@ -41,6 +41,9 @@ struct Summary {
   uint64_t model_state_bytes_per_rank = 0, peak_rss_bytes = 0, activation_bytes = 0;
   uint64_t params = 0;
   double flops_per_token = 0;
+  // The host the ranks shared (mics plan --calibrate models ranks competing for its cores):
+  // usable cores, ranks on this host, compute threads per rank. 0: not recorded.
+  int host_cores = 0, ranks_on_host = 0, compute_threads = 0;
   std::string observability_json;  // a JSON object whose keys join the summary record
 };
 

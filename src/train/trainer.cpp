@@ -664,6 +664,9 @@ int run_training(const TrainConfig& c) {
   sum.activation_bytes = mp.activations;
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
+  sum.host_cores = usable_cores();
+  sum.ranks_on_host = ranks_on_host();
+  sum.compute_threads = threads;
   sum.observability_json = observed_summary(engine, observer, rt->transport(), stragglers);
   if (!c.trace.empty()) {
     // The fabric counters now: the trace's collectives (when none were dropped) add up to them.
