@@ -1,9 +1,13 @@
 // Point-to-point messages between two members of a communicator (pipeline activations and
-// their gradients). A message is cut into MICS_CHUNK_BYTES chunks, chunk c carrying message
+// their gradients). A message is cut into MICS_GATHER_CHUNK_BYTES chunks (as the ring
+// all-gather's: nothing to reduce, so nothing to overlap inside a message, and every extra
+// message is a handshake that needs the peer scheduled), chunk c carrying message
 // index (1 << 27) | c under the caller's 16-bit tag, so that any size goes through every
 // provider; the receiver posts every chunk before waiting. Traffic: the sender counts `bytes`
 // (on the rail to the peer), the receiver nothing.
 #include <fmt/format.h>
+
+#include "base/knobs.hpp"
 
 #include "comm/algorithms.hpp"
 #include "comm/communicator.hpp"
@@ -13,6 +17,8 @@
 namespace mics::comm {
 
 namespace {
+
+size_t message_chunk_bytes() { return static_cast<size_t>(knobs().gather_chunk_bytes); }
 
 void check_peer(const Communicator& comm, const char* what, int peer) {
   if (peer < 0 || peer >= comm.size() || peer == comm.rank())
@@ -24,7 +30,7 @@ void check_peer(const Communicator& comm, const char* what, int peer) {
 
 void post_sends(Op& op, const void* buffer, size_t bytes, int peer, std::vector<fabric::Request*>& out) {
   const auto* buf = static_cast<const std::byte*>(buffer);
-  const std::vector<Segment> chunks = chunk_range(0, bytes, 1);
+  const std::vector<Segment> chunks = chunk_range(0, bytes, 1, message_chunk_bytes());
   MICS_CHECK(chunks.size() < (1u << 27), "too many chunks for a point-to-point message");
   for (size_t c = 0; c < chunks.size(); ++c)
     out.push_back(op.send(peer, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
@@ -32,7 +38,7 @@ void post_sends(Op& op, const void* buffer, size_t bytes, int peer, std::vector<
 
 void post_recvs(Op& op, void* buffer, size_t bytes, int peer, std::vector<fabric::Request*>& out) {
   auto* buf = static_cast<std::byte*>(buffer);
-  const std::vector<Segment> chunks = chunk_range(0, bytes, 1);
+  const std::vector<Segment> chunks = chunk_range(0, bytes, 1, message_chunk_bytes());
   MICS_CHECK(chunks.size() < (1u << 27), "too many chunks for a point-to-point message");
   for (size_t c = 0; c < chunks.size(); ++c)
     out.push_back(op.recv(peer, static_cast<uint32_t>(c), buf + chunks[c].offset, chunks[c].bytes));
