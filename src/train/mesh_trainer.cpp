@@ -66,6 +66,7 @@
 #include "io/byte_tokenizer.hpp"
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
+#include "train/sampling.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
 
@@ -532,23 +533,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
         if (t > 1) tensor_all_reduce(full.data(), full.size(), ReduceOp::kSum);
         for (int r = 0; r < rows; ++r) {
           const float* logits = full.data() + static_cast<size_t>(r) * V;
-          int32_t next = 0;
-          if (r == 0) {
-            next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
-          } else {
-            const double temperature = 0.8;
-            const float top = *std::max_element(logits, logits + V);
-            std::vector<double> pr(static_cast<size_t>(V));
-            double z = 0;
-            for (int v = 0; v < V; ++v) z += pr[static_cast<size_t>(v)] = std::exp((logits[v] - top) / temperature);
-            double u = uniform() * z;
-            next = V - 1;
-            for (int v = 0; v < V; ++v)
-              if ((u -= pr[static_cast<size_t>(v)]) <= 0) {
-                next = v;
-                break;
-              }
-          }
+          const int32_t next = r == 0 ? greedy_token(logits, V) : sample_token(logits, V, 0.8, uniform());
           if (me.t == 0 && me.data(shape) == 0) picked[static_cast<size_t>(r)] = static_cast<float>(next);  // exact below 2^24
         }
       } else {

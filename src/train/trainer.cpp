@@ -30,6 +30,7 @@
 #include "train/checkpoint.hpp"
 #include "train/mesh_trainer.hpp"
 #include "train/metrics.hpp"
+#include "train/sampling.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
 
@@ -243,23 +244,7 @@ std::vector<std::vector<int32_t>> sample(shard::Engine& engine, const model::Gpt
     engine.release(0);
     for (int r = 0; r < rows; ++r) {
       const float* logits = pass.logits() + (static_cast<size_t>(r) * window + pos) * V;
-      int32_t next = 0;
-      if (r == 0) {
-        next = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
-      } else {
-        const double temperature = 0.8;
-        const float top = *std::max_element(logits, logits + V);
-        std::vector<double> p(static_cast<size_t>(V));
-        double z = 0;
-        for (int v = 0; v < V; ++v) z += p[static_cast<size_t>(v)] = std::exp((logits[v] - top) / temperature);
-        double u = uniform() * z;
-        next = V - 1;
-        for (int v = 0; v < V; ++v)
-          if ((u -= p[static_cast<size_t>(v)]) <= 0) {
-            next = v;
-            break;
-          }
-      }
+      const int32_t next = r == 0 ? greedy_token(logits, V) : sample_token(logits, V, 0.8, uniform());
       seqs[static_cast<size_t>(r)].push_back(next);
     }
   }
