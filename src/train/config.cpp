@@ -49,6 +49,17 @@ void validate(const TrainConfig& c) {
     bad_flag("--device", fmt::format("unknown device '{}'", c.device), "use cpu or cuda");
   if (c.device == "cuda" && c.recompute)
     bad_flag("--recompute", "not built for --device cuda yet", "leave --recompute off on the GPU");
+  // The GPU trainer has no checkpoint path yet: refuse rather than train for hours and save
+  // nothing (or silently start from scratch instead of resuming).
+  if (c.device == "cuda" && c.ckpt_every > 0)
+    bad_flag("--ckpt-every", "checkpoints are not built for --device cuda yet",
+             "train with --device cpu to checkpoint, or leave --ckpt-every at 0 on the GPU");
+  if (c.device == "cuda" && c.resume != "none")
+    bad_flag("--resume", fmt::format("{} with --device cuda: the GPU trainer cannot load checkpoints yet", c.resume),
+             "leave --resume at none on the GPU");
+  if (c.device == "cuda" && !c.init_from.empty())
+    bad_flag("--init-from", "the GPU trainer cannot load a Hugging Face checkpoint yet",
+             "leave --init-from out on the GPU");
   if (c.strategy != "ddp" && c.strategy != "zero3" && c.strategy != "mics")
     bad_flag("--strategy", fmt::format("unknown strategy '{}'", c.strategy), "use ddp, zero3 or mics");
   if (c.partition_size != "auto") {

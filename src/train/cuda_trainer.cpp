@@ -51,12 +51,12 @@ std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull
 }  // namespace
 
 int run_cuda_training(const TrainConfig& c) {
+  validate(c);  // a wrong flag is reported before a missing GPU
   const bool multi = bootstrap::read_rank_env().world_size > 1;  // mics launch, Slurm, Open MPI, ...
   const std::string why = model::cuda::device_unavailable_reason();
   if (!why.empty())
     throw Error(ErrorKind::kUnavailable, why,
                 {.layer = "train", .where = "mics train --device cuda", .hint = "run on a machine with an NVIDIA GPU, or use --device cpu"});
-  validate(c);
   const model::GptConfig mc = model::GptConfig::from_name(c.model);
   mc.validate();
   const model::Gpt gpt(mc);
