@@ -35,7 +35,9 @@ run_case() {  # $1 = signal, $2 = ranks, $3 = nodes, $4 = victim
       sleep 0.1; waited=$((waited + 1))
     done
     if kill -0 "${pids[$r]}" 2>/dev/null; then
-      echo "FAIL [$sig n=$n k=$k]: rank $r still running $(( waited / 10 )) s after rank $victim got $sig"
+      # Say whether it had reported its error (then it hangs on the way out) or not (in a wait).
+      echo "FAIL [$sig n=$n k=$k]: rank $r still running $(( waited / 10 )) s after rank $victim got $sig;" \
+        "its stderr so far: $(head -c 400 "$tmp/err.$r")"
       fail=1; kill -9 "${pids[$r]}"; continue
     fi
     wait "${pids[$r]}"; local rc=$?
@@ -46,7 +48,7 @@ run_case() {  # $1 = signal, $2 = ranks, $3 = nodes, $4 = victim
         echo "FAIL [$sig n=$n k=$k]: rank $r's error does not mention \"$want\": $err"; fail=1
       fi
     done
-    echo "ok [$sig n=$n k=$k] rank $r after $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)") s: $(head -c 300 <<<"$err")"
+    echo "ok [$sig n=$n k=$k] rank $r after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s: $(head -c 300 <<<"$err")"
   done
   kill -9 "${pids[$victim]}" 2>/dev/null; wait 2>/dev/null
 }

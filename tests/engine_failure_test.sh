@@ -30,12 +30,13 @@ for ((r = 0; r < n; r++)); do
     sleep 0.1; waited=$((waited + 1))
   done
   if kill -0 "${pids[$r]}" 2>/dev/null; then
-    echo "FAIL: rank $r still training $((waited / 10)) s after rank $victim was killed"; fail=1; continue
+    echo "FAIL: rank $r still running $((waited / 10)) s after rank $victim was killed; its stderr so far:" \
+      "$(head -c 400 "$tmp/err.$r")"; fail=1; continue
   fi
   wait "${pids[$r]}"; rc=$?
   err=$(cat "$tmp/err.$r")
   [ $rc -ne 0 ] || { echo "FAIL: rank $r exited 0"; fail=1; }
   grep -q "rank [0-9]" <<<"$err" || { echo "FAIL: rank $r's error names no peer: $err"; fail=1; }
-  echo "ok rank $r after $(printf '%.1f' "$(echo "$(date +%s.%N) - $t0" | bc)") s: $(head -c 260 <<<"$err")"
+  echo "ok rank $r after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s: $(head -c 260 <<<"$err")"
 done
 exit $fail

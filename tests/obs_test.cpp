@@ -187,13 +187,14 @@ struct TracedRun {
   nlohmann::json summary;
 };
 
-// 4 ranks, 2 emulated nodes, mics p=2, rank 2 sleeping 60 ms before every step.
+// 4 ranks, 2 emulated nodes, mics p=2, rank 2 sleeping 200 ms before every step: far above
+// the stalls a loaded test machine gives any rank (60 ms was not, under ctest -j8 on 16 cores).
 const TracedRun& traced_run() {
   static const TracedRun run = [] {
     TracedRun r;
     r.dir = scratch() + "/run";
     const auto result = mics::testing::run_command(fmt::format(
-        "{} MICS_DEBUG_SLOW_RANK=2 MICS_DEBUG_SLOW_MS=60 {} train -n 4 --nodes 2 --model tiny --micro-batch 2 --seq-len 32 "
+        "{} MICS_DEBUG_SLOW_RANK=2 MICS_DEBUG_SLOW_MS=200 {} train -n 4 --nodes 2 --model tiny --micro-batch 2 --seq-len 32 "
         "--steps 8 --samples 0 --eval-batches 1 --eval-every 4 --out {} --trace {}/trace/rank{{rank}}.json",
         env_prefix(), MICS_BINARY, r.dir, r.dir));
     EXPECT_EQ(result.status, 0) << result.output;
