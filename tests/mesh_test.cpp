@@ -10,6 +10,12 @@
 // sequences within the same bound (evaluation traffic is left out of the formulas' counters).
 // Traffic: every rank's counters must equal the formulas of mesh_trainer.cpp per dimension
 // (tensor all-reduces, pipeline messages, the data-parallel engine), exactly.
+// Sequence parallelism (--sequence-parallel) changes the order of additions once more (the
+// LayerNorm and bias gradients summed over the tensor ranks' positions), so it is held to the
+// same bound; its tensor formula (all-gathers, reduce-scatters, the rep units' all-reduces) and
+// its pipeline messages of N/t rows are checked the same way, and its LayerNorm-region
+// activations must be exactly 1/t of the plain layout's. --recompute must give bit-identical
+// losses and gradient norms to the same mesh without it.
 #include <unistd.h>
 
 #include <filesystem>
@@ -87,12 +93,12 @@ const std::string& scratch() { return mics::testing::scratch_dir("mics-mesh-test
 
 using mics::testing::TrainRun;
 
-TrainRun train(int ranks, int nodes, const std::string& args, const std::string& tag) {
+TrainRun train(int ranks, int nodes, const std::string& args, const std::string& tag, int seq_len = 32) {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
   return mics::testing::run_and_read_metrics(
-      fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --nodes {} --model tiny --seq-len 32 --steps 4 "
+      fmt::format("MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --nodes {} --model tiny --seq-len {} --steps 4 "
                   "--samples 0 --eval-batches 1 --seed 3 {} --metrics {}",
-                  scratch(), MICS_BINARY, ranks, nodes, args, metrics),
+                  scratch(), MICS_BINARY, ranks, nodes, seq_len, args, metrics),
       metrics);
 }
 
@@ -120,17 +126,29 @@ struct MeshCase {
   int t, s, p, r, nodes;
   bool accumulate;  // S > 1 micro-batches per step (B = 2), or S = 1 with the batch in B
   std::string extra;
+  std::string tag;  // the test name's suffix for `extra`
 };
 
 std::string name_of(const MeshCase& m) {
   return fmt::format("t{}_s{}_p{}_r{}_{}nodes_{}{}", m.t, m.s, m.p, m.r, m.nodes, m.accumulate ? "accum" : "noaccum",
-                     m.extra.empty() ? "" : "_gpipe");
+                     m.tag.empty() ? "" : "_" + m.tag);
 }
 
-class MeshTrain : public ::testing::TestWithParam<MeshCase> {};
+bool has_flag(const MeshCase& m, const char* flag) { return m.extra.find(flag) != std::string::npos; }
 
-TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) {
-  const MeshCase m = GetParam();
+// Bytes of rank 0's kept LayerNorm-region activations (model/gpt_tp.hpp): per in-flight
+// micro-batch, the input of each of its Lb blocks and the stage's output (rows x C each), each
+// kept block's ln1, res2, ln2 (rows x C) and four row statistics, and on the last stage lnf and
+// its two statistics; rows = B*T, or B*T/t with sequence parallelism. C = 64, tiny has 2 layers.
+double layernorm_region_bytes(const MeshCase& m, int S, int B) {
+  const double C = 64, rows = B * 32.0 / (has_flag(m, "--sequence-parallel") ? m.t : 1);
+  const int Lb = 2 / m.s, kept = has_flag(m, "--recompute") ? 1 : Lb, slots = std::min(S, m.s);  // 1F1B, stage 0
+  const bool last = m.s == 1;
+  return 4.0 * slots * ((Lb + 1) * rows * C + kept * (3 * rows * C + 4 * rows) + (last ? rows * C + 2 * rows : 0.0));
+}
+
+// Runs mesh m and checks it against the one-process run and the formulas; returns the run.
+TrainRun check_mesh_run(const MeshCase& m) {
   const int world = m.t * m.s * m.p * m.r, data = m.p * m.r;
   const int S = m.accumulate ? 8 / data : 1, B = m.accumulate ? 2 : 16 / data;
   const TrainRun run = train(world, m.nodes,
@@ -139,14 +157,15 @@ TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) {
                                     m.t, m.s, m.p, B, S, m.extra),
                         name_of(m));
   const auto& ref = reference();
-  ASSERT_EQ(run.result.status, 0) << run.result.output;
-  ASSERT_EQ(run.losses.size(), ref.size()) << run.result.output;
+  EXPECT_EQ(run.result.status, 0) << run.result.output;
+  EXPECT_EQ(run.losses.size(), ref.size()) << run.result.output;
+  if (run.result.status != 0 || run.losses.size() != ref.size()) return run;
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_NEAR(run.losses[i], ref[i], 1e-5 * ref[i]) << "step " << i + 1 << "\n" << run.result.output;
-  ASSERT_TRUE(run.summary["eval_loss"].is_number()) << run.result.output;
-  if (!m.accumulate) {  // B*D = 16: the reference's validation sequences
+  EXPECT_TRUE(run.summary["eval_loss"].is_number()) << run.result.output;
+  if (!m.accumulate && run.summary["eval_loss"].is_number()) {  // B*D = 16: the reference's validation sequences
     const double ref_eval = reference_eval();
-    ASSERT_GT(ref_eval, 0.0);
+    EXPECT_GT(ref_eval, 0.0);
     EXPECT_NEAR(run.summary["eval_loss"].get<double>(), ref_eval, 1e-5 * ref_eval) << run.result.output;
   }
   const auto& mesh = run.summary["mesh"];
@@ -158,8 +177,13 @@ TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) {
   EXPECT_TRUE(mesh["pipeline_matches"].get<bool>()) << run.result.output;
   EXPECT_TRUE(mesh["data_matches"].get<bool>()) << run.result.output;
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
-  // Rank 0 is stage 0, tensor rank 0: its bytes per step by the formulas (N = B*T rows, C = 64).
-  const double nc_bytes = 2.0 * 32 * 64 * 4 * (B / 2);
+  EXPECT_TRUE(run.summary["collectives"].value("records_match_fabric", false)) << run.result.output;
+  // Rank 0 is stage 0, tensor rank 0: its bytes per step by the formulas (N = B*T rows, C = 64;
+  // a pipeline message carries N/t rows with sequence parallelism).
+  const bool sp = has_flag(m, "--sequence-parallel");
+  const double nc_bytes = 2.0 * 32 * 64 * 4 * (B / 2) / (sp ? m.t : 1);
+  EXPECT_EQ(mesh["sequence_parallel"].get<bool>(), sp);
+  EXPECT_DOUBLE_EQ(mesh["layernorm_region_bytes"].get<double>(), layernorm_region_bytes(m, S, B)) << run.result.output;
   if (m.s > 1) {
     EXPECT_DOUBLE_EQ(mesh["pipeline_bytes_per_step"][0].get<double>() + mesh["pipeline_bytes_per_step"][1].get<double>(),
                      S * nc_bytes);
@@ -170,7 +194,12 @@ TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) {
   if (m.t == 1) {
     EXPECT_EQ(mesh["tensor_bytes_per_step"][0].get<double>(), 0.0);
   }
+  return run;
 }
+
+class MeshTrain : public ::testing::TestWithParam<MeshCase> {};
+
+TEST_P(MeshTrain, MatchesOneProcessAndTrafficFormulas) { check_mesh_run(GetParam()); }
 
 std::vector<MeshCase> cases() {
   std::vector<MeshCase> out;
@@ -180,12 +209,79 @@ std::vector<MeshCase> cases() {
     out.push_back({2, 2, 2, 1, 2, accumulate, ""});  // t=2, s=2, p=2
     out.push_back({4, 1, 2, 1, 2, accumulate, ""});  // t=4, p=2
   }
-  out.push_back({1, 2, 2, 2, 2, true, "--pipeline-schedule gpipe"});
+  out.push_back({1, 2, 2, 2, 2, true, "--pipeline-schedule gpipe", "gpipe"});
+  // Sequence parallelism (t2·s2·p2 with accumulation runs in MeshRecompute below).
+  const std::string sp = "--sequence-parallel";
+  out.push_back({2, 1, 2, 2, 2, true, sp, "seqpar"});
+  out.push_back({2, 1, 2, 2, 2, false, sp, "seqpar"});
+  out.push_back({2, 2, 2, 1, 2, false, sp, "seqpar"});
+  out.push_back({4, 1, 2, 1, 2, true, sp, "seqpar"});
+  out.push_back({4, 1, 2, 1, 2, false, sp, "seqpar"});
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Meshes, MeshTrain, ::testing::ValuesIn(cases()),
                          [](const auto& param_info) { return name_of(param_info.param); });
+
+std::vector<double> step_field(const std::string& metrics_path, const char* field) {
+  std::vector<double> out;
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["event"] == "step") out.push_back(j[field].get<double>());
+  }
+  return out;
+}
+
+// t2·s2·p2 with accumulation and sequence parallelism, without and with --recompute (and
+// --trace): both follow the one-process curve; recompute gives the same losses and gradient
+// norms bit for bit, keeps one block's activations, and moves each block's forward
+// collectives once more (the tensor formula's rc term; tensor_matches checks it on every rank).
+TEST(MeshRecompute, BitIdenticalWithSequenceParallelAndTrace) {
+  const MeshCase plain{2, 2, 2, 1, 2, true, "--sequence-parallel", "seqpar"};
+  const std::string trace = scratch() + "/trace.json";
+  const MeshCase rc{2, 2, 2, 1, 2, true, "--sequence-parallel --recompute --trace " + trace, "seqpar_recompute"};
+  const TrainRun a = check_mesh_run(plain), b = check_mesh_run(rc);
+  ASSERT_EQ(a.result.status, 0) << a.result.output;
+  ASSERT_EQ(b.result.status, 0) << b.result.output;
+  EXPECT_EQ(a.losses, b.losses) << b.result.output;
+  EXPECT_EQ(step_field(scratch() + "/" + name_of(plain) + ".jsonl", "grad_norm"),
+            step_field(scratch() + "/" + name_of(rc) + ".jsonl", "grad_norm"));
+  EXPECT_TRUE(b.summary["mesh"]["recompute"].get<bool>());
+  EXPECT_LT(b.summary["mesh"]["activation_bytes"].get<double>(), a.summary["mesh"]["activation_bytes"].get<double>());
+  EXPECT_GT(b.summary["mesh"]["tensor_bytes_per_step"][0].get<double>(),
+            a.summary["mesh"]["tensor_bytes_per_step"][0].get<double>());
+  // The trace: one file per rank, the tensor group's all-gathers and reduce-scatters on the
+  // comm thread, the blocks' spans on the main thread.
+  for (int rank = 0; rank < 8; ++rank) EXPECT_TRUE(fs::exists(fmt::format("{}/trace.rank{}.json", scratch(), rank))) << rank;
+  std::ifstream in(scratch() + "/trace.rank0.json");
+  const auto j = nlohmann::json::parse(in);
+  int tensor_gathers = 0, tensor_scatters = 0, block_spans = 0;
+  for (const auto& e : j["traceEvents"]) {
+    if (e.value("ph", "") != "X") continue;
+    const std::string name = e.value("name", ""), group = e["args"].value("group", "");
+    if (group == "tensor" && name.find("all_gather") != std::string::npos) ++tensor_gathers;
+    if (group == "tensor" && name.find("reduce_scatter") != std::string::npos) ++tensor_scatters;
+    if (name.find("recompute+backward block") != std::string::npos) ++block_spans;
+  }
+  EXPECT_GT(tensor_gathers, 0);
+  EXPECT_GT(tensor_scatters, 0);
+  EXPECT_EQ(block_spans, 4 * 4);  // 4 steps x S = 4 micro-batches x the stage's one block
+}
+
+TEST(MeshTrainErrors, SequenceParallelNeedsTDividingT) {
+  const TrainRun run = train(8, 2, "--tensor-parallel 4 --sequence-parallel --partition-size 0", "bad-sp", 30);
+  EXPECT_NE(run.result.status, 0) << run.result.output;
+  EXPECT_NE(run.result.output.find("T = 30 positions do not split evenly over --tensor-parallel 4"), std::string::npos)
+      << run.result.output;
+  EXPECT_NE(run.result.output.find("valid --tensor-parallel for 8 ranks, this model (H4 V256) and T = 30: 2"),
+            std::string::npos)
+      << run.result.output;
+  const TrainRun plain = train(2, 1, "--sequence-parallel --partition-size 0", "bad-sp-plain");
+  EXPECT_NE(plain.result.status, 0) << plain.result.output;
+  EXPECT_NE(plain.result.output.find("add --tensor-parallel 2 or more"), std::string::npos) << plain.result.output;
+}
 
 TEST(MeshTrainErrors, InvalidMeshIsOneClearLine) {
   struct Bad {

@@ -139,28 +139,74 @@ struct TpPass::Impl {
   TpSlice slice;
   int B, T, blocks;
   size_t N, C, cl, hl, vl;
-  TensorAllReduce all_reduce;
+  bool sp, recompute;
+  size_t Nl, Tl;  // local rows and positions per sequence: N and T, or N/t and T/t with sp
+  TensorOps ops;
   std::vector<int32_t> inputs, targets;
-  std::vector<std::vector<float>> xs;  // xs[i]: input of local block i; xs[blocks]: the output
+  std::vector<std::vector<float>> xs;  // xs[i]: input of local block i; xs[blocks]: the output ([Nl, C])
+  // ln1, res2, ln2 and their statistics: Nl rows (the LayerNorm region); the rest N rows.
   struct BlockActs {
     std::vector<float> ln1, ln1_mean, ln1_rstd, qkv, att, atty, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu;
   };
-  std::vector<BlockActs> acts;
-  // head
+  std::vector<BlockActs> acts;  // one per block, or one shared with recompute
+  // head (lnf and its statistics: Nl rows)
   std::vector<float> lnf, lnf_mean, lnf_rstd, logits, lse;
-  // scratch
-  std::vector<float> tmp, dresid, dln, datty, dqkv, dfch, dscore, stats;
+  // scratch: tmp, full, gbuf [N, C]; part, dln_local [Nl, C] (sp)
+  std::vector<float> tmp, full, gbuf, part, dln_local, dresid, dln, datty, dqkv, dfch, dscore, stats;
 
   void reduce(float* data, size_t count, ReduceOp op) {
-    if (slice.size > 1) all_reduce(data, count, op);
+    if (slice.size > 1) ops.all_reduce(data, count, op);
+  }
+  BlockActs& block_acts(int i) { return acts[recompute ? 0 : sz(i)]; }
+
+  // Sequence-parallel row orders. A gathered [N, cols] array is rank-major: row j holds rank
+  // j / Nl's local row j % Nl, i.e. sequence b, position k*Tl + tl; "natural" is (b, position).
+  void to_natural(const float* rank_major, float* natural, size_t cols) const {
+    const size_t t = sz(slice.size), run = Tl * cols * sizeof(float);
+    for (size_t k = 0; k < t; ++k)
+      for (size_t b = 0; b < sz(B); ++b)
+        std::memcpy(natural + (b * sz(T) + k * Tl) * cols, rank_major + (k * Nl + b * Tl) * cols, run);
+  }
+  void to_rank_major(const float* natural, float* rank_major, size_t cols) const {
+    const size_t t = sz(slice.size), run = Tl * cols * sizeof(float);
+    for (size_t k = 0; k < t; ++k)
+      for (size_t b = 0; b < sz(B); ++b)
+        std::memcpy(rank_major + (k * Nl + b * Tl) * cols, natural + (b * sz(T) + k * Tl) * cols, run);
+  }
+  size_t natural_row(size_t j) const {
+    const size_t k = j / Nl, rem = j % Nl;
+    return rem / Tl * sz(T) + k * Tl + rem % Tl;
+  }
+  // f's forward / g's backward: every rank's local rows [Nl, C] -> all N rows in `full`,
+  // rank-major or natural.
+  void gather_rows(const float* local, float* full_out, bool natural) {
+    if (!natural) return ops.all_gather(local, full_out, N * C);
+    ops.all_gather(local, gbuf.data(), N * C);
+    to_natural(gbuf.data(), full_out, C);
+  }
+  // g's forward / f's backward: the sum over the ranks of `full_in` [N, C] (rank-major or
+  // natural), this rank's rows of it into local.
+  void scatter_rows(const float* full_in, float* local, bool natural) {
+    if (!natural) return ops.reduce_scatter(full_in, local, N * C);
+    to_rank_major(full_in, gbuf.data(), C);
+    ops.reduce_scatter(gbuf.data(), local, N * C);
+  }
+  // The bias gradient of a row-parallel GEMM from this rank's rows only (summed over t with
+  // the rest of the rep unit): db[j] = sum over rows of dout[row, j].
+  void local_bias_grad(const float* dout, float* db) const {
+    std::fill(db, db + C, 0.0f);
+    for (size_t r = 0; r < Nl; ++r)
+      for (size_t j = 0; j < C; ++j) db[j] += dout[r * C + j];
   }
 };
 
-TpPass::TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorAllReduce all_reduce)
+TpPass::TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops, TpOptions options)
     : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   MICS_CHECK(slice.size >= 1 && c.heads % slice.size == 0 && c.vocab % slice.size == 0,
              "tensor parallel size must divide the heads and the vocabulary");
+  MICS_CHECK(!options.sequence_parallel || (slice.size > 1 && seq_len % slice.size == 0 && ops.all_gather && ops.reduce_scatter),
+             "sequence parallelism needs t > 1 dividing the sequence length, and the all-gather and reduce-scatter");
   s.c = c;
   s.slice = slice;
   s.B = batch;
@@ -171,20 +217,25 @@ TpPass::TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int bl
   s.cl = s.C / sz(slice.size);
   s.hl = sz(c.heads) / sz(slice.size);
   s.vl = sz(c.vocab) / sz(slice.size);
-  s.all_reduce = std::move(all_reduce);
+  s.sp = options.sequence_parallel;
+  s.recompute = options.recompute;
+  s.Nl = s.sp ? s.N / sz(slice.size) : s.N;
+  s.Tl = s.sp ? sz(seq_len) / sz(slice.size) : sz(seq_len);
+  s.ops = std::move(ops);
   s.inputs.assign(s.N, 0);
   s.targets.assign(s.N, 0);
-  s.xs.assign(sz(blocks) + 1, std::vector<float>(s.N * s.C));
-  s.acts.resize(sz(blocks));
-  const size_t N = s.N, C = s.C, cl = s.cl;
+  const size_t N = s.N, C = s.C, cl = s.cl, Nl = s.Nl;
+  s.xs.assign(sz(blocks) + 1, std::vector<float>(Nl * C));
+  s.acts.resize(s.recompute ? std::min<size_t>(1, sz(blocks)) : sz(blocks));
   for (auto& a : s.acts) {
-    a.ln1.resize(N * C), a.ln1_mean.resize(N), a.ln1_rstd.resize(N), a.qkv.resize(3 * N * cl);
-    a.att.resize(sz(batch) * s.hl * sz(seq_len) * sz(seq_len)), a.atty.resize(N * cl), a.res2.resize(N * C);
-    a.ln2.resize(N * C), a.ln2_mean.resize(N), a.ln2_rstd.resize(N), a.fch.resize(4 * N * cl),
+    a.ln1.resize(Nl * C), a.ln1_mean.resize(Nl), a.ln1_rstd.resize(Nl), a.qkv.resize(3 * N * cl);
+    a.att.resize(sz(batch) * s.hl * sz(seq_len) * sz(seq_len)), a.atty.resize(N * cl), a.res2.resize(Nl * C);
+    a.ln2.resize(Nl * C), a.ln2_mean.resize(Nl), a.ln2_rstd.resize(Nl), a.fch.resize(4 * N * cl),
         a.fch_gelu.resize(4 * N * cl);
   }
-  s.tmp.resize(N * C), s.dresid.resize(N * C), s.dln.resize(N * C), s.datty.resize(N * cl);
+  s.tmp.resize(N * C), s.dresid.resize(Nl * C), s.dln.resize(N * C), s.datty.resize(N * cl);
   s.dqkv.resize(3 * N * cl), s.dfch.resize(4 * N * cl), s.dscore.resize(sz(seq_len) * sz(seq_len));
+  if (s.sp) s.full.resize(N * C), s.gbuf.resize(N * C), s.part.resize(Nl * C), s.dln_local.resize(Nl * C);
 }
 
 TpPass::~TpPass() = default;
@@ -195,31 +246,63 @@ void TpPass::set_tokens(const int32_t* inputs, const int32_t* targets) {
   if (targets) std::copy(targets, targets + s.N, s.targets.begin());
 }
 size_t TpPass::rows() const { return impl_->N; }
+size_t TpPass::local_rows() const { return impl_->Nl; }
 float* TpPass::input() { return impl_->xs.front().data(); }
 const float* TpPass::output() const { return impl_->xs.back().data(); }
 float* TpPass::grad() { return impl_->dresid.data(); }
+
+uint64_t TpPass::layernorm_region_bytes() const {
+  const Impl& s = *impl_;
+  size_t floats = 0;
+  for (const auto& x : s.xs) floats += x.size();
+  for (const auto& a : s.acts)
+    floats += a.ln1.size() + a.ln1_mean.size() + a.ln1_rstd.size() + a.res2.size() + a.ln2.size() + a.ln2_mean.size() +
+              a.ln2_rstd.size();
+  floats += s.lnf.size() + s.lnf_mean.size() + s.lnf_rstd.size();
+  return floats * sizeof(float);
+}
+
+uint64_t TpPass::activation_bytes() const {
+  const Impl& s = *impl_;
+  size_t floats = 0;
+  for (const auto& a : s.acts) floats += a.qkv.size() + a.att.size() + a.atty.size() + a.fch.size() + a.fch_gelu.size();
+  floats += s.logits.size() + s.lse.size();
+  return floats * sizeof(float) + layernorm_region_bytes();
+}
 
 void TpPass::embed_forward(const float* wte, const float* wpe) {
   Impl& s = *impl_;
   float* x = input();
   const size_t v0 = sz(s.slice.rank) * s.vl, C = s.C;
-  for (size_t n = 0; n < s.N; ++n) {
-    const size_t tok = static_cast<size_t>(s.inputs[n]);
+  // Every rank looks up all N tokens (zeros outside its vocabulary slice); with sequence
+  // parallelism in rank-major row order, so the reduce-scatter leaves each rank its positions.
+  float* partial = s.sp ? s.tmp.data() : x;
+  for (size_t j = 0; j < s.N; ++j) {
+    const size_t tok = static_cast<size_t>(s.inputs[s.sp ? s.natural_row(j) : j]);
     if (tok >= v0 && tok < v0 + s.vl)
-      std::memcpy(x + n * C, wte + (tok - v0) * C, C * sizeof(float));
+      std::memcpy(partial + j * C, wte + (tok - v0) * C, C * sizeof(float));
     else
-      std::fill(x + n * C, x + (n + 1) * C, 0.0f);
+      std::fill(partial + j * C, partial + (j + 1) * C, 0.0f);
   }
-  s.reduce(x, s.N * C, ReduceOp::kSum);  // exact: one rank holds each row, the others add 0
-  for (size_t n = 0; n < s.N; ++n) {
-    const float* pos = wpe + (n % sz(s.T)) * C;
+  // Exact either way: one rank holds each row, the others add 0.
+  if (s.sp) s.ops.reduce_scatter(partial, x, s.N * C);
+  else s.reduce(x, s.N * C, ReduceOp::kSum);
+  const size_t p0 = s.sp ? sz(s.slice.rank) * s.Tl : 0;  // this rank's first position
+  for (size_t n = 0; n < s.Nl; ++n) {
+    const float* pos = wpe + (p0 + n % s.Tl) * C;
     for (size_t j = 0; j < C; ++j) x[n * C + j] += pos[j];
   }
 }
 
 void TpPass::embed_backward(float* dwte, float* dwpe) {
   Impl& s = *impl_;
+  // With sequence parallelism the gradient of every row is gathered (the wte slice needs the
+  // rows of its tokens wherever they sit), so dwpe comes out whole on every rank.
   const float* dx = s.dresid.data();
+  if (s.sp) {
+    s.gather_rows(s.dresid.data(), s.full.data(), /*natural=*/true);
+    dx = s.full.data();
+  }
   const size_t v0 = sz(s.slice.rank) * s.vl, C = s.C, T = sz(s.T);
   std::fill(dwpe, dwpe + sz(s.c.max_seq) * C, 0.0f);
   for (size_t n = 0; n < s.N; ++n) {
@@ -235,61 +318,102 @@ void TpPass::embed_backward(float* dwte, float* dwpe) {
 
 void TpPass::block_forward(int i, const float* split, const float* rep) {
   Impl& s = *impl_;
-  const int n = static_cast<int>(s.N), c = static_cast<int>(s.C), cl = static_cast<int>(s.cl);
+  const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
+            cl = static_cast<int>(s.cl);
   const auto p = split_view(split, s.C, s.cl);
   const auto r = rep_view(rep, s.C);
-  auto& a = s.acts[sz(i)];
+  auto& a = s.block_acts(i);
   const float* x = s.xs[sz(i)].data();
   float* out = s.xs[sz(i) + 1].data();
-  const size_t nc = s.N * s.C;
-  k::layernorm_forward(x, r.ln1_w, r.ln1_b, a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), n, c);
-  k::linear_forward(a.ln1.data(), p.qkv_w, p.qkv_b, nullptr, a.qkv.data(), n, c, 3 * cl);
+  const size_t ncl = s.Nl * s.C;
+  // Attention: ln1 over the local rows; f (sp: all-gather, in (b, position) order for the
+  // attention); the row-split proj's partial sums through g (all-reduce, or reduce-scatter).
+  k::layernorm_forward(x, r.ln1_w, r.ln1_b, a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), nl, c);
+  const float* ln1 = a.ln1.data();
+  if (s.sp) s.gather_rows(a.ln1.data(), s.full.data(), /*natural=*/true), ln1 = s.full.data();
+  k::linear_forward(ln1, p.qkv_w, p.qkv_b, nullptr, a.qkv.data(), n, c, 3 * cl);
   k::attention_forward(a.qkv.data(), a.att.data(), a.atty.data(), s.B, s.T, cl, static_cast<int>(s.hl));
   k::linear_forward(a.atty.data(), p.proj_w, nullptr, nullptr, s.tmp.data(), n, cl, c);
-  s.reduce(s.tmp.data(), nc, ReduceOp::kSum);
-  for (size_t e = 0; e < nc; ++e) a.res2[e] = x[e] + (s.tmp[e] + r.proj_b[e % s.C]);
-  k::layernorm_forward(a.res2.data(), r.ln2_w, r.ln2_b, a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), n, c);
-  k::linear_forward(a.ln2.data(), p.fc_w, p.fc_b, nullptr, a.fch.data(), n, c, 4 * cl);
+  const float* y = s.tmp.data();
+  if (s.sp) s.scatter_rows(s.tmp.data(), s.part.data(), /*natural=*/true), y = s.part.data();
+  else s.reduce(s.tmp.data(), ncl, ReduceOp::kSum);
+  for (size_t e = 0; e < ncl; ++e) a.res2[e] = x[e] + (y[e] + r.proj_b[e % s.C]);
+  // MLP: row-wise, so with sp it runs on the gathered rows in rank-major order as they come.
+  k::layernorm_forward(a.res2.data(), r.ln2_w, r.ln2_b, a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), nl, c);
+  const float* ln2 = a.ln2.data();
+  if (s.sp) s.gather_rows(a.ln2.data(), s.full.data(), /*natural=*/false), ln2 = s.full.data();
+  k::linear_forward(ln2, p.fc_w, p.fc_b, nullptr, a.fch.data(), n, c, 4 * cl);
   k::gelu_forward(a.fch.data(), a.fch_gelu.data(), a.fch.size());
   k::linear_forward(a.fch_gelu.data(), p.fcproj_w, nullptr, nullptr, s.tmp.data(), n, 4 * cl, c);
-  s.reduce(s.tmp.data(), nc, ReduceOp::kSum);
-  for (size_t e = 0; e < nc; ++e) out[e] = a.res2[e] + (s.tmp[e] + r.fcproj_b[e % s.C]);
+  if (s.sp) s.scatter_rows(s.tmp.data(), s.part.data(), /*natural=*/false), y = s.part.data();
+  else s.reduce(s.tmp.data(), ncl, ReduceOp::kSum);
+  for (size_t e = 0; e < ncl; ++e) out[e] = a.res2[e] + (y[e] + r.fcproj_b[e % s.C]);
 }
 
 void TpPass::block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep) {
   Impl& s = *impl_;
-  const int n = static_cast<int>(s.N), c = static_cast<int>(s.C), cl = static_cast<int>(s.cl);
+  // Recompute: rerun the forward (the same bits into the shared activations; xs[i + 1] gets
+  // the values it already holds), then the backward as usual.
+  if (s.recompute) block_forward(i, split, rep);
+  const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
+            cl = static_cast<int>(s.cl);
   const auto p = split_view(split, s.C, s.cl);
   const auto r = rep_view(rep, s.C);
   const auto g = split_view(dsplit, s.C, s.cl);
   const auto gr = rep_view(drep, s.C);
-  auto& a = s.acts[sz(i)];
+  auto& a = s.block_acts(i);
   const float* x = s.xs[sz(i)].data();
   float* dresid = s.dresid.data();
-  // MLP (g's backward is the identity: dresid is already the full gradient on every rank).
-  k::linear_backward(dresid, a.fch_gelu.data(), p.fcproj_w, s.dfch.data(), g.fcproj_w, gr.fcproj_b, n, 4 * cl, c);
+  // The gradient at a column-split GEMM's input: all-reduced (f's backward), or with sp
+  // reduce-scattered to the local rows.
+  float* dln_local = s.sp ? s.dln_local.data() : s.dln.data();
+  // MLP. Without sp g's backward is the identity (dresid is already the full gradient on every
+  // rank); with sp it is an all-gather, and the input of fc is gathered again.
+  const float* dout = dresid;
+  const float* ln2 = a.ln2.data();
+  if (s.sp) {
+    s.local_bias_grad(dresid, gr.fcproj_b);
+    s.gather_rows(dresid, s.full.data(), /*natural=*/false), dout = s.full.data();
+    s.gather_rows(a.ln2.data(), s.tmp.data(), /*natural=*/false), ln2 = s.tmp.data();
+  }
+  k::linear_backward(dout, a.fch_gelu.data(), p.fcproj_w, s.dfch.data(), g.fcproj_w, s.sp ? nullptr : gr.fcproj_b, n,
+                     4 * cl, c);
   k::gelu_backward(a.fch.data(), s.dfch.data(), s.dfch.data(), s.dfch.size());
-  k::linear_backward(s.dfch.data(), a.ln2.data(), p.fc_w, s.dln.data(), g.fc_w, g.fc_b, n, c, 4 * cl);
-  s.reduce(s.dln.data(), s.N * s.C, ReduceOp::kSum);  // f's backward
-  k::layernorm_backward(s.dln.data(), a.res2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), r.ln2_w, dresid, gr.ln2_w,
-                        gr.ln2_b, n, c, /*accumulate_dx=*/true);
-  // Attention.
-  k::linear_backward(dresid, a.atty.data(), p.proj_w, s.datty.data(), g.proj_w, gr.proj_b, n, cl, c);
+  k::linear_backward(s.dfch.data(), ln2, p.fc_w, s.dln.data(), g.fc_w, g.fc_b, n, c, 4 * cl);
+  if (s.sp) s.scatter_rows(s.dln.data(), dln_local, /*natural=*/false);
+  else s.reduce(s.dln.data(), s.N * s.C, ReduceOp::kSum);  // f's backward
+  k::layernorm_backward(dln_local, a.res2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), r.ln2_w, dresid, gr.ln2_w,
+                        gr.ln2_b, nl, c, /*accumulate_dx=*/true);
+  // Attention (with sp in (b, position) row order).
+  const float* ln1 = a.ln1.data();
+  dout = dresid;
+  if (s.sp) {
+    s.local_bias_grad(dresid, gr.proj_b);
+    s.gather_rows(dresid, s.full.data(), /*natural=*/true), dout = s.full.data();
+    s.gather_rows(a.ln1.data(), s.tmp.data(), /*natural=*/true), ln1 = s.tmp.data();
+  }
+  k::linear_backward(dout, a.atty.data(), p.proj_w, s.datty.data(), g.proj_w, s.sp ? nullptr : gr.proj_b, n, cl, c);
   k::attention_backward(s.datty.data(), a.qkv.data(), a.att.data(), s.dqkv.data(), s.dscore.data(), s.B, s.T, cl,
                         static_cast<int>(s.hl));
-  k::linear_backward(s.dqkv.data(), a.ln1.data(), p.qkv_w, s.dln.data(), g.qkv_w, g.qkv_b, n, c, 3 * cl);
-  s.reduce(s.dln.data(), s.N * s.C, ReduceOp::kSum);
-  k::layernorm_backward(s.dln.data(), x, a.ln1_mean.data(), a.ln1_rstd.data(), r.ln1_w, dresid, gr.ln1_w, gr.ln1_b, n,
+  k::linear_backward(s.dqkv.data(), ln1, p.qkv_w, s.dln.data(), g.qkv_w, g.qkv_b, n, c, 3 * cl);
+  if (s.sp) s.scatter_rows(s.dln.data(), dln_local, /*natural=*/true);
+  else s.reduce(s.dln.data(), s.N * s.C, ReduceOp::kSum);
+  k::layernorm_backward(dln_local, x, a.ln1_mean.data(), a.ln1_rstd.data(), r.ln1_w, dresid, gr.ln1_w, gr.ln1_b, nl,
                         c, /*accumulate_dx=*/true);
+  // With sp the LayerNorms and the biases saw this rank's rows only: sum the rep unit over t.
+  if (s.sp) s.reduce(drep, tp_rep_numel(s.c), ReduceOp::kSum);
 }
 
 float TpPass::head_forward(const float* wte, const float* lnf) {
   Impl& s = *impl_;
-  const int n = static_cast<int>(s.N), c = static_cast<int>(s.C), vl = static_cast<int>(s.vl);
+  const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
+            vl = static_cast<int>(s.vl);
   const size_t N = s.N, V = s.vl, v0 = sz(s.slice.rank) * s.vl;
-  s.lnf.resize(N * s.C), s.lnf_mean.resize(N), s.lnf_rstd.resize(N), s.logits.resize(N * V), s.lse.resize(N);
-  k::layernorm_forward(s.xs.back().data(), lnf, lnf + s.C, s.lnf.data(), s.lnf_mean.data(), s.lnf_rstd.data(), n, c);
-  k::linear_forward(s.lnf.data(), wte, nullptr, nullptr, s.logits.data(), n, c, vl);
+  s.lnf.resize(s.Nl * s.C), s.lnf_mean.resize(s.Nl), s.lnf_rstd.resize(s.Nl), s.logits.resize(N * V), s.lse.resize(N);
+  k::layernorm_forward(s.xs.back().data(), lnf, lnf + s.C, s.lnf.data(), s.lnf_mean.data(), s.lnf_rstd.data(), nl, c);
+  const float* lnf_out = s.lnf.data();
+  if (s.sp) s.gather_rows(s.lnf.data(), s.full.data(), /*natural=*/true), lnf_out = s.full.data();
+  k::linear_forward(lnf_out, wte, nullptr, nullptr, s.logits.data(), n, c, vl);
   // Vocab-parallel cross-entropy: the global row max, then the sum of exponentials and the
   // target's logit (held by one rank; the others add 0) in one all-reduce.
   s.stats.assign(3 * N, 0.0f);
@@ -319,7 +443,8 @@ const float* TpPass::logits() const { return impl_->logits.data(); }
 
 void TpPass::head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf) {
   Impl& s = *impl_;
-  const int n = static_cast<int>(s.N), c = static_cast<int>(s.C), vl = static_cast<int>(s.vl);
+  const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
+            vl = static_cast<int>(s.vl);
   const size_t N = s.N, V = s.vl, v0 = sz(s.slice.rank) * s.vl;
   const float inv_n = 1.0f / static_cast<float>(N);
   for (size_t r = 0; r < N; ++r) {
@@ -330,10 +455,17 @@ void TpPass::head_backward(const float* wte, const float* lnf, float* dwte, floa
       row[j] = (p - (v0 + j == tgt ? 1.0f : 0.0f)) * inv_n;
     }
   }
-  k::linear_backward(s.logits.data(), s.lnf.data(), wte, s.dln.data(), dwte, nullptr, n, c, vl);
-  s.reduce(s.dln.data(), N * s.C, ReduceOp::kSum);
-  k::layernorm_backward(s.dln.data(), s.xs.back().data(), s.lnf_mean.data(), s.lnf_rstd.data(), lnf, s.dresid.data(),
-                        dlnf, dlnf + s.C, n, c, /*accumulate_dx=*/false);
+  // With sp: lnf's output gathered again for dwte, its gradient reduce-scattered to the local
+  // rows, lnf's weight gradient summed over t.
+  const float* lnf_out = s.lnf.data();
+  if (s.sp) s.gather_rows(s.lnf.data(), s.tmp.data(), /*natural=*/true), lnf_out = s.tmp.data();
+  k::linear_backward(s.logits.data(), lnf_out, wte, s.dln.data(), dwte, nullptr, n, c, vl);
+  float* dln_local = s.sp ? s.dln_local.data() : s.dln.data();
+  if (s.sp) s.scatter_rows(s.dln.data(), dln_local, /*natural=*/true);
+  else s.reduce(s.dln.data(), N * s.C, ReduceOp::kSum);
+  k::layernorm_backward(dln_local, s.xs.back().data(), s.lnf_mean.data(), s.lnf_rstd.data(), lnf, s.dresid.data(),
+                        dlnf, dlnf + s.C, nl, c, /*accumulate_dx=*/false);
+  if (s.sp) s.reduce(dlnf, tp_lnf_numel(s.c), ReduceOp::kSum);
 }
 
 }  // namespace mics::model

@@ -33,6 +33,36 @@
 //   embedding (first stage): forward A(N*C)
 //   head (last stage): forward A_max(N) + A(2N), backward A(N*C)
 // with N = B*T rows. Nothing is all-reduced when t = 1.
+//
+// Sequence parallelism (TpOptions::sequence_parallel, Korthikanti et al. 2022, Megatron-LM):
+// between the GEMM pairs (the LayerNorms, the residual adds, the pipeline messages) every
+// rank holds only its part of the sequence: rank k the positions k*T/t .. (k+1)*T/t - 1 of
+// every one of the B sequences, Nl = N/t rows ("local rows", in (b, position) order). The
+// operators become: g (after the row-split GEMMs) a reduce-scatter along the sequence in the
+// forward and an all-gather of the gradient in the backward; f (before the column-split
+// GEMMs) an all-gather in the forward and a reduce-scatter of the gradient in the backward.
+// The GEMMs and attention see all N rows as before. The gathered LayerNorm outputs are not
+// kept: the backward gathers them again for the weight gradients (the paper's choice: one
+// more all-gather instead of N*C floats per GEMM input), so a block keeps x, ln1, res2 and
+// ln2 (and their row statistics) for Nl rows instead of N. Gathered rows come in rank-major
+// order (rank k's Nl rows, then rank k+1's); the MLP is row-wise and runs on them as they
+// are, attention and the head reorder them to (b, position) and back (a copy of N*C floats).
+// The LayerNorm weights and the row-parallel biases now see only a rank's rows, so their
+// gradients (the block's "rep" unit, lnf) are summed over t (one all-reduce each); wpe's
+// gradient comes from the all-gathered embedding gradient, identical on every rank. T must
+// be divisible by t (topo::check_sequence_parallel says which t are valid).
+// Collectives per micro-batch and tensor rank with sequence parallelism (G(x) an all-gather
+// and R(x) a reduce-scatter of an x-float array, each rank holding x/t of it):
+//   each block: forward 2 G(N*C) + 2 R(N*C), backward 4 G(N*C) + 2 R(N*C) + A(6C)
+//   embedding (first stage): forward R(N*C), backward G(N*C)
+//   head (last stage): forward G(N*C) + A_max(N) + A(2N), backward G(N*C) + R(N*C) + A(2C)
+// With a ring, G(x) + R(x) sends what A(x) sends, so a block moves 1.5x the bytes of plain
+// tensor parallelism (the re-gathers); the pipeline messages shrink to Nl*C floats.
+//
+// Recompute (TpOptions::recompute): a block keeps only its input; the backward reruns the
+// block's forward (its collectives included, so they are counted twice: a block's forward
+// collectives come once more per micro-batch) into one shared set of activations, then runs
+// its backward. The rerun computes the same bits, so the gradients are bit-identical.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -46,6 +76,22 @@ namespace mics::model {
 
 // In place over the tensor group: data[0..count) = op over the t ranks.
 using TensorAllReduce = std::function<void(float* data, size_t count, ReduceOp op)>;
+// Over the tensor group, `count` the full array's floats (count/t per rank, rank k's part at
+// k*count/t): all_gather fills full[0..count) from every rank's part; reduce_scatter sums the
+// t ranks' full arrays and leaves rank k's part of the sum in part[0..count/t).
+using TensorAllGather = std::function<void(const float* part, float* full, size_t count)>;
+using TensorReduceScatter = std::function<void(const float* full, float* part, size_t count)>;
+
+struct TensorOps {
+  TensorAllReduce all_reduce;
+  TensorAllGather all_gather;          // needed with sequence parallelism only
+  TensorReduceScatter reduce_scatter;  // needed with sequence parallelism only
+};
+
+struct TpOptions {
+  bool sequence_parallel = false;  // needs slice.size > 1 and T % slice.size == 0
+  bool recompute = false;
+};
 
 struct TpSlice {
   int rank = 0, size = 1;
@@ -82,16 +128,24 @@ std::vector<UnitPiece> tp_unit_pieces(const GptConfig& c, TpSlice slice, TpUnit 
 // embedding (first stage) and the head (last stage) as the stage has them.
 class TpPass {
  public:
-  TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorAllReduce all_reduce);
+  TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops, TpOptions options = {});
   ~TpPass();
   TpPass(const TpPass&) = delete;
   TpPass& operator=(const TpPass&) = delete;
 
   void set_tokens(const int32_t* inputs, const int32_t* targets);  // B*T each; copied
   size_t rows() const;            // N = B*T
-  float* input();                 // [N, C]: the stage's input (received, or embed_forward's)
-  const float* output() const;    // [N, C]: the last block's output (what is sent on)
-  float* grad();                  // [N, C]: dL/d(output) before backward, dL/d(input) after
+  // Rows of input(), output() and grad(): N, or N/t with sequence parallelism (this rank's
+  // positions of every sequence).
+  size_t local_rows() const;
+  float* input();                 // [local rows, C]: the stage's input (received, or embed_forward's)
+  const float* output() const;    // [local rows, C]: the last block's output (what is sent on)
+  float* grad();                  // [local rows, C]: dL/d(output) before backward, dL/d(input) after
+  // Bytes of the activations kept for the backward (per micro-batch), and the part of them in
+  // the LayerNorm regions (every block's input, ln1, res2, ln2 and their row statistics, the
+  // stage's output, the head's lnf): the part sequence parallelism divides by t.
+  uint64_t activation_bytes() const;
+  uint64_t layernorm_region_bytes() const;
 
   void embed_forward(const float* wte, const float* wpe);  // into input()
   void block_forward(int i, const float* split, const float* rep);  // local block i
@@ -101,7 +155,8 @@ class TpPass {
   const float* logits() const;
   // Backward: head_backward overwrites dwte, dlnf and grad(); block_backward overwrites the
   // block's gradients and turns grad() into dL/d(its input); embed_backward accumulates into
-  // dwte and overwrites dwpe from grad().
+  // dwte and overwrites dwpe from grad(). The replicated gradients (drep, dlnf, dwpe) come out
+  // identical on every tensor rank, with or without sequence parallelism.
   void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf);
   void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep);
   void embed_backward(float* dwte, float* dwpe);

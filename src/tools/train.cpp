@@ -145,6 +145,7 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
   sub->add_option("--partition-size", c.partition_size, "mics: ranks per partition group, 'auto' (smallest that fits the memory budget) or 0 (the ranks per node)")->capture_default_str();
   sub->add_option("--tensor-parallel", c.tensor_parallel, "t: Megatron-style tensor parallel ranks (divides the heads and the vocabulary)")->capture_default_str();
   sub->add_option("--pipeline-parallel", c.pipeline_parallel, "s: pipeline stages of contiguous layers (at most the layers)")->capture_default_str();
+  sub->add_flag("--sequence-parallel", c.sequence_parallel, "with --tensor-parallel t: split the LayerNorm regions' activations along the sequence over the t ranks (T divisible by t)");
   sub->add_option("--pipeline-schedule", c.pipeline_schedule, "1f1b or gpipe")->capture_default_str();
   sub->add_option("--mesh-order", c.mesh_order, "rank placement, fastest-varying first: a permutation of t, p, s, r")->capture_default_str();
   sub->add_option("--memory-budget", c.memory_budget, "bytes per rank, e.g. 8GiB (default: 90% of the free memory / ranks on this host)");
@@ -181,6 +182,7 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
       "Examples:\n"
       "  mics train -n 4 --nodes 2 --strategy mics --partition-size 2\n"
       "  mics train -n 8 --nodes 2 --tensor-parallel 2 --pipeline-parallel 2 --partition-size 2\n"
+      "  mics train -n 8 --nodes 2 --tensor-parallel 4 --sequence-parallel --partition-size 2\n"
       "  mics launch -n 8 --nodes 2 -- mics train --model gpt2-124m --strategy zero3 --data 'shards/*_train_*.bin'\n"
       "  srun -N 2 --ntasks-per-node 8 mics train --strategy mics --partition-size 8   (MICS_MASTER_ADDR/PORT set)");
   return [f, sub]() -> int {

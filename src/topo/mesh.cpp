@@ -101,6 +101,24 @@ int check_mesh(int world, int t, int s, const MeshLimits& lim) {
   return world / (t * s);
 }
 
+void check_sequence_parallel(int world, int t, int seq_len, const MeshLimits& lim) {
+  std::vector<std::string> valid;
+  for (int v = 2; v <= world; ++v)
+    if (world % v == 0 && lim.heads % v == 0 && lim.vocab % v == 0 && seq_len % v == 0) valid.push_back(std::to_string(v));
+  const std::string hint =
+      valid.empty() ? fmt::format("no --tensor-parallel > 1 divides N = {}, the {} heads, V = {} and T = {}: choose a "
+                                  "--seq-len with more divisors, or drop --sequence-parallel",
+                                  world, lim.heads, lim.vocab, seq_len)
+                    : fmt::format("valid --tensor-parallel for {} ranks, this model (H{} V{}) and T = {}: {} (or change "
+                                  "--seq-len, or drop --sequence-parallel)",
+                                  world, lim.heads, lim.vocab, seq_len, join(valid));
+  if (t < 2)
+    bad_mesh("--sequence-parallel needs --tensor-parallel > 1 (it splits the sequence over the tensor ranks)", hint);
+  if (seq_len % t != 0)
+    bad_mesh(fmt::format("--sequence-parallel: T = {} positions do not split evenly over --tensor-parallel {}", seq_len, t),
+             hint);
+}
+
 Mesh build_mesh(comm::Communicator& world, const MeshShape& shape) {
   check_order(shape.order);
   if (shape.size() != world.size())

@@ -59,6 +59,10 @@ struct MeshLimits {
 // Checks t and s against the world and the model; returns r*p = N/(s*t). Throws with the
 // valid choices of t and s (and what r*p they leave) when they do not fit.
 int check_mesh(int world, int t, int s, const MeshLimits& limits);
+// Sequence parallelism splits the T positions of every sequence evenly over the t tensor
+// ranks: throws (listing the t that check_mesh accepts for this world and model and that
+// divide T) when t is 1 or does not divide T.
+void check_sequence_parallel(int world, int t, int seq_len, const MeshLimits& limits);
 // Every (t, s) pair valid for this world and model, as "t=2 s=1 (r*p=4)", one per element.
 std::vector<std::string> valid_mesh_choices(int world, const MeshLimits& limits);
 

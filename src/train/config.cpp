@@ -86,10 +86,11 @@ void validate(const TrainConfig& c) {
     const std::string hint = "the mesh trainer (train/mesh_trainer.cpp) does not do this yet: drop it, or run without "
                              "--tensor-parallel/--pipeline-parallel";
     if (c.device != "cpu") bad_flag(flag, "with --device " + c.device, hint);
-    if (c.recompute) bad_flag(flag, "with --recompute", hint);
     if (c.partition_size == "auto") bad_flag(flag, "with --partition-size auto", "give the partition size as a number");
-    if (!c.trace.empty()) bad_flag(flag, "with --trace", hint);
   }
+  if (c.sequence_parallel && c.tensor_parallel < 2)
+    bad_flag("--sequence-parallel", fmt::format("with --tensor-parallel {}", c.tensor_parallel),
+             "sequence parallelism splits the sequence over the tensor ranks: add --tensor-parallel 2 or more");
   if (c.comm_dtype != "f32" && c.comm_dtype != "bf16")
     bad_flag("--comm-dtype", fmt::format("unknown dtype '{}'", c.comm_dtype), "use f32 or bf16");
   if (c.micro_batch < 1) bad_flag("--micro-batch", fmt::format("{} < 1", c.micro_batch), "use 1 or more sequences");
@@ -125,11 +126,12 @@ std::string describe(const TrainConfig& c) {
       "model={} recompute={} strategy={} partition_size={} memory_budget={} comm_dtype={} micro_batch={} "
       "seq_len={} grad_accum={} steps={} lr={} warmup={} min_lr_ratio={} weight_decay={} clip={} seed={} "
       "data={} eval_data={} eval_every={} eval_batches={} samples={} sample_tokens={} tensor_parallel={} "
-      "pipeline_parallel={} pipeline_schedule={} mesh_order={}",
+      "pipeline_parallel={} sequence_parallel={} pipeline_schedule={} mesh_order={}",
       c.model, c.recompute, c.strategy, c.partition_size, c.memory_budget.empty() ? "auto" : c.memory_budget,
       c.comm_dtype, c.micro_batch, c.seq_len, c.grad_accum, c.steps, c.lr, c.warmup, c.min_lr_ratio,
       c.weight_decay, c.clip, c.seed, c.data.empty() ? "<embedded>" : c.data, c.eval_data, c.eval_every,
-      c.eval_batches, c.samples, c.sample_tokens, c.tensor_parallel, c.pipeline_parallel, c.pipeline_schedule,
+      c.eval_batches, c.samples, c.sample_tokens, c.tensor_parallel, c.pipeline_parallel, c.sequence_parallel,
+      c.pipeline_schedule,
       c.mesh_order);
 }
 

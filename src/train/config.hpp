@@ -19,6 +19,7 @@ struct TrainConfig {
   std::string comm_dtype = "f32";      // gradient reduce-scatter dtype: f32 | bf16
   int tensor_parallel = 1;             // t (topo/mesh.hpp); t > 1 or s > 1: train/mesh_trainer.cpp
   int pipeline_parallel = 1;           // s
+  bool sequence_parallel = false;      // t > 1: LayerNorm regions split along the sequence (model/gpt_tp.hpp)
   std::string pipeline_schedule = "1f1b";  // 1f1b | gpipe
   std::string mesh_order = "tpsr";     // mesh placement, fastest-varying dimension first
   // batch and schedule

@@ -29,9 +29,15 @@
 // the measured time the stage waited in pipeline messages.
 //
 // Traffic per optimizer step and rank, N = B*T rows, E = N*C*4 bytes of one activation,
-// A(x) = comm::predict_traffic(tensor, all_reduce, x floats), Lb = this stage's blocks:
-//   tensor:   S * [ 4*Lb*A(N*C) + first*A(N*C) + last*(A(N) + A(2N) + A(N*C)) ]   (0 when t = 1)
+// A(x) = comm::predict_traffic(tensor, all_reduce, x floats), likewise G(x) (all_gather) and
+// R(x) (reduce_scatter) of an x-float array, Lb = this stage's blocks, rc = 1 with --recompute
+// (every block's forward runs once more in the backward, its collectives included), else 0:
+//   tensor:   S * [ (4 + 2*rc)*Lb*A(N*C) + first*A(N*C) + last*(A(N) + A(2N) + A(N*C)) ]
+//             (0 when t = 1); with --sequence-parallel (model/gpt_tp.hpp):
+//             S * [ Lb*((6 + 2*rc)*G(N*C) + (4 + 2*rc)*R(N*C) + A(6C))
+//                   + first*(R(N*C) + G(N*C)) + last*(2*G(N*C) + R(N*C) + A(N) + A(2N) + A(2C)) ]
 //   pipeline: S * [ (not last)*E on the rail to stage i+1 + (not first)*E on the rail to i-1 ]
+//             with E = N/t*C*4 bytes under --sequence-parallel (each rank sends its positions)
 //   data:     shard::Engine::expected_traffic() of the slice's engine, which includes the tied
 //             embedding's all-reduce of its shard (V/t*C padded / p floats) over 2 ranks and
 //             the one-float norm all-reduce over the model communicator
@@ -43,6 +49,10 @@
 // model::tp_unit_pieces), so any mesh or plain layout loads them; the checkpointer's control
 // all-reduces run over the "control" communicator (every rank), not the slice's engine.
 // Samples: trainer.cpp's continuations through the pipeline (see sample() below).
+// --recompute: every block keeps only its input and reruns its forward in the backward
+// (model/gpt_tp.hpp; bit-identical gradients). --trace: the plain trainer's Chrome trace
+// (obs/), here with every communicator of the mesh (tensor, pipeline point-to-point excluded:
+// the observer knows collectives only, data, model, tied) and spans per block.
 #include "train/mesh_trainer.hpp"
 
 #include <algorithm>
@@ -56,10 +66,13 @@
 
 #include "base/clock.hpp"
 #include "base/error.hpp"
+#include "base/knobs.hpp"
 #include "base/log.hpp"
+#include "comm/clock_sync.hpp"
 #include "comm/runtime.hpp"
 #include "comm/traffic_model.hpp"
 #include "model/gpt_tp.hpp"
+#include "obs/observer.hpp"
 #include "shard/engine.hpp"
 #include "topo/groups.hpp"
 #include "topo/mesh.hpp"
@@ -110,6 +123,8 @@ int mesh_partition_size(const TrainConfig& c, int data_ranks, int data_ranks_per
 
 void mesh_preflight(const TrainConfig& c, const model::GptConfig& mc, int world, int ranks_per_node) {
   const int d = topo::check_mesh(world, c.tensor_parallel, c.pipeline_parallel, limits_of(mc));
+  if (c.sequence_parallel)
+    topo::check_sequence_parallel(world, c.tensor_parallel, c.seq_len > 0 ? c.seq_len : mc.max_seq, limits_of(mc));
   topo::check_order(c.mesh_order);
   mesh_partition_size(c, d, data_per_node(ranks_per_node, c.tensor_parallel, d));
 }
@@ -135,10 +150,21 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const int per_node = topology.uniform_ranks_per_node() ? topology.uniform_ranks_per_node() : world;
   const int t = c.tensor_parallel, s = c.pipeline_parallel, S = c.grad_accum, B = c.micro_batch;
   const int D = topo::check_mesh(world, t, s, limits_of(mc));
+  if (c.sequence_parallel) topo::check_sequence_parallel(world, t, T, limits_of(mc));
   const int p = mesh_partition_size(c, D, data_per_node(per_node, t, D));
   const int threads = c.threads > 0 ? c.threads
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
   model::set_compute_threads(threads);
+
+  // --- observability: the plain trainer's records and trace; attached before the mesh's
+  // communicators are split, so every one of them (and the engine's) reports to it ----------
+  obs::Observer observer(rank, world);
+  observer.set_clock(comm::sync_clocks(rt->world()));
+  if (!c.trace.empty()) observer.enable_trace({static_cast<size_t>(knobs().trace_max_events), 2});
+  observer.set_fabric_baseline({rt->transport().counters(fabric::Rail::kIntra).bytes_sent,
+                                rt->transport().counters(fabric::Rail::kInter).bytes_sent});
+  rt->world().set_observer(&observer);
+  obs::Observer* ob = &observer;
 
   topo::MeshShape shape{D / p, p, s, t, c.mesh_order};
   topo::Mesh mesh = topo::build_mesh(rt->world(), shape);
@@ -230,13 +256,25 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
 
   // --- communication helpers (all on the engine's communication thread) ---------------------
   double pipe_wait_s = 0;
-  model::TensorAllReduce tensor_all_reduce = [&](float* data, size_t count, ReduceOp op) {
+  model::TensorOps tensor_ops;
+  tensor_ops.all_reduce = [&](float* data, size_t count, ReduceOp op) {
     comm::Communicator* tensor = mesh.tensor.get();
     engine.run_on_comm_thread([=] { tensor->all_reduce(data, data, count, DType::kF32, op); }, "wait for tensor all-reduce");
   };
+  tensor_ops.all_gather = [&](const float* part, float* full, size_t count) {
+    comm::Communicator* tensor = mesh.tensor.get();
+    engine.run_on_comm_thread([=] { tensor->all_gather(part, full, count, DType::kF32); }, "wait for tensor all-gather");
+  };
+  tensor_ops.reduce_scatter = [&](const float* full, float* part, size_t count) {
+    comm::Communicator* tensor = mesh.tensor.get();
+    engine.run_on_comm_thread([=] { tensor->reduce_scatter(full, part, count, DType::kF32, ReduceOp::kSum); },
+                              "wait for tensor reduce-scatter");
+  };
+  const model::TpOptions pass_options{c.sequence_parallel, c.recompute};
   comm::Communicator* pipe = mesh.pipeline.get();
   const size_t N = static_cast<size_t>(B) * static_cast<size_t>(T);
-  const size_t act_bytes = N * static_cast<size_t>(mc.channels) * sizeof(float);
+  // A pipeline message: this rank's rows of one micro-batch's activation (N/t with sp).
+  const size_t act_bytes = (c.sequence_parallel ? N / static_cast<size_t>(t) : N) * static_cast<size_t>(mc.channels) * sizeof(float);
   auto pipe_op = [&](const std::function<void()>& op) {
     const auto t0 = Clock::now();
     engine.run_on_comm_thread(op, "wait for pipeline message");
@@ -258,6 +296,10 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
                          shape.describe(), topology.describe(), t, s, schedule_name, bubble, D, c.strategy, p, D / p);
     block += fmt::format("  batch: {} data ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
                          D, S, B, T, tokens_per_step, c.steps);
+    if (c.sequence_parallel || c.recompute)
+      block += fmt::format("  activations:{}{}\n",
+                           c.sequence_parallel ? fmt::format(" sequence parallel (LayerNorm regions hold {} of {} positions per rank)", T / t, T) : "",
+                           c.recompute ? " recompute (each block keeps only its input)" : "");
     if (c.ckpt_every > 0)
       block += fmt::format("  checkpoints every {} steps into {} (logical layout: loads into any mesh or strategy)\n",
                            c.ckpt_every, c.out);
@@ -282,7 +324,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const int slots = gpipe ? S : std::min(S, s - me.s);
   std::vector<std::unique_ptr<model::TpPass>> passes;
   for (int i = 0; i < slots; ++i)
-    passes.push_back(std::make_unique<model::TpPass>(mc, slice, B, T, layers.count, tensor_all_reduce));
+    passes.push_back(std::make_unique<model::TpPass>(mc, slice, B, T, layers.count, tensor_ops, pass_options));
   auto pass = [&](int m) -> model::TpPass& { return *passes[static_cast<size_t>(m % slots)]; };
   std::vector<float> gwte(su.wte >= 0 ? model::tp_wte_numel(mc, t) : 0), gwpe(su.wpe >= 0 ? model::tp_wpe_numel(mc) : 0),
       glnf(su.lnf >= 0 ? model::tp_lnf_numel(mc) : 0), gsplit(model::tp_split_numel(mc, t)), grep(model::tp_rep_numel(mc));
@@ -296,6 +338,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     if (first) {
       const float* wte = engine.gather(su.wte);
       const float* wpe = engine.gather(su.wpe);
+      obs::ScopedSpan span(ob, "compute", "forward embed", m);
       ps.embed_forward(wte, wpe);
       engine.release(su.wpe);
       engine.release(su.wte);
@@ -308,13 +351,17 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
         engine.prefetch(su.split[static_cast<size_t>(i) + 1]);
         engine.prefetch(su.rep[static_cast<size_t>(i) + 1]);
       }
-      ps.block_forward(i, w, r);
+      {
+        obs::ScopedSpan span(ob, "compute", "forward block", layers.first + i);
+        ps.block_forward(i, w, r);
+      }
       engine.release(a);
       engine.release(b);
     }
     if (last) {
       const float* wte = engine.gather(su.wte);  // with one stage: kept until the embedding's backward
       const float* lnf = engine.gather(su.lnf);
+      obs::ScopedSpan span(ob, "compute", "forward head+loss", m);
       loss_sum += ps.head_forward(wte, lnf);
       engine.release(su.lnf);
       if (!first) engine.release(su.wte);
@@ -325,7 +372,10 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     if (last) {
       const float* wte = engine.gather(su.wte);
       const float* lnf = engine.gather(su.lnf);
-      ps.head_backward(wte, lnf, gwte.data(), glnf.data());
+      {
+        obs::ScopedSpan span(ob, "compute", "backward head", m);
+        ps.head_backward(wte, lnf, gwte.data(), glnf.data());
+      }
       engine.release(su.lnf);
       engine.reduce_gradients(su.lnf, glnf.data());
       if (!first) {
@@ -341,7 +391,10 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
         engine.prefetch(su.split[static_cast<size_t>(i) - 1]);
         engine.prefetch(su.rep[static_cast<size_t>(i) - 1]);
       }
-      ps.block_backward(i, w, r, gsplit.data(), grep.data());
+      {
+        obs::ScopedSpan span(ob, "compute", c.recompute ? "recompute+backward block" : "backward block", layers.first + i);
+        ps.block_backward(i, w, r, gsplit.data(), grep.data());
+      }
       engine.release(a);
       engine.release(b);
       engine.reduce_gradients(a, gsplit.data());
@@ -351,6 +404,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
       engine.gather(su.wte);  // the forward's second gather (with one stage: still held from the head)
       engine.gather(su.wpe);
       if (!last) std::fill(gwte.begin(), gwte.end(), 0.0f);
+      obs::ScopedSpan span(ob, "compute", "backward embed", m);
       ps.embed_backward(gwte.data(), gwpe.data());
       engine.release(su.wpe);
       engine.release(su.wte);
@@ -485,7 +539,9 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   auto sample = [&](const std::vector<int32_t>& prompt) {
     const int rows = c.samples, V = mc.vocab;
     const int window = std::min<int>(mc.max_seq, static_cast<int>(prompt.size()) + c.sample_tokens);
-    model::TpPass ps(mc, slice, rows, window, layers.count, tensor_all_reduce);
+    // Plain tensor parallelism whatever the flags: the window need not split over t, and
+    // nothing is kept for a backward.
+    model::TpPass ps(mc, slice, rows, window, layers.count, tensor_ops);
     const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(window) * static_cast<size_t>(mc.channels) * sizeof(float);
     const size_t vl = static_cast<size_t>(V / t);
     std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(rows), prompt);
@@ -530,7 +586,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
         for (int r = 0; r < rows; ++r)
           std::copy_n(ps.logits() + (static_cast<size_t>(r) * window + pos) * vl, vl,
                       full.begin() + static_cast<long>(static_cast<size_t>(r) * V + static_cast<size_t>(me.t) * vl));
-        if (t > 1) tensor_all_reduce(full.data(), full.size(), ReduceOp::kSum);
+        if (t > 1) tensor_ops.all_reduce(full.data(), full.size(), ReduceOp::kSum);
         for (int r = 0; r < rows; ++r) {
           const float* logits = full.data() + static_cast<size_t>(r) * V;
           const int32_t next = r == 0 ? greedy_token(logits, V) : sample_token(logits, V, 0.8, uniform());
@@ -569,6 +625,8 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   for (int step = start_step; step < c.steps; ++step) {
     const float lr = schedule.at(step);
     engine.set_lr(lr);
+    observer.step_begin(step + 1);
+    obs::ScopedSpan step_span(ob, "step", "step", step + 1);
     const auto t0 = Clock::now();
     for (int m = 0; m < S; ++m) batches[static_cast<size_t>(m)] = prefetcher.next();
     loss_sum = 0;
@@ -631,13 +689,23 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const uint64_t steps64 = static_cast<uint64_t>(steps_done), S64 = static_cast<uint64_t>(S);
   comm::Traffic tensor_expected, pipe_expected;
   if (t > 1) {
-    const size_t nc = N * static_cast<size_t>(mc.channels);
-    auto ar = [&](size_t count, uint64_t times) {
-      add(tensor_expected, comm::predict_traffic(*mesh.tensor, "all_reduce", count, DType::kF32), times * S64 * steps64);
+    const size_t nc = N * static_cast<size_t>(mc.channels), C = static_cast<size_t>(mc.channels);
+    const uint64_t Lb = static_cast<uint64_t>(layers.count), rc = c.recompute ? 1 : 0;
+    auto op = [&](const char* name, size_t count, uint64_t times) {
+      add(tensor_expected, comm::predict_traffic(*mesh.tensor, name, count, DType::kF32), times * S64 * steps64);
     };
-    ar(nc, 4 * static_cast<uint64_t>(layers.count));
-    if (first) ar(nc, 1);
-    if (last) ar(N, 1), ar(2 * N, 1), ar(nc, 1);
+    if (c.sequence_parallel) {
+      op("all_gather", nc, (6 + 2 * rc) * Lb);
+      op("reduce_scatter", nc, (4 + 2 * rc) * Lb);
+      op("all_reduce", 6 * C, Lb);
+      if (first) op("reduce_scatter", nc, 1), op("all_gather", nc, 1);
+      if (last) op("all_gather", nc, 2), op("reduce_scatter", nc, 1), op("all_reduce", N, 1), op("all_reduce", 2 * N, 1),
+          op("all_reduce", 2 * C, 1);
+    } else {
+      op("all_reduce", nc, (4 + 2 * rc) * Lb);
+      if (first) op("all_reduce", nc, 1);
+      if (last) op("all_reduce", N, 1), op("all_reduce", 2 * N, 1), op("all_reduce", nc, 1);
+    }
   }
   if (!last)
     pipe_expected.bytes_sent[static_cast<size_t>(rt->transport().rail_to(pipe->global_rank(me.s + 1)))] += act_bytes * S64 * steps64;
@@ -663,8 +731,13 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     const double n = std::max(1, steps_done);
     return nlohmann::json::array({static_cast<double>(tr.bytes_sent[kIntra]) / n, static_cast<double>(tr.bytes_sent[kInter]) / n});
   };
+  // Activations kept for the backward on this rank: every in-flight micro-batch's pass.
+  uint64_t act_kept = 0, act_ln = 0;
+  for (const auto& ps : passes) act_kept += ps->activation_bytes(), act_ln += ps->layernorm_region_bytes();
   nlohmann::json mj;
   mj["mesh"] = {{"r", shape.r}, {"p", shape.p}, {"s", s}, {"t", t}, {"order", shape.order},
+                {"sequence_parallel", c.sequence_parallel}, {"recompute", c.recompute},
+                {"activation_bytes", act_kept}, {"layernorm_region_bytes", act_ln},
                 {"schedule", schedule_name}, {"bubble_fraction", bubble},
                 {"pipeline_wait_ms_per_step", steps_done ? pipe_wait_total * 1e3 / steps_done : 0.0},
                 {"tensor_bytes_per_step", per_step(tensor_sent)}, {"pipeline_bytes_per_step", per_step(pipe_sent)},
@@ -694,9 +767,39 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   sum.inter_node_bytes_per_step = steps_done ? static_cast<double>(all.bytes_sent[kInter]) / steps_done : 0;
   sum.traffic_matches_model = flags[0] + flags[1] + flags[2] == 0.0f;
   sum.model_state_bytes_per_rank = engine.memory().model_state_bytes;
+  sum.recompute = c.recompute;
+  sum.activation_bytes = act_kept;
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
+  // The collectives' records (the observer knows collectives only) plus the pipeline's
+  // point-to-point bytes must add up to the fabric counters, on every rank.
+  {
+    mj["collectives"] = nlohmann::json::parse(observer.log().summary_json());
+    const auto base = observer.fabric_baseline();
+    const auto recorded = observer.log().rail_totals();
+    const comm::Traffic& p2p = pipe->traffic();
+    const uint64_t fabric_intra = rt->transport().counters(fabric::Rail::kIntra).bytes_sent - base[0];
+    const uint64_t fabric_inter = rt->transport().counters(fabric::Rail::kInter).bytes_sent - base[1];
+    float mismatch = recorded[0] + p2p.bytes_sent[kIntra] == fabric_intra && recorded[1] + p2p.bytes_sent[kInter] == fabric_inter
+                         ? 0.0f
+                         : 1.0f;
+    comm::Communicator* ctl = mesh.control.get();
+    float* mv = &mismatch;
+    engine.run_on_comm_thread([=] { ctl->all_reduce(mv, mv, 1, DType::kF32, ReduceOp::kMax); });
+    mj["collectives"]["fabric_rail_bytes"] = {fabric_intra, fabric_inter};
+    mj["collectives"]["pipeline_rail_bytes"] = {p2p.bytes_sent[kIntra], p2p.bytes_sent[kInter]};
+    mj["collectives"]["records_match_fabric"] = mismatch == 0.0f;
+    mj["clock_sync"] = {{"offset_ns", observer.clock().offset_ns}, {"rtt_ns", observer.clock().rtt_ns}};
+  }
   sum.observability_json = mj.dump();
+  if (!c.trace.empty()) {
+    const auto base = observer.fabric_baseline();
+    const nlohmann::json other = {{"command", "mics train"}, {"model", c.model}, {"strategy", c.strategy},
+                                  {"mesh", shape.describe()}, {"sequence_parallel", c.sequence_parallel},
+                                  {"fabric_rail_bytes", {rt->transport().counters(fabric::Rail::kIntra).bytes_sent - base[0],
+                                                         rt->transport().counters(fabric::Rail::kInter).bytes_sent - base[1]}}};
+    observer.write_trace(obs::trace_path_for_rank(c.trace, rank), other.dump());
+  }
   if (leader) {
     std::fputs(format_summary(sum).c_str(), stdout);
     std::fputs(fmt::format("  mesh: tensor {:.0f}/{:.0f} B, pipeline {:.0f}/{:.0f} B, data {:.0f}/{:.0f} B per step "
