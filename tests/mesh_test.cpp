@@ -142,7 +142,8 @@ bool has_flag(const MeshCase& m, const char* flag) { return m.extra.find(flag) !
 // its two statistics; rows = B*T, or B*T/t with sequence parallelism. C = 64, tiny has 2 layers.
 double layernorm_region_bytes(const MeshCase& m, int S, int B) {
   const double C = 64, rows = B * 32.0 / (has_flag(m, "--sequence-parallel") ? m.t : 1);
-  const int Lb = 2 / m.s, kept = has_flag(m, "--recompute") ? 1 : Lb, slots = std::min(S, m.s);  // 1F1B, stage 0
+  const int Lb = 2 / m.s, kept = has_flag(m, "--recompute") ? 1 : Lb;
+  const int slots = has_flag(m, "gpipe") ? S : std::min(S, m.s);  // micro-batches in flight on stage 0
   const bool last = m.s == 1;
   return 4.0 * slots * ((Lb + 1) * rows * C + kept * (3 * rows * C + 4 * rows) + (last ? rows * C + 2 * rows : 0.0));
 }

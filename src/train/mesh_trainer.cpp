@@ -809,6 +809,13 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
                            per_step(data_sent)[0].get<double>(), per_step(data_sent)[1].get<double>(), bubble)
                    .c_str(),
                stdout);
+    std::fputs(fmt::format("  activations kept (rank 0, {} micro-batches in flight): {:.1f} KiB, of which LayerNorm "
+                           "regions {:.1f} KiB{}{}\n",
+                           passes.size(), static_cast<double>(act_kept) / 1024, static_cast<double>(act_ln) / 1024,
+                           c.sequence_parallel ? fmt::format(" (sequence parallel: 1/{})", t) : "",
+                           c.recompute ? " (recompute: one block's)" : "")
+                   .c_str(),
+               stdout);
     std::fflush(stdout);
     if (metrics) metrics->summary(sum);
   }
