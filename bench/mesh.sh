@@ -59,7 +59,7 @@ python3 - "$OUT" "$MESHES" "$CE" "$LS" "$HOP" <<'PY'
 import json, statistics, sys
 out, meshes, ce, ls, hop = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"calibration: compute efficiency {float(ce):.3f}, latency x{float(ls):.1f}, host hop wait {float(hop):.0f} us")
-print("| mesh | t | s | p | r | S x B | step ms (median) | predicted ms | no hop wait | intra MB/step | predicted | inter MB/step | predicted | activations KiB/rank | LN regions KiB | eval loss |")
+print("| mesh | t | s | p | r | S x B | step ms (median) | predicted ms | no hop wait | intra MB/step | predicted | inter MB/step | predicted | activations KiB/micro-batch | LN regions KiB | eval loss |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in meshes:
     name, t, s, p, b, acc = m.split(":")[:6]
@@ -77,14 +77,16 @@ for m in meshes:
     pr, nohop = pick(f"{out}/{name}.plan.json"), pick(f"{out}/{name}.plan_nohop.json")
     r = 8 // (t * s * p)
     mesh = summary.get("mesh", {})
-    act = mesh.get("activation_bytes") or summary.get("activation_bytes") or 0
-    ln = mesh.get("layernorm_region_bytes", 0)
+    # Per micro-batch (the mesh's 1F1B stage 0 holds min(S, s) of them); the LayerNorm-region
+    # part is the mesh trainer's (the plain trainer does not split it out).
+    act = summary.get("activation_bytes") or 0
+    ln = mesh["layernorm_region_bytes"] / mesh["micro_batches_in_flight"] if mesh else None
     # The planner does not model sequence parallelism: no prediction beside those rows.
     fmt = lambda v, scale, digits: "-" if sp else f"{v * scale:.{digits}f}"
     print(f"| {name} | {t} | {s} | {p} | {r} | {acc} x {b} | {med:.1f} | {fmt(pr['step_s'], 1e3, 1)} | "
           f"{fmt(nohop['step_s'], 1e3, 1)} | {summary['intra_node_bytes_per_step']/1e6:.2f} | "
           f"{fmt(pr['intra_bytes_per_step'], 1e-6, 2)} | {summary['inter_node_bytes_per_step']/1e6:.2f} | "
-          f"{fmt(pr['inter_bytes_per_step'], 1e-6, 2)} | {act/1024:.0f} | {ln/1024:.0f} | "
+          f"{fmt(pr['inter_bytes_per_step'], 1e-6, 2)} | {act/1024:.0f} | {'-' if ln is None else f'{ln/1024:.0f}'} | "
           f"{summary.get('eval_loss') or float('nan'):.4f} |")
 PY
 echo "runs in $OUT"

@@ -56,8 +56,11 @@
 //   each block: forward 2 G(N*C) + 2 R(N*C), backward 4 G(N*C) + 2 R(N*C) + A(6C)
 //   embedding (first stage): forward R(N*C), backward G(N*C)
 //   head (last stage): forward G(N*C) + A_max(N) + A(2N), backward G(N*C) + R(N*C) + A(2C)
-// With a ring, G(x) + R(x) sends what A(x) sends, so a block moves 1.5x the bytes of plain
-// tensor parallelism (the re-gathers); the pipeline messages shrink to Nl*C floats.
+// With ring algorithms G(x) and R(x) each send half of what A(x) sends, so a block's 6 G + 4 R
+// move 1.25x the bytes of its 4 A (the backward's re-gathers); below the runtime's latency
+// threshold a reduce-scatter runs as a recursive-doubling all-reduce (comm/traffic_model.hpp)
+// and the ratio grows (1.76x measured at t = 2, docs/PERFORMANCE.md). The pipeline messages
+// shrink to N/t rows.
 //
 // Recompute (TpOptions::recompute): a block keeps only its input; the backward reruns the
 // block's forward (its collectives included, so they are counted twice: a block's forward

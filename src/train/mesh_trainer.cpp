@@ -738,6 +738,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   mj["mesh"] = {{"r", shape.r}, {"p", shape.p}, {"s", s}, {"t", t}, {"order", shape.order},
                 {"sequence_parallel", c.sequence_parallel}, {"recompute", c.recompute},
                 {"activation_bytes", act_kept}, {"layernorm_region_bytes", act_ln},
+                {"micro_batches_in_flight", passes.size()},
                 {"schedule", schedule_name}, {"bubble_fraction", bubble},
                 {"pipeline_wait_ms_per_step", steps_done ? pipe_wait_total * 1e3 / steps_done : 0.0},
                 {"tensor_bytes_per_step", per_step(tensor_sent)}, {"pipeline_bytes_per_step", per_step(pipe_sent)},
@@ -768,7 +769,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   sum.traffic_matches_model = flags[0] + flags[1] + flags[2] == 0.0f;
   sum.model_state_bytes_per_rank = engine.memory().model_state_bytes;
   sum.recompute = c.recompute;
-  sum.activation_bytes = act_kept;
+  sum.activation_bytes = act_kept / passes.size();  // the summary says "per micro-batch"
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
   // The collectives' records (the observer knows collectives only) plus the pipeline's
