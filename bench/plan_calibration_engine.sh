@@ -7,8 +7,8 @@
 #   bench/plan_calibration_engine.sh [BUILD_DIR] [OUT_DIR]
 # Env: ROUNDS (default 2; the layouts run interleaved, round by round, so that a change in the
 # host's load hits every layout alike), STEPS (10 timed steps after the bench's warm-up step;
-# the median is compared), LAYERS and WIDTH (8 x 256: the MLP's plain loops make a step of a
-# few hundred ms on this host, so that compute is not negligible against communication).
+# the median is compared), LAYERS and WIDTH (8 x 384: the MLP's plain loops make a step of
+# 100-300 ms on this host, so that compute is not negligible against communication), LAYOUTS.
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
 # on a shared host it is the main source of error, so run it under `nice -n -20`.
 set -euo pipefail
@@ -18,9 +18,11 @@ MICS=$BUILD/mics
 export MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-2}
-COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-256} --steps ${STEPS:-10}"
-# 4 ranks on 2 emulated nodes, 16 samples per rank and optimizer step in every layout.
-LAYOUTS="mics_p2 zero3 ddp"
+COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-384} --steps ${STEPS:-10}"
+# 4 ranks on 2 emulated nodes, 16 samples per rank and optimizer step in every layout: three
+# strategies, and each sharded strategy also with the other split of S and B (same strategy,
+# another configuration).
+LAYOUTS=${LAYOUTS:-"mics_p2 mics_p2_s4 zero3 zero3_s2 ddp"}
 
 load() {
   echo "$1: $(uptime | sed 's/.*load average/load average/'); cpu pressure $(head -1 /proc/pressure/cpu 2>/dev/null || echo n/a)" >>"$OUT/load.txt"
@@ -28,8 +30,11 @@ load() {
 flags() {
   case $1 in
     mics_p2) echo "--strategies mics:2 --batch 8 --accum 2" ;;
+    mics_p2_s4) echo "--strategies mics:2 --batch 4 --accum 4" ;;
     zero3) echo "--strategies zero3 --batch 4 --accum 4" ;;
+    zero3_s2) echo "--strategies zero3 --batch 8 --accum 2" ;;
     ddp) echo "--strategies ddp --batch 16 --accum 1" ;;
+    *) echo "unknown layout $1" >&2; exit 2 ;;
   esac
 }
 
