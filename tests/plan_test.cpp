@@ -479,6 +479,7 @@ void write_run(const std::string& dir, const StepPrediction& pr, const std::stri
 TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   Cluster host = find_cluster("host");
   host.gpus_per_node = 2;
+  host.host_cores = 2;  // as the run records: 4 ranks on 2 cores, not this machine's count
   CostParams truth;
   truth.compute_efficiency = 0.07;
   truth.host_hop_s = 4e-3;  // a hop's wait for a core
@@ -513,14 +514,18 @@ TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
 
 // A synthetic `mics engine-bench --json` file: the predictions' step and exposed times as every
 // timed step's, one result per prediction (one S and B per file, as the bench runs them).
-void write_engine_bench(const std::string& file, const std::vector<StepPrediction>& prs) {
+// in_turns: the exposed time as a sharded layout's engine measures it on an oversubscribed host
+// (its compute at a whole core, the rest of the step waiting); else as DDP's (the compute at
+// the fair share, the simulator's own split).
+void write_engine_bench(const std::string& file, const std::vector<StepPrediction>& prs, bool in_turns) {
   const RunSpec& s = prs.front().spec;
   const ModelDesc& d = s.model;
   nlohmann::json j = {{"kind", "mics engine-bench"}, {"model", d.name}, {"layers", d.mlp_layers},
                       {"width", d.mlp_width}, {"accum", s.grad_accum}, {"grad_accum", s.grad_accum},
                       {"micro_batch", s.micro_batch}, {"steps", 5}, {"world_size", s.world},
                       {"nodes", s.world / s.cluster.gpus_per_node}, {"ranks_per_node", s.cluster.gpus_per_node},
-                      {"host_cores", 2}, {"ranks_on_host", s.world}, {"compute_threads", 1}, {"params", d.params()},
+                      {"host_cores", s.cluster.host_cores}, {"ranks_on_host", s.world}, {"compute_threads", 1},
+                      {"params", d.params()},
                       {"flops_per_sample", d.flops_per_token(1)},
                       {"activation_bytes", d.engine_activation_bytes(s.micro_batch, 1, false)}};
   for (const auto& pr : prs) {
@@ -528,7 +533,8 @@ void write_engine_bench(const std::string& file, const std::vector<StepPredictio
                                  ? fmt::format("mics:{}", pr.partition_size)
                                  : mics::topo::to_string(pr.spec.strategy);
     // Steps around the prediction: the median is the prediction itself.
-    const double ms = pr.step_s * 1e3, ex = pr.exposed_comm_s * 1e3;
+    const double ms = pr.step_s * 1e3;
+    const double ex = (in_turns ? pr.step_s - pr.compute_s * pr.core_share : pr.exposed_comm_s) * 1e3;
     j["results"].push_back({{"strategy", name}, {"p", pr.partition_size}, {"step_s", pr.step_s},
                             {"exposed_s", pr.exposed_comm_s},
                             {"step_ms", {ms * 1.3, ms, ms * 0.9, ms, ms * 1.1}},
@@ -540,6 +546,7 @@ void write_engine_bench(const std::string& file, const std::vector<StepPredictio
 TEST(PlanCalibrate, RecoversTheParametersOfAnEngineBenchRun) {
   Cluster host = find_cluster("host");
   host.gpus_per_node = 2;
+  host.host_cores = 2;  // 4 ranks on 2 cores: each computes at half a core
   CostParams truth;
   truth.compute_efficiency = 0.004;  // the MLP's plain loops on a shared core
   truth.host_hop_s = 3e-3;
@@ -559,23 +566,44 @@ TEST(PlanCalibrate, RecoversTheParametersOfAnEngineBenchRun) {
   const auto ddp = simulate(spec_of(mics::topo::Strategy::kDdp, 1, 2, 8), truth);
   const auto zero3 = simulate(spec_of(mics::topo::Strategy::kZero3, 4, 4, 4), truth);
   ASSERT_GT(mics2.exposed_comm_s, 0);
-  const std::string a = scratch() + "/bench-a.json", b = scratch() + "/bench-b.json";
-  write_engine_bench(a, {mics2, ddp});
-  write_engine_bench(b, {zero3});
-  const MeasuredRun ra = read_run(a + "#mics:2");
+  EXPECT_DOUBLE_EQ(mics2.core_share, 0.5);
+  // Both readings of the measured compute: the sharded runs as their engines measure them (the
+  // ranks took turns at whole cores), DDP at the fair share.
+  const std::string a = scratch() + "/bench-a.json", b = scratch() + "/bench-b.json",
+                    c = scratch() + "/bench-c.json";
+  write_engine_bench(a, {mics2}, true);
+  write_engine_bench(b, {zero3}, true);
+  write_engine_bench(c, {ddp}, false);
+  const MeasuredRun ra = read_run(a);
   EXPECT_EQ(ra.kind, "engine-bench");
   EXPECT_EQ(ra.strategy, "mics");
   EXPECT_EQ(ra.partition_size, 2);
   EXPECT_NEAR(ra.step_s, mics2.step_s, 1e-9);
-  EXPECT_NEAR(ra.exposed_comm_s, mics2.exposed_comm_s, 1e-9);
-  const Calibration cal = calibrate(ra, find_cluster("host"), CostParams{}, true);
-  EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
-  EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
-  // The other layouts, from the fitted parameters: another strategy, S and B.
-  const auto pz = simulate(run_spec(read_run(b), find_cluster("host")), cal.params);
-  EXPECT_NEAR(pz.step_s, zero3.step_s, 1e-3 * zero3.step_s);
-  const auto pd = simulate(run_spec(read_run(a + "#ddp"), find_cluster("host")), cal.params);
-  EXPECT_NEAR(pd.step_s, ddp.step_s, 1e-3 * ddp.step_s);
+  for (const std::string& fit : {a, c}) {
+    const Calibration cal = calibrate(read_run(fit), find_cluster("host"), CostParams{}, true);
+    EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency) << fit;
+    EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s) << fit;
+    // The other layouts, from the fitted parameters: another strategy, S and B.
+    for (const auto& [other, truth_step] :
+         std::vector<std::pair<std::string, double>>{{a, mics2.step_s}, {b, zero3.step_s}, {c, ddp.step_s}}) {
+      const auto pr = simulate(run_spec(read_run(other), find_cluster("host")), cal.params);
+      EXPECT_NEAR(pr.step_s, truth_step, 1e-3 * truth_step) << fit << " -> " << other;
+    }
+  }
+  // Without oversubscription the engine's split is the simulator's: the hop is fitted to the
+  // exposed time and the compute at a whole core.
+  Cluster roomy = host;
+  roomy.host_cores = 4;
+  const auto spec = spec_of(mics::topo::Strategy::kMics, 2, 2, 8);
+  RunSpec spec4 = spec;
+  spec4.cluster = roomy;
+  const auto free4 = simulate(spec4, truth);
+  EXPECT_DOUBLE_EQ(free4.core_share, 1.0);
+  EXPECT_NEAR(free4.compute_s * 2, mics2.compute_s, 1e-9 * mics2.compute_s);  // half a core: twice the time
+  write_engine_bench(scratch() + "/bench-d.json", {free4}, false);
+  const Calibration cal4 = calibrate(read_run(scratch() + "/bench-d.json"), roomy, CostParams{}, true);
+  EXPECT_NEAR(cal4.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
+  EXPECT_NEAR(cal4.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
 }
 
 TEST(PlanCalibrate, BadRunsAreNamed) {

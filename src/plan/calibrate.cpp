@@ -227,6 +227,7 @@ RunSpec run_spec(const MeasuredRun& run, Cluster cluster) {
   s.seq_len = run.seq_len;
   s.recompute = run.recompute;
   s.flat_zero3_gather = false;  // the engine gathers hierarchically
+  s.ranks_on_host = run.ranks_on_host;
   return s;
 }
 
@@ -234,7 +235,20 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   Calibration cal;
   cal.params = prior;
   const RunSpec spec = run_spec(run, cluster);
-  const double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
+  double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
+  // An oversubscribed host (CPU engine, more ranks than cores): the simulator runs every rank's
+  // compute at its fair share of a core. What the engine measured as compute (step - exposed)
+  // is a whole core's time when the host could have given each rank a core in turns within the
+  // step (ranks x compute <= cores x step: a sharded layout, whose waits for communication let
+  // the other ranks compute, so its "exposed" time holds their compute), else the fair share's
+  // (every rank computing at once: DDP). And the hop wait is fitted to the step, not to the
+  // exposed time, which on such a host is mostly the other ranks' compute.
+  const double share = simulate(spec, cal.params).core_share;
+  const bool oversubscribed = share < 1;
+  const int on_host = run.ranks_on_host > 0 ? run.ranks_on_host : run.world;
+  const bool in_turns = oversubscribed && on_host * measured_compute <= spec.cluster.host_cores * run.step_s;
+  if (in_turns) measured_compute /= share;
+  const double hop_target = oversubscribed ? run.step_s : run.exposed_comm_s;
   // The CPU engine's hops wait for a core (host_hop_s, the same on both rails); an
   // accelerator's hops are the wire's, scaled.
   const bool host_hop = cluster.cpu_engine;
@@ -256,32 +270,42 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
     cal.params.compute_efficiency = solve_monotonic(
         [&](double e) { return with(e, hop).compute_s; }, measured_compute, 1e-6, 10.0);
     if (!fit_latency || run.exposed_comm_s <= 0) continue;
-    const auto exposed = [&](double x) { return with(cal.params.compute_efficiency, x).exposed_comm_s; };
+    const auto exposed = [&](double x) {
+      const StepPrediction p = with(cal.params.compute_efficiency, x);
+      return oversubscribed ? p.step_s : p.exposed_comm_s;
+    };
     const double lo = host_hop ? 1e-7 : 1e-3, hi = host_hop ? 1.0 : 1e4;  // seconds, or a scale
-    if (exposed(lo) <= run.exposed_comm_s && exposed(hi) >= run.exposed_comm_s) {
-      hop = solve_monotonic(exposed, run.exposed_comm_s, lo, hi);
-      net_note = fmt::format("{} fitted to the exposed communication: hop latency intra {:.0f} us, inter {:.0f} us "
+    if (exposed(lo) <= hop_target && exposed(hi) >= hop_target) {
+      hop = solve_monotonic(exposed, hop_target, lo, hi);
+      net_note = fmt::format("{} fitted to the {}: hop latency intra {:.0f} us, inter {:.0f} us "
                              "(bandwidths kept: intra {:.2f} GB/s, inter {:.2f} GB/s per node)",
                              host_hop ? fmt::format("a hop's wait for a core, {:.0f} us,", cal.params.host_hop_s * 1e6)
                                       : fmt::format("hop latency x{:.1f}", cal.params.latency_scale),
+                             oversubscribed ? "step" : "exposed communication",
                              (cluster.intra.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
                              (cluster.inter.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
                              cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
                              cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
     } else {
-      net_note += " (no latency reproduces the measured exposed communication; kept)";
+      net_note += oversubscribed ? " (no latency reproduces the measured step; kept)"
+                                 : " (no latency reproduces the measured exposed communication; kept)";
     }
   }
   cal.prediction = simulate(spec, cal.params);
   cal.report = fmt::format(
       "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
-      "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank = {:.2f} GFLOP/s achieved\n  {}\n"
-      "  host: {} ranks of {} compute threads on {} cores\n"
+      "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank (a whole core's) = {:.2f} GFLOP/s achieved\n  {}\n"
+      "  host: {} ranks of {} compute threads on {} cores{}\n"
       "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
-      net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores, cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
+      net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores,
+      oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core; the run's compute ({:.1f} ms) read as {}",
+                                   share, (run.step_s - run.exposed_comm_s) * 1e3,
+                                   in_turns ? "a whole core's (ranks took turns)" : "the fair share's (all at once)")
+                     : std::string(),
+      cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
       cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
   return cal;
 }

@@ -137,7 +137,12 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   const auto sizes = s.model.unit_sizes();
   const auto padded = [N](uint64_t numel) { return static_cast<double>((numel + N - 1) / N * N); };
   const double tokens = static_cast<double>(s.micro_batch) * s.seq_len;
-  const double flops_rate = cl.peak_flops * params.compute_efficiency;
+  // An oversubscribed host: each rank's compute (and its optimizer) at its share of a core.
+  const int on_host = s.ranks_on_host > 0 ? s.ranks_on_host : N;
+  pr.core_share = cl.cpu_engine && cl.host_cores > 0 && on_host > cl.host_cores
+                      ? static_cast<double>(cl.host_cores) / on_host
+                      : 1.0;
+  const double flops_rate = cl.peak_flops * params.compute_efficiency * pr.core_share;
   // Accelerators: a layer's elementwise work (LayerNorm, GELU, softmax, dropout, residuals) is
   // bound by memory bandwidth, not FLOPs: per forward pass its activations (Korthikanti et al.)
   // written once and read once at HBM bandwidth; the backward twice that. Not fitted. The CPU
@@ -215,7 +220,7 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   double shard_params = 0;
   for (uint64_t numel : sizes) shard_params += p == 1 ? static_cast<double>(numel) : padded(numel) / p;
   const double comm_done = std::max(gather.free_at, reduce.free_at);
-  const Event opt = compute.run(tl, "optimizer", s.grad_accum - 1, -1, comm_done, 32.0 * shard_params / cl.memory_bandwidth);
+  const Event opt = compute.run(tl, "optimizer", s.grad_accum - 1, -1, comm_done, 32.0 * shard_params / cl.memory_bandwidth / pr.core_share);
 
   pr.step_s = opt.end;
   pr.optimizer_s = opt.end - opt.start;
