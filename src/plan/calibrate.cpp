@@ -294,12 +294,13 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   cal.prediction = simulate(spec, cal.params);
   cal.report = fmt::format(
       "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
-      "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank (a whole core's) = {:.2f} GFLOP/s achieved\n  {}\n"
+      "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank{} = {:.2f} GFLOP/s achieved\n  {}\n"
       "  host: {} ranks of {} compute threads on {} cores{}\n"
       "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
-      cal.params.compute_efficiency, cluster.peak_flops / 1e9, cluster.peak_flops * cal.params.compute_efficiency / 1e9,
+      cal.params.compute_efficiency, cluster.peak_flops / 1e9, oversubscribed ? " (a whole core's)" : "",
+      cluster.peak_flops * cal.params.compute_efficiency / 1e9,
       net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores,
       oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core; the run's compute ({:.1f} ms) read as {}",
                                    share, (run.step_s - run.exposed_comm_s) * 1e3,

@@ -22,6 +22,11 @@
 //   fewer cores than ranks a collective's exposed time is mostly ranks waiting for a core at
 //   every hop, not the wire: the bandwidths stay the cluster's (host:BENCH.json measures them)
 //   and the hop latency absorbs the wake-ups.
+// On such a host (ranks_on_host > host_cores) the simulator runs each rank's compute at its
+// fair share of a core, and the engine's own split is read accordingly: its compute is a whole
+// core's when the ranks could have taken the cores in turns within the step (ranks x compute
+// <= cores x step; sharded layouts, whose "exposed" time holds the other ranks' compute), else
+// the fair share's (DDP: all compute at once); and the hop wait is fitted to the step.
 #include <string>
 #include <vector>
 
