@@ -1,7 +1,7 @@
 // The cost model (src/plan/): collective times against their closed forms, the simulator's
-// timeline rules, memory against the engine's own accounting (real `mics train` runs), the
-// published anchors within 15%, calibration on a synthetic run, and errors that name the
-// valid choices.
+// timeline rules, memory against the engine's own accounting (real `mics train` and
+// `mics engine-bench` runs), the engine bench's MLP against model::Mlp's counts, the published
+// anchors within 15%, calibration on synthetic runs, and errors that name the valid choices.
 #include <unistd.h>
 
 #include <cmath>
@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.hpp"
+#include "model/mlp.hpp"
 #include "plan/calibrate.hpp"
 #include "plan/collective_model.hpp"
 #include "plan/mesh_plan.hpp"
@@ -87,8 +88,13 @@ TEST(PlanCollectives, GroupsHierarchicalAndTwoHop) {
 
 // --- simulator -----------------------------------------------------------------------------
 
-bool needs_gather(const std::string& what) { return what.rfind("fwd", 0) == 0 || what.rfind("bwd block", 0) == 0; }
-bool reduces(const std::string& what) { return what.rfind("bwd block", 0) == 0 || what == "bwd embed"; }
+// GPT: every forward, the blocks' backward; the MLP ("layer.N"): every forward and backward.
+bool needs_gather(const std::string& what) {
+  return what.rfind("fwd", 0) == 0 || what.rfind("bwd block", 0) == 0 || what.rfind("bwd layer", 0) == 0;
+}
+bool reduces(const std::string& what) {
+  return what.rfind("bwd block", 0) == 0 || what == "bwd embed" || what.rfind("bwd layer", 0) == 0;
+}
 
 void expect_timeline_rules(const StepPrediction& pr, const std::string& label) {
   std::map<Stream, std::vector<const Event*>> by_stream;
@@ -212,6 +218,115 @@ TEST(PlanSimulator, CpuEngineAllReducesOnce) {
   EXPECT_EQ(all_reduces, 1);
 }
 
+// --- the engine bench's MLP -----------------------------------------------------------------
+
+// The description's closed forms against model::Mlp, whose kernels the bench runs, exactly.
+TEST(PlanMlp, CountsMatchTheModelExactly) {
+  for (const auto& [L, W] : std::vector<std::pair<int, int>>{{1, 1}, {3, 7}, {5, 33}, {8, 256}}) {
+    const ModelDesc d = find_model(fmt::format("mlpL{}W{}", L, W));
+    ASSERT_TRUE(d.is_mlp());
+    EXPECT_EQ(d.mlp_layers, L);
+    EXPECT_EQ(d.mlp_width, W);
+    EXPECT_EQ(d.default_seq_len(), 1);
+    const mics::model::Mlp mlp(std::vector<int>(static_cast<size_t>(L) + 1, W));
+    const auto units = d.unit_sizes();
+    ASSERT_EQ(units.size(), static_cast<size_t>(L));
+    double flops = 0;
+    for (int l = 0; l < L; ++l) {
+      EXPECT_EQ(units[l], mlp.layer_numel(l)) << "layer " << l;
+      EXPECT_EQ(units[l], static_cast<uint64_t>(W) * W + W);
+      // Integers below 2^53: exact in double.
+      EXPECT_EQ(d.unit_forward_flops_per_token(l, 1), mlp.forward_flops(l, 1)) << "layer " << l;
+      EXPECT_EQ(d.mlp_unit_backward_flops(l), mlp.backward_flops(l, 1)) << "layer " << l;
+      EXPECT_EQ(3 * mlp.forward_flops(l, 5), 5 * 3 * mlp.forward_flops(l, 1));  // linear in the batch
+      flops += mlp.forward_flops(l, 1) + mlp.backward_flops(l, 1);
+    }
+    EXPECT_EQ(d.params(), mlp.total_numel());
+    EXPECT_EQ(d.flops_per_token(1), flops);
+    // 6 FLOPs per weight and sample, less the first layer's input gradient, plus db's adds.
+    EXPECT_EQ(flops, 6.0 * L * W * W - 2.0 * W * W + 1.0 * L * W);
+    for (int B : {1, 4}) {
+      EXPECT_EQ(d.engine_activation_bytes(B, 1, false), mlp.activation_bytes(B));
+      // acts (L + 1 rows), pre (L), dout, din and dpre: (2L + 4) rows of W floats per sample.
+      EXPECT_EQ(mlp.activation_bytes(B), 4ull * B * W * (2ull * L + 4));
+    }
+  }
+}
+
+TEST(PlanMlp, NamesAndLimits) {
+  for (const std::string bad : {"mlpL0W8", "mlpL8W", "mlpLW8", "mlpL8W8x"}) {
+    try {
+      find_model(bad);
+      FAIL() << bad << " accepted";
+    } catch (const mics::Error& e) {
+      EXPECT_EQ(e.context().layer, "plan") << bad;
+    }
+  }
+  RunSpec s;
+  s.model = find_model("mlpL4W32");
+  s.cluster = find_cluster("host");
+  s.world = 4;
+  s.seq_len = 64;  // the MLP has no sequence
+  EXPECT_THROW(simulate(s, CostParams{}), mics::Error);
+  s.seq_len = 0;
+  s.recompute = true;
+  EXPECT_THROW(simulate(s, CostParams{}), mics::Error);
+}
+
+// The engine bench's micro-step: every layer gathered twice and reduce-scattered once, in the
+// timeline's rules; the first forward of a micro-step and the first backward gathered only once
+// the previous op (which used and released that layer) is done.
+TEST(PlanMlp, TimelineFollowsTheEngineBench) {
+  const int L = 4, S = 3;
+  for (auto strategy : {mics::topo::Strategy::kDdp, mics::topo::Strategy::kZero3, mics::topo::Strategy::kMics}) {
+    for (int depth : {0, 1, 2}) {
+      RunSpec s;
+      s.model = find_model(fmt::format("mlpL{}W64", L));
+      s.cluster = find_cluster("host");
+      s.cluster.gpus_per_node = 2;
+      s.world = 4;
+      s.strategy = strategy;
+      s.partition_size = 2;
+      s.grad_accum = S;
+      s.micro_batch = 4;
+      s.prefetch_depth = depth;
+      s.flat_zero3_gather = false;
+      CostParams q;
+      q.host_hop_s = 2e-3;
+      q.compute_efficiency = 1e-4;  // ops of ~10 ms against ~2 ms collectives: prefetches start at once
+      const auto pr = simulate(s, q);
+      const std::string label = fmt::format("{} depth {}", mics::topo::to_string(strategy), depth);
+      expect_timeline_rules(pr, label);
+      int gathers = 0, scatters = 0, all_reduces = 0;
+      for (const auto& e : pr.timeline) {
+        gathers += e.what.rfind("all_gather", 0) == 0;
+        scatters += e.what.rfind("reduce_scatter", 0) == 0;
+        all_reduces += e.what.rfind("all_reduce", 0) == 0;
+      }
+      const bool sharded = pr.partition_size > 1;
+      EXPECT_EQ(gathers, sharded ? 2 * L * S : 0) << label;
+      EXPECT_EQ(scatters, sharded ? L * S : 0) << label;
+      EXPECT_EQ(all_reduces, pr.replicas > 1 ? 1 : 0) << label;
+      if (!sharded || depth == 0) continue;
+      // Compute ops in order, gathers in order: the k-th gather is the k-th compute op's.
+      std::vector<const Event*> compute, gather;
+      for (const auto& e : pr.timeline) {
+        if (e.stream == Stream::kCompute && e.what != "optimizer") compute.push_back(&e);
+        if (e.what.rfind("all_gather", 0) == 0) gather.push_back(&e);
+      }
+      ASSERT_EQ(compute.size(), gather.size()) << label;
+      for (size_t k = 1; k < compute.size(); ++k) {
+        const bool first_fwd = compute[k]->what == "fwd layer.0";
+        const bool first_bwd = compute[k]->what == fmt::format("bwd layer.{}", L - 1);
+        if (first_fwd || first_bwd)
+          EXPECT_GE(gather[k]->start + 1e-12, compute[k - 1]->end) << label << ": " << compute[k]->what;
+        else
+          EXPECT_LT(gather[k]->start, compute[k - 1]->end) << label << ": " << compute[k]->what << " not prefetched";
+      }
+    }
+  }
+}
+
 // --- memory against the engine -----------------------------------------------------------
 
 struct Layout {
@@ -246,6 +361,57 @@ TEST(PlanMemory, MatchesTheEngineExactly) {
     const uint64_t expect = l.p == 1 ? 16 * (17388 + 2 * 48447) : 16 * (padded(17388) / l.p + 2 * (padded(48447) / l.p));
     EXPECT_EQ(m.model_states, expect);
   }
+}
+
+// A real `mics engine-bench --json` run on 2 emulated nodes: --calibrate reads its layout, one
+// run per strategy, and the memory plan of the MLP equals the engine's own (widths that do not
+// divide the world: the shards are padded).
+TEST(PlanMemory, MatchesTheEngineBenchExactly) {
+  const std::string file = scratch() + "/engine-bench.json";
+  const auto r = mics::testing::run_command(fmt::format(
+      "MICS_TIMEOUT_S=60 {} launch -n 4 --nodes 2 -- {} engine-bench --strategies ddp,zero3,mics:2 --layers 3 "
+      "--width 7 --batch 2 --accum 2 --steps 2 --json {}",
+      MICS_BINARY, MICS_BINARY, file));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto runs = read_runs(file);
+  ASSERT_EQ(runs.size(), 3u);
+  const Cluster host = find_cluster("host");
+  const ModelDesc desc = find_model("mlpL3W7");
+  const std::map<std::string, int> p_of = {{"ddp", 1}, {"zero3", 4}, {"mics", 2}};
+  for (const MeasuredRun& run : runs) {
+    EXPECT_EQ(run.kind, "engine-bench");
+    EXPECT_EQ(run.model, "mlpL3W7");
+    EXPECT_EQ(run.world, 4);
+    EXPECT_EQ(run.nodes, 2);
+    EXPECT_EQ(run.grad_accum, 2);
+    EXPECT_EQ(run.micro_batch, 2);
+    EXPECT_EQ(run.seq_len, 1);
+    EXPECT_EQ(run.compute_threads, 1);
+    EXPECT_EQ(run.ranks_on_host, 4);
+    EXPECT_GT(run.step_s, 0);
+    EXPECT_EQ(run.partition_size, p_of.at(run.strategy)) << run.path;
+    const MemoryPlan m = memory_plan(desc, host, 4, run.partition_size, 2, 1, false);
+    EXPECT_EQ(m.model_states, run.model_state_bytes) << run.path;
+    EXPECT_EQ(m.activations, run.activation_bytes) << run.path;
+    // 16 bytes per parameter of the shard: 56 per layer, padded to 56 (a multiple of 4) here,
+    // unpadded and whole for ddp.
+    EXPECT_EQ(m.model_states, 16ull * 3 * 56 / static_cast<uint64_t>(run.partition_size)) << run.path;
+    const StepPrediction pr = simulate(run_spec(run, host), CostParams{});  // the layout is valid
+    EXPECT_EQ(pr.partition_size, run.partition_size);
+  }
+  // Several strategies: --calibrate needs one, and the error lists them.
+  try {
+    read_run(file);
+    FAIL() << "a three-strategy file accepted for --calibrate";
+  } catch (const mics::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file + "#mics:2"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_run(file + "#zero3").partition_size, 4);
+  EXPECT_THROW(read_run(file + "#mics:3"), mics::Error);
+  const auto cli = mics::testing::run_command(
+      fmt::format("{} plan --calibrate {}#mics:2 --check {} --json", MICS_BINARY, file, file));
+  ASSERT_EQ(cli.status, 0) << cli.output;
+  EXPECT_EQ(nlohmann::json::parse(cli.output)["checks"].size(), 3u) << cli.output;
 }
 
 TEST(PlanMemory, AutoPicksTheSmallestPartitionThatFits) {
@@ -313,6 +479,7 @@ void write_run(const std::string& dir, const StepPrediction& pr, const std::stri
 TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   Cluster host = find_cluster("host");
   host.gpus_per_node = 2;
+  host.host_cores = 2;  // as the run records: 4 ranks on 2 cores, not this machine's count
   CostParams truth;
   truth.compute_efficiency = 0.07;
   truth.host_hop_s = 4e-3;  // a hop's wait for a core
@@ -345,6 +512,100 @@ TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   EXPECT_NEAR(pb.step_s, b.step_s, 1e-3 * b.step_s);
 }
 
+// A synthetic `mics engine-bench --json` file: the predictions' step and exposed times as every
+// timed step's, one result per prediction (one S and B per file, as the bench runs them).
+// in_turns: the exposed time as a sharded layout's engine measures it on an oversubscribed host
+// (its compute at a whole core, the rest of the step waiting); else as DDP's (the compute at
+// the fair share, the simulator's own split).
+void write_engine_bench(const std::string& file, const std::vector<StepPrediction>& prs, bool in_turns) {
+  const RunSpec& s = prs.front().spec;
+  const ModelDesc& d = s.model;
+  nlohmann::json j = {{"kind", "mics engine-bench"}, {"model", d.name}, {"layers", d.mlp_layers},
+                      {"width", d.mlp_width}, {"accum", s.grad_accum}, {"grad_accum", s.grad_accum},
+                      {"micro_batch", s.micro_batch}, {"steps", 5}, {"world_size", s.world},
+                      {"nodes", s.world / s.cluster.gpus_per_node}, {"ranks_per_node", s.cluster.gpus_per_node},
+                      {"host_cores", s.cluster.host_cores}, {"ranks_on_host", s.world}, {"compute_threads", 1},
+                      {"params", d.params()},
+                      {"flops_per_sample", d.flops_per_token(1)},
+                      {"activation_bytes", d.engine_activation_bytes(s.micro_batch, 1, false)}};
+  for (const auto& pr : prs) {
+    const std::string name = pr.spec.strategy == mics::topo::Strategy::kMics
+                                 ? fmt::format("mics:{}", pr.partition_size)
+                                 : mics::topo::to_string(pr.spec.strategy);
+    // Steps around the prediction: the median is the prediction itself.
+    const double ms = pr.step_s * 1e3;
+    const double ex = (in_turns ? pr.step_s - pr.compute_s * pr.core_share : pr.exposed_comm_s) * 1e3;
+    j["results"].push_back({{"strategy", name}, {"p", pr.partition_size}, {"step_s", pr.step_s},
+                            {"exposed_s", pr.exposed_comm_s},
+                            {"step_ms", {ms * 1.3, ms, ms * 0.9, ms, ms * 1.1}},
+                            {"exposed_ms", {ex * 1.5, ex, ex, ex * 0.8, ex * 1.2}}});
+  }
+  std::ofstream(file) << j.dump(2) << "\n";
+}
+
+TEST(PlanCalibrate, RecoversTheParametersOfAnEngineBenchRun) {
+  Cluster host = find_cluster("host");
+  host.gpus_per_node = 2;
+  host.host_cores = 2;  // 4 ranks on 2 cores: each computes at half a core
+  CostParams truth;
+  truth.compute_efficiency = 0.004;  // the MLP's plain loops on a shared core
+  truth.host_hop_s = 3e-3;
+  const auto spec_of = [&](mics::topo::Strategy st, int p, int accum, int batch) {
+    RunSpec s;
+    s.model = find_model("mlpL8W256");
+    s.cluster = host;
+    s.world = 4;
+    s.strategy = st;
+    s.partition_size = p;
+    s.grad_accum = accum;
+    s.micro_batch = batch;
+    s.flat_zero3_gather = false;
+    return s;
+  };
+  const auto mics2 = simulate(spec_of(mics::topo::Strategy::kMics, 2, 2, 8), truth);
+  const auto ddp = simulate(spec_of(mics::topo::Strategy::kDdp, 1, 2, 8), truth);
+  const auto zero3 = simulate(spec_of(mics::topo::Strategy::kZero3, 4, 4, 4), truth);
+  ASSERT_GT(mics2.exposed_comm_s, 0);
+  EXPECT_DOUBLE_EQ(mics2.core_share, 0.5);
+  // Both readings of the measured compute: the sharded runs as their engines measure them (the
+  // ranks took turns at whole cores), DDP at the fair share.
+  const std::string a = scratch() + "/bench-a.json", b = scratch() + "/bench-b.json",
+                    c = scratch() + "/bench-c.json";
+  write_engine_bench(a, {mics2}, true);
+  write_engine_bench(b, {zero3}, true);
+  write_engine_bench(c, {ddp}, false);
+  const MeasuredRun ra = read_run(a);
+  EXPECT_EQ(ra.kind, "engine-bench");
+  EXPECT_EQ(ra.strategy, "mics");
+  EXPECT_EQ(ra.partition_size, 2);
+  EXPECT_NEAR(ra.step_s, mics2.step_s, 1e-9);
+  for (const std::string& fit : {a, c}) {
+    const Calibration cal = calibrate(read_run(fit), find_cluster("host"), CostParams{}, true);
+    EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency) << fit;
+    EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s) << fit;
+    // The other layouts, from the fitted parameters: another strategy, S and B.
+    for (const auto& [other, truth_step] :
+         std::vector<std::pair<std::string, double>>{{a, mics2.step_s}, {b, zero3.step_s}, {c, ddp.step_s}}) {
+      const auto pr = simulate(run_spec(read_run(other), find_cluster("host")), cal.params);
+      EXPECT_NEAR(pr.step_s, truth_step, 1e-3 * truth_step) << fit << " -> " << other;
+    }
+  }
+  // Without oversubscription the engine's split is the simulator's: the hop is fitted to the
+  // exposed time and the compute at a whole core.
+  Cluster roomy = host;
+  roomy.host_cores = 4;
+  const auto spec = spec_of(mics::topo::Strategy::kMics, 2, 2, 8);
+  RunSpec spec4 = spec;
+  spec4.cluster = roomy;
+  const auto free4 = simulate(spec4, truth);
+  EXPECT_DOUBLE_EQ(free4.core_share, 1.0);
+  EXPECT_NEAR(free4.compute_s * 2, mics2.compute_s, 1e-9 * mics2.compute_s);  // half a core: twice the time
+  write_engine_bench(scratch() + "/bench-d.json", {free4}, false);
+  const Calibration cal4 = calibrate(read_run(scratch() + "/bench-d.json"), roomy, CostParams{}, true);
+  EXPECT_NEAR(cal4.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
+  EXPECT_NEAR(cal4.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
+}
+
 TEST(PlanCalibrate, BadRunsAreNamed) {
   fs::create_directories(scratch() + "/empty");
   std::ofstream(scratch() + "/empty/metrics.jsonl") << "{\"event\":\"step\",\"step_ms\":3}\n";
@@ -356,6 +617,33 @@ TEST(PlanCalibrate, BadRunsAreNamed) {
     EXPECT_EQ(e.context().layer, "plan");
   }
   EXPECT_THROW(read_run(scratch() + "/missing"), mics::Error);
+  // Files of other kinds, an engine bench from before it recorded its layout, and an MLP whose
+  // counts are not the plan's: each named.
+  const auto expect_error = [](const std::string& path, const std::string& words) {
+    try {
+      read_runs(path);
+      FAIL() << path << " accepted";
+    } catch (const mics::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+      EXPECT_EQ(e.context().layer, "plan");
+    }
+  };
+  std::ofstream(scratch() + "/other.json") << "{\"foo\": 1}\n";
+  expect_error(scratch() + "/other.json", "neither");
+  std::ofstream(scratch() + "/text.txt") << "size count type\n";
+  expect_error(scratch() + "/text.txt", "neither");
+  std::ofstream(scratch() + "/old-bench.json") << R"({"layers": 2, "width": 8, "accum": 1, "results": []})" << "\n";
+  expect_error(scratch() + "/old-bench.json", "world_size");
+  nlohmann::json wrong = {{"kind", "mics engine-bench"}, {"model", "mlpL2W8"}, {"world_size", 2}, {"nodes", 1},
+                          {"grad_accum", 1}, {"micro_batch", 1}, {"steps", 1}, {"params", 145},
+                          {"flops_per_sample", 100.0},
+                          {"results", {{{"strategy", "ddp"}, {"p", 1}, {"step_ms", {1.0}}, {"exposed_ms", {0.0}}}}}};
+  std::ofstream(scratch() + "/wrong-bench.json") << wrong.dump() << "\n";
+  expect_error(scratch() + "/wrong-bench.json", "disagree");
+  wrong["params"] = 144;
+  wrong["flops_per_sample"] = find_model("mlpL2W8").flops_per_token(1);
+  std::ofstream(scratch() + "/right-bench.json") << wrong.dump() << "\n";
+  EXPECT_EQ(read_runs(scratch() + "/right-bench.json").size(), 1u);
 }
 
 // --- errors ---------------------------------------------------------------------------------

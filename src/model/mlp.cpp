@@ -1,5 +1,6 @@
 #include "model/mlp.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -126,6 +127,30 @@ void Mlp::backward_layer(int layer, const float* params, const float* in, const 
         acc += static_cast<double>(dpre[static_cast<size_t>(b) * nout + o]) * params[o * nin + i];
       din[static_cast<size_t>(b) * nin + i] = static_cast<float>(acc);
     }
+}
+
+double Mlp::forward_flops(int layer, int batch) const {
+  return 2.0 * static_cast<double>(in_dim(layer)) * out_dim(layer) * batch;
+}
+
+double Mlp::backward_flops(int layer, int batch) const {
+  const double in = in_dim(layer), out = out_dim(layer), b = batch;
+  const double weights = 2.0 * in * out * b, bias = out * b;
+  return weights + bias + (layer > 0 ? 2.0 * in * out * b : 0.0);
+}
+
+uint64_t Mlp::activation_bytes(int batch) const {
+  // acts_ (input + every layer's output) and pre_ (every layer's pre-activation), then the
+  // backward's two gradient buffers (each at most the widest layer) and the dpre scratch.
+  uint64_t floats = static_cast<uint64_t>(input_dim());
+  int widest = input_dim(), widest_out = 0;
+  for (int l = 0; l < num_layers(); ++l) {
+    floats += 2 * static_cast<uint64_t>(out_dim(l));
+    widest = std::max(widest, out_dim(l));
+    widest_out = std::max(widest_out, out_dim(l));
+  }
+  floats += 2 * static_cast<uint64_t>(widest) + static_cast<uint64_t>(widest_out);
+  return 4 * floats * static_cast<uint64_t>(batch);
 }
 
 float Mlp::mse_loss(const float* out, const float* target, float* dout, int batch) const {

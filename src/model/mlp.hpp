@@ -49,6 +49,19 @@ class Mlp {
   // Mean squared error over batch*out elements; writes dL/d(out) into dout unless null.
   float mse_loss(const float* out, const float* target, float* dout, int batch) const;
 
+  // --- what the kernels above cost (the cost model, plan/model_desc.hpp, sizes from these) ----
+  // FLOPs of forward_layer: 2 per multiply-add of x W^T (the bias starts the sum; GELU, a few
+  // transcendental calls per output, is not counted).
+  double forward_flops(int layer, int batch) const;
+  // FLOPs of backward_layer as MlpPass::backward calls it: dW (2 per multiply-add), db (one add
+  // per sample and output), and din (2 per multiply-add) for every layer but the first, whose
+  // input gradient nobody needs (din is null there). GELU's derivative is not counted.
+  double backward_flops(int layer, int batch) const;
+  // Bytes of the activations MlpPass keeps for a micro-batch at its peak (the backward): every
+  // layer's input and pre-activation, the output, the gradient flowing backward and the one it
+  // makes (dout_, din_), and backward_layer's dL/d(pre) scratch, all fp32.
+  uint64_t activation_bytes(int batch) const;
+
   // --- whole model ------------------------------------------------------------------------
   // Loss of the micro-batch and, into grads[l] (layer_numel(l) each), its gradient.
   float forward_backward(const std::vector<const float*>& params, std::vector<float*>& grads,

@@ -1,5 +1,14 @@
 #pragma once
-// `mics plan --calibrate RUN_DIR`: fit the cost model to a measured `mics train` run.
+// `mics plan --calibrate RUN`: fit the cost model to a measured `mics train` run or a
+// `mics engine-bench --json` file.
+//
+// An engine-bench file (tools/engine_bench.cpp; "kind": "mics engine-bench") holds the MLP
+// stack's shape (model "mlpL..W..", layers, width, its parameters and FLOPs per sample as the
+// bench's model::Mlp counts them), the layout (world_size, nodes, micro_batch, grad_accum,
+// host_cores, ranks_on_host, compute_threads) and one result per strategy with every timed
+// step's time and exposed communication (step_ms, exposed_ms: the slowest rank's; the bench's
+// untimed warm-up step is already left out). A file with several strategies is one run each:
+// FILE#STRATEGY (e.g. bench.json#mics:2) picks one; --check takes them all.
 //
 // A run directory holds metrics.jsonl (train/metrics.cpp): "step" records with step_ms and
 // comm_exposed_ms, and a final "summary" with the layout (world_size, nodes, partition_size,
@@ -13,14 +22,21 @@
 //   fewer cores than ranks a collective's exposed time is mostly ranks waiting for a core at
 //   every hop, not the wire: the bandwidths stay the cluster's (host:BENCH.json measures them)
 //   and the hop latency absorbs the wake-ups.
+// On such a host (ranks_on_host > host_cores) the simulator runs each rank's compute at its
+// fair share of a core, and the engine's own split is read accordingly: its compute is a whole
+// core's when the ranks could have taken the cores in turns within the step (ranks x compute
+// <= cores x step; sharded layouts, whose "exposed" time holds the other ranks' compute), else
+// the fair share's (DDP: all compute at once); and the hop wait is fitted to the step.
 #include <string>
+#include <vector>
 
 #include "plan/simulator.hpp"
 
 namespace mics::plan {
 
 struct MeasuredRun {
-  std::string path;  // the metrics file
+  std::string path;  // the metrics file (an engine bench's: FILE#STRATEGY)
+  std::string kind;  // "train" or "engine-bench"
   std::string model, strategy;
   int world = 1, nodes = 1, partition_size = 1, grad_accum = 1, micro_batch = 1, seq_len = 0, steps = 0;
   bool recompute = false;
@@ -33,8 +49,12 @@ struct MeasuredRun {
   int host_cores = 0, ranks_on_host = 0, compute_threads = 0;
 };
 
-// RUN_DIR (with metrics.jsonl) or the metrics file itself. Throws mics::Error (layer plan)
-// naming the file and what is missing.
+// RUN_DIR (with metrics.jsonl), the metrics file itself, or an engine-bench JSON (FILE or
+// FILE#STRATEGY); the kind is read from the file. read_runs: every run the path holds (an
+// engine-bench file: one per strategy); read_run: exactly one, or an error that lists the
+// FILE#STRATEGY choices. Both throw mics::Error (layer plan) naming the file and what is
+// missing or unknown.
+std::vector<MeasuredRun> read_runs(const std::string& path);
 MeasuredRun read_run(const std::string& path);
 
 // The run as the simulator sees it on `cluster` (its ranks per node from the run's layout).

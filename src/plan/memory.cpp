@@ -33,12 +33,15 @@ MemoryPlan memory_plan(const ModelDesc& model, const Cluster& cluster, int world
   const uint64_t unit0 = sizes[0], block = sizes.size() > 1 ? sizes[1] : 0;
   for (uint64_t numel : sizes) m.model_states += 16 * (p == 1 ? numel : padded(numel) / static_cast<uint64_t>(p));
   const uint64_t elem = cluster.cpu_engine ? 4 : 2;
-  m.gathered = p == 1 ? 0 : elem * (padded(unit0) + 2 * padded(block));
+  // The MLP bench holds no unit through the pass: a layer and its prefetch, and one layer's
+  // gradient buffer (every layer has the same size).
+  const uint64_t held = model.is_mlp() ? 0 : unit0, working = model.is_mlp() ? unit0 : block;
+  m.gathered = p == 1 ? 0 : elem * ((held ? padded(held) : 0) + 2 * padded(working));
   if (cluster.cpu_engine) {
-    m.grad_buffers = 4 * (unit0 + block);
+    m.grad_buffers = 4 * (held + working);
     m.activations = model.engine_activation_bytes(micro_batch, seq_len, recompute);
   } else {
-    m.grad_buffers = p == 1 ? 0 : 2 * (unit0 + block);
+    m.grad_buffers = p == 1 ? 0 : 2 * (held + working);
     m.activations = model.gpu_activation_bytes(micro_batch, seq_len, recompute);
   }
   return m;

@@ -11,6 +11,9 @@
 //                                         backward, a block and its prefetch
 //   gradients     4 * (U0 + block)        the full-size gradient of unit 0 and of one block
 //   activations   model::Gpt::activation_bytes(B, T, recompute)
+// The engine bench's MLP (mlpL..W.., every layer one unit of U parameters): gathered
+//   4 * 2 * padded(U) (a layer and its prefetch), gradients 4 * U, activations
+//   model::Mlp::activation_bytes(B).
 // Accelerators, bf16 compute with fp32 master (DeepSpeed's count for ZeRO):
 //   model states  16 * shard              2 (bf16 params) + 2 (bf16 grads) + 12 (fp32 master
 //                                         and 2 moments) bytes per parameter of the shard

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "base/error.hpp"
 #include "topo/groups.hpp"
 
 namespace mics::plan {
@@ -22,6 +23,8 @@ int seq_of(const MeshSpec& spec) { return spec.seq_len > 0 ? spec.seq_len : spec
 std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p) {
   const int n = ranks_per_node(spec), N = spec.gpus;
   const auto& c = spec.model.config;
+  // Tensor and pipeline layouts cut transformer layers (heads, blocks); the MLP has neither.
+  if (spec.model.is_mlp()) return fmt::format("{} is an MLP: the mesh search needs a GPT model", spec.model.name);
   if (t < 1 || s < 1 || p < 1) return "t, s and p must be >= 1";
   if (c.heads % t != 0) return fmt::format("t={} does not divide the {} heads", t, c.heads);
   if (n % t != 0) return fmt::format("t={} does not divide the {} ranks per node", t, n);
@@ -130,6 +133,9 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
 }
 
 MeshSearch search_mesh(const MeshSpec& spec, const CostParams& params) {
+  if (spec.model.is_mlp())
+    throw Error(ErrorKind::kInvalidArgument, mesh_invalid(spec, 1, 1, 1),
+                {.layer = "plan", .where = "--mesh-search", .hint = "use a GPT model (a preset or L..H..C..V..T..)"});
   MeshSearch out;
   const int N = spec.gpus;
   bool have_best = false, have_pure = false;

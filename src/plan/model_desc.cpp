@@ -6,6 +6,7 @@
 
 #include "base/error.hpp"
 #include "base/strings.hpp"
+#include "model/mlp.hpp"
 
 namespace mics::plan {
 
@@ -46,12 +47,44 @@ std::vector<std::string> model_names() {
   for (const auto& p : presets()) names.emplace_back(p.name);
   for (const auto& n : model::GptConfig::preset_names()) names.push_back(n);
   names.emplace_back("L..H..C..V..T.. (free size)");
+  names.emplace_back("mlpL..W.. (the engine bench's MLP)");
   return names;
 }
+
+ModelDesc mlp_model(int layers, int width) {
+  if (layers < 1 || width < 1)
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("an MLP of {} layers of width {}", layers, width),
+                {.layer = "plan", .where = "--model", .hint = "layers and width must be >= 1, e.g. mlpL8W256"});
+  ModelDesc m;
+  m.name = fmt::format("mlpL{}W{}", layers, width);
+  m.source = "model::Mlp as `mics engine-bench --layers L --width W` builds it (src/model/mlp.hpp)";
+  m.kind = ModelKind::kMlp;
+  m.mlp_layers = layers;
+  m.mlp_width = width;
+  return m;
+}
+
+namespace {
+
+// "mlpL8W256" -> (8, 256); false when the name is not of that form.
+bool parse_mlp_name(const std::string& name, int& layers, int& width) {
+  if (name.rfind("mlpL", 0) != 0) return false;
+  const size_t w = name.find('W', 4);
+  if (w == std::string::npos || w == 4 || w + 1 >= name.size()) return false;
+  const std::string l_text = name.substr(4, w - 4), w_text = name.substr(w + 1);
+  const auto digits = [](const std::string& t) { return t.find_first_not_of("0123456789") == std::string::npos; };
+  if (!digits(l_text) || !digits(w_text) || l_text.size() > 6 || w_text.size() > 6) return false;
+  layers = std::stoi(l_text);
+  width = std::stoi(w_text);
+  return true;
+}
+
+}  // namespace
 
 ModelDesc find_model(const std::string& name) {
   for (const auto& p : presets())
     if (name == p.name) return ModelDesc{p.name, p.config, p.source};
+  if (int layers = 0, width = 0; parse_mlp_name(name, layers, width)) return mlp_model(layers, width);
   try {
     return ModelDesc{name, model::GptConfig::from_name(name), "model::GptConfig (src/model/gpt_config.cpp)"};
   } catch (const Error&) {
@@ -61,29 +94,58 @@ ModelDesc find_model(const std::string& name) {
   }
 }
 
+int ModelDesc::default_seq_len() const { return is_mlp() ? 1 : config.max_seq; }
+
+std::string ModelDesc::describe() const {
+  return is_mlp() ? fmt::format("MLP {} x {}", mlp_layers, mlp_width) : config.describe();
+}
+
 std::vector<uint64_t> ModelDesc::unit_sizes() const {
+  if (is_mlp()) {
+    const uint64_t w = static_cast<uint64_t>(mlp_width);
+    return std::vector<uint64_t>(static_cast<size_t>(mlp_layers), w * w + w);
+  }
   const model::Gpt gpt(config);
   std::vector<uint64_t> sizes;
   for (int u = 0; u < gpt.num_units(); ++u) sizes.push_back(gpt.unit_numel(u));
   return sizes;
 }
 
-uint64_t ModelDesc::params() const { return config.num_params(); }
+uint64_t ModelDesc::params() const {
+  if (!is_mlp()) return config.num_params();
+  uint64_t total = 0;
+  for (uint64_t u : unit_sizes()) total += u;
+  return total;
+}
 
-double ModelDesc::flops_per_token(int seq_len) const { return config.flops_per_token(seq_len); }
+double ModelDesc::flops_per_token(int seq_len) const {
+  if (!is_mlp()) return config.flops_per_token(seq_len);
+  const double L = mlp_layers, W = mlp_width;
+  return 6.0 * L * W * W - 2.0 * W * W + L * W;
+}
 
 double ModelDesc::unit_forward_flops_per_token(int unit, int seq_len) const {
+  if (is_mlp()) return 2.0 * static_cast<double>(mlp_width) * mlp_width;
   const model::Gpt gpt(config);
   const double params_u = static_cast<double>(gpt.unit_numel(unit));
   return 2.0 * params_u + (unit > 0 ? 2.0 * config.channels * static_cast<double>(seq_len) : 0.0);
 }
 
+double ModelDesc::mlp_unit_backward_flops(int unit) const {
+  const double W = mlp_width;
+  return 2.0 * W * W + W + (unit > 0 ? 2.0 * W * W : 0.0);
+}
+
 double ModelDesc::layer_activation_bytes(int micro_batch, int seq_len) const {
+  // The MLP has no transformer layer; its activations are counted whole (engine_activation_bytes).
+  if (is_mlp()) return 0.0;
   const double s = seq_len, b = micro_batch, h = config.channels, a = config.heads;
   return s * b * h * 34.0 + 5.0 * a * s * s * b;
 }
 
 uint64_t ModelDesc::gpu_activation_bytes(int micro_batch, int seq_len, bool recompute) const {
+  // The MLP runs on the CPU kernels only: its fp32 accounting serves everywhere.
+  if (is_mlp()) return engine_activation_bytes(micro_batch, seq_len, recompute);
   const double s = seq_len, b = micro_batch, h = config.channels, L = config.layers;
   const double full_layer = layer_activation_bytes(micro_batch, seq_len);
   const double layers_bytes = recompute ? L * 2.0 * s * b * h + full_layer : L * full_layer;
@@ -92,6 +154,10 @@ uint64_t ModelDesc::gpu_activation_bytes(int micro_batch, int seq_len, bool reco
 }
 
 uint64_t ModelDesc::engine_activation_bytes(int micro_batch, int seq_len, bool recompute) const {
+  if (is_mlp()) {
+    // No sequence and no recompute in the engine bench: a micro-batch of samples.
+    return model::Mlp(std::vector<int>(static_cast<size_t>(mlp_layers) + 1, mlp_width)).activation_bytes(micro_batch);
+  }
   return model::Gpt(config).activation_bytes(micro_batch, seq_len, recompute);
 }
 

@@ -19,10 +19,13 @@
 // the backward it reduces; the optimizer starts after every collective has ended.
 //
 // CPU engine on a host with more ranks than cores: a ring hop waits for the receiving rank's
-// communication thread to get a core (CostParams::host_hop_s, fitted by --calibrate). The
-// compute threads are not slowed while a collective is in flight: a waiting communication
-// thread yields its core, and the measurements (docs/PLANNING.md) showed that a fair-share
-// slowdown of compute during communication over-predicts the cost of sharded layouts 2x.
+// communication thread to get a core (CostParams::host_hop_s, fitted by --calibrate), and
+// every rank computes at its fair share of the cores, host_cores / ranks_on_host of one
+// (StepPrediction::core_share; compute_efficiency is then a whole core's). The host is
+// CPU-bound: the ranks' compute takes the cores in turns, whatever waits for communication
+// in between (docs/PLANNING.md: the engine bench's five layouts). (Slowing compute only while a
+// collective is in flight, with the rank's compute at a whole core otherwise, was tried on
+// the trainer and dropped: it over-predicted sharded layouts 2x.)
 // The CPU engine all-reduces the replication group's gradients at the boundary as one flat
 // array (shard/engine.cpp: one collective, one set of hops), not unit by unit.
 #include <string>
@@ -43,6 +46,9 @@ struct RunSpec {
   int micro_batch = 1, grad_accum = 1, seq_len = 0;  // seq_len 0: the model's context
   bool recompute = false;
   int prefetch_depth = 1;  // 0: each gather issued when its compute is reached (no overlap)
+  // CPU engine: the ranks sharing the host's cores (Cluster::host_cores); 0: all `world` of
+  // them (the `host` cluster is one machine, its nodes emulated).
+  int ranks_on_host = 0;
   // Flat ring all-gathers for ZeRO-3 (DeepSpeed) instead of the hierarchical one. The CPU
   // engine and MiCS use the hierarchical all-gather whenever a partition group spans nodes.
   bool flat_zero3_gather = true;
@@ -70,6 +76,7 @@ struct Event {
 struct StepPrediction {
   RunSpec spec;  // resolved
   int partition_size = 1, replicas = 1;
+  double core_share = 1;  // of a core each rank's compute gets (CPU engine, oversubscribed host)
   double step_s = 0, compute_s = 0, optimizer_s = 0, exposed_comm_s = 0;
   double gather_busy_s = 0, reduce_busy_s = 0;  // time each comm stream is busy
   double tflops_per_gpu = 0;  // model FLOPs (6N + 6LCT per token, recompute not counted) / step

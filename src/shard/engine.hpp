@@ -11,7 +11,7 @@
 // (topo/groups.hpp). Partition groups are contiguous rank blocks, replication groups strided.
 //
 // Use, per micro-step (S micro-steps per optimizer step, options.grad_accum):
-//   forward:  for each unit i: params = gather(i) (prefetch(i+1) first to overlap); compute;
+//   forward:  for each unit i: params = gather(i); prefetch(i+1) (to overlap); compute;
 //             release(i)
 //   backward: for each unit in reverse: params = gather(i); compute grads; release(i);
 //             reduce_gradients(i, grads)   (reduce-scatter inside the partition group, in the

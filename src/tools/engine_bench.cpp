@@ -5,6 +5,11 @@
 //   mics launch -n 4 --nodes 2 -- mics engine-bench --strategies zero3,mics:2 --accum 4
 // The rail bandwidths for the prediction are measured in the same job (a ring all-gather
 // between two ranks of one node, and between two nodes).
+//
+// --json FILE also records what `mics plan --calibrate FILE` needs to model the runs
+// (plan/calibrate.hpp): the MLP ("mlpL..W..", its parameters and FLOPs per sample as model::Mlp
+// counts them), the layout and the host, and per strategy every timed step's time and exposed
+// communication (the slowest rank's).
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -12,6 +17,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include <algorithm>
 
 #include "base/clock.hpp"
 #include "base/error.hpp"
@@ -60,6 +67,8 @@ struct Result {
   double step_s = 0, exposed_s = 0, loss = 0;
   uint64_t intra = 0, inter = 0;
   double predicted_comm_s = 0;
+  std::vector<double> step_ms, exposed_ms;  // per timed step, the slowest rank's
+  uint64_t model_state_bytes = 0;
 };
 
 int run_engine_bench(const EngineBenchOptions& o) {
@@ -86,6 +95,7 @@ int run_engine_bench(const EngineBenchOptions& o) {
     eo.memory_budget_bytes = static_cast<uint64_t>(parse_size(o.memory_budget).value_or(0));
     eo.grad_accum = o.accum;
     eo.lr = 1e-3f;
+    eo.activation_bytes = mlp.activation_bytes(o.batch);  // for mics:auto, as mics plan counts them
     shard::Engine engine(*rt, eo);
     for (int l = 0; l < mlp.num_layers(); ++l) engine.add_unit(fmt::format("layer{}", l), mlp.layer_numel(l));
     engine.finalize([&](int u, float* p) { mlp.init_layer(u, 1, p); });
@@ -93,27 +103,33 @@ int run_engine_bench(const EngineBenchOptions& o) {
     Result r;
     r.name = spec;
     r.p = engine.partition_size();
+    double step_exposed = 0;
     auto train_step = [&](int64_t step) {
       double loss = 0;
+      step_exposed = 0;
       for (int micro = 0; micro < o.accum; ++micro) {
         const int64_t first = ((step * o.accum + micro) * world.size() + world.rank()) * o.batch;
         data.batch(first, o.batch, x, y);
         model::MlpPass pass(mlp, x.data(), y.data(), o.batch);
+        // Gather, then prefetch the next layer: a prefetch queued before the gather the compute
+        // waits for would delay it by a whole gather (the trainer's order too).
         for (int l = 0; l < mlp.num_layers(); ++l) {
+          const float* params = engine.gather(l);
           if (l + 1 < mlp.num_layers()) engine.prefetch(l + 1);
-          pass.forward(l, engine.gather(l));
+          pass.forward(l, params);
           engine.release(l);
         }
         loss += pass.loss();
         for (int l = mlp.num_layers() - 1; l >= 0; --l) {
+          const float* params = engine.gather(l);
           if (l > 0) engine.prefetch(l - 1);
           grad.resize(mlp.layer_numel(l));
-          pass.backward(l, engine.gather(l), grad.data());
+          pass.backward(l, params, grad.data());
           engine.release(l);
           engine.reduce_gradients(l, grad.data());
         }
         const auto report = engine.step();
-        r.exposed_s += report.exposed_comm_s;
+        step_exposed += report.exposed_comm_s;
       }
       return loss / o.accum;
     };
@@ -121,10 +137,19 @@ int run_engine_bench(const EngineBenchOptions& o) {
     world.barrier();
     const comm::Traffic before = engine.traffic();
     r.exposed_s = 0;
+    // Per step: this rank's time and exposed communication; the slowest rank's of each below.
+    std::vector<float> per_step(2 * static_cast<size_t>(o.steps));
     const auto t0 = Clock::now();
-    for (int s = 1; s <= o.steps; ++s) r.loss = train_step(s);
+    for (int s = 1; s <= o.steps; ++s) {
+      const auto ts = Clock::now();
+      r.loss = train_step(s);
+      per_step[2 * static_cast<size_t>(s - 1)] = static_cast<float>(seconds_since(ts) * 1e3);
+      per_step[2 * static_cast<size_t>(s - 1) + 1] = static_cast<float>(step_exposed * 1e3);
+      r.exposed_s += step_exposed;
+    }
     r.step_s = seconds_since(t0) / o.steps;
     r.exposed_s /= o.steps;
+    r.model_state_bytes = engine.memory().model_state_bytes;
     const comm::Traffic after = engine.traffic();
     r.intra = (after.bytes_sent[0] - before.bytes_sent[0]) / static_cast<uint64_t>(o.steps);
     r.inter = (after.bytes_sent[1] - before.bytes_sent[1]) / static_cast<uint64_t>(o.steps);
@@ -134,6 +159,12 @@ int run_engine_bench(const EngineBenchOptions& o) {
                   fmt::format("{}: measured bytes per step {}/{} differ from the model's {}/{}", spec, r.intra,
                               r.inter, model.bytes_sent[0], model.bytes_sent[1]),
                   {.layer = "bench"});
+    // After the traffic is read: the reports' own collectives are not the engine's.
+    world.all_reduce(per_step.data(), per_step.data(), per_step.size(), DType::kF32, ReduceOp::kMax);
+    for (int s = 0; s < o.steps; ++s) {
+      r.step_ms.push_back(per_step[2 * static_cast<size_t>(s)]);
+      r.exposed_ms.push_back(per_step[2 * static_cast<size_t>(s) + 1]);
+    }
     r.predicted_comm_s = (intra_gbps > 0 ? r.intra / (intra_gbps * 1e9) : 0) +
                          (inter_gbps > 0 ? r.inter / (inter_gbps * 1e9) : 0);
     // The slowest rank defines the step; bytes are the busiest rank's (ring neighbours differ
@@ -176,16 +207,36 @@ int run_engine_bench(const EngineBenchOptions& o) {
                       results[j].inter ? static_cast<double>(results[i].inter) / results[j].inter : 0.0);
     if (!o.json_path.empty()) {
       nlohmann::json j;
+      j["kind"] = "mics engine-bench";
+      j["model"] = fmt::format("mlpL{}W{}", o.layers, o.width);  // mics plan's name for it
       j["layers"] = o.layers;
       j["width"] = o.width;
       j["accum"] = o.accum;
+      j["grad_accum"] = o.accum;
+      j["micro_batch"] = o.batch;
+      j["steps"] = o.steps;
+      j["world_size"] = world.size();
+      j["nodes"] = topo.num_nodes;
+      j["ranks_per_node"] = n;
+      j["host_cores"] = usable_cores();
+      j["ranks_on_host"] = ranks_on_host();
+      j["compute_threads"] = 1;  // model::Mlp's kernels are plain loops on the calling thread
+      j["params"] = mlp.total_numel();
+      double flops = 0;
+      for (int l = 0; l < mlp.num_layers(); ++l) flops += mlp.forward_flops(l, 1) + mlp.backward_flops(l, 1);
+      j["flops_per_sample"] = flops;
+      j["activation_bytes"] = mlp.activation_bytes(o.batch);
       j["intra_gbps"] = intra_gbps;
       j["inter_gbps"] = inter_gbps;
       for (const auto& r : results)
         j["results"].push_back({{"strategy", r.name}, {"p", r.p}, {"step_s", r.step_s}, {"exposed_s", r.exposed_s},
                                 {"intra_bytes", r.intra}, {"inter_bytes", r.inter},
-                                {"predicted_comm_s", r.predicted_comm_s}, {"loss", r.loss}});
-      std::ofstream(o.json_path) << j.dump(2) << "\n";
+                                {"predicted_comm_s", r.predicted_comm_s}, {"loss", r.loss}, {"step_ms", r.step_ms},
+                                {"exposed_ms", r.exposed_ms}, {"model_state_bytes_per_rank", r.model_state_bytes}});
+      std::ofstream out(o.json_path);
+      if (!(out << j.dump(2) << "\n"))
+        throw Error(ErrorKind::kIo, fmt::format("cannot write {}", o.json_path),
+                    {.layer = "bench", .where = "--json", .hint = "check that the directory exists and is writable"});
     }
   }
   rt->finish();

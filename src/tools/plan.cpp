@@ -62,7 +62,7 @@ Choice choose(const PlanOptions& o, const plan::ModelDesc& model, const plan::Cl
   c.spec.strategy = strategy;
   c.spec.micro_batch = o.micro_batch;
   c.spec.grad_accum = o.grad_accum;
-  c.spec.seq_len = o.seq_len > 0 ? o.seq_len : model.config.max_seq;
+  c.spec.seq_len = o.seq_len > 0 ? o.seq_len : model.default_seq_len();
   c.spec.recompute = o.recompute;
   c.spec.prefetch_depth = o.prefetch;
   c.spec.flat_zero3_gather = !o.hierarchical_zero3;
@@ -231,7 +231,8 @@ std::string mesh_row(const char* label, const plan::MeshPrediction& m) {
 }
 
 int run_calibrate(const PlanOptions& o) {
-  // A measured `mics train` run is this host's CPU engine unless --cluster says otherwise.
+  // A measured `mics train` or engine-bench run is this host's CPU engine unless --cluster says
+  // otherwise.
   const plan::Cluster cluster = plan::find_cluster(o.cluster_given ? o.cluster : "host");
   const plan::MeasuredRun run = plan::read_run(o.calibrate);
   const plan::Calibration cal = plan::calibrate(run, cluster, params_of(o), o.fit_latency);
@@ -244,8 +245,10 @@ int run_calibrate(const PlanOptions& o) {
                       {"predicted_step_s", cal.prediction.step_s},
                       {"measured_step_s", run.step_s}};
   if (!o.json) std::printf("%s", cal.report.c_str());
-  for (const auto& other : o.check) {
-    const plan::MeasuredRun m = plan::read_run(other);
+  std::vector<plan::MeasuredRun> others;
+  for (const auto& other : o.check)  // an engine-bench file: each of its strategies
+    for (auto& m : plan::read_runs(other)) others.push_back(std::move(m));
+  for (const auto& m : others) {
     const plan::StepPrediction p = plan::simulate(plan::run_spec(m, cluster), cal.params);
     const double err = p.step_s / m.step_s - 1;
     j["checks"].push_back({{"run", m.path}, {"predicted_step_s", p.step_s}, {"measured_step_s", m.step_s}, {"error", err}});
@@ -277,8 +280,8 @@ int run_plan(const PlanOptions& o) {
     nlohmann::json j = nlohmann::json::array();
     if (!o.json)
       std::printf("mics plan: %s (%s) on %s, micro-batch %d x %d, S=%d: weak scaling (fixed batch per GPU)\n",
-                  model.name.c_str(), model.config.describe().c_str(), cluster.name.c_str(), o.micro_batch,
-                  o.seq_len > 0 ? o.seq_len : model.config.max_seq, o.grad_accum);
+                  model.name.c_str(), model.describe().c_str(), cluster.name.c_str(), o.micro_batch,
+                  o.seq_len > 0 ? o.seq_len : model.default_seq_len(), o.grad_accum);
     for (size_t s = 0; s < kStrategies.size(); ++s) {
       names.emplace_back(topo::to_string(kStrategies[s]));
       if (!o.json) std::printf("\n  %-6s %6s %6s %10s %8s %12s %10s %10s\n", names.back().c_str(), "GPUs", "p",
@@ -313,7 +316,7 @@ int run_plan(const PlanOptions& o) {
   if (!o.timeline.empty()) write_timeline(o.timeline, pred);
   nlohmann::json j;
   if (o.json) {
-    j["model"] = {{"name", model.name}, {"describe", model.config.describe()}, {"params", model.params()}, {"source", model.source}};
+    j["model"] = {{"name", model.name}, {"describe", model.describe()}, {"params", model.params()}, {"source", model.source}};
     j["cluster"] = cluster.name;
     j["cost_params"] = {{"compute_efficiency", params.compute_efficiency},
                         {"intra_efficiency", params.intra_efficiency},
@@ -321,10 +324,13 @@ int run_plan(const PlanOptions& o) {
     j["prediction"] = to_json(pred, main_choice.fits);
   } else {
     const int n = std::min(o.gpus, cluster.gpus_per_node);
-    std::printf("mics plan: %s (%s) on %d x %s (%s)\n", model.name.c_str(), model.config.describe().c_str(), o.gpus / n,
+    std::printf("mics plan: %s (%s) on %d x %s (%s)\n", model.name.c_str(), model.describe().c_str(), o.gpus / n,
                 cluster.name.c_str(), cluster.description.c_str());
-    std::printf("  batch: %d GPUs x %d micro-steps x %d sequences x %d tokens%s\n", o.gpus, o.grad_accum, o.micro_batch,
-                main_choice.spec.seq_len, o.recompute ? ", activation recompute" : "");
+    if (model.is_mlp())  // no sequence: the "tokens" below are samples
+      std::printf("  batch: %d GPUs x %d micro-steps x %d samples\n", o.gpus, o.grad_accum, o.micro_batch);
+    else
+      std::printf("  batch: %d GPUs x %d micro-steps x %d sequences x %d tokens%s\n", o.gpus, o.grad_accum,
+                  o.micro_batch, main_choice.spec.seq_len, o.recompute ? ", activation recompute" : "");
     std::printf("  cost model: compute efficiency %.2f of %.0f TFLOPS; bandwidth efficiency intra %.2f, inter %.2f\n",
                 params.compute_efficiency, cluster.peak_flops / 1e12, params.intra_efficiency, params.inter_efficiency);
     std::printf("\nmemory plan per GPU (budget %s = 90%% of %s):\n",
@@ -384,7 +390,8 @@ int run_plan(const PlanOptions& o) {
 Runner add_plan_command(CLI::App& app) {
   auto o = std::make_shared<PlanOptions>();
   CLI::App* sub = app.add_subcommand("plan", "cost model: memory plan, partition size, predicted step and scaling");
-  sub->add_option("--model", o->model, "model: 1.3b, 6.7b, 13b, 100b, 175b, roberta-10b/50b, gpt2-*, tiny or L..H..C..V..T..")
+  sub->add_option("--model", o->model, "model: 1.3b, 6.7b, 13b, 100b, 175b, roberta-10b/50b, gpt2-*, tiny, L..H..C..V..T.. or "
+                  "mlpL..W.. (the engine bench's MLP)")
       ->capture_default_str();
   CLI::Option* cluster_flag = sub->add_option("--cluster", o->cluster, "instance type, host, or host:BENCH.json (mics bench --json)")
       ->capture_default_str();
@@ -412,10 +419,12 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_option("--host-hop-us", o->host_hop_us,
                   "CPU engine: microseconds a ring hop waits for a core, added on both rails (as --calibrate fits it)")
       ->check(CLI::NonNegativeNumber);
-  sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured `mics train --out` run directory");
+  sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured run: a `mics train --out` directory, or a "
+                  "`mics engine-bench --json` file (FILE#STRATEGY when it holds several)");
   sub->add_flag("--fit-latency,!--no-fit-latency", o->fit_latency,
                 "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");
-  sub->add_option("--check", o->check, "with --calibrate: runs to predict with the fitted parameters");
+  sub->add_option("--check", o->check, "with --calibrate: runs to predict with the fitted parameters (every strategy of an "
+                  "engine-bench file)");
   sub->add_flag("--validate", o->validate, "the published anchors: fitted and predicted (docs/PLANNING.md)");
   return [o, cluster_flag] {
     o->cluster_given = cluster_flag->count() > 0;
