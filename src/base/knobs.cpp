@@ -162,6 +162,16 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_TRACE_MAX_EVENTS", "events a rank keeps for --trace (the first steps and a window of the last ones)",
        [](Knobs& k, const std::string& v) { k.trace_max_events = parse_int("MICS_TRACE_MAX_EVENTS", v, 16, int64_t{1} << 32); },
        [](const Knobs& k) { return fmt::format("{}", k.trace_max_events); }},
+      {"MICS_WATCHDOG_GRACE_S",
+       "a rank whose operation is this long past MICS_TIMEOUT_S is stuck inside the transport: it reports "
+       "the operation and exits (0: off)",
+       [](Knobs& k, const std::string& v) { k.watchdog_grace_s = parse_double("MICS_WATCHDOG_GRACE_S", v, 0, 1e7); },
+       [](const Knobs& k) { return fmt::format("{}", k.watchdog_grace_s); }},
+      {"MICS_DEBUG_HANG_RANK",
+       "debug: this rank stops inside its next collective as a transport call that never returns would "
+       "(tests the watchdog; -1: none)",
+       [](Knobs& k, const std::string& v) { k.debug_hang_rank = parse_int("MICS_DEBUG_HANG_RANK", v, -1, 1 << 30); },
+       [](const Knobs& k) { return fmt::format("{}", k.debug_hang_rank); }},
       {"MICS_DEBUG_SLOW_RANK", "debug: this rank sleeps MICS_DEBUG_SLOW_MS before each step (a deliberate straggler; -1: none)",
        [](Knobs& k, const std::string& v) { k.debug_slow_rank = parse_int("MICS_DEBUG_SLOW_RANK", v, -1, 1 << 30); },
        [](const Knobs& k) { return fmt::format("{}", k.debug_slow_rank); }},

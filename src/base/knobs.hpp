@@ -26,6 +26,8 @@ struct Knobs {
   std::string gpu_comm = "auto";         // MICS_GPU_COMM: GPU collectives: auto, nccl or fabric
   std::string data_dir;                  // MICS_DATA_DIR: the embedded corpus' cache (empty: ~/.cache/mics)
   int64_t trace_max_events = 200000;     // MICS_TRACE_MAX_EVENTS: events kept per rank by --trace
+  double watchdog_grace_s = 5;           // MICS_WATCHDOG_GRACE_S: end a rank stuck this long past a deadline (0: off)
+  int64_t debug_hang_rank = -1;          // MICS_DEBUG_HANG_RANK: tests only: this rank hangs in a collective
   int64_t debug_slow_rank = -1;          // MICS_DEBUG_SLOW_RANK: this rank sleeps before each step
   int64_t debug_slow_ms = 0;             // MICS_DEBUG_SLOW_MS: for this long (ms)
   int64_t debug_ckpt_write_delay_ms = 0; // MICS_DEBUG_CKPT_WRITE_DELAY_MS: tests only: slow checkpoint writes

@@ -1,5 +1,7 @@
 #include "comm/op.hpp"
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "base/knobs.hpp"
@@ -16,6 +18,7 @@ Op::Op(Communicator& comm, const char* name, Algo algo, size_t bytes)
       bytes_(bytes),
       sequence_(comm.next_sequence()),
       deadline_(knobs().timeout_s),
+      watch_(comm, name, algo, bytes, knobs().timeout_s),
       next_board_check_(Clock::now() + std::chrono::milliseconds(500)) {}
 
 Op::Op(Communicator& comm, const char* name, size_t bytes, PointToPoint p2p)
@@ -26,6 +29,7 @@ Op::Op(Communicator& comm, const char* name, size_t bytes, PointToPoint p2p)
       bytes_(bytes),
       sequence_(p2p.tag),
       deadline_(knobs().timeout_s),
+      watch_(comm, name, Algo::kAuto, bytes, knobs().timeout_s),
       index_flag_(1u << 27),
       next_board_check_(Clock::now() + std::chrono::milliseconds(500)) {}
 
@@ -39,11 +43,13 @@ uint64_t Op::tag(uint32_t index) const {
 
 fabric::Request* Op::send(int member, uint32_t index, const void* buf, size_t bytes) {
   comm_.count_send(member, bytes);
+  watch_.set_peer(comm_.global_rank(member));
   ++outstanding_;
   return transport_.isend(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
 }
 
 fabric::Request* Op::recv(int member, uint32_t index, void* buf, size_t bytes) {
+  watch_.set_peer(comm_.global_rank(member));
   ++outstanding_;
   return transport_.irecv(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
 }
@@ -58,6 +64,9 @@ bool Op::test(fabric::Request* request) {
 }
 
 void Op::wait(fabric::Request* request, const char* what) {
+  watch_.set_peer(request->peer);
+  if (knobs().debug_hang_rank == transport_.rank())
+    while (true) pause();  // tests only: as a transport call that never returns
   while (!request->done) {
     if (transport_.progress() > 0) {
       backoff_.reset();

@@ -11,6 +11,7 @@
 
 #include "base/clock.hpp"
 #include "comm/communicator.hpp"
+#include "comm/watchdog.hpp"
 
 namespace mics::comm {
 
@@ -56,6 +57,7 @@ class Op {
   size_t bytes_;
   uint16_t sequence_;
   Deadline deadline_;
+  WatchedOp watch_;  // the backstop if a transport call never returns (comm/watchdog.hpp)
   Backoff backoff_;
   int outstanding_ = 0;
   uint32_t index_flag_ = 0;  // 1 << 27 for point-to-point messages

@@ -9,6 +9,7 @@
 #include "base/log.hpp"
 #include "base/strings.hpp"
 #include "comm/failure_board.hpp"
+#include "comm/watchdog.hpp"
 #include "mics/build_info.hpp"
 
 namespace mics::comm {
@@ -66,6 +67,7 @@ FailureBoard* failure_board() {
 }
 
 std::unique_ptr<Runtime> Runtime::start(const std::string& config) {
+  start_watchdog();
   std::unique_ptr<Runtime> rt(new Runtime());
   const std::string full = fmt::format("mics {} | {}", build::kVersion, config);
   rt->job_ = bootstrap::join(full);
