@@ -18,6 +18,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "process_util.hpp"
+
 #include "base/strings.hpp"
 #include "bootstrap/bootstrap.hpp"
 
@@ -32,17 +34,7 @@ std::string find_in_path(const std::string& name) {
   return {};
 }
 
-int free_port() {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
-  socklen_t len = sizeof(sin);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
-  close(fd);
-  return ntohs(sin.sin_port);
-}
+using mics::testing::free_port;
 
 TEST(Mpirun, RankBody) {
   if (!std::getenv("MICS_MPIRUN_TEST_RANK"))

@@ -12,7 +12,7 @@ tmp=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 
 run_case() {  # $1 = signal, $2 = ranks, $3 = nodes, $4 = victim
-  local sig=$1 n=$2 k=$3 victim=$4 port=$((21000 + RANDOM % 20000))
+  local sig=$1 n=$2 k=$3 victim=$4 port=$((21000 + RANDOM % 11000))
   local pids=()
   for ((r = 0; r < n; r++)); do
     MICS_RANK=$r MICS_WORLD_SIZE=$n MICS_LOCAL_RANK=$((r % (n / k))) MICS_NODE_ID=node$((r / (n / k))) \

@@ -13,7 +13,7 @@ tmp=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 
 run() {  # $1 = grace; starts 2 ranks, rank 1 hangs; prints the pids
-  local port=$((21000 + RANDOM % 20000))
+  local port=$((21000 + RANDOM % 11000))
   for r in 0 1; do
     MICS_RANK=$r MICS_WORLD_SIZE=2 MICS_LOCAL_RANK=$r MICS_NODE_ID=node0 MICS_MASTER_ADDR=127.0.0.1 \
     MICS_MASTER_PORT=$port MICS_JOB_TOKEN=watchdog-test MICS_TIMEOUT_S=2 MICS_WATCHDOG_GRACE_S=$1 \

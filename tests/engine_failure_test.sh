@@ -10,7 +10,7 @@ TIMEOUT_S=6
 n=4 k=2 victim=2 fail=0
 tmp=$(mktemp -d)
 trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-port=$((21000 + RANDOM % 20000))
+port=$((21000 + RANDOM % 11000))
 pids=()
 for ((r = 0; r < n; r++)); do
   MICS_RANK=$r MICS_WORLD_SIZE=$n MICS_LOCAL_RANK=$((r % (n / k))) MICS_NODE_ID=node$((r / (n / k))) \

@@ -575,14 +575,18 @@ void whole_model_case(const mc::CudaOptions& options, const char* what, const ch
               return d;
             }()),
             1e-5);
-  // One AdamW step moves the parameters and the loss goes down on this batch after a few.
+  // AdamW steps move the parameters and the loss goes down on this batch. (At lr 1e-2 Adam's
+  // first steps move every weight by ~0.01 against an init of std 0.02: one seed on the GPU
+  // machine overshot, 5.47 -> 6.50; at 1e-3 the steps descend.)
   for (int t = 1; t <= 5; ++t) {
     model.zero_grads();
     model.forward_backward(in.data(), tg.data());
-    const mc::StepResult r = model.step({.lr = 1e-2f}, t, 1);
+    const mc::StepResult r = model.step({.lr = 1e-3f}, t, 1);
     EXPECT_TRUE(std::isfinite(r.grad_norm) && r.grad_norm > 0);
   }
-  EXPECT_LT(model.forward_loss(in.data(), tg.data()), loss - 0.1f);
+  const float after = model.forward_loss(in.data(), tg.data());
+  std::printf("[%s] loss after 5 AdamW steps at lr 1e-3: %.6f (from %.6f)\n", what, after, loss);
+  EXPECT_LT(after, loss - 0.1f);  // measured: 0.7-1.7 lower over 6 seeds x 4 variants (H200)
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpu) {

@@ -116,7 +116,7 @@ TEST(Train, MpirunTrainsExactlyLikeMicsLaunch) {
   const TrainRun launched = train(4, 1, args, "launched");
   ASSERT_EQ(launched.result.status, 0) << launched.result.output;
   const std::string metrics = scratch() + "/mpirun.jsonl";
-  const int port = 20000 + ::getpid() % 20000;
+  const int port = mics::testing::free_port();
   const TrainRun mpi = mics::testing::run_and_read_metrics(
       fmt::format("{} MICS_MASTER_ADDR=127.0.0.1 MICS_MASTER_PORT={} mpirun --allow-run-as-root "
                   "--oversubscribe -np 4 "
