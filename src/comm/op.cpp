@@ -45,13 +45,29 @@ fabric::Request* Op::send(int member, uint32_t index, const void* buf, size_t by
   comm_.count_send(member, bytes);
   watch_.set_peer(comm_.global_rank(member));
   ++outstanding_;
-  return transport_.isend(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+  try {
+    return transport_.isend(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+  } catch (const Error& e) {
+    rethrow_in_op(e);
+  }
 }
 
 fabric::Request* Op::recv(int member, uint32_t index, void* buf, size_t bytes) {
   watch_.set_peer(comm_.global_rank(member));
   ++outstanding_;
-  return transport_.irecv(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+  try {
+    return transport_.irecv(comm_.global_rank(member), tag(index), buf, bytes, deadline_);
+  } catch (const Error& e) {
+    rethrow_in_op(e);
+  }
+}
+
+void Op::rethrow_in_op(const Error& e) const {
+  // A post refused past the deadline (or failing) in the fabric layer knows the call and the
+  // peer; the user needs the collective and the communicator too.
+  ErrorContext context = e.context();
+  context.where = context.where.empty() ? where() : fmt::format("{}, in {}", context.where, where());
+  throw Error(e.kind(), e.message(), std::move(context));
 }
 
 bool Op::test(fabric::Request* request) {

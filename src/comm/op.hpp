@@ -45,6 +45,8 @@ class Op {
 
  private:
   [[noreturn]] void fail(fabric::Request* request, const char* what, bool timed_out);
+  // Re-throws a transport error with this operation's description added to where it happened.
+  [[noreturn]] void rethrow_in_op(const Error& e) const;
   // Throws if another rank has reported a failure (checked at most twice a second).
   void check_failure_board();
   std::string where() const;
