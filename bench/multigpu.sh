@@ -94,6 +94,17 @@ for tag in "${model_list[@]}"; do
         add "${tag}_${layout}_mics-p8-fabric_S$S" 8 "$layout" mics-fabric mics 8 "$S" "$tag" "$spec" "$mb"
       fi
     done
+    # a host of two GPUs (issue 10's comparison at its smallest): 2 emulated nodes of 1 GPU, where
+    # MiCS p=1 keeps each partition on its node and ZeRO-3 / FSDP FULL_SHARD shard across both;
+    # and 1 node of 2 at S=4 (its S=1 rows are the scaling series' below)
+    add "${tag}_2x1_mics-p1_S$S" 2 2x1 mics mics 1 "$S" "$tag" "$spec" "$mb"
+    add "${tag}_2x1_zero3_S$S" 2 2x1 mics zero3 2 "$S" "$tag" "$spec" "$mb"
+    add "${tag}_2x1_fsdp-full_S$S" 2 2x1 fsdp full 2 "$S" "$tag" "$spec" "$mb"
+    add "${tag}_2x1_fsdp-hybrid_S$S" 2 2x1 fsdp hybrid 1 "$S" "$tag" "$spec" "$mb"
+    if [ "$S" != 1 ]; then
+      add "${tag}_1x2_mics-p2_S$S" 2 1x2 mics mics 2 "$S" "$tag" "$spec" "$mb"
+      add "${tag}_1x2_fsdp-full_S$S" 2 1x2 fsdp full 2 "$S" "$tag" "$spec" "$mb"
+    fi
     # one GPU: the scaling series' first point and the no-communication reference of every row
     add "${tag}_1x1_mics_S$S" 1 1x1 mics single 1 "$S" "$tag" "$spec" "$mb"
     add "${tag}_1x1_fsdp-full_S$S" 1 1x1 fsdp full 1 "$S" "$tag" "$spec" "$mb"

@@ -255,6 +255,22 @@ def main(argv):
           f"{ratio('mics-p4', 'ddp')} |")
     w("")
 
+    keys2 = sorted({(r["model_tag"], r["layout"], r["grad_accum"]) for r in train if int(r["gpus"]) == 2})
+    if keys2:
+        w("## Ratios on two GPUs (tokens/s; 2x1: 2 emulated nodes of 1 GPU, MiCS p=1 keeps each partition on its node)\n")
+        w("| model | layout | S | mics / zero3 | mics / FSDP hybrid | mics / FSDP full | zero3 / FSDP full |")
+        w("|---|---|---|---|---|---|---|")
+        for tag, layout, S in keys2:
+            base = f"{tag}_{layout}_"
+            mics = "mics-p1" if layout == "2x1" else "mics-p2"
+
+            def ratio2(x, y):
+                a_, b_ = tok(f"{base}{x}_S{S}"), tok(f"{base}{y}_S{S}")
+                return f"{a_ / b_:.2f}x" if a_ and b_ else "-"
+            w(f"| {tag} | {layout} | {S} | {ratio2(mics, 'zero3')} | {ratio2(mics, 'fsdp-hybrid')} | "
+              f"{ratio2(mics, 'fsdp-full')} | {ratio2('zero3', 'fsdp-full')} |")
+        w("")
+
     w("## Scaling (S=1, the same B x T per GPU: weak scaling)\n")
     w("| model | system | 1 GPU | 2 GPUs | 4 GPUs | 8 GPUs (1x8) | 8 GPUs (2x4) | efficiency at 8 (1x8 / 2x4) |")
     w("|---|---|---|---|---|---|---|---|")

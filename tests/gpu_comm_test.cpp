@@ -1,7 +1,11 @@
 // GPU collectives (comm/gpu_comm.hpp) on device buffers against a host reference, with ranks
 // started by `mics launch` on this machine's one GPU: the fabric backend (pinned staging over
-// the libfabric rails) at 1, 2 and 3 ranks, and NCCL at 1 rank (a one-member communicator:
-// several ranks on one GPU are refused by NCCL, and this machine has one GPU).
+// the libfabric rails) at 1, 2 and 3 ranks on one GPU (CUDA_VISIBLE_DEVICES=0, so the ranks share
+// it), NCCL at 1 rank (a one-member communicator), and, on a machine with two GPUs or more, NCCL
+// at 2 ranks on one node and on 2 emulated nodes (bench/emulated_node.sh: a GPU and an
+// NCCL_HOSTID per node, so NCCL carries the traffic over its NET transport), plus a peer that
+// dies during an NCCL all-reduce: the survivor must fail within MICS_TIMEOUT_S with an error
+// naming the operation and the communicator, not hang.
 //
 // Inputs are small integers, so every sum is exact in f32 (and in bf16 below 256): results must
 // equal the reference bit for bit. Outputs are poisoned with NaN bytes first. The fabric
@@ -9,14 +13,18 @@
 // Without a CUDA device every test is skipped with the reason.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "base/cuda_info.hpp"
 #include "base/dtype.hpp"
+#include "base/error.hpp"
 #include "comm/gpu_comm.hpp"
 #include "comm/layout.hpp"
 #include "comm/runtime.hpp"
@@ -34,6 +42,13 @@ namespace {
   do {                                                                              \
     const std::string why = mics::model::cuda::device_unavailable_reason();         \
     if (!why.empty()) GTEST_SKIP() << why << " (GPU tests skipped)";                \
+  } while (0)
+
+#define SKIP_WITHOUT_TWO_GPUS()                                                                   \
+  do {                                                                                            \
+    SKIP_WITHOUT_GPU();                                                                           \
+    if (const int gpus = mics::query_cuda_info().device_count; gpus < 2)                          \
+      GTEST_SKIP() << "needs 2 GPUs, this machine shows " << gpus << " (multi-GPU NCCL tests skipped)"; \
   } while (0)
 
 #ifdef MICS_HAVE_CUDA
@@ -87,6 +102,30 @@ TEST(GpuComm, Worker) {
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   const bool nccl = backend == comm::GpuBackend::kNccl;
+  if (std::getenv("MICS_GPU_COMM_TEST_PEER_DEATH")) {
+    // One all-reduce that everyone finishes, then the last rank kills itself and the others
+    // start another: they must fail on their own within MICS_TIMEOUT_S, naming op and group.
+    const size_t count = size_t{1} << 20;
+    DeviceArray<float> a(count);
+    g->all_reduce(a.p, a.p, count, DType::kF32, ReduceOp::kSum, stream);
+    g->synchronize(stream, "warm-up all_reduce");
+    std::printf("rank %d: warm-up done\n", me);
+    std::fflush(stdout);
+    if (me == n - 1) std::raise(SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      g->all_reduce(a.p, a.p, count, DType::kF32, ReduceOp::kSum, stream);
+      g->synchronize(stream, "all_reduce");
+    } catch (const mics::Error& e) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::printf("rank %d: failed after %.1f s: %s\n", me, s, e.what());
+      std::fflush(stdout);
+      std::_Exit(3);
+    }
+    std::printf("rank %d: all_reduce finished without its peer\n", me);
+    std::_Exit(4);
+  }
   std::vector<size_t> counts = {static_cast<size_t>(n), static_cast<size_t>(5 * n), static_cast<size_t>(1000 * n),
                                 static_cast<size_t>((1 << 20) * n)};
   if (!nccl) counts.insert(counts.end(), {0, 1, 7, 100003});
@@ -170,11 +209,15 @@ TEST(GpuComm, Worker) {
 }
 
 namespace {
-mics::testing::RunResult launch(int ranks, int nodes, const std::string& backend, const std::string& extra_env = "") {
+// Ranks share GPU 0 unless `own_gpus`: then each (emulated) node gets its own GPUs through
+// bench/emulated_node.sh, which also gives each node its own NCCL_HOSTID.
+mics::testing::RunResult launch(int ranks, int nodes, const std::string& backend, const std::string& extra_env = "",
+                                bool own_gpus = false) {
   return mics::testing::run_command(fmt::format(
-      "MICS_TIMEOUT_S=60 MICS_GPU_COMM_TEST_WORKER=1 MICS_GPU_COMM_TEST_BACKEND={} {} {} launch -n {} --nodes {} -- "
-      "/proc/{}/exe --gtest_filter=GpuComm.Worker 2>&1",
-      backend, extra_env, MICS_BINARY, ranks, nodes, ::getpid()));
+      "MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_GPU_COMM_TEST_WORKER=1 MICS_GPU_COMM_TEST_BACKEND={} {} {} {} launch -n {} "
+      "--nodes {} -- {} /proc/{}/exe --gtest_filter=GpuComm.Worker 2>&1",
+      backend, own_gpus ? "" : "CUDA_VISIBLE_DEVICES=0", extra_env, MICS_BINARY, ranks, nodes,
+      own_gpus ? MICS_SOURCE_DIR "/bench/emulated_node.sh" : "", ::getpid()));
 }
 }  // namespace
 
@@ -218,4 +261,63 @@ TEST(GpuComm, ForcedNcclOnASharedGpuIsAClearError) {
   const auto r = launch(2, 1, "", "MICS_GPU_COMM=nccl");
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("ranks 0 and 1 share one GPU"), std::string::npos) << r.output;
+}
+
+class GpuCommNccl : public ::testing::TestWithParam<std::pair<int, int>> {};
+
+TEST_P(GpuCommNccl, OwnGpusPickNcclAndMatchHostReference) {
+  SKIP_WITHOUT_TWO_GPUS();
+#ifndef MICS_HAVE_NCCL
+  GTEST_SKIP() << "this build has no NCCL";
+#endif
+  const auto [ranks, nodes] = GetParam();
+  if (const int gpus = mics::query_cuda_info().device_count; gpus < ranks)
+    GTEST_SKIP() << ranks << " ranks need " << ranks << " GPUs, this machine shows " << gpus;
+  const auto r = launch(ranks, nodes, "", nodes > 1 ? "NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,P2P,NET" : "", true);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("backend choice: nccl: nccl: every rank has a GPU of its own"), std::string::npos) << r.output;
+  size_t checked = 0;
+  for (size_t at = r.output.find("counts checked over nccl"); at != std::string::npos;
+       at = r.output.find("counts checked over nccl", at + 1))
+    ++checked;
+  EXPECT_EQ(checked, static_cast<size_t>(ranks)) << r.output;
+  // Across emulated nodes NCCL must take the nodes for hosts of their own: its NET transport.
+  if (nodes > 1) {
+    EXPECT_NE(r.output.find("via NET/"), std::string::npos) << r.output;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, GpuCommNccl, ::testing::Values(std::pair{2, 1}, std::pair{2, 2}, std::pair{4, 1}, std::pair{4, 2}),
+                         [](const auto& param_info) { return fmt::format("{}r{}n", param_info.param.first, param_info.param.second); });
+
+// A peer killed between two NCCL all-reduces: NCCL itself does not notice a dead peer on the
+// same host (its kernels wait on the peer's flags), so the survivor's synchronize() must reach
+// MICS_TIMEOUT_S, abort the communicator and throw. Started without `mics launch`, whose job is
+// to stop the survivors itself once a rank dies.
+TEST(GpuComm, NcclPeerDeathFailsWithinTheDeadline) {
+  SKIP_WITHOUT_TWO_GPUS();
+#ifndef MICS_HAVE_NCCL
+  GTEST_SKIP() << "this build has no NCCL";
+#endif
+  constexpr int kTimeoutS = 5;
+  const int port = mics::testing::free_port();
+  std::string cmd;
+  for (int rank = 0; rank < 2; ++rank)
+    cmd += fmt::format(
+        "MICS_RANK={0} MICS_WORLD_SIZE=2 MICS_LOCAL_RANK={0} MICS_NODE_ID=node0 MICS_MASTER_ADDR=127.0.0.1 "
+        "MICS_MASTER_PORT={1} MICS_JOB_TOKEN=nccl-death-test MICS_TIMEOUT_S={2} NCCL_NVLS_ENABLE=0 "
+        "MICS_GPU_COMM_TEST_WORKER=1 MICS_GPU_COMM_TEST_PEER_DEATH=1 timeout -s KILL {3} /proc/{4}/exe "
+        "--gtest_filter=GpuComm.Worker > /tmp/nccl-death-{4}.{0} 2>&1 & ",
+        rank, port, kTimeoutS, 4 * kTimeoutS + 20, ::getpid());
+  cmd += fmt::format("wait; cat /tmp/nccl-death-{0}.0; echo ---; cat /tmp/nccl-death-{0}.1; rm -f /tmp/nccl-death-{0}.*", ::getpid());
+  const auto r = mics::testing::run_command(cmd);
+  ASSERT_NE(r.output.find("rank 0: warm-up done"), std::string::npos) << r.output;
+  ASSERT_NE(r.output.find("rank 0: failed after"), std::string::npos) << "the survivor did not fail on its own:\n" << r.output;
+  const std::string line = r.output.substr(r.output.find("rank 0: failed after"));
+  EXPECT_NE(line.find("all_reduce"), std::string::npos) << line;
+  EXPECT_NE(line.find("NCCL communicator 'gpu-test'"), std::string::npos) << line;
+  EXPECT_NE(line.find("aborted"), std::string::npos) << line;
+  const double seconds = std::stod(line.substr(std::string("rank 0: failed after ").size()));
+  EXPECT_LE(seconds, 2.0 * kTimeoutS + 5) << line;
+  std::printf("[ peer death ] %s\n", line.substr(0, line.find('\n')).c_str());
 }

@@ -1,6 +1,7 @@
-// `mics train --device cuda` with several ranks on this machine's one GPU: the ranks share the
-// GPU, so the GPU collectives take the fabric fallback (pinned host staging over the libfabric
-// rails). The tiny GPT, the same seed and global batch (ranks x S x B = 8 sequences) as a
+// `mics train --device cuda` with several ranks on one GPU (CUDA_VISIBLE_DEVICES=0): the ranks
+// share the GPU, so the GPU collectives take the fabric fallback (pinned host staging over the
+// libfabric rails); and, on a machine with two GPUs or more, ranks with a GPU each over NCCL (one
+// node, and emulated nodes through bench/emulated_node.sh). The tiny GPT, the same seed and global batch (ranks x S x B = 8 sequences) as a
 // one-rank GPU run with S = 4 and the CPU `mics train`.
 //
 // Bounds (relative, per step, 6 steps):
@@ -26,6 +27,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "base/cuda_info.hpp"
 #include "model/cuda/gpt_cuda.hpp"
 #include "train_run.hpp"
 
@@ -45,10 +47,11 @@ using mics::testing::TrainRun;
 
 const std::string kCommon = "--model tiny --micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
 
-TrainRun train(const std::string& args, const std::string& tag) {
+// `env` goes before the command; by default every rank sees GPU 0 only.
+TrainRun train(const std::string& args, const std::string& tag, const std::string& env = "CUDA_VISIBLE_DEVICES=0") {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
   return mics::testing::run_and_read_metrics(
-      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} train {} {} --metrics {} 2>&1", scratch(),
+      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} {} train {} {} --metrics {} 2>&1", scratch(), env,
                   MICS_BINARY, kCommon, args, metrics),
       metrics);
 }
@@ -72,21 +75,28 @@ std::string name(const Layout& l) {
   return fmt::format("{}r{}n_{}_p{}_S{}", l.ranks, l.nodes, l.strategy, l.partition, l.grad_accum);
 }
 
-class TrainCuda : public ::testing::TestWithParam<Layout> {};
-
-TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
-  SKIP_WITHOUT_GPU();
-  const Layout l = GetParam();
+// Runs layout `l` and checks it against the one-GPU and CPU references (losses), its traffic
+// formula and its model states per rank. `nccl`: one GPU per rank, else all on GPU 0.
+void check_layout(const Layout& l, bool nccl) {
   const TrainRun& ref = gpu_reference();
   ASSERT_EQ(ref.result.status, 0) << ref.result.output;
   ASSERT_EQ(ref.losses.size(), 6u) << ref.result.output;
   const TrainRun& cpu = cpu_reference();
   ASSERT_EQ(cpu.losses.size(), 6u) << cpu.result.output;
-  const TrainRun run = train(fmt::format("--device cuda -n {} --nodes {} --strategy {} --partition-size {} --grad-accum {}", l.ranks,
-                                    l.nodes, l.strategy, l.partition, l.grad_accum),
-                        name(l));
+  const std::string args = fmt::format("--device cuda -n {} --nodes {} --strategy {} --partition-size {} --grad-accum {}",
+                                       l.ranks, l.nodes, l.strategy, l.partition, l.grad_accum);
+  // With a GPU per rank, `mics train -n` cannot place emulated nodes on GPUs of their own, so
+  // the ranks are started by `mics launch` through bench/emulated_node.sh.
+  const TrainRun run =
+      nccl ? train(fmt::format("{}", args), name(l) + "_nccl",
+                   fmt::format("{} launch -n {} --nodes {} -- {}/bench/emulated_node.sh", MICS_BINARY, l.ranks, l.nodes,
+                               MICS_SOURCE_DIR))
+           : train(args, name(l));
   ASSERT_EQ(run.result.status, 0) << run.result.output;
-  EXPECT_NE(run.result.output.find("share a GPU"), std::string::npos) << run.result.output;
+  if (nccl)
+    EXPECT_NE(run.result.output.find("GPU collectives: nccl"), std::string::npos) << run.result.output;
+  else
+    EXPECT_NE(run.result.output.find("share a GPU"), std::string::npos) << run.result.output;
   ASSERT_EQ(run.losses.size(), 6u) << run.result.output;
   double worst_gpu = 0, worst_cpu = 0;
   for (size_t i = 0; i < 6; ++i) {
@@ -100,7 +110,8 @@ TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
   std::printf("[ %s ] worst relative loss difference: vs 1 GPU %.2e, vs CPU %.2e\n", name(l).c_str(), worst_gpu, worst_cpu);
   EXPECT_LT(run.losses.back(), run.losses.front());
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
-  EXPECT_NE(run.summary.value("strategy", std::string()).find("fabric collectives"), std::string::npos) << run.summary.dump();
+  EXPECT_NE(run.summary.value("strategy", std::string()).find(nccl ? "nccl collectives" : "fabric collectives"), std::string::npos)
+      << run.summary.dump();
   // Model states per rank shrink with p: 16 B x params / p (+ padding: < world floats per unit).
   const int p = l.strategy == "ddp" ? 1 : l.strategy == "zero3" ? l.ranks : l.partition;
   const uint64_t params = run.summary.value("params", uint64_t{0});
@@ -114,10 +125,35 @@ TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
               static_cast<unsigned long long>(states), p, static_cast<unsigned long long>(params));
 }
 
+class TrainCuda : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(TrainCuda, FabricFallbackFollowsOneGpuAndCpu) {
+  SKIP_WITHOUT_GPU();
+  check_layout(GetParam(), false);
+}
+
 INSTANTIATE_TEST_SUITE_P(Layouts, TrainCuda,
                          ::testing::Values(Layout{2, 1, "zero3", 0, 2}, Layout{2, 1, "ddp", 0, 2},
                                            Layout{4, 1, "mics", 2, 1}, Layout{4, 2, "mics", 2, 1},
                                            Layout{4, 1, "zero3", 0, 1}),
+                         [](const auto& param_info) { return name(param_info.param); });
+
+class TrainCudaNccl : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(TrainCudaNccl, GpuPerRankFollowsOneGpuAndCpu) {
+  SKIP_WITHOUT_GPU();
+  const Layout l = GetParam();
+  if (const int gpus = mics::query_cuda_info().device_count; gpus < l.ranks)
+    GTEST_SKIP() << l.ranks << " ranks need " << l.ranks << " GPUs, this machine shows " << gpus << " (multi-GPU tests skipped)";
+  check_layout(l, true);
+}
+
+// The same global batch (ranks x S x B = 8): 2 GPUs ZeRO-3 and DDP; MiCS p=1 on 2 emulated
+// nodes (replicas across nodes: the 2-hop all-reduce over NCCL's NET transport), and on 4 GPUs
+// MiCS p=2 across 2 emulated nodes.
+INSTANTIATE_TEST_SUITE_P(Layouts, TrainCudaNccl,
+                         ::testing::Values(Layout{2, 1, "zero3", 0, 2}, Layout{2, 1, "ddp", 0, 2}, Layout{2, 2, "mics", 1, 2},
+                                           Layout{2, 2, "zero3", 0, 2}, Layout{4, 2, "mics", 2, 1}),
                          [](const auto& param_info) { return name(param_info.param); });
 
 }  // namespace
