@@ -66,6 +66,8 @@ struct CudaEngine::Impl {
   cudaEvent_t compute_done = nullptr, comm_done = nullptr;
   std::vector<cudaEvent_t> ready;  // per unit: its last gather finished
   std::vector<int> reduced;        // per unit: reduce() calls since the last step
+  // per gradient buffer the model hands to reduce(): recorded after the reduce-scatter read it
+  std::vector<std::pair<const float*, cudaEvent_t>> buffer_read;
   int64_t steps = 0;
   int consecutive_skips = 0;
   comm::Traffic base;
@@ -77,6 +79,7 @@ struct CudaEngine::Impl {
       if (f) cudaFree(f);
     if (host_norm) cudaFreeHost(host_norm);
     for (cudaEvent_t e : ready) cudaEventDestroy(e);
+    for (auto& [buffer, e] : buffer_read) cudaEventDestroy(e);
     if (compute_done) cudaEventDestroy(compute_done);
     if (comm_done) cudaEventDestroy(comm_done);
     if (cs) cudaStreamDestroy(cs);
@@ -131,8 +134,23 @@ struct CudaEngine::Impl {
     } else {
       cuda::add_into(acc + offset[k], grads, n, cs);
     }
-    ++reduced[k];
-    lead(compute);  // the model writes this gradient buffer again only after the reduce-scatter read it
+    MICS_ENGINE_CUDA(cudaEventRecord(read_event(grads), cs));
+    // The unit's accumulated shard is final: its 2-hop all-reduce across the replicas now, on
+    // the engine's stream, while the model computes the units before it.
+    if (++reduced[k] == options.grad_accum && replication)
+      replication->all_reduce(acc + offset[k], acc + offset[k], n, DType::kF32, ReduceOp::kSum, cs);
+  }
+  cudaEvent_t read_event(const float* grads) {
+    for (auto& [buffer, e] : buffer_read)
+      if (buffer == grads) return e;
+    cudaEvent_t e = nullptr;
+    MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    buffer_read.emplace_back(grads, e);
+    return e;
+  }
+  void reuse(const float* grads, comm::GpuStream compute) {
+    for (auto& [buffer, e] : buffer_read)
+      if (buffer == grads) MICS_ENGINE_CUDA(cudaStreamWaitEvent(st(compute), e, 0));
   }
 };
 
@@ -208,6 +226,7 @@ UnitSource CudaEngine::unit_source() {
   src.gather = [s](int u, float* dst, comm::GpuStream stream) { s->gather(u, dst, stream); };
   src.wait = [s](int u, comm::GpuStream stream) { s->wait(u, stream); };
   src.reduce = [s](int u, const float* grads, comm::GpuStream stream) { s->reduce(u, grads, stream); };
+  src.reuse = [s](const float* grads, comm::GpuStream stream) { s->reuse(grads, stream); };
   return src;
 }
 
@@ -221,8 +240,7 @@ CudaStepReport CudaEngine::step(float lr, comm::GpuStream stream) {
   std::fill(s.reduced.begin(), s.reduced.end(), 0);
   const auto t0 = Clock::now();
   CudaStepReport report;
-  s.follow(stream);
-  if (s.replication) s.replication->all_reduce(s.acc, s.acc, s.shard, DType::kF32, ReduceOp::kSum, s.cs);
+  s.follow(stream);  // the replication all-reduces were enqueued by the last reduce of each unit
   s.ops.sum_squares(s.acc, s.shard, s.norm_sq, s.cs);
   if (s.partition) s.partition->all_reduce(s.norm_sq, s.norm_sq, 1, DType::kF32, ReduceOp::kSum, s.cs);
   const float scale = 1.0f / static_cast<float>(s.N * s.options.grad_accum);
@@ -288,7 +306,10 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
       }
       add_to(total, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32), steps);
     }
-    if (s.r > 1) add_to(total, comm::predict_traffic(*s.groups.replication, "all_reduce", s.shard, DType::kF32), steps);
+    if (s.r > 1)
+      for (size_t u = 0; u < units; ++u)
+        add_to(total, comm::predict_traffic(*s.groups.replication, "all_reduce", s.padded[u] / static_cast<size_t>(s.p), DType::kF32),
+               steps);
   } else {
     // The ring formulas NcclGpuComm counts (bytes only), on the rail its group sits on.
     auto ring = [&](const comm::Communicator& c, uint64_t bytes) {

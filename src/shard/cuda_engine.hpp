@@ -18,13 +18,20 @@
 //   wait(u)         the model's stream waits for that gather (an event per unit): a gather
 //                   issued one unit early overlaps the current unit's compute (prefetch);
 //   reduce(u, g)    right after unit u's backward: reduce-scatter (fp32) of its padded
-//                   gradient inside the partition group, added into the shard accumulator; the
-//                   model's stream waits for it before g is written again.
-// step(): the 2-hop all-reduce of the accumulator across the replication group (once), the
-// global norm (a one-float all-reduce over the partition group), clipping and AdamW on the
-// shard. The next micro-step gathers the new parameters.
+//                   gradient inside the partition group, added into the shard accumulator, on
+//                   the engine's stream, which runs behind the model's: the model goes on with
+//                   the next unit's backward (into its other gradient buffer);
+//   reuse(g)        before the model writes gradient buffer g again: its stream waits for the
+//                   last reduce-scatter that read g.
+//                   On the last micro-step of a step (the grad_accum-th reduce of unit u), the
+//                   2-hop all-reduce of unit u's accumulated shard across the replication group
+//                   follows right there, overlapping the backward of the units before it.
+// step(): the global norm (a one-float all-reduce over the partition group), clipping and
+// AdamW on the shard. The next micro-step gathers the new parameters.
 // Traffic per optimizer step and rank (ring formulas, M = sum of padded unit bytes, fp32):
 //   S * 2 * (p-1)/p * M  +  S * (p-1)/p * M  +  2 (r-1)/r * M/p  +  norm all-reduce (one float)
+// (the replication all-reduce runs per unit; the unit shards are multiples of r, so their
+// ring bytes add up to the formula's exactly).
 // plus, outside training, one gather per block and two of unit 0 per forward-only pass (eval).
 // expected_traffic() predicts it per rail (fabric: comm::predict_traffic per call, exactly;
 // nccl: the same ring formula GpuComm counts).
@@ -78,6 +85,7 @@ struct UnitSource {
   std::function<void(int unit, float* dst, comm::GpuStream s)> gather;
   std::function<void(int unit, comm::GpuStream s)> wait;
   std::function<void(int unit, const float* grads, comm::GpuStream s)> reduce;
+  std::function<void(const float* grads, comm::GpuStream s)> reuse;
 };
 
 class CudaEngine {
@@ -97,8 +105,8 @@ class CudaEngine {
   // floats, identical on every rank; the rest of the padded host buffer is zero).
   void finalize(const std::function<void(int unit, float* host)>& init);
   UnitSource unit_source();  // valid while the engine lives
-  // After grad_accum micro-steps (every unit reduced grad_accum times): the 2-hop all-reduce,
-  // norm, clip, AdamW on the shard (`stream`, the model's, waits for it).
+  // After grad_accum micro-steps (every unit reduced grad_accum times, its 2-hop all-reduce
+  // enqueued with the last): norm, clip, AdamW on the shard (`stream`, the model's, waits for it).
   CudaStepReport step(float lr, comm::GpuStream stream);
 
   int64_t optimizer_steps() const;

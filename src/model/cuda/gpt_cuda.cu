@@ -110,11 +110,13 @@ struct CudaGpt::Impl {
   float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
   bf16_t* params_bf16 = nullptr;
   // sharded (opt.shard_pad > 0): unit 0's and two block slots' gathered params, unit 0's and
-  // one block's gradients, all padded to a multiple of shard_pad
+  // two blocks' gradients (block l's reduce-scatter reads one while block l-1's backward writes
+  // the other), all padded to a multiple of shard_pad
   bool sharded = false;
   shard::UnitSource source;
   size_t pad0 = 0, padb = 0, work_bytes = 0;
-  float *u0 = nullptr, *g0 = nullptr, *gblk = nullptr;
+  float *u0 = nullptr, *g0 = nullptr;
+  float* gblk[2] = {nullptr, nullptr};
   bf16_t* u0_bf16 = nullptr;
   float* slot32[2] = {nullptr, nullptr};
   bf16_t* slot16[2] = {nullptr, nullptr};
@@ -173,7 +175,7 @@ struct CudaGpt::Impl {
       padb = L > 0 ? round_up(unit_n[1], k) : 0;
       const size_t nb = L > 0 ? unit_n[1] : 0;
       // as the arena rounds them
-      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) + 3 * round_up(padb * 4, 256) +
+      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) + 4 * round_up(padb * 4, 256) +
                    2 * round_up(nb * 2, 256);
     }
     const size_t bh = static_cast<size_t>(B) * H;
@@ -190,7 +192,7 @@ struct CudaGpt::Impl {
           slot32[i] = f(padb);
           slot16[i] = h(nb);
         }
-        gblk = f(padb);
+        for (float*& g : gblk) g = f(padb);
       } else {
         params = f(nparams);
         grads = f(nparams);
@@ -312,7 +314,7 @@ struct CudaGpt::Impl {
   }
   float* unit_grad(int u) const {
     if (!sharded) return grads + offsets[static_cast<size_t>(u)];
-    return u == 0 ? g0 : gblk;
+    return u == 0 ? g0 : gblk[(u - 1) % 2];
   }
   // Sharded: start gathering unit u (its slot's last reader is the work enqueued so far) ...
   void fetch(int u) {
@@ -334,8 +336,11 @@ struct CudaGpt::Impl {
       throw Error(ErrorKind::kInvalidArgument, std::string(what) + " on a sharded CudaGpt (no full parameter arrays)",
                   {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine holds the parameters"});
   }
+  // Sharded: the buffer's last reduce-scatter must have read it before it is zeroed.
   void zero_unit_grad(int u) {
-    if (sharded) MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
+    if (!sharded) return;
+    source.reuse(unit_grad(u), stream);
+    MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
   }
   layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(unit_f32(0), V, cfg.max_seq, C); }
   layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(unit_bf16(0), V, cfg.max_seq, C); }
