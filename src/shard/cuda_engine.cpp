@@ -188,7 +188,12 @@ CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options,
   MICS_ENGINE_CUDA(cudaMalloc(&s.rs_out, std::max<size_t>(s.max_shard, 1) * sizeof(float)));
   MICS_ENGINE_CUDA(cudaMalloc(&s.norm_sq, sizeof(float)));
   MICS_ENGINE_CUDA(cudaMallocHost(&s.host_norm, sizeof(float)));
-  MICS_ENGINE_CUDA(cudaStreamCreateWithFlags(&s.cs, cudaStreamNonBlocking));
+  // The collectives' stream gets the highest priority (as FSDP2's all-gather and reduce-scatter
+  // streams): their kernels take SMs as soon as blocks of the model's kernels retire, instead
+  // of queueing behind whole waves of a GEMM while the model waits for the next unit.
+  int lowest_priority = 0, highest_priority = 0;
+  MICS_ENGINE_CUDA(cudaDeviceGetStreamPriorityRange(&lowest_priority, &highest_priority));
+  MICS_ENGINE_CUDA(cudaStreamCreateWithPriority(&s.cs, cudaStreamNonBlocking, highest_priority));
   MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.compute_done, cudaEventDisableTiming));
   MICS_ENGINE_CUDA(cudaEventCreateWithFlags(&s.comm_done, cudaEventDisableTiming));
   s.ready.assign(units, nullptr);
@@ -323,7 +328,7 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
         ring(*s.groups.partition, (steps * S * 2 + passes * (u == 0 ? 2 : 1)) * (P - P / n));
         ring(*s.groups.partition, steps * S * (P - P / n));
       }
-      ring(*s.groups.partition, steps * 2 * (4 - 4 / n));
+      ring(*s.groups.partition, steps * 2 * (1 - 1 / n) * 4);  // NcclGpuComm counts whole elements
     }
     if (s.r > 1) ring(*s.groups.replication, steps * 2 * (s.shard * 4 - s.shard * 4 / rr));
   }

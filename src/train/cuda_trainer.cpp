@@ -167,7 +167,7 @@ int run_cuda_training(const TrainConfig& c) {
   std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
   if (engine)
     std::printf("  model states per rank: %s (fp32 params + grads + 2 moments of %zu shard floats); working buffers: %s "
-                "(unit 0 + 2 block slots gathered, unit 0 + 1 block gradient)\n",
+                "(unit 0 + 2 block slots gathered, unit 0 + 2 block gradients)\n",
                 human(static_cast<double>(engine->model_state_bytes())).c_str(), engine->shard_size(),
                 human(static_cast<double>(model.working_buffer_bytes())).c_str());
   std::fflush(stdout);

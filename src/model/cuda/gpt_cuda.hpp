@@ -39,7 +39,8 @@ struct CudaOptions {
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
   // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
   // unit 0 (fp32 + bf16 params, fp32 grads), two block slots (fp32 + bf16 params: the current
-  // block and the prefetched one) and one block gradient buffer.
+  // block and the prefetched one) and two block gradient buffers (one being reduce-scattered
+  // while the next block's backward writes the other).
   int shard_pad = 0;
 };
 
