@@ -48,6 +48,33 @@ namespace {
 
 std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull << 30)); }
 
+// The summary block, then what only a GPU run has: the step time, MFU per GPU, device memory
+// and the per-kernel-kind profile (MICS_CUDA_PROFILE=1; rank 0's GPU with several ranks).
+void print_gpu_summary(const Summary& sum, const model::cuda::DeviceSummary& dev, double flops_per_token, double n_no_wpe,
+                       int steady_steps, double steady_seconds, int skip_timing, int steps_done, uint64_t peak_in_use,
+                       uint64_t model_bytes, const std::vector<model::cuda::PhaseTime>& profile) {
+  std::fputs(format_summary(sum).c_str(), stdout);
+  const double tflops = sum.tokens_per_s / std::max(1, sum.world_size) * flops_per_token / 1e12;  // per GPU
+  std::printf("  %-28s %s\n", "GPU", dev.name.c_str());
+
+  std::printf("  %-28s %.1f ms (steady steps %d..%d)\n", "step time", steady_steps ? steady_seconds * 1e3 / steady_steps : 0.0,
+              skip_timing + 1, steps_done);
+  std::printf("  %-28s %.1f TFLOP/s, MFU %.1f%% of %s (6N+6LCT, N without wpe = %.1fM)\n", "model flops", tflops,
+              100.0 * tflops / dev.peak_bf16_tflops, dev.peak_note.c_str(), n_no_wpe / 1e6);
+  std::printf("  %-28s %s in use on the device after step 1 (model %s)\n", "device memory",
+              human(static_cast<double>(peak_in_use)).c_str(), human(static_cast<double>(model_bytes)).c_str());
+  if (!profile.empty()) {
+    double total = 0;
+    for (const auto& p : profile) total += p.ms;
+    const int n = std::max(1, steady_steps);
+    std::printf("  kernel time per step by kind (CUDA events, %d steady steps; total %.2f ms):\n", n, total / n);
+    auto sorted = profile;
+    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
+    for (const auto& p : sorted)
+      std::printf("    %-32s %8.3f ms  %5.1f%%  (%d calls)\n", p.name.c_str(), p.ms / n, 100.0 * p.ms / total, p.calls / n);
+  }
+}
+
 }  // namespace
 
 int run_cuda_training(const TrainConfig& c) {
@@ -285,35 +312,19 @@ int run_cuda_training(const TrainConfig& c) {
   }
   sum.params = mc.num_params();
   sum.flops_per_token = mc.flops_per_token(T);
+  sum.world_size = world;
   if (engine) {
-    if (metrics) metrics->summary(sum);
-    if (leader) std::fputs(format_summary(sum).c_str(), stdout);
-    std::fflush(stdout);
+    sum.nodes = rt->topology().num_nodes;
+    sum.partition_size = engine->partition_size();
+  }
+  if (metrics) metrics->summary(sum);
+  if (leader) print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing, steps_done,
+                                peak_in_use, model.allocated_bytes(), profile);
+  std::fflush(stdout);
+  if (engine) {
     engine.reset();
     rt->finish();
-    return 0;
   }
-  std::fputs(format_summary(sum).c_str(), stdout);
-  const double tflops = sum.tokens_per_s * flops_per_token / 1e12;
-  std::printf("  %-28s %s\n", "GPU", dev.name.c_str());
-  std::printf("  %-28s %.1f ms (steady steps %d..%d)\n", "step time", steady_steps ? steady_seconds * 1e3 / steady_steps : 0.0,
-              skip_timing + 1, steps_done);
-  std::printf("  %-28s %.1f TFLOP/s, MFU %.1f%% of %s (6N+6LCT, N without wpe = %.1fM)\n", "model flops", tflops,
-              100.0 * tflops / dev.peak_bf16_tflops, dev.peak_note.c_str(), n_no_wpe / 1e6);
-  std::printf("  %-28s %s in use on the device after step 1 (model %s)\n", "device memory",
-              human(static_cast<double>(peak_in_use)).c_str(), human(static_cast<double>(model.allocated_bytes())).c_str());
-  if (!profile.empty()) {
-    double total = 0;
-    for (const auto& p : profile) total += p.ms;
-    const int n = std::max(1, steady_steps);
-    std::printf("  kernel time per step by kind (CUDA events, %d steady steps; total %.2f ms):\n", n, total / n);
-    auto sorted = profile;
-    std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
-    for (const auto& p : sorted)
-      std::printf("    %-32s %8.3f ms  %5.1f%%  (%d calls)\n", p.name.c_str(), p.ms / n, 100.0 * p.ms / total, p.calls / n);
-  }
-  std::fflush(stdout);
-  if (metrics) metrics->summary(sum);
   return 0;
 }
 
