@@ -90,6 +90,7 @@ for tag in "${model_list[@]}"; do
       add "${tag}_${layout}_ddp_S$S" 8 "$layout" mics ddp 1 "$S" "$tag" "$spec" "$mb"
       add "${tag}_${layout}_fsdp-full_S$S" 8 "$layout" fsdp full 8 "$S" "$tag" "$spec" "$mb"
       add "${tag}_${layout}_fsdp-hybrid_S$S" 8 "$layout" fsdp hybrid 4 "$S" "$tag" "$spec" "$mb"
+      add "${tag}_${layout}_mics-p4-bf16g_S$S" 8 "$layout" mics-bf16g mics 4 "$S" "$tag" "$spec" "$mb"
       if [ "$FABRIC" = 1 ] && [ "$layout" = 2x4 ]; then
         add "${tag}_${layout}_mics-p8-fabric_S$S" 8 "$layout" mics-fabric mics 8 "$S" "$tag" "$spec" "$mb"
       fi
@@ -105,6 +106,8 @@ for tag in "${model_list[@]}"; do
       add "${tag}_1x2_mics-p2_S$S" 2 1x2 mics mics 2 "$S" "$tag" "$spec" "$mb"
       add "${tag}_1x2_fsdp-full_S$S" 2 1x2 fsdp full 2 "$S" "$tag" "$spec" "$mb"
     fi
+    # bf16 parameter gathers (--gather-dtype bf16: half the gather bytes, as FSDP's param_dtype)
+    add "${tag}_1x2_mics-p2-bf16g_S$S" 2 1x2 mics-bf16g mics 2 "$S" "$tag" "$spec" "$mb"
     # one GPU: the scaling series' first point and the no-communication reference of every row
     add "${tag}_1x1_mics_S$S" 1 1x1 mics single 1 "$S" "$tag" "$spec" "$mb"
     add "${tag}_1x1_fsdp-full_S$S" 1 1x1 fsdp full 1 "$S" "$tag" "$spec" "$mb"
@@ -225,12 +228,13 @@ for r in "${selected[@]}"; do
   envs=(NCCL_NVLS_ENABLE=0)
   if [ "$nodes" -gt 1 ] && [ "$NCCL_LOG" = 1 ]; then envs+=(NCCL_DEBUG=INFO "NCCL_DEBUG_FILE=$dir/nccl.%h.%p.log"); fi
   case $system in
-    mics | mics-fabric)
+    mics | mics-fabric | mics-bf16g)
       [ "$system" = mics-fabric ] && envs+=(MICS_GPU_COMM=fabric)
       targs=(train --device cuda --model "$spec" --grad-accum "$S" --micro-batch "$mb" --seq-len "$SEQ"
              --steps "$STEPS" --data "$DATA/rand_train.bin" --samples 0 --eval-batches 1 --lr 3e-4
              --weight-decay 0.1 --clip 1.0 --log-every 1 --metrics "$dir/metrics.jsonl")
       # ddp and zero3 fix the partition size (1, all ranks): mics train refuses --partition-size there
+      [ "$system" = mics-bf16g ] && targs+=(--gather-dtype bf16)
       case $strategy in
         single) ;;
         mics) targs+=(--strategy mics --partition-size "$p") ;;

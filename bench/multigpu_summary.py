@@ -118,7 +118,7 @@ def load_row(d):
     used = [peaks[i] for i in sorted(peaks)[: int(meta.get("gpus", 0)) or None]] if peaks else []
     r["mem_gib"] = max(used) / 1024 if used else None
     sysname = meta["system"]
-    if sysname in ("mics", "mics-fabric"):
+    if sysname in ("mics", "mics-fabric", "mics-bf16g"):
         steps, summary = mics_steps(os.path.join(d, "metrics.jsonl"))
         r["step_ms_list"] = steps or []
         if summary:
@@ -173,6 +173,8 @@ def system_label(r):
         return {"full": "FSDP FULL_SHARD", "hybrid": f"FSDP HYBRID_SHARD (shard {p})"}.get(strat, f"FSDP {strat}")
     if s == "mics-fabric":
         return f"mics p={p}, fabric (hierarchical all-gather)"
+    if s == "mics-bf16g":
+        return f"mics p={p}, bf16 gathers"
     if strat == "single":
         return "mics, one GPU"
     return {"mics": f"mics p={p}", "zero3": "zero3 (mics engine)", "ddp": "ddp (mics engine)"}.get(strat, strat)
@@ -216,7 +218,7 @@ def main(argv):
       "step - the 1-GPU step of the same system and per-GPU batch. Peak memory: nvidia-smi memory.used, "
       "largest GPU (torch allocator peak in brackets for the peers).\n")
 
-    train = [r for r in rows.values() if r["system"] in ("mics", "mics-fabric", "fsdp")]
+    train = [r for r in rows.values() if r["system"] in ("mics", "mics-fabric", "mics-bf16g", "fsdp")]
     w("## Training rows\n")
     w("| row | GPUs | layout | system | S | B x T | step ms | tokens/s | TFLOPS/GPU | MFU | exposed comm ms (est.) | peak mem GiB/GPU | status | notes |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -258,8 +260,8 @@ def main(argv):
     keys2 = sorted({(r["model_tag"], r["layout"], r["grad_accum"]) for r in train if int(r["gpus"]) == 2})
     if keys2:
         w("## Ratios on two GPUs (tokens/s; 2x1: 2 emulated nodes of 1 GPU, MiCS p=1 keeps each partition on its node)\n")
-        w("| model | layout | S | mics / zero3 | mics / FSDP hybrid | mics / FSDP full | zero3 / FSDP full |")
-        w("|---|---|---|---|---|---|---|")
+        w("| model | layout | S | mics / zero3 | mics / FSDP hybrid | mics / FSDP full | zero3 / FSDP full | mics bf16 gathers / FSDP full |")
+        w("|---|---|---|---|---|---|---|---|")
         for tag, layout, S in keys2:
             base = f"{tag}_{layout}_"
             mics = "mics-p1" if layout == "2x1" else "mics-p2"
@@ -268,7 +270,7 @@ def main(argv):
                 a_, b_ = tok(f"{base}{x}_S{S}"), tok(f"{base}{y}_S{S}")
                 return f"{a_ / b_:.2f}x" if a_ and b_ else "-"
             w(f"| {tag} | {layout} | {S} | {ratio2(mics, 'zero3')} | {ratio2(mics, 'fsdp-hybrid')} | "
-              f"{ratio2(mics, 'fsdp-full')} | {ratio2('zero3', 'fsdp-full')} |")
+              f"{ratio2(mics, 'fsdp-full')} | {ratio2('zero3', 'fsdp-full')} | {ratio2(mics + '-bf16g', 'fsdp-full')} |")
         w("")
 
     w("## Scaling (S=1, the same B x T per GPU: weak scaling)\n")

@@ -19,6 +19,7 @@ namespace mics::shard {
 #ifdef MICS_HAVE_CUDA
 namespace cuda {
 void add_into(float* acc, const float* x, size_t n, void* stream);  // shard/cuda/engine_kernels.cu
+void to_bf16(const float* x, void* out, size_t n, void* stream);
 }
 
 namespace {
@@ -62,6 +63,7 @@ struct CudaEngine::Impl {
   size_t shard = 0, max_shard = 0;
   float *master = nullptr, *acc = nullptr, *m = nullptr, *v = nullptr, *rs_out = nullptr, *norm_sq = nullptr;
   float* host_norm = nullptr;
+  void* stage_bf16 = nullptr;  // bf16 gathers: this rank's shard of the unit being gathered
   cudaStream_t cs = nullptr;
   cudaEvent_t compute_done = nullptr, comm_done = nullptr;
   std::vector<cudaEvent_t> ready;  // per unit: its last gather finished
@@ -78,6 +80,7 @@ struct CudaEngine::Impl {
     for (float* f : {master, acc, m, v, rs_out, norm_sq})
       if (f) cudaFree(f);
     if (host_norm) cudaFreeHost(host_norm);
+    if (stage_bf16) cudaFree(stage_bf16);
     for (cudaEvent_t e : ready) cudaEventDestroy(e);
     for (auto& [buffer, e] : buffer_read) cudaEventDestroy(e);
     if (compute_done) cudaEventDestroy(compute_done);
@@ -105,11 +108,18 @@ struct CudaEngine::Impl {
       throw Error(ErrorKind::kInvalidArgument, fmt::format("{}: unit {} of {}", what, u, numel.size()),
                   {.layer = "shard", .where = "GPU sharded engine"});
   }
-  void gather(int u, float* dst, comm::GpuStream compute) {
+  void gather(int u, float* dst, void* dst_bf16, comm::GpuStream compute) {
     check_unit(u, "gather");
     follow(compute);  // dst's previous contents were read by the model's work so far
     const size_t k = static_cast<size_t>(u);
-    if (partition)
+    if (options.gather_dtype == DType::kBF16) {
+      if (partition) {
+        cuda::to_bf16(master + offset[k], stage_bf16, padded[k] / static_cast<size_t>(p), cs);
+        partition->all_gather(stage_bf16, dst_bf16, padded[k], DType::kBF16, cs);
+      } else {
+        cuda::to_bf16(master + offset[k], dst_bf16, padded[k], cs);
+      }
+    } else if (partition)
       partition->all_gather(master + offset[k], dst, padded[k], DType::kF32, cs);
     else
       MICS_ENGINE_CUDA(cudaMemcpyAsync(dst, master + offset[k], padded[k] * sizeof(float), cudaMemcpyDeviceToDevice, cs));
@@ -187,6 +197,10 @@ CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options,
   for (float** f : {&s.master, &s.acc, &s.m, &s.v}) MICS_ENGINE_CUDA(cudaMalloc(f, std::max<size_t>(s.shard, 1) * sizeof(float)));
   MICS_ENGINE_CUDA(cudaMalloc(&s.rs_out, std::max<size_t>(s.max_shard, 1) * sizeof(float)));
   MICS_ENGINE_CUDA(cudaMalloc(&s.norm_sq, sizeof(float)));
+  if (options.gather_dtype == DType::kBF16) MICS_ENGINE_CUDA(cudaMalloc(&s.stage_bf16, std::max<size_t>(s.max_shard, 1) * 2));
+  else if (options.gather_dtype != DType::kF32)
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("gather dtype {}: f32 or bf16", to_string(options.gather_dtype)),
+                {.layer = "shard", .where = "GPU sharded engine"});
   MICS_ENGINE_CUDA(cudaMallocHost(&s.host_norm, sizeof(float)));
   // The collectives' stream gets the highest priority (as FSDP2's all-gather and reduce-scatter
   // streams): their kernels take SMs as soon as blocks of the model's kernels retire, instead
@@ -228,7 +242,8 @@ void CudaEngine::finalize(const std::function<void(int unit, float* host)>& init
 UnitSource CudaEngine::unit_source() {
   Impl* s = impl_.get();
   UnitSource src;
-  src.gather = [s](int u, float* dst, comm::GpuStream stream) { s->gather(u, dst, stream); };
+  src.gather = [s](int u, float* dst, void* dst_bf16, comm::GpuStream stream) { s->gather(u, dst, dst_bf16, stream); };
+  src.bf16_gathers = s->options.gather_dtype == DType::kBF16;
   src.wait = [s](int u, comm::GpuStream stream) { s->wait(u, stream); };
   src.reduce = [s](int u, const float* grads, comm::GpuStream stream) { s->reduce(u, grads, stream); };
   src.reuse = [s](const float* grads, comm::GpuStream stream) { s->reuse(grads, stream); };
@@ -306,7 +321,7 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
       for (size_t u = 0; u < units; ++u) {
         // training: two gathers and one reduce-scatter per micro-step; eval: one gather (unit 0: two)
         const uint64_t gathers = steps * S * 2 + passes * (u == 0 ? 2 : 1);
-        add_to(total, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded[u], DType::kF32), gathers);
+        add_to(total, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded[u], s.options.gather_dtype), gathers);
         add_to(total, comm::predict_traffic(*s.groups.partition, "reduce_scatter", s.padded[u], DType::kF32), steps * S);
       }
       add_to(total, comm::predict_traffic(*s.groups.partition, "all_reduce", 1, DType::kF32), steps);
@@ -324,8 +339,8 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
     const uint64_t n = static_cast<uint64_t>(s.p), rr = static_cast<uint64_t>(s.r);
     if (s.p > 1) {
       for (size_t u = 0; u < units; ++u) {
-        const uint64_t P = s.padded[u] * 4;
-        ring(*s.groups.partition, (steps * S * 2 + passes * (u == 0 ? 2 : 1)) * (P - P / n));
+        const uint64_t P = s.padded[u] * 4, G = s.padded[u] * dtype_size(s.options.gather_dtype);
+        ring(*s.groups.partition, (steps * S * 2 + passes * (u == 0 ? 2 : 1)) * (G - G / n));
         ring(*s.groups.partition, steps * S * (P - P / n));
       }
       ring(*s.groups.partition, steps * 2 * (1 - 1 / n) * 4);  // NcclGpuComm counts whole elements

@@ -72,6 +72,11 @@ struct CudaEngineOptions {
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.0f, clip_norm = 0.0f;
   int max_skipped_steps = 3;
   comm::GpuBackend backend = comm::GpuBackend::kFabric;
+  // kBF16: each gather casts this rank's fp32 master shard to bf16 (round to nearest even) and
+  // all-gathers that: half the bytes, as FSDP's param_dtype = bf16. The model's GEMMs see the
+  // same bf16 weights either way; what it reads in fp32 (LayerNorm weights, biases) arrives
+  // bf16-rounded. Traffic: the gathers' term of the formula halves.
+  DType gather_dtype = DType::kF32;
 };
 
 struct CudaStepReport {
@@ -82,10 +87,13 @@ struct CudaStepReport {
 
 // What the model calls per unit (see above); streams are cudaStream_t.
 struct UnitSource {
-  std::function<void(int unit, float* dst, comm::GpuStream s)> gather;
+  // dst: the unit's fp32 buffer, dst_bf16 its bf16 one (both unit_padded(u) elements); the
+  // engine fills dst_bf16 when bf16_gathers, else dst.
+  std::function<void(int unit, float* dst, void* dst_bf16, comm::GpuStream s)> gather;
   std::function<void(int unit, comm::GpuStream s)> wait;
   std::function<void(int unit, const float* grads, comm::GpuStream s)> reduce;
   std::function<void(const float* grads, comm::GpuStream s)> reuse;
+  bool bf16_gathers = false;
 };
 
 class CudaEngine {

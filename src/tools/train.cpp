@@ -150,6 +150,10 @@ Runner add_train_command(CLI::App& app, int argc, char** argv) {
   sub->add_option("--mesh-order", c.mesh_order, "rank placement, fastest-varying first: a permutation of t, p, s, r")->capture_default_str();
   sub->add_option("--memory-budget", c.memory_budget, "bytes per rank, e.g. 8GiB (default: 90% of the free memory / ranks on this host)");
   sub->add_option("--comm-dtype", c.comm_dtype, "dtype of the gradient reduce-scatter: f32 or bf16")->capture_default_str();
+  sub->add_option("--gather-dtype", c.gather_dtype,
+                  "dtype of the parameter all-gathers with --device cuda and several ranks: f32 (the master weights) or bf16 "
+                  "(half the bytes, as FSDP's param_dtype; LayerNorm weights and biases then arrive bf16-rounded)")
+      ->capture_default_str();
   sub->add_option("--micro-batch", c.micro_batch, "sequences per rank and micro-step")->capture_default_str();
   sub->add_option("--seq-len", c.seq_len, "tokens per sequence (0: the model's context)")->capture_default_str();
   sub->add_option("--grad-accum", c.grad_accum, "micro-steps per optimizer step (S)")->capture_default_str();

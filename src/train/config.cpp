@@ -93,6 +93,11 @@ void validate(const TrainConfig& c) {
              "sequence parallelism splits the sequence over the tensor ranks: add --tensor-parallel 2 or more");
   if (c.comm_dtype != "f32" && c.comm_dtype != "bf16")
     bad_flag("--comm-dtype", fmt::format("unknown dtype '{}'", c.comm_dtype), "use f32 or bf16");
+  if (c.gather_dtype != "f32" && c.gather_dtype != "bf16")
+    bad_flag("--gather-dtype", fmt::format("unknown dtype '{}'", c.gather_dtype), "use f32 or bf16");
+  if (c.gather_dtype == "bf16" && c.device != "cuda")
+    bad_flag("--gather-dtype", "bf16 with --device " + c.device,
+             "bf16 parameter gathers are built for --device cuda (the CPU engines gather fp32): use --gather-dtype f32");
   if (c.micro_batch < 1) bad_flag("--micro-batch", fmt::format("{} < 1", c.micro_batch), "use 1 or more sequences");
   if (c.seq_len < 0) bad_flag("--seq-len", fmt::format("{} < 0", c.seq_len), "use 0 for the model's context or a positive length");
   if (c.grad_accum < 1) bad_flag("--grad-accum", fmt::format("{} < 1", c.grad_accum), "use 1 or more micro-steps");
@@ -123,12 +128,12 @@ void validate(const TrainConfig& c) {
 
 std::string describe(const TrainConfig& c) {
   return fmt::format(
-      "model={} recompute={} strategy={} partition_size={} memory_budget={} comm_dtype={} micro_batch={} "
+      "model={} recompute={} strategy={} partition_size={} memory_budget={} comm_dtype={} gather_dtype={} micro_batch={} "
       "seq_len={} grad_accum={} steps={} lr={} warmup={} min_lr_ratio={} weight_decay={} clip={} seed={} "
       "data={} eval_data={} eval_every={} eval_batches={} samples={} sample_tokens={} tensor_parallel={} "
       "pipeline_parallel={} sequence_parallel={} pipeline_schedule={} mesh_order={}",
       c.model, c.recompute, c.strategy, c.partition_size, c.memory_budget.empty() ? "auto" : c.memory_budget,
-      c.comm_dtype, c.micro_batch, c.seq_len, c.grad_accum, c.steps, c.lr, c.warmup, c.min_lr_ratio,
+      c.comm_dtype, c.gather_dtype, c.micro_batch, c.seq_len, c.grad_accum, c.steps, c.lr, c.warmup, c.min_lr_ratio,
       c.weight_decay, c.clip, c.seed, c.data.empty() ? "<embedded>" : c.data, c.eval_data, c.eval_every,
       c.eval_batches, c.samples, c.sample_tokens, c.tensor_parallel, c.pipeline_parallel, c.sequence_parallel,
       c.pipeline_schedule,

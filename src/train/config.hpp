@@ -17,6 +17,7 @@ struct TrainConfig {
   std::string partition_size = "0";    // mics: P, "auto", or 0 = the ranks per node
   std::string memory_budget;           // per rank, e.g. "8GiB"; empty: free memory / local ranks
   std::string comm_dtype = "f32";      // gradient reduce-scatter dtype: f32 | bf16
+  std::string gather_dtype = "f32";    // parameter all-gather dtype (--device cuda): f32 | bf16
   int tensor_parallel = 1;             // t (topo/mesh.hpp); t > 1 or s > 1: train/mesh_trainer.cpp
   int pipeline_parallel = 1;           // s
   bool sequence_parallel = false;      // t > 1: LayerNorm regions split along the sequence (model/gpt_tp.hpp)

@@ -173,10 +173,9 @@ struct CudaGpt::Impl {
       const size_t k = static_cast<size_t>(opt.shard_pad);
       pad0 = round_up(unit_n[0], k);
       padb = L > 0 ? round_up(unit_n[1], k) : 0;
-      const size_t nb = L > 0 ? unit_n[1] : 0;
       // as the arena rounds them
-      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(unit_n[0] * 2, 256) + 4 * round_up(padb * 4, 256) +
-                   2 * round_up(nb * 2, 256);
+      work_bytes = 2 * round_up(pad0 * 4, 256) + round_up(pad0 * 2, 256) + 4 * round_up(padb * 4, 256) +
+                   2 * round_up(padb * 2, 256);
     }
     const size_t bh = static_cast<size_t>(B) * H;
     const size_t nc = N * C;
@@ -184,13 +183,12 @@ struct CudaGpt::Impl {
       auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
       auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
       if (sharded) {
-        const size_t nb = L > 0 ? unit_n[1] : 0;
         u0 = f(pad0);
-        u0_bf16 = h(unit_n[0]);
+        u0_bf16 = h(pad0);  // padded: a bf16 gather fills the whole unit
         g0 = f(pad0);
         for (int i = 0; i < 2; ++i) {
           slot32[i] = f(padb);
-          slot16[i] = h(nb);
+          slot16[i] = h(padb);
         }
         for (float*& g : gblk) g = f(padb);
       } else {
@@ -318,14 +316,18 @@ struct CudaGpt::Impl {
   }
   // Sharded: start gathering unit u (its slot's last reader is the work enqueued so far) ...
   void fetch(int u) {
-    if (sharded) source.gather(u, unit_f32(u), stream);
+    if (sharded) source.gather(u, unit_f32(u), unit_bf16(u), stream);
   }
   // ... and, right before its compute, wait for it and make its bf16 copy.
   void ready(int u) {
     if (!sharded) return;
-    Scope sc(this, "gathered unit to bf16");
+    Scope sc(this, source.bf16_gathers ? "gathered unit to f32" : "gathered unit to bf16");
     source.wait(u, stream);
-    f32_to_bf16(unit_f32(u), unit_bf16(u), unit_n[static_cast<size_t>(u)], stream);
+    // the GEMMs read the bf16 copy; LayerNorm weights and some biases the fp32 one
+    if (source.bf16_gathers)
+      bf16_to_f32(unit_bf16(u), unit_f32(u), unit_n[static_cast<size_t>(u)], stream);
+    else
+      f32_to_bf16(unit_f32(u), unit_bf16(u), unit_n[static_cast<size_t>(u)], stream);
   }
   // Sharded: unit u's gradient is complete: reduce-scatter it (the stream waits for it).
   void reduce(int u) {
