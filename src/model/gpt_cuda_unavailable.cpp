@@ -29,7 +29,6 @@ std::vector<PhaseTime> CudaGpt::take_profile() { return {}; }
 void* CudaGpt::stream() { return nullptr; }
 void CudaGpt::set_unit_source(shard::UnitSource) {}
 uint64_t CudaGpt::working_buffer_bytes() const { return 0; }
-std::vector<int> CudaGpt::gathers_per_micro_step() const { return {}; }
 shard::DeviceOptimizer CudaGpt::device_optimizer() { return {}; }
 uint64_t CudaGpt::allocated_bytes() const { return 0; }
 std::string CudaGpt::attention_kind() const { return ""; }

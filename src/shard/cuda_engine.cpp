@@ -88,10 +88,6 @@ struct CudaEngine::Impl {
     if (cs) cudaStreamDestroy(cs);
   }
 
-  uint64_t gathers_per_micro_step(size_t u) const {
-    const auto& g = options.gathers_per_micro_step;
-    return g.empty() ? 2 : static_cast<uint64_t>(g.at(u));
-  }
   comm::Traffic raw_traffic() const {
     comm::Traffic t;
     if (partition) add_to(t, partition->traffic());
@@ -187,11 +183,6 @@ CudaEngine::CudaEngine(comm::Runtime& runtime, const CudaEngineOptions& options,
   if (s.r > 1) s.replication = comm::make_gpu_comm(options.backend, *s.groups.replication, runtime.store());
   s.base = s.raw_traffic();
   s.numel = std::move(unit_numel);
-  if (!options.gathers_per_micro_step.empty() && options.gathers_per_micro_step.size() != s.numel.size())
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("gathers_per_micro_step has {} entries for {} units", options.gathers_per_micro_step.size(),
-                            s.numel.size()),
-                {.layer = "shard", .where = "GPU sharded engine"});
   const size_t n = static_cast<size_t>(s.N), units = s.numel.size();
   size_t total = 0;
   for (size_t u = 0; u < units; ++u) {
@@ -328,8 +319,8 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
   if (s.options.backend == comm::GpuBackend::kFabric) {
     if (s.p > 1) {
       for (size_t u = 0; u < units; ++u) {
-        // training: the model's gathers and one reduce-scatter per micro-step; eval: one gather
-        const uint64_t gathers = steps * S * s.gathers_per_micro_step(u) + passes;
+        // training: two gathers and one reduce-scatter per micro-step; eval: one gather (unit 0: two)
+        const uint64_t gathers = steps * S * 2 + passes * (u == 0 ? 2 : 1);
         add_to(total, comm::predict_traffic(*s.groups.partition, "all_gather", s.padded[u], s.options.gather_dtype), gathers);
         add_to(total, comm::predict_traffic(*s.groups.partition, "reduce_scatter", s.padded[u], DType::kF32), steps * S);
       }
@@ -349,7 +340,7 @@ comm::Traffic CudaEngine::expected_traffic(int optimizer_steps, int forward_pass
     if (s.p > 1) {
       for (size_t u = 0; u < units; ++u) {
         const uint64_t P = s.padded[u] * 4, G = s.padded[u] * dtype_size(s.options.gather_dtype);
-        ring(*s.groups.partition, (steps * S * s.gathers_per_micro_step(u) + passes) * (G - G / n));
+        ring(*s.groups.partition, (steps * S * 2 + passes * (u == 0 ? 2 : 1)) * (G - G / n));
         ring(*s.groups.partition, steps * S * (P - P / n));
       }
       ring(*s.groups.partition, steps * 2 * (1 - 1 / n) * 4);  // NcclGpuComm counts whole elements

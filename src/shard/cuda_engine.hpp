@@ -10,11 +10,10 @@
 // per shard element: model states per rank = (params + grads + 2 moments) / p (plus padding).
 // No full-model parameter or gradient array exists on any rank: the model (CudaGpt with
 // CudaOptions::shard_pad) holds per-unit working buffers and calls, per micro-step,
-//   gather(u, dst)  before unit u's forward and, when its buffer was reused since, again
-//                   before its backward (the GPT: each block twice per micro-step, except the
-//                   last, whose slot still holds it, and unit 0, whose buffer holds it from the
-//                   embedding to the head's backward: once): an fp32 (or bf16) all-gather of
-//                   the unit's shards inside the partition group into dst, on the engine's
+//   gather(u, dst)  before unit u's forward and again before its backward (two per unit per
+//                   micro-step, like the CPU engine: unit 0 before the embedding and before
+//                   the head; the head's copy serves the head's backward): an fp32 all-gather
+//                   of the unit's shards inside the partition group into dst, on the engine's
 //                   stream after the model's work so far (the slot it overwrites is free);
 //   wait(u)         the model's stream waits for that gather (an event per unit): a gather
 //                   issued one unit early overlaps the current unit's compute (prefetch);
@@ -29,13 +28,11 @@
 //                   follows right there, overlapping the backward of the units before it.
 // step(): the global norm (a one-float all-reduce over the partition group), clipping and
 // AdamW on the shard. The next micro-step gathers the new parameters.
-// Traffic per optimizer step and rank (ring formulas, M = sum of padded unit bytes, fp32; G =
-// sum over units of gathers per micro-step x padded unit bytes in the gather dtype, 2M - the
-// GPT's unit 0 and last block with fp32 gathers):
-//   S * (p-1)/p * G  +  S * (p-1)/p * M  +  2 (r-1)/r * M/p  +  norm all-reduce (one float)
+// Traffic per optimizer step and rank (ring formulas, M = sum of padded unit bytes, fp32):
+//   S * 2 * (p-1)/p * M  +  S * (p-1)/p * M  +  2 (r-1)/r * M/p  +  norm all-reduce (one float)
 // (the replication all-reduce runs per unit; the unit shards are multiples of r, so their
 // ring bytes add up to the formula's exactly).
-// plus, outside training, one gather per unit per forward-only pass (eval).
+// plus, outside training, one gather per block and two of unit 0 per forward-only pass (eval).
 // expected_traffic() predicts it per rail (fabric: comm::predict_traffic per call, exactly;
 // nccl: the same ring formula GpuComm counts).
 //
@@ -80,9 +77,6 @@ struct CudaEngineOptions {
   // same bf16 weights either way; what it reads in fp32 (LayerNorm weights, biases) arrives
   // bf16-rounded. Traffic: the gathers' term of the formula halves.
   DType gather_dtype = DType::kF32;
-  // Per unit, how often the model gathers it per micro-step (for expected_traffic(); empty: 2
-  // each, a forward and a backward gather). A forward-only pass gathers each unit once.
-  std::vector<int> gathers_per_micro_step;
 };
 
 struct CudaStepReport {

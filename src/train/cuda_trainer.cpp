@@ -165,7 +165,6 @@ int run_cuda_training(const TrainConfig& c) {
     eo.clip_norm = c.clip;
     eo.backend = backend.backend;
     eo.gather_dtype = c.gather_dtype == "bf16" ? DType::kBF16 : DType::kF32;
-    eo.gathers_per_micro_step = model.gathers_per_micro_step();
     std::vector<size_t> units;
     for (int u = 0; u < gpt.num_units(); ++u) units.push_back(gpt.unit_numel(u));
     engine = std::make_unique<shard::CudaEngine>(*rt, eo, units, model.device_optimizer());

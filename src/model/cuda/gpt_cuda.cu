@@ -414,20 +414,17 @@ struct CudaGpt::Impl {
     if (sharded && !source.gather)
       throw Error(ErrorKind::kInvalidArgument, "a sharded CudaGpt without a unit source",
                   {.layer = "model", .where = "CudaGpt", .hint = "call set_unit_source() first"});
-    // Unit 0 is gathered once per pass: its buffer holds it from the embedding to the head (and
-    // the head's backward), as FSDP keeps its root unsharded after forward. Block 0's slot is
-    // free, so its gather goes out with unit 0's.
     fetch(0);
-    if (L > 0) fetch(1);
     ready(0);
     const auto e32 = embed_f32();
     {
       Scope sc(this, "embedding fwd");
       embedding_forward(tokens, e32.wte, e32.wpe, L > 0 ? acts[0].res : res_final, B, T, C, s());
     }
+    fetch(L > 0 ? 1 : 0);  // unit 0 released; the first block (or the head's unit 0) next
     for (int l = 0; l < L; ++l) {
       ready(1 + l);
-      if (l + 1 < L) fetch(2 + l);  // prefetch the next block into the other slot
+      fetch(l + 1 < L ? 2 + l : 0);  // prefetch: the next block, or unit 0 for the head
       LayerActs& a = acts[static_cast<size_t>(l)];
       const auto p32 = block_f32(l);
       const auto p16 = block_bf16(l);
@@ -461,7 +458,8 @@ struct CudaGpt::Impl {
         blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
       }
     }
-    const auto e16 = embed_bf16();  // unit 0 since the embedding
+    ready(0);  // the head's copy, kept for the head's backward
+    const auto e16 = embed_bf16();
     {
       Scope sc(this, "layernorm fwd");
       layernorm_forward(res_final, e32.lnf_w, e32.lnf_b, lnf, lnf_mean, lnf_rstd, n, C, s());
@@ -484,8 +482,7 @@ struct CudaGpt::Impl {
     const auto e16 = embed_bf16();
     const auto eg = embed_grad();
     zero_unit_grad(0);
-    // The last block is still in its slot since its forward (nothing was gathered after it):
-    // its backward needs no second gather.
+    if (L > 0) fetch(L);  // the last block, gathered again for its backward
     {
       Scope sc(this, "gemm logits bwd");
       blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
@@ -607,14 +604,6 @@ void CudaGpt::set_unit_source(shard::UnitSource source) {
   impl_->source = std::move(source);
 }
 void* CudaGpt::stream() { return impl_->stream; }
-std::vector<int> CudaGpt::gathers_per_micro_step() const {
-  // forward: every unit once; backward: every block but the last once more (see forward())
-  std::vector<int> g(static_cast<size_t>(impl_->L) + 1, 2);
-  g[0] = 1;
-  if (impl_->L > 0) g.back() = 1;
-  return g;
-}
-
 uint64_t CudaGpt::working_buffer_bytes() const { return impl_->work_bytes; }
 
 shard::DeviceOptimizer CudaGpt::device_optimizer() {

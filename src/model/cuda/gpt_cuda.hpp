@@ -90,9 +90,6 @@ class CudaGpt {
   void set_unit_source(shard::UnitSource source);
   void* stream();
   uint64_t working_buffer_bytes() const;
-  // Sharded: how often forward_backward() gathers each unit (unit 0 and the last block once,
-  // the other blocks twice); a forward-only pass gathers each unit once.
-  std::vector<int> gathers_per_micro_step() const;
   shard::DeviceOptimizer device_optimizer();
 
   std::vector<PhaseTime> take_profile();
