@@ -12,8 +12,8 @@
 //    then arrive bf16-rounded.
 //  - against the CPU run (fp32 everywhere): 2e-2, the whole-model bf16 loss bound of
 //    tests/model_cuda_test.cpp (kLossTol 1e-2) doubled for the steps that follow.
-// Each run's summary must say the engine's byte counters equal its traffic formula (two fp32
-// gathers and one reduce-scatter per unit per micro-step, shard/cuda_engine.hpp), and its model
+// Each run's summary must say the engine's byte counters equal its traffic formula (two gathers,
+// fp32 or bf16, and one fp32 reduce-scatter per unit per micro-step, shard/cuda_engine.hpp), and its model
 // states per rank must be (params + grads + 2 moments) / p: 16 bytes x params / p, plus at most
 // the padding of each unit to a multiple of the world size.
 // Without a CUDA device every test is skipped with the reason.
