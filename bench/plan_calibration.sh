@@ -5,7 +5,7 @@
 # docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration.sh [BUILD_DIR] [OUT_DIR]
 # Env: ROUNDS (default 2; the layouts run interleaved, round by round, so that a change in the
-# host's load hits every layout alike), STEPS (20; the median step, the first left out).
+# host's load hits every layout alike), STEPS (40; the median step, the first left out: a ZeRO-3 run can switch between two step times for many steps).
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
 # on a shared host it is the main source of error, so run it under `nice -n -20`.
 set -euo pipefail
@@ -16,7 +16,7 @@ export MICS_DATA_DIR=${MICS_DATA_DIR:-$OUT/data} MICS_TIMEOUT_S=${MICS_TIMEOUT_S
 mkdir -p "$OUT"
 MODEL=${MODEL:-L4H4C128V256T64}
 ROUNDS=${ROUNDS:-2}
-COMMON="--model $MODEL --seq-len 64 --steps ${STEPS:-20} --samples 0 --eval-batches 1"
+COMMON="--model $MODEL --seq-len 64 --steps ${STEPS:-40} --samples 0 --eval-batches 1"
 LAYOUTS="mics_p2 zero3 ddp"
 
 load() {

@@ -6,7 +6,7 @@
 # round. Results go in docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration_engine.sh [BUILD_DIR] [OUT_DIR]
 # Env: ROUNDS (default 2; the layouts run interleaved, round by round, so that a change in the
-# host's load hits every layout alike), STEPS (10 timed steps after the bench's warm-up step;
+# host's load hits every layout alike), STEPS (30 timed steps after the bench's warm-up step;
 # the median is compared), LAYERS and WIDTH (8 x 384: the MLP's plain loops make a step of
 # 100-300 ms on this host, so that compute is not negligible against communication), LAYOUTS.
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
@@ -18,7 +18,7 @@ MICS=$BUILD/mics
 export MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-2}
-COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-384} --steps ${STEPS:-10}"
+COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-384} --steps ${STEPS:-30}"
 # 4 ranks on 2 emulated nodes, 16 samples per rank and optimizer step in every layout: three
 # strategies, and each sharded strategy also with the other split of S and B (same strategy,
 # another configuration).

@@ -284,6 +284,7 @@ TEST(PlanMlp, TimelineFollowsTheEngineBench) {
       s.model = find_model(fmt::format("mlpL{}W64", L));
       s.cluster = find_cluster("host");
       s.cluster.gpus_per_node = 2;
+      s.cluster.host_cores = 4;  // a core per rank: the prefetch is modelled (CPU-bound: PlanSimulator.CpuBoundHostOverlapsNothing)
       s.world = 4;
       s.strategy = strategy;
       s.partition_size = 2;
@@ -322,6 +323,39 @@ TEST(PlanMlp, TimelineFollowsTheEngineBench) {
           EXPECT_GE(gather[k]->start + 1e-12, compute[k - 1]->end) << label << ": " << compute[k]->what;
         else
           EXPECT_LT(gather[k]->start, compute[k - 1]->end) << label << ": " << compute[k]->what << " not prefetched";
+      }
+    }
+  }
+}
+
+// More ranks than cores: communication hides behind nothing; the step is the compute at the
+// fair share of a core plus every collective.
+TEST(PlanSimulator, CpuBoundHostOverlapsNothing) {
+  for (auto strategy : {mics::topo::Strategy::kDdp, mics::topo::Strategy::kZero3, mics::topo::Strategy::kMics}) {
+    RunSpec s;
+    s.model = find_model("mlpL4W64");
+    s.cluster = find_cluster("host");
+    s.cluster.gpus_per_node = 2;
+    s.cluster.host_cores = 2;
+    s.world = 4;
+    s.strategy = strategy;
+    s.partition_size = 2;
+    s.grad_accum = 3;
+    s.micro_batch = 4;
+    s.prefetch_depth = 2;
+    CostParams q;
+    q.host_hop_s = 2e-3;
+    q.compute_efficiency = 1e-4;
+    const auto pr = simulate(s, q);
+    const std::string label = mics::topo::to_string(strategy);
+    expect_timeline_rules(pr, label);
+    EXPECT_DOUBLE_EQ(pr.core_share, 0.5) << label;
+    EXPECT_NEAR(pr.step_s, pr.compute_s + pr.gather_busy_s + pr.reduce_busy_s, 1e-9 * pr.step_s) << label;
+    // and no two events of the timeline overlap in time
+    for (size_t i = 1; i < pr.timeline.size(); ++i) {
+      for (size_t k = 0; k < i; ++k) {
+        const auto &a = pr.timeline[k], &b = pr.timeline[i];
+        EXPECT_TRUE(a.end <= b.start + 1e-12 || b.end <= a.start + 1e-12) << label << ": " << a.what << " / " << b.what;
       }
     }
   }
@@ -504,20 +538,39 @@ TEST(PlanCalibrate, RecoversTheParametersOfASyntheticRun) {
   EXPECT_NEAR(ra.step_s, a.step_s, 1e-9);  // the first (slow) step is left out
   EXPECT_EQ(ra.host_cores, 2);
   EXPECT_EQ(ra.ranks_on_host, 4);
-  const Calibration cal = calibrate(ra, find_cluster("host"), CostParams{}, true);
+  // 4 ranks on 2 cores: CPU-bound, the step is compute at half a core plus all communication;
+  // only the compute rate is fitted (to the step), the hop cost is the rails' (here the prior's).
+  EXPECT_DOUBLE_EQ(a.core_share, 0.5);
+  EXPECT_NEAR(a.step_s, a.compute_s + a.gather_busy_s + a.reduce_busy_s, 1e-9 * a.step_s);
+  CostParams prior;
+  prior.host_hop_s = truth.host_hop_s;
+  const Calibration cal = calibrate(ra, find_cluster("host"), prior, true);
   EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
-  EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
-  EXPECT_EQ(cal.params.latency_scale, 1.0);  // the CPU engine's hop parameter is the wait
+  EXPECT_EQ(cal.params.host_hop_s, truth.host_hop_s);  // not fitted on a CPU-bound host
+  EXPECT_EQ(cal.params.latency_scale, 1.0);
   const auto pb = simulate(run_spec(read_run(scratch() + "/cal-b"), find_cluster("host")), cal.params);
   EXPECT_NEAR(pb.step_s, b.step_s, 1e-3 * b.step_s);
+  // With cores for every rank the split is the simulator's: compute from step - exposed, the
+  // hop wait fitted to the exposed time.
+  Cluster roomy = host;
+  roomy.host_cores = 4;
+  RunSpec spec4 = spec_of(mics::topo::Strategy::kMics, 2, 2);
+  spec4.cluster = roomy;
+  spec4.ranks_on_host = 4;
+  const auto free4 = simulate(spec4, truth);
+  ASSERT_DOUBLE_EQ(free4.core_share, 1.0);
+  ASSERT_GT(free4.exposed_comm_s, 0);
+  write_run(scratch() + "/cal-c", free4, "L4H4C128V256T64");
+  MeasuredRun rc = read_run(scratch() + "/cal-c");
+  rc.host_cores = 4;
+  const Calibration cal4 = calibrate(rc, roomy, CostParams{}, true);
+  EXPECT_NEAR(cal4.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
+  EXPECT_NEAR(cal4.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);
 }
 
 // A synthetic `mics engine-bench --json` file: the predictions' step and exposed times as every
 // timed step's, one result per prediction (one S and B per file, as the bench runs them).
-// in_turns: the exposed time as a sharded layout's engine measures it on an oversubscribed host
-// (its compute at a whole core, the rest of the step waiting); else as DDP's (the compute at
-// the fair share, the simulator's own split).
-void write_engine_bench(const std::string& file, const std::vector<StepPrediction>& prs, bool in_turns) {
+void write_engine_bench(const std::string& file, const std::vector<StepPrediction>& prs) {
   const RunSpec& s = prs.front().spec;
   const ModelDesc& d = s.model;
   nlohmann::json j = {{"kind", "mics engine-bench"}, {"model", d.name}, {"layers", d.mlp_layers},
@@ -533,8 +586,7 @@ void write_engine_bench(const std::string& file, const std::vector<StepPredictio
                                  ? fmt::format("mics:{}", pr.partition_size)
                                  : mics::topo::to_string(pr.spec.strategy);
     // Steps around the prediction: the median is the prediction itself.
-    const double ms = pr.step_s * 1e3;
-    const double ex = (in_turns ? pr.step_s - pr.compute_s * pr.core_share : pr.exposed_comm_s) * 1e3;
+    const double ms = pr.step_s * 1e3, ex = pr.exposed_comm_s * 1e3;
     j["results"].push_back({{"strategy", name}, {"p", pr.partition_size}, {"step_s", pr.step_s},
                             {"exposed_s", pr.exposed_comm_s},
                             {"step_ms", {ms * 1.3, ms, ms * 0.9, ms, ms * 1.1}},
@@ -567,22 +619,25 @@ TEST(PlanCalibrate, RecoversTheParametersOfAnEngineBenchRun) {
   const auto zero3 = simulate(spec_of(mics::topo::Strategy::kZero3, 4, 4, 4), truth);
   ASSERT_GT(mics2.exposed_comm_s, 0);
   EXPECT_DOUBLE_EQ(mics2.core_share, 0.5);
-  // Both readings of the measured compute: the sharded runs as their engines measure them (the
-  // ranks took turns at whole cores), DDP at the fair share.
+  // CPU-bound: nothing of the communication hides behind compute.
+  for (const auto* pr : {&mics2, &ddp, &zero3})
+    EXPECT_NEAR(pr->step_s, pr->compute_s + pr->gather_busy_s + pr->reduce_busy_s, 1e-9 * pr->step_s);
   const std::string a = scratch() + "/bench-a.json", b = scratch() + "/bench-b.json",
                     c = scratch() + "/bench-c.json";
-  write_engine_bench(a, {mics2}, true);
-  write_engine_bench(b, {zero3}, true);
-  write_engine_bench(c, {ddp}, false);
+  write_engine_bench(a, {mics2});
+  write_engine_bench(b, {zero3});
+  write_engine_bench(c, {ddp});
   const MeasuredRun ra = read_run(a);
   EXPECT_EQ(ra.kind, "engine-bench");
   EXPECT_EQ(ra.strategy, "mics");
   EXPECT_EQ(ra.partition_size, 2);
   EXPECT_NEAR(ra.step_s, mics2.step_s, 1e-9);
-  for (const std::string& fit : {a, c}) {
-    const Calibration cal = calibrate(read_run(fit), find_cluster("host"), CostParams{}, true);
+  CostParams prior;
+  prior.host_hop_s = truth.host_hop_s;  // the rails' cost, as measured
+  for (const std::string& fit : {a, b, c}) {
+    const Calibration cal = calibrate(read_run(fit), find_cluster("host"), prior, true);
     EXPECT_NEAR(cal.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency) << fit;
-    EXPECT_NEAR(cal.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s) << fit;
+    EXPECT_EQ(cal.params.host_hop_s, truth.host_hop_s) << fit;
     // The other layouts, from the fitted parameters: another strategy, S and B.
     for (const auto& [other, truth_step] :
          std::vector<std::pair<std::string, double>>{{a, mics2.step_s}, {b, zero3.step_s}, {c, ddp.step_s}}) {
@@ -600,7 +655,7 @@ TEST(PlanCalibrate, RecoversTheParametersOfAnEngineBenchRun) {
   const auto free4 = simulate(spec4, truth);
   EXPECT_DOUBLE_EQ(free4.core_share, 1.0);
   EXPECT_NEAR(free4.compute_s * 2, mics2.compute_s, 1e-9 * mics2.compute_s);  // half a core: twice the time
-  write_engine_bench(scratch() + "/bench-d.json", {free4}, false);
+  write_engine_bench(scratch() + "/bench-d.json", {free4});
   const Calibration cal4 = calibrate(read_run(scratch() + "/bench-d.json"), roomy, CostParams{}, true);
   EXPECT_NEAR(cal4.params.compute_efficiency, truth.compute_efficiency, 1e-3 * truth.compute_efficiency);
   EXPECT_NEAR(cal4.params.host_hop_s, truth.host_hop_s, 1e-3 * truth.host_hop_s);

@@ -235,20 +235,15 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   Calibration cal;
   cal.params = prior;
   const RunSpec spec = run_spec(run, cluster);
-  double measured_compute = std::max(1e-9, run.step_s - run.exposed_comm_s);
   // An oversubscribed host (CPU engine, more ranks than cores): the simulator runs every rank's
-  // compute at its fair share of a core. What the engine measured as compute (step - exposed)
-  // is a whole core's time when the host could have given each rank a core in turns within the
-  // step (ranks x compute <= cores x step: a sharded layout, whose waits for communication let
-  // the other ranks compute, so its "exposed" time holds their compute), else the fair share's
-  // (every rank computing at once: DDP). And the hop wait is fitted to the step, not to the
-  // exposed time, which on such a host is mostly the other ranks' compute.
+  // compute at its fair share of a core and the step as compute plus communication (the cores
+  // are the bottleneck). The run's "exposed" time is then mostly the other ranks' compute, so
+  // the compute rate is fitted to the whole step, and nothing else is fitted: a hop's cost is
+  // the rails' own (mics bench on this host), and one step time cannot tell two parameters apart.
   const double share = simulate(spec, cal.params).core_share;
   const bool oversubscribed = share < 1;
-  const int on_host = run.ranks_on_host > 0 ? run.ranks_on_host : run.world;
-  const bool in_turns = oversubscribed && on_host * measured_compute <= spec.cluster.host_cores * run.step_s;
-  if (in_turns) measured_compute /= share;
-  const double hop_target = oversubscribed ? run.step_s : run.exposed_comm_s;
+  const double measured_compute = oversubscribed ? run.step_s : std::max(1e-9, run.step_s - run.exposed_comm_s);
+  const double hop_target = run.exposed_comm_s;
   // The CPU engine's hops wait for a core (host_hop_s, the same on both rails); an
   // accelerator's hops are the wire's, scaled.
   const bool host_hop = cluster.cpu_engine;
@@ -268,12 +263,13 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
   // Compute first, then the hop, then again (the exposed time shifts with the compute).
   for (int round = 0; round < 6; ++round) {
     cal.params.compute_efficiency = solve_monotonic(
-        [&](double e) { return with(e, hop).compute_s; }, measured_compute, 1e-6, 10.0);
-    if (!fit_latency || run.exposed_comm_s <= 0) continue;
-    const auto exposed = [&](double x) {
-      const StepPrediction p = with(cal.params.compute_efficiency, x);
-      return oversubscribed ? p.step_s : p.exposed_comm_s;
-    };
+        [&](double e) {
+          const StepPrediction p = with(e, hop);
+          return oversubscribed ? p.step_s : p.compute_s;
+        },
+        measured_compute, 1e-6, 10.0);
+    if (!fit_latency || oversubscribed || run.exposed_comm_s <= 0) continue;
+    const auto exposed = [&](double x) { return with(cal.params.compute_efficiency, x).exposed_comm_s; };
     const double lo = host_hop ? 1e-7 : 1e-3, hi = host_hop ? 1.0 : 1e4;  // seconds, or a scale
     if (exposed(lo) <= hop_target && exposed(hi) >= hop_target) {
       hop = solve_monotonic(exposed, hop_target, lo, hi);
@@ -281,14 +277,13 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
                              "(bandwidths kept: intra {:.2f} GB/s, inter {:.2f} GB/s per node)",
                              host_hop ? fmt::format("a hop's wait for a core, {:.0f} us,", cal.params.host_hop_s * 1e6)
                                       : fmt::format("hop latency x{:.1f}", cal.params.latency_scale),
-                             oversubscribed ? "step" : "exposed communication",
+                             "exposed communication",
                              (cluster.intra.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
                              (cluster.inter.latency * cal.params.latency_scale + cal.params.host_hop_s) * 1e6,
                              cluster.intra.bandwidth * cal.params.intra_efficiency / 1e9,
                              cluster.inter.bandwidth * cal.params.inter_efficiency / 1e9);
     } else {
-      net_note += oversubscribed ? " (no latency reproduces the measured step; kept)"
-                                 : " (no latency reproduces the measured exposed communication; kept)";
+      net_note += " (no latency reproduces the measured exposed communication; kept)";
     }
   }
   cal.prediction = simulate(spec, cal.params);
@@ -302,9 +297,8 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, oversubscribed ? " (a whole core's)" : "",
       cluster.peak_flops * cal.params.compute_efficiency / 1e9,
       net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores,
-      oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core; the run's compute ({:.1f} ms) read as {}",
-                                   share, (run.step_s - run.exposed_comm_s) * 1e3,
-                                   in_turns ? "a whole core's (ranks took turns)" : "the fair share's (all at once)")
+      oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core, and its communication adds to the step "
+                                   "(CPU-bound: the compute rate is fitted to the whole step)", share)
                      : std::string(),
       cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
       cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);

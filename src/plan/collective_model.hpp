@@ -26,10 +26,9 @@ struct CostParams {
   double intra_efficiency = 0.8;    // achieved / nominal intra-node bandwidth
   double inter_efficiency = 0.8;    // achieved / nominal inter-node bandwidth
   double latency_scale = 1.0;       // multiplies both rails' per-hop latency
-  // Seconds added to every hop on either rail: on a host whose ranks outnumber its cores, a
-  // ring hop waits for the receiving rank's communication thread to get a core, a scheduling
-  // delay that is the same on the shm and the tcp rail and far above either wire's latency.
-  // 0 on accelerators; `mics plan --calibrate` fits it on the CPU engine (calibrate.hpp).
+  // Seconds added to every hop on either rail (a CPU host's scheduling wait, when one wants to
+  // model it: --host-hop-us). 0 by default; --calibrate fits it only where the host has a core
+  // per rank (on a CPU-bound host one step time cannot tell it from the compute rate).
   double host_hop_s = 0.0;
 };
 

@@ -172,7 +172,12 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   Fifo compute{Stream::kCompute}, gather{Stream::kGather}, reduce{Stream::kReduce};
   Fifo& reducer = cl.cpu_engine ? gather : reduce;  // one communication thread on the CPU engine
   std::vector<Event>& tl = pr.timeline;
-  const int depth = std::max(0, s.prefetch_depth);
+  // A CPU-bound host (more ranks than cores): the cores are what every rank waits for, and on
+  // loopback the rails' time is the cores' time too, so communication hides behind nothing:
+  // no prefetch, and the compute waits for each reduction (measured: bench/plan_calibration*.sh,
+  // docs/PLANNING.md).
+  const bool cpu_bound = pr.core_share < 1;
+  const int depth = cpu_bound ? 0 : std::max(0, s.prefetch_depth);
   std::vector<double> gather_end(ops.size(), 0.0);
   std::vector<bool> issued(ops.size(), false);
   const auto issue_gather = [&](size_t i, double at) {
@@ -204,7 +209,7 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
       reducer.run(tl, "reduce_scatter " + unit_name(s.model, f.op.unit), f.micro, f.op.unit, c.end, rs_time(f.op.unit));
     if (r > 1 && f.op.grads_done && (s.all_reduce_every_micro_step || (f.last_use_of_grad && boundary_in_backward)))
       reducer.run(tl, "all_reduce " + unit_name(s.model, f.op.unit), f.micro, f.op.unit, c.end, ar_time(f.op.unit));
-    if (sync_micro && f.ends_micro_step) compute.free_at = std::max(compute.free_at, reducer.free_at);
+    if (cpu_bound || (sync_micro && f.ends_micro_step)) compute.free_at = std::max(compute.free_at, reducer.free_at);
   }
   if (r > 1 && !boundary_in_backward && !s.all_reduce_every_micro_step) {
     // The CPU engine's step(): one all-reduce of the concatenated gradient shards.

@@ -18,14 +18,16 @@
 // never overlap; a unit's compute starts after its gather ends; a reduce-scatter starts after
 // the backward it reduces; the optimizer starts after every collective has ended.
 //
-// CPU engine on a host with more ranks than cores: a ring hop waits for the receiving rank's
-// communication thread to get a core (CostParams::host_hop_s, fitted by --calibrate), and
-// every rank computes at its fair share of the cores, host_cores / ranks_on_host of one
-// (StepPrediction::core_share; compute_efficiency is then a whole core's). The host is
-// CPU-bound: the ranks' compute takes the cores in turns, whatever waits for communication
-// in between (docs/PLANNING.md: the engine bench's five layouts). (Slowing compute only while a
-// collective is in flight, with the rank's compute at a whole core otherwise, was tried on
-// the trainer and dropped: it over-predicted sharded layouts 2x.)
+// CPU engine on a host with more ranks than cores (CPU-bound): every rank computes at its fair
+// share of the cores, host_cores / ranks_on_host of one (StepPrediction::core_share;
+// compute_efficiency is then a whole core's), and nothing overlaps: no prefetch, and the
+// compute waits for each reduction, because the cores are what every rank waits for and on
+// loopback the rails' time is the cores' time too. The step is the compute at the fair share
+// plus every collective at the rails' measured speed (CostParams::host_hop_s, 0 unless given,
+// adds to each hop). --calibrate fits only the compute rate there, to the whole step. This
+// replaced a model that overlapped communication with compute and fitted a per-hop wait for a
+// core: on the runs of bench/plan_calibration*.sh it missed 20% in 7 of 12 (trainer) and 13-20
+// of 40 (engine bench) pairs; docs/PLANNING.md compares both on the same runs.
 // The CPU engine all-reduces the replication group's gradients at the boundary as one flat
 // array (shard/engine.cpp: one collective, one set of hops), not unit by unit.
 #include <string>

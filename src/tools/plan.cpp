@@ -417,7 +417,7 @@ Runner add_plan_command(CLI::App& app) {
   sub->add_flag("--mesh-search", o->mesh_search,
                 "also search tensor (t) x pipeline (s) x partition (p) layouts: the fastest that fits beside pure MiCS");
   sub->add_option("--host-hop-us", o->host_hop_us,
-                  "CPU engine: microseconds a ring hop waits for a core, added on both rails (as --calibrate fits it)")
+                  "CPU engine: microseconds added to every ring hop on both rails (a scheduling wait; default 0)")
       ->check(CLI::NonNegativeNumber);
   sub->add_option("--calibrate", o->calibrate, "fit the efficiencies to a measured run: a `mics train --out` directory, or a "
                   "`mics engine-bench --json` file (FILE#STRATEGY when it holds several)");
