@@ -397,6 +397,47 @@ TEST(PlanMemory, MatchesTheEngineExactly) {
   }
 }
 
+// The mesh planner's activations per rank and micro-batch against what real mesh runs keep
+// (rank 0 = stage 0, tensor rank 0): tensor parallel with and without sequence parallelism,
+// pipeline stages with and without the head, recompute.
+TEST(PlanMemory, MeshActivationsMatchTheMeshTrainerExactly) {
+  struct Mesh {
+    int ranks, t, s;
+    bool sp, recompute;
+  };
+  const std::string model = "L4H4C32V256T32";
+  for (const Mesh& m : {Mesh{2, 2, 1, false, false}, Mesh{2, 2, 1, true, false}, Mesh{4, 2, 2, true, false},
+                        Mesh{2, 1, 2, false, false}, Mesh{4, 2, 2, false, true}}) {
+    const std::string label = fmt::format("t={} s={}{}{}", m.t, m.s, m.sp ? " sp" : "", m.recompute ? " recompute" : "");
+    const std::string metrics = fmt::format("{}/mesh-act-{}-{}-{}-{}.jsonl", scratch(), m.t, m.s, m.sp, m.recompute);
+    const auto r = mics::testing::run_command(fmt::format(
+        "MICS_TIMEOUT_S=60 MICS_DATA_DIR={}/data {} train -n {} --model {} --tensor-parallel {} --pipeline-parallel {} {} {} "
+        "--micro-batch 2 --seq-len 16 --grad-accum 2 --steps 1 --samples 0 --eval-batches 1 --metrics {}",
+        scratch(), MICS_BINARY, m.ranks, model, m.t, m.s, m.sp ? "--sequence-parallel" : "", m.recompute ? "--recompute" : "",
+        metrics));
+    ASSERT_EQ(r.status, 0) << label << "\n" << r.output;
+    nlohmann::json mesh;
+    std::ifstream in(metrics);
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("event", "") == "summary") mesh = j.at("mesh");
+    }
+    ASSERT_FALSE(mesh.is_null()) << label;
+    const double per_micro_batch =
+        mesh.at("activation_bytes").get<double>() / mesh.at("micro_batches_in_flight").get<double>();
+    MeshSpec spec;
+    spec.model = find_model(model);
+    spec.cluster = find_cluster("host");
+    spec.micro_batch = 2;
+    spec.seq_len = 16;
+    spec.recompute = m.recompute;
+    EXPECT_EQ(mesh_activation_bytes(spec, m.t, m.s, m.sp), per_micro_batch) << label;
+    if (m.t > 1 && !m.recompute) {  // sequence parallelism keeps less
+      EXPECT_LT(mesh_activation_bytes(spec, m.t, m.s, true), mesh_activation_bytes(spec, m.t, m.s, false)) << label;
+    }
+  }
+}
+
 // A real `mics engine-bench --json` run on 2 emulated nodes: --calibrate reads its layout, one
 // run per strategy, and the memory plan of the MLP equals the engine's own (widths that do not
 // divide the world: the shards are padded).

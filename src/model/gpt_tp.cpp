@@ -262,6 +262,20 @@ uint64_t TpPass::layernorm_region_bytes() const {
   return floats * sizeof(float);
 }
 
+uint64_t tp_activation_bytes(const GptConfig& c, int t, int batch, int seq_len, int blocks, bool sequence_parallel,
+                             bool recompute, bool with_head) {
+  // The sizes TpPass's constructor and head_forward give its buffers (kept in step with them:
+  // tests/plan_test.cpp compares this with a mesh run's own count).
+  const size_t N = sz(batch) * sz(seq_len), C = sz(c.channels), ts = sz(t);
+  const size_t Nl = sequence_parallel ? N / ts : N, cl = C / ts, hl = sz(c.heads) / ts, vl = sz(c.vocab) / ts;
+  const size_t kept_blocks = recompute ? std::min<size_t>(1, sz(blocks)) : sz(blocks);
+  const size_t layernorm_region = 3 * Nl * C + 4 * Nl;  // ln1, res2, ln2 and the two LayerNorms' mean, rstd
+  const size_t split = 3 * N * cl + sz(batch) * hl * sz(seq_len) * sz(seq_len) + N * cl + 8 * N * cl;  // qkv att atty fch gelu
+  size_t floats = (sz(blocks) + 1) * Nl * C + kept_blocks * (layernorm_region + split);
+  if (with_head) floats += Nl * C + 2 * Nl + N * vl + N;  // lnf and its statistics, logits, lse
+  return floats * sizeof(float);
+}
+
 uint64_t TpPass::activation_bytes() const {
   const Impl& s = *impl_;
   size_t floats = 0;

@@ -127,6 +127,12 @@ struct UnitPiece {
 enum class TpUnit { kWte, kWpe, kLnf, kSplit, kRep };
 std::vector<UnitPiece> tp_unit_pieces(const GptConfig& c, TpSlice slice, TpUnit kind, int layer = 0);
 
+// What a TpPass of these dimensions keeps for the backward (its activation_bytes() once its
+// forward ran), without building one: for the planner (plan/mesh_plan.cpp). with_head: the
+// stage is the last (lnf, the logits of the vocabulary slice and their log-sum-exp).
+uint64_t tp_activation_bytes(const GptConfig& c, int t, int batch, int seq_len, int blocks, bool sequence_parallel,
+                             bool recompute, bool with_head);
+
 // One micro-batch's activations on one pipeline stage: `blocks` consecutive blocks, with the
 // embedding (first stage) and the head (last stage) as the stage has them.
 class TpPass {

@@ -7,11 +7,15 @@
 #include <fmt/format.h>
 
 #include "base/error.hpp"
+#include "model/gpt_tp.hpp"
 #include "topo/groups.hpp"
+#include "topo/mesh.hpp"
 
 namespace mics::plan {
 
-std::string MeshLayout::describe() const { return fmt::format("t={} s={} p={} r={}", t, s, p, r); }
+std::string MeshLayout::describe() const {
+  return fmt::format("t={}{} s={} p={} r={}", t, sequence_parallel ? " sp" : "", s, p, r);
+}
 
 namespace {
 
@@ -20,7 +24,7 @@ int seq_of(const MeshSpec& spec) { return spec.seq_len > 0 ? spec.seq_len : spec
 
 }  // namespace
 
-std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p) {
+std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p, bool sequence_parallel) {
   const int n = ranks_per_node(spec), N = spec.gpus;
   const auto& c = spec.model.config;
   // Tensor and pipeline layouts cut transformer layers (heads, blocks); the MLP has neither.
@@ -29,6 +33,9 @@ std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p) {
   if (c.heads % t != 0) return fmt::format("t={} does not divide the {} heads", t, c.heads);
   if (n % t != 0) return fmt::format("t={} does not divide the {} ranks per node", t, n);
   if (s > c.layers) return fmt::format("s={} is more than the {} layers", s, c.layers);
+  if (sequence_parallel && t < 2) return "sequence parallelism needs t >= 2";
+  if (sequence_parallel && seq_of(spec) % t != 0)
+    return fmt::format("sequence parallelism: t={} does not divide the sequence length {}", t, seq_of(spec));
   if (N % (t * s) != 0) return fmt::format("t*s={} does not divide N={}", t * s, N);
   const int D = N / (t * s);
   const auto valid = topo::valid_partition_sizes(D, std::max(1, std::min(D, n / t)));
@@ -37,7 +44,24 @@ std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p) {
   return "";
 }
 
-MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int t, int s, int p) {
+double mesh_activation_bytes(const MeshSpec& spec, int t, int s, bool sequence_parallel) {
+  const auto& c = spec.model.config;
+  const int T = seq_of(spec), B = spec.micro_batch;
+  if (spec.cluster.cpu_engine) {
+    if (t == 1 && s == 1) return static_cast<double>(spec.model.engine_activation_bytes(B, T, spec.recompute));
+    const topo::StageLayers first = topo::stage_layers(c.layers, s, 0);
+    return static_cast<double>(
+        model::tp_activation_bytes(c, t, B, T, first.count, sequence_parallel, spec.recompute, /*with_head=*/s == 1));
+  }
+  // Accelerators: the model's activations divided by t*s, plus (without sequence parallelism)
+  // the LayerNorm and dropout regions' 10*s*b*h per layer that every tensor rank keeps whole.
+  const double whole = static_cast<double>(spec.model.gpu_activation_bytes(B, T, spec.recompute));
+  const double layers_kept = spec.recompute ? 1.0 : static_cast<double>(c.layers) / s;
+  const double replicated = sequence_parallel ? 0.0 : 10.0 * T * B * c.channels * layers_kept * (1.0 - 1.0 / t);
+  return whole / (t * s) + replicated;
+}
+
+MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int t, int s, int p, bool sequence_parallel) {
   MeshPrediction pr;
   const Cluster& cl = spec.cluster;
   const auto& c = spec.model.config;
@@ -50,7 +74,7 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   // holds n/t of one stage's shard group when t*p fills it, else whole groups of p and, when
   // t*p*s fits in it, n/(t*p*s) of the replicas.
   const int nd = std::max(1, std::min(D, t * p >= n ? n / t : p * std::max(1, n / (t * p * s))));
-  pr.layout = {t, s, p, r};
+  pr.layout = {t, s, p, r, sequence_parallel && t > 1};
   const double e = cl.cpu_engine ? 4.0 : 2.0;
   const double tokens = static_cast<double>(B) * T;
   const double layers_per_stage = static_cast<double>(c.layers) / s;
@@ -125,9 +149,8 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   pr.memory.model_states = static_cast<uint64_t>(16.0 * slice_params / p);
   pr.memory.gathered = p == 1 ? 0 : static_cast<uint64_t>(elem * (unit0 + 2 * block));
   pr.memory.grad_buffers = cl.cpu_engine || p > 1 ? static_cast<uint64_t>(elem * (unit0 + block)) : 0;
-  const double acts = cl.cpu_engine ? static_cast<double>(spec.model.engine_activation_bytes(B, T, spec.recompute))
-                                    : static_cast<double>(spec.model.gpu_activation_bytes(B, T, spec.recompute));
-  pr.memory.activations = static_cast<uint64_t>(acts / (t * s) * std::min(S, s));
+  pr.memory.activations =
+      static_cast<uint64_t>(mesh_activation_bytes(spec, t, s, pr.layout.sequence_parallel) * std::min(S, s));
   pr.fits = pr.memory.total() <= memory_budget(cl);
   return pr;
 }
@@ -144,13 +167,16 @@ MeshSearch search_mesh(const MeshSpec& spec, const CostParams& params) {
       if (N % (t * s) != 0) continue;
       const int D = N / (t * s);
       for (int p = 1; p <= D; ++p) {
-        if (D % p != 0 || !mesh_invalid(spec, t, s, p).empty()) continue;
-        const MeshPrediction pr = predict_mesh(spec, params, t, s, p);
-        ++out.layouts_tried;
-        out.layouts.push_back(pr);
-        if (pr.fits) ++out.layouts_fit;
-        if (pr.fits && (!have_best || pr.step_s < out.best.step_s)) out.best = pr, have_best = true;
-        if (t == 1 && s == 1 && !have_pure && (pr.fits || p == D)) out.pure_mics = pr, have_pure = true;
+        for (const bool sp : {false, true}) {
+          if (D % p != 0 || !mesh_invalid(spec, t, s, p, sp).empty()) continue;
+          const MeshPrediction pr = predict_mesh(spec, params, t, s, p, sp);
+          ++out.layouts_tried;
+          out.layouts.push_back(pr);
+          if (pr.fits) ++out.layouts_fit;
+          // sp ties plain tensor parallelism on time: it is the best only where it fits alone
+          if (pr.fits && (!have_best || pr.step_s < out.best.step_s)) out.best = pr, have_best = true;
+          if (t == 1 && s == 1 && !have_pure && (pr.fits || p == D)) out.pure_mics = pr, have_pure = true;
+        }
       }
     }
   }

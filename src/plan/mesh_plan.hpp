@@ -27,8 +27,15 @@
 //   optimizer                  32 * P_slice/p / HBM bandwidth
 //   step                       pipeline + exposed data + optimizer
 // Memory per rank: the model states, gathered units and gradient buffers of memory.hpp for the
-// slice (divided by t*s); activations: the model's activations divided by t*s, times the
-// micro-batches in flight on stage 0 with 1F1B, min(S, s) (so S >= s holds the model's /t).
+// slice (divided by t*s); activations: stage 0's per micro-batch times the micro-batches in
+// flight with 1F1B, min(S, s). Per micro-batch, on the CPU engine with t or s > 1 exactly what
+// the mesh trainer's TpPass keeps (model::tp_activation_bytes: the LayerNorm regions' tensors
+// whole on every tensor rank, or divided by t with sequence parallelism, the rest divided by
+// t); on accelerators (Korthikanti et al.) s*b*h*(10 + 24/t + 5*a*s/(h*t)) per layer, and
+// s*b*h*(34/t + 5*a*s/(h*t)) with sequence parallelism (its 10 s*b*h of LayerNorm and dropout
+// regions divided by t too). Sequence parallelism replaces each tensor all-reduce by a
+// reduce-scatter and an all-gather: the same ring bytes and hops, so the same time; the search
+// tries it beside plain tensor parallelism for every t > 1 (it wins on memory only).
 // Bytes per rank and step (rank 0: stage 0, tensor rank 0) on each rail: tensor 4*L/s*S
 // all-reduces of 2(t-1)/t*M; pipeline S messages of M (stage 0 only sends forward); data the
 // engine's formula (2 all-gathers of (p-1)/p and a reduce-scatter of (p-1)/p of the slice per
@@ -48,7 +55,8 @@ namespace mics::plan {
 
 struct MeshLayout {
   int t = 1, s = 1, p = 1, r = 1;
-  std::string describe() const;  // "t=2 s=4 p=8 r=2"
+  bool sequence_parallel = false;  // t > 1 only
+  std::string describe() const;  // "t=2 s=4 p=8 r=2", "t=2 sp s=4 p=8 r=2"
 };
 
 struct MeshPrediction {
@@ -70,8 +78,12 @@ struct MeshSpec {
 };
 
 // Empty when (t, s, p) is valid for the spec, else why not.
-std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p);
-MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int t, int s, int p);
+std::string mesh_invalid(const MeshSpec& spec, int t, int s, int p, bool sequence_parallel = false);
+MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int t, int s, int p,
+                            bool sequence_parallel = false);
+// Activations one rank of stage 0 keeps per micro-batch (MeshPrediction::memory.activations is
+// this times the micro-batches in flight, min(S, s) with 1F1B).
+double mesh_activation_bytes(const MeshSpec& spec, int t, int s, bool sequence_parallel);
 
 struct MeshSearch {
   MeshPrediction best;       // the fastest layout that fits (best.fits false: none fits)
