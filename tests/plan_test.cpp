@@ -839,6 +839,32 @@ TEST(PlanMesh, ClosedForms) {
   EXPECT_EQ(flat.bubble_s, 0.0);
 }
 
+// The CPU engine on a host with fewer cores than ranks: fair-share compute, every data
+// collective exposed, no bubble (an idle stage's cores serve the others).
+TEST(PlanMesh, CpuBoundHostClosedForms) {
+  MeshSpec spec;
+  spec.model = find_model("L4H4C128V256T64");
+  spec.cluster = find_cluster("host");
+  spec.cluster.gpus_per_node = 4;
+  spec.cluster.host_cores = 2;
+  spec.gpus = 8;
+  spec.micro_batch = 2;
+  spec.seq_len = 64;
+  CostParams q;
+  q.compute_efficiency = 0.1;
+  const MeshPrediction m = predict_mesh(spec, q, 2, 2, 2);
+  Cluster roomy = spec.cluster;
+  roomy.host_cores = 8;
+  MeshSpec free_spec = spec;
+  free_spec.cluster = roomy;
+  const MeshPrediction f = predict_mesh(free_spec, q, 2, 2, 2);
+  EXPECT_NEAR(m.compute_s, 4 * f.compute_s, 1e-12 * m.compute_s);  // 2 cores for 8 ranks: a quarter each
+  EXPECT_EQ(m.bubble_s, 0.0);
+  EXPECT_GT(f.bubble_s, 0.0);
+  EXPECT_GT(m.bubble_fraction, 0.0);  // still reported
+  EXPECT_NEAR(m.step_s, m.compute_s + m.tensor_s + m.pipeline_p2p_s + m.data_exposed_s + m.optimizer_s, 1e-12);
+}
+
 TEST(PlanMesh, Constraints) {
   const MeshSpec spec = spec_100b(512);
   EXPECT_EQ(mesh_invalid(spec, 8, 4, 2), "");

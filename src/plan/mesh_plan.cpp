@@ -82,8 +82,14 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   const Rail& intra = cm.intra();
   const Rail& inter = cm.inter();
 
+  // A CPU-bound host (the CPU engine, more ranks than cores; simulator.hpp): every rank computes
+  // at its fair share of the cores and nothing overlaps, and a stage's idle time in the
+  // pipeline bubble is another stage's core time (the host's work is what it is), so no bubble.
+  const bool cpu_bound = cl.cpu_engine && cl.host_cores > 0 && N > cl.host_cores;
+  const double share = cpu_bound ? static_cast<double>(cl.host_cores) / N : 1.0;
+
   // Compute.
-  const double rate = cl.peak_flops * params.compute_efficiency;
+  const double rate = cl.peak_flops * params.compute_efficiency * share;
   double compute = spec.model.flops_per_token(T) * tokens / (t * s) / rate * (spec.recompute ? 4.0 / 3.0 : 1.0);
   if (!cl.cpu_engine)
     compute += (spec.recompute ? 4.0 : 3.0) * layers_per_stage * 2.0 * spec.model.layer_activation_bytes(B, T) / t /
@@ -100,8 +106,8 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   pr.tensor_s = S * tensor;
   pr.pipeline_p2p_s = S * p2p;
   pr.bubble_fraction = static_cast<double>(s - 1) / (S + s - 1);
-  pr.bubble_s = (s - 1) * u;
-  const double pipeline = (S + s - 1) * u;
+  pr.bubble_s = cpu_bound ? 0.0 : (s - 1) * u;
+  const double pipeline = S * u + pr.bubble_s;
 
   // The data dimension: MiCS over p inside the slice, replicated over r.
   const auto sizes = spec.model.unit_sizes();
@@ -120,8 +126,8 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
     rs = S * dm.partition_reduce_scatter(p, M);
   }
   if (r > 1) ar = dm.replication_all_reduce(p, M / p);
-  pr.data_exposed_s = std::max(0.0, gathers + rs - pr.compute_s) + ar;
-  pr.optimizer_s = 32.0 * slice_params / p / cl.memory_bandwidth;
+  pr.data_exposed_s = (cpu_bound ? gathers + rs : std::max(0.0, gathers + rs - pr.compute_s)) + ar;
+  pr.optimizer_s = 32.0 * slice_params / p / cl.memory_bandwidth / share;
   pr.step_s = pipeline + pr.data_exposed_s + pr.optimizer_s;
   pr.tokens_per_s = tokens * S * D / pr.step_s;
   pr.tflops_per_gpu = spec.model.flops_per_token(T) * tokens * S * D / N / pr.step_s / 1e12;

@@ -26,6 +26,10 @@
 //                              share its network (the inter rail divided by t).
 //   optimizer                  32 * P_slice/p / HBM bandwidth
 //   step                       pipeline + exposed data + optimizer
+// On a CPU-bound host (the CPU engine with more ranks than host_cores; plan/simulator.hpp) the
+// compute and the optimizer run at the fair share of a core, host_cores/N, the data
+// collectives are all exposed, and the bubble costs nothing (an idle stage's cores go to the
+// others): pipeline = S * u.
 // Memory per rank: the model states, gathered units and gradient buffers of memory.hpp for the
 // slice (divided by t*s); activations: stage 0's per micro-batch times the micro-batches in
 // flight with 1F1B, min(S, s). Per micro-batch, on the CPU engine with t or s > 1 exactly what
