@@ -5,9 +5,9 @@
 # measured by `mics bench --json`, its compute efficiency and host hop wait (the wait of a
 # ring hop for a core, docs/PLANNING.md) calibrated on the pure-MiCS run by `mics plan
 # --calibrate`, or given: CALIBRATION=FILE (a `mics plan --calibrate --json` output) or
-# CE=<compute efficiency> HOP_US=<host hop wait, us>. The sequence-parallel meshes (the
-# planner does not model them) are measured beside their plain counterparts: step time and
-# the summary's kept activation bytes per rank.
+# CE=<compute efficiency> HOP_US=<host hop wait, us>. The sequence-parallel meshes are
+# measured beside their plain counterparts: step time and the summary's kept activation bytes
+# per rank, with the planner's prediction of both.
 # Every mesh trains the same global batch (16 sequences of 64 tokens). Results: docs/PERFORMANCE.md.
 #   bench/mesh.sh [BUILD_DIR] [OUT_DIR]
 set -euo pipefail
@@ -59,8 +59,8 @@ python3 - "$OUT" "$MESHES" "$CE" "$LS" "$HOP" <<'PY'
 import json, statistics, sys
 out, meshes, ce, ls, hop = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"calibration: compute efficiency {float(ce):.3f}, latency x{float(ls):.1f}, host hop wait {float(hop):.0f} us")
-print("| mesh | t | s | p | r | S x B | step ms (median) | predicted ms | no hop wait | intra MB/step | predicted | inter MB/step | predicted | activations KiB/micro-batch | LN regions KiB | eval loss |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| mesh | t | s | p | r | S x B | step ms (median) | predicted ms | no hop wait | intra MB/step | predicted | inter MB/step | predicted | activations KiB/micro-batch | predicted | LN regions KiB | eval loss |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in meshes:
     name, t, s, p, b, acc = m.split(":")[:6]
     t, s, p, b, acc = int(t), int(s), int(p), int(b), int(acc)
@@ -73,7 +73,8 @@ for m in meshes:
     med = statistics.median(steps[1:] if len(steps) > 1 else steps)
     def pick(path):
         layouts = json.load(open(path))["mesh_search"]["layouts"]
-        return next(x for x in layouts if (x["t"], x["s"], x["p"]) == (t, s, p))
+        return next(x for x in layouts
+                    if (x["t"], x["s"], x["p"], x.get("sequence_parallel", False)) == (t, s, p, sp))
     pr, nohop = pick(f"{out}/{name}.plan.json"), pick(f"{out}/{name}.plan_nohop.json")
     r = 8 // (t * s * p)
     mesh = summary.get("mesh", {})
@@ -81,12 +82,12 @@ for m in meshes:
     # part is the mesh trainer's (the plain trainer does not split it out).
     act = summary.get("activation_bytes") or 0
     ln = mesh["layernorm_region_bytes"] / mesh["micro_batches_in_flight"] if mesh else None
-    # The planner does not model sequence parallelism: no prediction beside those rows.
-    fmt = lambda v, scale, digits: "-" if sp else f"{v * scale:.{digits}f}"
+    fmt = lambda v, scale, digits: f"{v * scale:.{digits}f}"
     print(f"| {name} | {t} | {s} | {p} | {r} | {acc} x {b} | {med:.1f} | {fmt(pr['step_s'], 1e3, 1)} | "
           f"{fmt(nohop['step_s'], 1e3, 1)} | {summary['intra_node_bytes_per_step']/1e6:.2f} | "
           f"{fmt(pr['intra_bytes_per_step'], 1e-6, 2)} | {summary['inter_node_bytes_per_step']/1e6:.2f} | "
-          f"{fmt(pr['inter_bytes_per_step'], 1e-6, 2)} | {act/1024:.0f} | {'-' if ln is None else f'{ln/1024:.0f}'} | "
+          f"{fmt(pr['inter_bytes_per_step'], 1e-6, 2)} | {act/1024:.0f} | "
+          f"{pr['activation_bytes'] / s / 1024:.0f} | {'-' if ln is None else f'{ln/1024:.0f}'} | "
           f"{summary.get('eval_loss') or float('nan'):.4f} |")
 PY
 echo "runs in $OUT"

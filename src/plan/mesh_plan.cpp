@@ -100,7 +100,9 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   // Pipeline messages: stage neighbours are t*p ranks apart (default placement).
   const bool p2p_inter = s > 1 && t * p >= n && N > n;
   const Rail& p2p_rail = p2p_inter ? inter : intra;
-  const double p2p = s > 1 ? 2.0 * (p2p_rail.latency + act / p2p_rail.bandwidth) : 0.0;
+  // With sequence parallelism a stage sends its N/t rows only.
+  const double p2p_act = act / (sequence_parallel && t > 1 ? t : 1);
+  const double p2p = s > 1 ? 2.0 * (p2p_rail.latency + p2p_act / p2p_rail.bandwidth) : 0.0;
   const double u = compute + tensor + p2p;
   pr.compute_s = S * compute;
   pr.tensor_s = S * tensor;
@@ -135,7 +137,7 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   // Rank 0's bytes per step by rail (its ring successor's rail; see mesh_plan.hpp).
   auto add = [&](bool on_inter, double bytes) { (on_inter ? pr.inter_bytes : pr.intra_bytes) += bytes; };
   if (t > 1) add(false, S * 4.0 * layers_per_stage * 2.0 * (t - 1) / t * act);
-  if (s > 1) add(p2p_inter, S * act);
+  if (s > 1) add(p2p_inter, S * p2p_act);
   if (p > 1) {
     if (p <= nd) {
       add(false, S * 3.0 * (p - 1.0) / p * M);

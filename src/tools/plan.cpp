@@ -207,6 +207,7 @@ nlohmann::json mesh_json(const plan::MeshPrediction& m) {
           {"s", m.layout.s},
           {"p", m.layout.p},
           {"r", m.layout.r},
+          {"sequence_parallel", m.layout.sequence_parallel},
           {"step_s", m.step_s},
           {"compute_s", m.compute_s},
           {"tensor_s", m.tensor_s},
@@ -220,6 +221,7 @@ nlohmann::json mesh_json(const plan::MeshPrediction& m) {
           {"intra_bytes_per_step", m.intra_bytes},
           {"inter_bytes_per_step", m.inter_bytes},
           {"memory_total", m.memory.total()},
+          {"activation_bytes", m.memory.activations},
           {"fits", m.fits}};
 }
 
