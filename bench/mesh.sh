@@ -10,6 +10,7 @@
 # per rank, with the planner's prediction of both.
 # Every mesh trains the same global batch (16 sequences of 64 tokens). Results: docs/PERFORMANCE.md.
 #   bench/mesh.sh [BUILD_DIR] [OUT_DIR]
+# CALIBRATE_ONLY=1 with an OUT_DIR of earlier runs: only the calibration and the table, with this build.
 set -euo pipefail
 BUILD=${1:-build}
 OUT=${2:-$(mktemp -d /tmp/mics-mesh-bench.XXXXXX)}
@@ -19,8 +20,10 @@ mkdir -p "$OUT"
 MODEL=${MODEL:-L4H4C128V256T64}
 COMMON="--model $MODEL --seq-len 64 --steps ${STEPS:-20} --samples 0 --eval-batches 1 --strategy mics"
 
-"$MICS" launch -n 4 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 5 -w 2 --json "$OUT/bench_intra.json" >/dev/null
-"$MICS" launch -n 4 --nodes 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 5 -w 2 --json "$OUT/bench_inter.json" >/dev/null
+if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
+  "$MICS" launch -n 4 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 5 -w 2 --json "$OUT/bench_intra.json" >/dev/null
+  "$MICS" launch -n 4 --nodes 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 5 -w 2 --json "$OUT/bench_inter.json" >/dev/null
+fi
 HOST="host:$OUT/bench_intra.json,$OUT/bench_inter.json"
 
 # name t s p B S [extra flags, comma-separated]
@@ -28,6 +31,7 @@ MESHES="mics_p4:1:1:4:2:1 t2_p2_r2:2:1:2:2:2 s2_p2_r2:1:2:2:2:2 t2_s2_p2:2:2:2:2
 MESHES="$MESHES t2_p2_r2_sp:2:1:2:2:2:--sequence-parallel t2_s2_p2_sp:2:2:2:2:4:--sequence-parallel"
 MESHES="$MESHES t4_p2_sp:4:1:2:2:4:--sequence-parallel"
 for m in $MESHES; do
+  [ "${CALIBRATE_ONLY:-0}" = 1 ] && break
   IFS=: read -r name t s p b acc extra <<<"$m"
   "$MICS" train -n 8 --nodes 2 $COMMON --tensor-parallel "$t" --pipeline-parallel "$s" --partition-size "$p" \
     --micro-batch "$b" --grad-accum "$acc" ${extra//,/ } --out "$OUT/$name" >"$OUT/$name.log" 2>&1

@@ -361,6 +361,34 @@ TEST(PlanSimulator, CpuBoundHostOverlapsNothing) {
   }
 }
 
+// A rail measured on this host's cores is scaled to the run's sharing of them (run sharing /
+// measured sharing): measured with one rank per core it takes twice as long when two ranks
+// share each core; measured at the run's own sharing it is taken as it is.
+TEST(PlanSimulator, CpuRailsScaleToTheRunsCoreSharing) {
+  RunSpec s;
+  s.model = find_model("mlpL4W64");
+  s.cluster = find_cluster("host");
+  s.cluster.gpus_per_node = 2;
+  s.cluster.host_cores = 2;
+  s.world = 4;
+  s.strategy = mics::topo::Strategy::kZero3;
+  s.micro_batch = 4;
+  CostParams q;
+  q.compute_efficiency = 1e-4;
+  RunSpec shared = s;
+  shared.cluster.intra.measured_core_sharing = 2;
+  shared.cluster.inter.measured_core_sharing = 2;
+  const auto alone = simulate(s, q), same = simulate(shared, q);
+  EXPECT_NEAR(alone.gather_busy_s, 2 * same.gather_busy_s, 1e-9 * alone.gather_busy_s);
+  EXPECT_DOUBLE_EQ(alone.compute_s, same.compute_s);
+  // With a core per rank (sharing 1) a rail measured at sharing 1 is taken as it is, one
+  // measured at sharing 2 at half its time.
+  RunSpec roomy = s, roomy_shared = shared;
+  roomy.cluster.host_cores = roomy_shared.cluster.host_cores = 4;
+  EXPECT_NEAR(simulate(roomy, q).gather_busy_s, alone.gather_busy_s / 2, 1e-9 * alone.gather_busy_s);
+  EXPECT_NEAR(simulate(roomy_shared, q).gather_busy_s, same.gather_busy_s / 2, 1e-9 * same.gather_busy_s);
+}
+
 // --- memory against the engine -----------------------------------------------------------
 
 struct Layout {

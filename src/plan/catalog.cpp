@@ -108,10 +108,24 @@ Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_pe
   rail.bandwidth = (*largest)["busbw_gbps"].get<double>() * 1e9;
   const double hops = std::max(1, n - 1) * ((*smallest)["op"] == "all_reduce" ? 2.0 : 1.0);
   rail.latency = (*smallest)["time_us"].get<double>() * 1e-6 / hops;
+  const int cores = j.value("host_cores", usable_cores());
+  rail.measured_core_sharing = std::max(1.0, static_cast<double>(n) / std::max(1, cores));
   if (rail.bandwidth <= 0)
     throw plan_error(fmt::format("{}: the largest message has no bandwidth", path), "--cluster host:FILE",
                      "run the bench with a larger --maxbytes");
   return rail;
+}
+
+Cluster rails_at_core_sharing(const Cluster& cl, int ranks_on_host) {
+  Cluster out = cl;
+  if (!cl.cpu_engine || cl.host_cores <= 0) return out;
+  const double sharing = std::max(1.0, static_cast<double>(ranks_on_host) / cl.host_cores);
+  for (Rail* rail : {&out.intra, &out.inter}) {
+    const double k = sharing / rail->measured_core_sharing;
+    rail->bandwidth /= k;
+    rail->latency *= k;
+  }
+  return out;
 }
 
 Cluster find_cluster(const std::string& name) {

@@ -13,7 +13,16 @@ namespace mics::plan {
 struct Rail {
   double bandwidth = 0;  // bytes/s, one direction. intra: per accelerator; inter: per node (all NICs)
   double latency = 0;    // seconds per hop (alpha)
+  // A rail measured on this host's CPU (host:BENCH.json): how many ranks shared each core while
+  // the bench ran (ranks / cores, at least 1). The simulator scales the rail to a run's sharing.
+  double measured_core_sharing = 1.0;
 };
+
+struct Cluster;
+// The CPU engine's rails for a run of `ranks_on_host` ranks on cl.host_cores cores: a rail's
+// time is the cores' time there, so each measured rail is scaled by the run's sharing of the
+// cores over the sharing it was measured at (Rail::measured_core_sharing). Other clusters: cl.
+Cluster rails_at_core_sharing(const Cluster& cl, int ranks_on_host);
 
 struct Cluster {
   std::string name;

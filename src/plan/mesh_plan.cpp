@@ -78,7 +78,7 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   const double e = cl.cpu_engine ? 4.0 : 2.0;
   const double tokens = static_cast<double>(B) * T;
   const double layers_per_stage = static_cast<double>(c.layers) / s;
-  const CollectiveModel cm(cl, params, N);
+  const CollectiveModel cm(rails_at_core_sharing(cl, N), params, N);
   const Rail& intra = cm.intra();
   const Rail& inter = cm.inter();
 
@@ -118,9 +118,9 @@ MeshPrediction predict_mesh(const MeshSpec& spec, const CostParams& params, int 
   slice_params /= static_cast<double>(t) * s;
   const double M = slice_params * e;
   // A virtual cluster for one slice's data ranks: nd per node, the node's network shared by t slices.
-  Cluster dc = cl;
+  Cluster dc = rails_at_core_sharing(cl, N);
   dc.gpus_per_node = nd;
-  dc.inter.bandwidth = cl.inter.bandwidth / t;
+  dc.inter.bandwidth /= t;
   const CollectiveModel dm(dc, params, D);
   double gathers = 0, rs = 0, ar = 0;
   if (p > 1) {

@@ -130,7 +130,7 @@ StepPrediction simulate(const RunSpec& input, const CostParams& params) {
   pr.replicas = r;
   pr.memory = memory_plan(s.model, cl, N, p, s.micro_batch, s.seq_len, s.recompute);
 
-  const CollectiveModel cm(cl, params, N);
+  const CollectiveModel cm(rails_at_core_sharing(cl, s.ranks_on_host > 0 ? s.ranks_on_host : N), params, N);
   const bool sharded = p > 1;
   const bool hierarchical = !(s.strategy == topo::Strategy::kZero3 && s.flat_zero3_gather && !cl.cpu_engine);
   const double param_bytes = cl.cpu_engine ? 4 : 2, grad_bytes = cl.cpu_engine ? 4 : 2;

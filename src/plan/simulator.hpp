@@ -23,8 +23,8 @@
 // compute_efficiency is then a whole core's), and nothing overlaps: no prefetch, and the
 // compute waits for each reduction, because the cores are what every rank waits for and on
 // loopback the rails' time is the cores' time too. The step is the compute at the fair share
-// plus every collective at the rails' measured speed (CostParams::host_hop_s, 0 unless given,
-// adds to each hop). --calibrate fits only the compute rate there, to the whole step. This
+// plus every collective at the rails' measured speed, scaled to the run's sharing of the cores
+// (plan::rails_at_core_sharing; CostParams::host_hop_s, 0 unless given, adds to each hop). --calibrate fits only the compute rate there, to the whole step. This
 // replaced a model that overlapped communication with compute and fitted a per-hop wait for a
 // core: on the runs of bench/plan_calibration*.sh it missed 20% in 7 of 12 (trainer) and 13-20
 // of 40 (engine bench) pairs; docs/PLANNING.md compares both on the same runs.
