@@ -23,7 +23,9 @@
 
 #include "base/dtype.hpp"
 #include "model/cuda/gpt_cuda.hpp"
+#include "model/cuda/gpt_tp_cuda.hpp"
 #include "model/gpt.hpp"
+#include "model/gpt_tp.hpp"
 #include "model/gpt_kernels.hpp"
 #include "model/gpt_layers.hpp"
 
@@ -267,6 +269,68 @@ TEST(CudaKernels, CrossEntropyForwardAndBackward) {
   EXPECT_LT(rel_error(gpu_grad, grad), kBf16Tol);
   for (int r = 0; r < rows; ++r)  // the padding columns' gradient is zero
     for (int j = V; j < ld; ++j) ASSERT_EQ(gp[static_cast<size_t>(r) * ld + j], 0.0f);
+}
+
+// The vocab-parallel cross-entropy's three kernels on one slice of the vocabulary (columns
+// v0 .. v0 + vl - 1 of V), against the sums written out on the host.
+TEST(CudaKernels, VocabSliceCrossEntropy) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int rows = 53, vl = 300, ld = 304, v0 = 300, V = 900;
+  const auto logits = round_bf16(random_vector(static_cast<size_t>(rows) * vl, rng, 6.0f));
+  std::vector<int32_t> tg(rows);
+  for (auto& t : tg) t = static_cast<int32_t>(rng() % V);  // about a third inside the slice
+  std::vector<float> mx(rows), sums(2 * static_cast<size_t>(rows)), lse(rows), grad(logits.size());
+  for (int r = 0; r < rows; ++r) {
+    const float* x = &logits[static_cast<size_t>(r) * vl];
+    mx[r] = *std::max_element(x, x + vl);
+    double z = 0;
+    for (int j = 0; j < vl; ++j) z += std::exp(static_cast<double>(x[j]) - mx[r]);
+    sums[r] = static_cast<float>(z);
+    const int local = tg[r] - v0;
+    sums[rows + r] = local >= 0 && local < vl ? x[local] : 0.0f;
+    lse[r] = mx[r] + std::log(sums[r]) + 0.25f;  // as if the other slices added to the sum
+    for (int j = 0; j < vl; ++j)
+      grad[static_cast<size_t>(r) * vl + j] = (std::exp(x[j] - lse[r]) - (j == local ? 1.0f : 0.0f)) / rows;
+  }
+  std::vector<float> padded(static_cast<size_t>(rows) * ld, 0.0f);
+  for (int r = 0; r < rows; ++r) std::memcpy(&padded[static_cast<size_t>(r) * ld], &logits[static_cast<size_t>(r) * vl], vl * 4);
+  Dev<uint16_t> dl(to_bf16(padded));
+  for (int r = 0; r < rows; ++r)  // poison the padding: the gradient pass must zero it
+    cudaMemset(dl.p + static_cast<size_t>(r) * ld + vl, 0xFF, (ld - vl) * sizeof(uint16_t));
+  Dev<int32_t> dt(tg);
+  Dev<float> dmax(rows), dsums(2 * static_cast<size_t>(rows)), dlse(lse);
+  mc::vocab_slice_max(dl.p, dmax.p, rows, vl, ld, nullptr);
+  EXPECT_EQ(dmax.get(), mx);  // a max of the same bf16 values: exact
+  mc::vocab_slice_sums(dl.p, dt.p, dmax.p, dsums.p, rows, vl, ld, v0, nullptr);
+  EXPECT_LT(rel_error(dsums.get(), sums), kF32Tol);
+  mc::vocab_slice_grad(dl.p, dt.p, dlse.p, rows, vl, ld, v0, 1.0f / rows, nullptr);
+  const auto gp = from_bf16(dl.get());
+  std::vector<float> gpu_grad(grad.size());
+  for (int r = 0; r < rows; ++r) {
+    std::memcpy(&gpu_grad[static_cast<size_t>(r) * vl], &gp[static_cast<size_t>(r) * ld], vl * 4);
+    for (int j = vl; j < ld; ++j) ASSERT_EQ(gp[static_cast<size_t>(r) * ld + j], 0.0f) << "row " << r << " col " << j;
+  }
+  EXPECT_LT(rel_error(gpu_grad, grad), kBf16Tol);
+}
+
+TEST(CudaKernels, AddBiasResidual) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int rows = 37, C = 96;
+  const auto y = random_vector(static_cast<size_t>(rows) * C, rng, 2.0f);
+  const auto bias = random_vector(C, rng, 1.0f), res = random_vector(y.size(), rng, 3.0f);
+  std::vector<float> want(y.size());
+  for (size_t i = 0; i < y.size(); ++i) want[i] = res[i] + (y[i] + bias[i % C]);
+  Dev<float> dy(y), db(bias), dr(res), dout(y.size());
+  mc::add_bias_residual(dy.p, db.p, dr.p, dout.p, rows, C, nullptr);
+  EXPECT_EQ(dout.get(), want);  // the same fp32 operations in the same order
+  mc::add_bias_residual(dy.p, db.p, dr.p, dr.p, rows, C, nullptr);  // in place over the residual
+  EXPECT_EQ(dr.get(), want);
 }
 
 TEST(CudaKernels, EmbeddingForwardAndBackward) {
@@ -608,6 +672,120 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
 TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {
   SKIP_WITHOUT_GPU();
   whole_model_case({.fused_epilogues = false, .flash_attention = false}, "plain GEMMs, GEMM attention", "L2H4C64V256T64");
+}
+
+// The GPU mesh stage (gpt_tp_cuda.hpp) against the CPU stage (TpPass) of the same slice, one
+// tensor rank (the tensor group's collectives are the identity; with t > 1 they run in
+// tests/train_cuda_test.cpp's mesh runs over real ranks): a whole-model stage (embedding,
+// blocks, head) and a middle stage fed and drained through its host buffers as the pipeline
+// does. The same bf16-rounded parameters on both sides; bounds as the whole model's.
+void stage_case(bool whole_model) {
+  using mics::model::TpSlice;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const GptConfig cfg = GptConfig::from_name("L2H2C128V256T64");
+  const Gpt gpt(cfg);
+  const int B = 2, T = 64, L = cfg.layers;
+  const size_t N = static_cast<size_t>(B) * T, C = static_cast<size_t>(cfg.channels);
+  const TpSlice slice{0, 1};
+  std::vector<float> full0(gpt.unit_numel(0));
+  gpt.init_unit(0, seed, full0.data());
+  std::vector<float> wte(mics::model::tp_wte_numel(cfg, 1)), wpe(mics::model::tp_wpe_numel(cfg)),
+      lnf(mics::model::tp_lnf_numel(cfg));
+  mics::model::tp_slice_embed(cfg, slice, full0.data(), wte.data(), wpe.data(), lnf.data());
+  wte = round_bf16(wte);
+  std::vector<std::vector<float>> split(static_cast<size_t>(L)), rep(static_cast<size_t>(L));
+  for (int l = 0; l < L; ++l) {
+    std::vector<float> full(gpt.unit_numel(1 + l));
+    gpt.init_unit(1 + l, seed, full.data());
+    split[l].resize(mics::model::tp_split_numel(cfg, 1)), rep[l].resize(mics::model::tp_rep_numel(cfg));
+    mics::model::tp_slice_block(cfg, slice, full.data(), split[l].data(), rep[l].data());
+    split[l] = round_bf16(split[l]);
+  }
+  std::vector<int32_t> in(N), tg(N);
+  for (auto& t : in) t = static_cast<int32_t>(rng() % cfg.vocab);
+  for (auto& t : tg) t = static_cast<int32_t>(rng() % cfg.vocab);
+  const auto x_in = random_vector(N * C, rng, 1.0f), dy = random_vector(N * C, rng, 1e-2f);
+
+  mics::model::TpPass cpu(cfg, slice, B, T, L, {});
+  auto gpu = mc::make_stage_pass(cfg, slice, B, T, L, {});
+  struct Grads {
+    std::vector<std::vector<float>> split, rep;
+    std::vector<float> wte, wpe, lnf, dx, logits;
+    float loss = 0;
+  };
+  auto run = [&](mics::model::StagePass& ps) {
+    Grads g;
+    ps.set_tokens(in.data(), tg.data());
+    if (whole_model) ps.embed_forward(wte.data(), wpe.data());
+    else std::copy(x_in.begin(), x_in.end(), ps.input());
+    for (int l = 0; l < L; ++l) ps.block_forward(l, split[l].data(), rep[l].data());
+    if (whole_model) {
+      g.loss = ps.head_forward(wte.data(), lnf.data());
+      g.logits.assign(ps.logits(), ps.logits() + N * static_cast<size_t>(cfg.vocab));
+      g.wte.assign(wte.size(), NAN), g.lnf.assign(lnf.size(), NAN);
+      ps.head_backward(wte.data(), lnf.data(), g.wte.data(), g.lnf.data());
+    } else {
+      g.dx.assign(ps.output(), ps.output() + N * C);  // the output, kept to compare
+      std::copy(dy.begin(), dy.end(), ps.grad());
+    }
+    g.split.resize(static_cast<size_t>(L)), g.rep.resize(static_cast<size_t>(L));
+    for (int l = L - 1; l >= 0; --l) {
+      g.split[l].assign(split[l].size(), NAN), g.rep[l].assign(rep[l].size(), NAN);
+      ps.block_backward(l, split[l].data(), rep[l].data(), g.split[l].data(), g.rep[l].data());
+    }
+    if (whole_model) {
+      g.wpe.assign(wpe.size(), NAN);
+      ps.embed_backward(g.wte.data(), g.wpe.data());
+    } else {
+      g.dx.insert(g.dx.end(), ps.grad(), ps.grad() + N * C);
+    }
+    return g;
+  };
+  const Grads want = run(cpu), got = run(*gpu);
+  double worst = 0;
+  auto check = [&](const std::vector<float>& a, const std::vector<float>& b, double bound, const std::string& what) {
+    const double e = rel_error(a, b);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, bound) << what;
+  };
+  for (int l = 0; l < L; ++l) {
+    check(got.split[l], want.split[l], kGradTol, "block " + std::to_string(l) + " split gradient");
+    check(got.rep[l], want.rep[l], kGradTol, "block " + std::to_string(l) + " rep gradient");
+  }
+  if (whole_model) {
+    EXPECT_NEAR(got.loss, want.loss, kLossTol * want.loss);
+    check(got.wte, want.wte, kGradTol, "wte gradient");
+    check(got.wpe, want.wpe, kGradTol, "wpe gradient");
+    check(got.lnf, want.lnf, kGradTol, "lnf gradient");
+    check(got.logits, want.logits, kBf16Tol, "logits");
+    EXPECT_THROW(gpu->logits(), mics::Error);  // replaced by their gradient in head_backward: refused
+  } else {
+    check(got.dx, want.dx, kGradTol, "stage output and input gradient");
+  }
+  std::printf("[GPU stage, %s] loss cpu %.6f gpu %.6f; worst error %.3g (bound %.3g)\n",
+              whole_model ? "whole model" : "middle stage", want.loss, got.loss, worst, kGradTol);
+}
+
+TEST(CudaStage, WholeModelStageMatchesCpuStage) {
+  SKIP_WITHOUT_GPU();
+  stage_case(true);
+}
+
+TEST(CudaStage, MiddleStageMatchesCpuStage) {
+  SKIP_WITHOUT_GPU();
+  stage_case(false);
+}
+
+TEST(CudaStage, RefusesWhatItIsNotBuiltFor) {
+  SKIP_WITHOUT_GPU();
+  const GptConfig tiny = GptConfig::from_name("tiny");  // head size 16: no fused attention
+  EXPECT_NE(mc::stage_unsupported_reason(tiny, {}).find("head sizes 64 and 128"), std::string::npos);
+  const GptConfig ok = GptConfig::from_name("L2H2C128");
+  EXPECT_EQ(mc::stage_unsupported_reason(ok, {}), "");
+  EXPECT_NE(mc::stage_unsupported_reason(ok, {.sequence_parallel = true}).find("--sequence-parallel"), std::string::npos);
+  EXPECT_THROW(mc::make_stage_pass(tiny, {0, 1}, 1, 8, 1, {}), mics::Error);
 }
 
 #else

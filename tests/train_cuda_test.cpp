@@ -47,14 +47,15 @@ const std::string& scratch() { return mics::testing::scratch_dir("mics-train-cud
 
 using mics::testing::TrainRun;
 
-const std::string kCommon = "--model tiny --micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
+const std::string kCommon = "--micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
 
 // `env` goes before the command; by default every rank sees GPU 0 only.
-TrainRun train(const std::string& args, const std::string& tag, const std::string& env = "CUDA_VISIBLE_DEVICES=0") {
+TrainRun train(const std::string& args, const std::string& tag, const std::string& env = "CUDA_VISIBLE_DEVICES=0",
+               const std::string& model = "tiny") {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
   return mics::testing::run_and_read_metrics(
-      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} {} train {} {} --metrics {} 2>&1", scratch(), env,
-                  MICS_BINARY, kCommon, args, metrics),
+      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} {} train --model {} {} {} --metrics {} 2>&1",
+                  scratch(), env, MICS_BINARY, model, kCommon, args, metrics),
       metrics);
 }
 
@@ -163,5 +164,71 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainCudaNccl,
                                            Layout{2, 2, "zero3", 0, 2}, Layout{4, 2, "mics", 2, 1},
                                            Layout{2, 1, "zero3", 0, 2, "bf16"}),
                          [](const auto& param_info) { return name(param_info.param); });
+
+// `mics train --device cuda --tensor-parallel t --pipeline-parallel s` (the GPU mesh stage,
+// model/cuda/gpt_tp_cuda.hpp), every rank on GPU 0, against the one-GPU run and the CPU run of
+// the same model and global batch (D x S x B = 8 sequences). A model with a head size of 64
+// (the fused attention kernels): L2H4C256. Bounds as above: what differs from the one-GPU run is
+// the order of fp32 sums, the tensor group's bf16 LayerNorm-output gradients summed in fp32 and
+// rounded once, and AdamW on the host; every rank's traffic must equal the mesh formulas.
+struct MeshLayout {
+  int t, s, ranks;
+  std::string strategy;
+  int partition, grad_accum;
+};
+
+std::string mesh_name(const MeshLayout& l) {
+  return fmt::format("t{}_s{}_{}r_{}_p{}_S{}", l.t, l.s, l.ranks, l.strategy, l.partition, l.grad_accum);
+}
+
+const std::string kMeshModel = "L2H4C256";
+
+class TrainCudaMesh : public ::testing::TestWithParam<MeshLayout> {};
+
+TEST_P(TrainCudaMesh, GpuStagesFollowOneGpuAndCpu) {
+  SKIP_WITHOUT_GPU();
+  const MeshLayout l = GetParam();
+  static const TrainRun gpu1 = train("--device cuda --grad-accum 4", "mesh_gpu1", "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  static const TrainRun cpu1 = train("--device cpu --grad-accum 4", "mesh_cpu1", "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  ASSERT_EQ(gpu1.losses.size(), 6u) << gpu1.result.output;
+  ASSERT_EQ(cpu1.losses.size(), 6u) << cpu1.result.output;
+  const TrainRun run =
+      train(fmt::format("--device cuda -n {} --tensor-parallel {} --pipeline-parallel {} --strategy {} --partition-size {} "
+                        "--grad-accum {}",
+                        l.ranks, l.t, l.s, l.strategy, l.partition, l.grad_accum),
+            "mesh_" + mesh_name(l), "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  ASSERT_EQ(run.result.status, 0) << run.result.output;
+  EXPECT_NE(run.result.output.find("device cuda: each rank's stage on its GPU"), std::string::npos) << run.result.output;
+  ASSERT_EQ(run.losses.size(), 6u) << run.result.output;
+  double worst_gpu = 0, worst_cpu = 0;
+  for (size_t i = 0; i < 6; ++i) {
+    const double dg = std::abs(run.losses[i] - gpu1.losses[i]) / gpu1.losses[i];
+    const double dc = std::abs(run.losses[i] - cpu1.losses[i]) / cpu1.losses[i];
+    worst_gpu = std::max(worst_gpu, dg);
+    worst_cpu = std::max(worst_cpu, dc);
+    EXPECT_LE(dg, 5e-3) << "step " << i + 1 << ": " << run.losses[i] << " vs one GPU " << gpu1.losses[i];
+    EXPECT_LE(dc, 2e-2) << "step " << i + 1 << ": " << run.losses[i] << " vs CPU " << cpu1.losses[i];
+  }
+  std::printf("[ %s ] worst relative loss difference: vs 1 GPU %.2e, vs CPU %.2e\n", mesh_name(l).c_str(), worst_gpu,
+              worst_cpu);
+  EXPECT_LT(run.losses.back(), run.losses.front());
+  EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
+  EXPECT_NE(run.summary.value("strategy", std::string()).find("mesh stages on GPUs"), std::string::npos) << run.summary.dump();
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, TrainCudaMesh,
+                         ::testing::Values(MeshLayout{2, 1, 2, "ddp", 0, 4}, MeshLayout{1, 2, 2, "ddp", 0, 4},
+                                           MeshLayout{2, 2, 4, "ddp", 0, 4}, MeshLayout{2, 1, 4, "mics", 2, 2},
+                                           MeshLayout{4, 1, 4, "ddp", 0, 4}),
+                         [](const auto& param_info) { return mesh_name(param_info.param); });
+
+TEST(TrainCudaMeshFlags, RefusedWithAClearError) {
+  SKIP_WITHOUT_GPU();
+  // tiny's head size (16) has no fused attention kernels: refused before any rank starts.
+  const auto r = mics::testing::run_command(fmt::format("{} train --model tiny --device cuda -n 2 --tensor-parallel 2 --steps 1 2>&1",
+                                                        MICS_BINARY));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("head sizes 64 and 128"), std::string::npos) << r.output;
+}
 
 }  // namespace

@@ -3,6 +3,7 @@
 #ifndef MICS_HAVE_CUDA
 #include "base/error.hpp"
 #include "model/cuda/gpt_cuda.hpp"
+#include "model/cuda/gpt_tp_cuda.hpp"
 
 namespace mics::model::cuda {
 
@@ -34,6 +35,12 @@ uint64_t CudaGpt::allocated_bytes() const { return 0; }
 std::string CudaGpt::attention_kind() const { return ""; }
 DeviceSummary device_summary() { return {}; }
 uint64_t device_memory_in_use() { return 0; }
+
+std::string stage_unsupported_reason(const GptConfig&, const TpOptions&) { return "this mics was built without CUDA"; }
+std::unique_ptr<StagePass> make_stage_pass(const GptConfig&, TpSlice, int, int, int, TensorOps, TpOptions) {
+  throw Error(ErrorKind::kUnavailable, "this mics was built without CUDA",
+              {.layer = "model", .where = "CUDA mesh stage", .hint = "rebuild with -DMICS_WITH_CUDA=ON on a machine with the CUDA toolkit"});
+}
 
 }  // namespace mics::model::cuda
 #endif

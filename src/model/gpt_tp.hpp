@@ -134,41 +134,66 @@ uint64_t tp_activation_bytes(const GptConfig& c, int t, int batch, int seq_len, 
                              bool recompute, bool with_head);
 
 // One micro-batch's activations on one pipeline stage: `blocks` consecutive blocks, with the
-// embedding (first stage) and the head (last stage) as the stage has them.
-class TpPass {
+// embedding (first stage) and the head (last stage) as the stage has them. The mesh trainer
+// (train/mesh_trainer.cpp) drives a stage through this interface; TpPass computes on the CPU,
+// model/cuda/gpt_tp_cuda.hpp on a GPU. Every pointer here is host memory: the parameters the
+// data engine gathered, the gradients it reduce-scatters, the pipeline messages.
+class StagePass {
  public:
-  TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops, TpOptions options = {});
-  ~TpPass();
-  TpPass(const TpPass&) = delete;
-  TpPass& operator=(const TpPass&) = delete;
+  virtual ~StagePass() = default;
 
-  void set_tokens(const int32_t* inputs, const int32_t* targets);  // B*T each; copied
-  size_t rows() const;            // N = B*T
+  virtual void set_tokens(const int32_t* inputs, const int32_t* targets) = 0;  // B*T each; copied
+  virtual size_t rows() const = 0;  // N = B*T
   // Rows of input(), output() and grad(): N, or N/t with sequence parallelism (this rank's
   // positions of every sequence).
-  size_t local_rows() const;
-  float* input();                 // [local rows, C]: the stage's input (received, or embed_forward's)
-  const float* output() const;    // [local rows, C]: the last block's output (what is sent on)
-  float* grad();                  // [local rows, C]: dL/d(output) before backward, dL/d(input) after
+  virtual size_t local_rows() const = 0;
+  virtual float* input() = 0;              // [local rows, C]: the stage's input (received, or embed_forward's)
+  virtual const float* output() const = 0; // [local rows, C]: the last block's output (what is sent on)
+  virtual float* grad() = 0;               // [local rows, C]: dL/d(output) before backward, dL/d(input) after
   // Bytes of the activations kept for the backward (per micro-batch), and the part of them in
   // the LayerNorm regions (every block's input, ln1, res2, ln2 and their row statistics, the
   // stage's output, the head's lnf): the part sequence parallelism divides by t.
-  uint64_t activation_bytes() const;
-  uint64_t layernorm_region_bytes() const;
+  virtual uint64_t activation_bytes() const = 0;
+  virtual uint64_t layernorm_region_bytes() const = 0;
 
-  void embed_forward(const float* wte, const float* wpe);  // into input()
-  void block_forward(int i, const float* split, const float* rep);  // local block i
-  float head_forward(const float* wte, const float* lnf);  // the mean loss; reads output()
+  virtual void embed_forward(const float* wte, const float* wpe) = 0;  // into input()
+  virtual void block_forward(int i, const float* split, const float* rep) = 0;  // local block i
+  virtual float head_forward(const float* wte, const float* lnf) = 0;  // the mean loss; reads output()
   // [N, V/t]: the logits of this rank's vocabulary slice (columns slice.rank*V/t ..) from the
   // last head_forward (the samples gather rows of them over the tensor group).
-  const float* logits() const;
+  virtual const float* logits() const = 0;
   // Backward: head_backward overwrites dwte, dlnf and grad(); block_backward overwrites the
   // block's gradients and turns grad() into dL/d(its input); embed_backward accumulates into
   // dwte and overwrites dwpe from grad(). The replicated gradients (drep, dlnf, dwpe) come out
   // identical on every tensor rank, with or without sequence parallelism.
-  void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf);
-  void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep);
-  void embed_backward(float* dwte, float* dwpe);
+  virtual void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf) = 0;
+  virtual void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep) = 0;
+  virtual void embed_backward(float* dwte, float* dwpe) = 0;
+};
+
+// The CPU stage (fp32).
+class TpPass final : public StagePass {
+ public:
+  TpPass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops, TpOptions options = {});
+  ~TpPass() override;
+  TpPass(const TpPass&) = delete;
+  TpPass& operator=(const TpPass&) = delete;
+
+  void set_tokens(const int32_t* inputs, const int32_t* targets) override;
+  size_t rows() const override;
+  size_t local_rows() const override;
+  float* input() override;
+  const float* output() const override;
+  float* grad() override;
+  uint64_t activation_bytes() const override;
+  uint64_t layernorm_region_bytes() const override;
+  void embed_forward(const float* wte, const float* wpe) override;
+  void block_forward(int i, const float* split, const float* rep) override;
+  float head_forward(const float* wte, const float* lnf) override;
+  const float* logits() const override;
+  void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf) override;
+  void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep) override;
+  void embed_backward(float* dwte, float* dwpe) override;
 
  private:
   struct Impl;

@@ -83,9 +83,11 @@ void validate(const TrainConfig& c) {
     bad_flag("--pipeline-schedule", fmt::format("unknown schedule '{}'", c.pipeline_schedule), "use 1f1b or gpipe");
   if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) {
     const char* flag = c.tensor_parallel > 1 ? "--tensor-parallel" : "--pipeline-parallel";
-    const std::string hint = "the mesh trainer (train/mesh_trainer.cpp) does not do this yet: drop it, or run without "
-                             "--tensor-parallel/--pipeline-parallel";
-    if (c.device != "cpu") bad_flag(flag, "with --device " + c.device, hint);
+    if (c.sequence_parallel && c.device == "cuda")
+      bad_flag("--sequence-parallel", "not built for --device cuda yet", "drop it, or train the mesh with --device cpu");
+    if (c.gather_dtype != "f32")
+      bad_flag("--gather-dtype", fmt::format("{} with {}", c.gather_dtype, flag),
+               "the mesh's data engine gathers fp32 (on the host, also with --device cuda): use --gather-dtype f32");
     if (c.partition_size == "auto") bad_flag(flag, "with --partition-size auto", "give the partition size as a number");
   }
   if (c.sequence_parallel && c.tensor_parallel < 2)

@@ -71,6 +71,9 @@
 #include "comm/clock_sync.hpp"
 #include "comm/runtime.hpp"
 #include "comm/traffic_model.hpp"
+#include "comm/gpu_comm.hpp"
+#include "model/cuda/gpt_cuda.hpp"
+#include "model/cuda/gpt_tp_cuda.hpp"
 #include "model/gpt_tp.hpp"
 #include "obs/observer.hpp"
 #include "shard/engine.hpp"
@@ -121,7 +124,21 @@ int mesh_partition_size(const TrainConfig& c, int data_ranks, int data_ranks_per
   return topo::resolve_partition_size(strategy, requested, data_ranks, data_ranks_per_node);
 }
 
+namespace {
+// --device cuda: a GPU this process can use, and a model the GPU stage is built for.
+void check_gpu_stage(const TrainConfig& c, const model::GptConfig& mc) {
+  if (c.device != "cuda") return;
+  const std::string no_gpu = model::cuda::device_unavailable_reason();
+  if (!no_gpu.empty())
+    throw Error(ErrorKind::kUnavailable, no_gpu,
+                {.layer = "train", .where = "mics train --device cuda", .hint = "run on a machine with an NVIDIA GPU, or use --device cpu"});
+  const std::string why = model::cuda::stage_unsupported_reason(mc, {c.sequence_parallel, c.recompute});
+  if (!why.empty()) throw Error(ErrorKind::kInvalidArgument, why, {.layer = "train", .where = "mics train --device cuda"});
+}
+}  // namespace
+
 void mesh_preflight(const TrainConfig& c, const model::GptConfig& mc, int world, int ranks_per_node) {
+  check_gpu_stage(c, mc);
   const int d = topo::check_mesh(world, c.tensor_parallel, c.pipeline_parallel, limits_of(mc));
   if (c.sequence_parallel)
     topo::check_sequence_parallel(world, c.tensor_parallel, c.seq_len > 0 ? c.seq_len : mc.max_seq, limits_of(mc));
@@ -142,6 +159,7 @@ struct StageUnits {
 int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const io::TokenDataset& train_data,
                       const io::TokenDataset* val_data) {
   const model::GptConfig& mc = gpt.config();
+  check_gpu_stage(c, mc);
   auto rt = comm::Runtime::start("train " + describe(c));
   const int rank = rt->rank(), world = rt->world_size();
   log::set_rank(rank);
@@ -152,6 +170,14 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   const int D = topo::check_mesh(world, t, s, limits_of(mc));
   if (c.sequence_parallel) topo::check_sequence_parallel(world, t, T, limits_of(mc));
   const int p = mesh_partition_size(c, D, data_per_node(per_node, t, D));
+  // --device cuda: every rank computes its stage on a GPU (model/cuda/gpt_tp_cuda.hpp); the
+  // shards, AdamW, tensor and pipeline messages stay on the host as on the CPU.
+  const bool on_gpu = c.device == "cuda";
+  std::string gpu_name;
+  if (on_gpu) {
+    const int device = comm::select_gpu_device(*rt);
+    gpu_name = fmt::format("GPU {} ({})", device, model::cuda::device_summary().name);
+  }
   const int threads = c.threads > 0 ? c.threads
                                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, ranks_on_host()));
   model::set_compute_threads(threads);
@@ -294,6 +320,10 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     block += fmt::format("  mesh {} over {}: tensor groups of {}, pipeline of {} stages ({} schedule, bubble {:.3f}), "
                          "data {} ranks per slice with {} p={} r={}\n",
                          shape.describe(), topology.describe(), t, s, schedule_name, bubble, D, c.strategy, p, D / p);
+    if (on_gpu)
+      block += fmt::format("  device cuda: each rank's stage on its {} (bf16 GEMMs, fp32 accumulation); shards, AdamW, "
+                           "tensor and pipeline messages on the host\n",
+                           gpu_name);
     block += fmt::format("  batch: {} data ranks x {} micro-steps x {} sequences x {} tokens = {} tokens per step; {} steps\n",
                          D, S, B, T, tokens_per_step, c.steps);
     if (c.sequence_parallel || c.recompute)
@@ -322,17 +352,18 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
 
   // --- activations: a pass per micro-batch in flight -----------------------------------------
   const int slots = gpipe ? S : std::min(S, s - me.s);
-  std::vector<std::unique_ptr<model::TpPass>> passes;
+  std::vector<std::unique_ptr<model::StagePass>> passes;
   for (int i = 0; i < slots; ++i)
-    passes.push_back(std::make_unique<model::TpPass>(mc, slice, B, T, layers.count, tensor_ops, pass_options));
-  auto pass = [&](int m) -> model::TpPass& { return *passes[static_cast<size_t>(m % slots)]; };
+    passes.push_back(on_gpu ? model::cuda::make_stage_pass(mc, slice, B, T, layers.count, tensor_ops, pass_options)
+                            : std::make_unique<model::TpPass>(mc, slice, B, T, layers.count, tensor_ops, pass_options));
+  auto pass = [&](int m) -> model::StagePass& { return *passes[static_cast<size_t>(m % slots)]; };
   std::vector<float> gwte(su.wte >= 0 ? model::tp_wte_numel(mc, t) : 0), gwpe(su.wpe >= 0 ? model::tp_wpe_numel(mc) : 0),
       glnf(su.lnf >= 0 ? model::tp_lnf_numel(mc) : 0), gsplit(model::tp_split_numel(mc, t)), grep(model::tp_rep_numel(mc));
   std::vector<io::MicroBatch> batches(static_cast<size_t>(S));
   double loss_sum = 0;
 
   auto forward = [&](int m) {
-    model::TpPass& ps = pass(m);
+    model::StagePass& ps = pass(m);
     const io::MicroBatch& mb = batches[static_cast<size_t>(m)];
     ps.set_tokens(mb.inputs.data(), mb.targets.data());
     if (first) {
@@ -368,7 +399,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
     }
   };
   auto backward = [&](int m) {
-    model::TpPass& ps = pass(m);
+    model::StagePass& ps = pass(m);
     if (last) {
       const float* wte = engine.gather(su.wte);
       const float* lnf = engine.gather(su.lnf);
@@ -478,7 +509,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   };
   auto evaluate = [&]() -> double {
     const comm::Traffic tensor0 = mesh.tensor->traffic(), pipe0 = pipe->traffic(), data0 = engine.traffic();
-    model::TpPass& ps = *passes[0];
+    model::StagePass& ps = *passes[0];
     const int data_index = me.data(shape);
     std::vector<int32_t> inputs(N), targets(N);
     double sum = 0;
@@ -745,7 +776,7 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
                 {"data_bytes_per_step", per_step(data_sent)}, {"tensor_matches", flags[0] == 0.0f},
                 {"pipeline_matches", flags[1] == 0.0f}, {"data_matches", flags[2] == 0.0f}};
   Summary sum;
-  sum.strategy = c.strategy;
+  sum.strategy = on_gpu ? c.strategy + " (mesh stages on GPUs)" : c.strategy;
   sum.model = c.model;
   sum.world_size = world;
   sum.nodes = topology.num_nodes;

@@ -403,7 +403,8 @@ void preflight(const TrainConfig& c, int world, int ranks_per_node, int ranks_on
 }
 
 int run_training(const TrainConfig& c) {
-  if (c.device == "cuda") return run_cuda_training(c);
+  const bool mesh = c.tensor_parallel > 1 || c.pipeline_parallel > 1;
+  if (c.device == "cuda" && !mesh) return run_cuda_training(c);
   // --- everything that can be checked before the job starts ---------------------------
   const Prepared pr = prepare(c);
   const model::Gpt& gpt = pr.gpt;

@@ -177,6 +177,11 @@ void Blas::linear_ld(const bf16_t* in, const bf16_t* w, bf16_t* out, int ld_out,
              nullptr, nullptr, s);
 }
 
+void Blas::linear_f32(const bf16_t* in, const bf16_t* w, float* out, int rows, int ic, int oc, Stream s) {
+  impl_->run(forward_spec(rows, ic, oc, oc, true, false, false, Epi::kNone), w, in, nullptr, out, 1.0f, nullptr,
+             nullptr, s);
+}
+
 void Blas::linear_gelu(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* pre, bf16_t* out, int rows,
                        int ic, int oc, Stream s) {
   if (fused_ && impl_->run(forward_spec(rows, ic, oc, oc, false, false, false, Epi::kGeluAuxBias), w, in, nullptr,

@@ -25,6 +25,8 @@ class Blas {
   // out [rows, oc] (bf16) = in [rows, ic] w^T + bias (bf16 [oc], may be null).
   void linear(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* out, int rows, int ic, int oc,
               Stream s);
+  // out [rows, oc] (fp32) = in [rows, ic] w^T: no bias (a tensor-parallel partial sum).
+  void linear_f32(const bf16_t* in, const bf16_t* w, float* out, int rows, int ic, int oc, Stream s);
   // Same with the output row stride ld_out >= oc (the logits, padded rows).
   void linear_ld(const bf16_t* in, const bf16_t* w, bf16_t* out, int ld_out, int rows, int ic, int oc, Stream s);
   // pre = in w^T + bias; out = gelu(pre) (both bf16 [rows, oc]).

@@ -782,6 +782,102 @@ void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int ro
   MICS_LAUNCHED(cross_entropy_kernel);
 }
 
+namespace {
+
+constexpr int kSliceThreads = 256;
+
+// One block per row: the block's threads stride over the slice's columns; the row's partials
+// combine through the warps and shared memory, in a fixed order (deterministic).
+template <bool kMax>
+__device__ float block_reduce(float v) {
+  __shared__ float part[kSliceThreads / 32];
+  v = kMax ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float r = part[0];
+  for (int k = 1; k < kSliceThreads / 32; ++k) r = kMax ? fmaxf(r, part[k]) : r + part[k];
+  __syncthreads();  // part is reused by the next call
+  return r;
+}
+
+__global__ void __launch_bounds__(kSliceThreads)
+    vocab_slice_max_kernel(const bf16* __restrict__ logits, float* __restrict__ row_max, int vl, int ld) {
+  const bf16* x = logits + static_cast<size_t>(blockIdx.x) * ld;
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < vl; j += blockDim.x) m = fmaxf(m, __bfloat162float(x[j]));
+  m = block_reduce<true>(m);
+  if (threadIdx.x == 0) row_max[blockIdx.x] = m;
+}
+
+__global__ void __launch_bounds__(kSliceThreads)
+    vocab_slice_sums_kernel(const bf16* __restrict__ logits, const int32_t* __restrict__ targets,
+                            const float* __restrict__ row_max, float* __restrict__ sums, int rows, int vl, int ld,
+                            int v0) {
+  const int row = blockIdx.x;
+  const bf16* x = logits + static_cast<size_t>(row) * ld;
+  const float m = row_max[row];
+  float z = 0;
+  for (int j = threadIdx.x; j < vl; j += blockDim.x) z += __expf(__bfloat162float(x[j]) - m);
+  z = block_reduce<false>(z);
+  if (threadIdx.x == 0) {
+    const int tgt = targets[row] - v0;
+    sums[row] = z;
+    sums[rows + row] = tgt >= 0 && tgt < vl ? __bfloat162float(x[tgt]) : 0.0f;
+  }
+}
+
+__global__ void vocab_slice_grad_kernel(bf16* __restrict__ logits, const int32_t* __restrict__ targets,
+                                        const float* __restrict__ lse, int vl, int ld, int v0, float scale) {
+  const int row = blockIdx.x;
+  bf16* x = logits + static_cast<size_t>(row) * ld;
+  const float l = lse[row];
+  const int tgt = targets[row] - v0;
+  for (int j = threadIdx.x; j < ld; j += blockDim.x) {
+    const float d = j < vl ? (__expf(__bfloat162float(x[j]) - l) - (j == tgt ? 1.0f : 0.0f)) * scale : 0.0f;
+    x[j] = __float2bfloat16(d);
+  }
+}
+
+__global__ void add_bias_residual_kernel(const float* __restrict__ y, const float* __restrict__ bias,
+                                         const float* residual, float* out, size_t count, int channels) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = residual[i] + (y[i] + bias[i % static_cast<size_t>(channels)]);
+}
+
+}  // namespace
+
+void vocab_slice_max(const bf16_t* logits, float* row_max, int rows, int vl, int ld, Stream s) {
+  if (rows <= 0) return;
+  vocab_slice_max_kernel<<<static_cast<unsigned>(rows), kSliceThreads, 0, st(s)>>>(B(logits), row_max, vl, ld);
+  MICS_LAUNCHED(vocab_slice_max_kernel);
+}
+
+void vocab_slice_sums(const bf16_t* logits, const int32_t* targets, const float* row_max, float* sums, int rows,
+                      int vl, int ld, int v0, Stream s) {
+  if (rows <= 0) return;
+  vocab_slice_sums_kernel<<<static_cast<unsigned>(rows), kSliceThreads, 0, st(s)>>>(B(logits), targets, row_max,
+                                                                                     sums, rows, vl, ld, v0);
+  MICS_LAUNCHED(vocab_slice_sums_kernel);
+}
+
+void vocab_slice_grad(bf16_t* logits, const int32_t* targets, const float* lse, int rows, int vl, int ld, int v0,
+                      float grad_scale, Stream s) {
+  if (rows <= 0) return;
+  vocab_slice_grad_kernel<<<static_cast<unsigned>(rows), kSliceThreads, 0, st(s)>>>(B(logits), targets, lse, vl, ld,
+                                                                                    v0, grad_scale);
+  MICS_LAUNCHED(vocab_slice_grad_kernel);
+}
+
+void add_bias_residual(const float* y, const float* bias, const float* residual, float* out, int rows, int channels,
+                       Stream s) {
+  const size_t count = static_cast<size_t>(rows) * static_cast<size_t>(channels);
+  if (count == 0) return;
+  add_bias_residual_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(y, bias, residual, out, count, channels);
+  MICS_LAUNCHED(add_bias_residual_kernel);
+}
+
 void sum_losses(const float* losses, int rows, float* loss_sum, Stream s) {
   sum_in_order<<<1, 1024, 0, st(s)>>>(losses, rows, loss_sum, true);
   MICS_LAUNCHED(sum_in_order);

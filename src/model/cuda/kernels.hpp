@@ -50,6 +50,23 @@ void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int ro
                    bool grad, float grad_scale, Stream s);
 void sum_losses(const float* losses, int rows, float* loss_sum, Stream s);
 
+// Vocab-parallel cross-entropy (model/gpt_tp.hpp) over this rank's slice of the vocabulary:
+// logits [rows, vl] with row stride ld, column j being vocabulary id v0 + j. Three passes
+// around the tensor group's all-reduces: the row max; with the global max, the sum of
+// exponentials into sums[r] and the target's logit (0 when the target is outside the slice)
+// into sums[rows + r]; with the global log-sum-exp, dL/dlogits = (softmax - onehot) *
+// grad_scale in place, the padding columns vl..ld zeroed.
+void vocab_slice_max(const bf16_t* logits, float* row_max, int rows, int vl, int ld, Stream s);
+void vocab_slice_sums(const bf16_t* logits, const int32_t* targets, const float* row_max, float* sums, int rows,
+                      int vl, int ld, int v0, Stream s);
+void vocab_slice_grad(bf16_t* logits, const int32_t* targets, const float* lse, int rows, int vl, int ld, int v0,
+                      float grad_scale, Stream s);
+
+// out = residual + (y + bias[column]) over [rows, channels] (fp32; out may equal residual): a
+// row-parallel GEMM's summed partial outputs, its bias and the residual stream.
+void add_bias_residual(const float* y, const float* bias, const float* residual, float* out, int rows, int channels,
+                       Stream s);
+
 // Attention helpers (the GEMMs run in gpt_cuda.cu through cuBLASLt).
 // qkv [B, T, 3, H, D] -> q, k, v each [B, H, T, D] (at out, out + N*C, out + 2*N*C).
 void attention_split_heads(const bf16_t* qkv, bf16_t* out, int batch, int seq_len, int heads,

@@ -1,0 +1,422 @@
+// A tensor-parallel GPT stage on a CUDA device (gpt_tp_cuda.hpp). The order of operations is
+// TpPass's (gpt_tp.cpp) without sequence parallelism; the kernels are gpt_cuda.cu's.
+#include "model/cuda/gpt_tp_cuda.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "base/dtype.hpp"
+#include "model/cuda/check.cuh"
+#include "model/cuda/gemm.hpp"
+#include "model/cuda/kernels.hpp"
+
+namespace mics::model::cuda {
+
+namespace {
+
+size_t sz(int v) { return static_cast<size_t>(v); }
+
+// Device allocations owned by one stage, freed together.
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  ~DeviceMemory() {
+    for (void* p : blocks_) cudaFree(p);
+  }
+  template <typename T>
+  T* take(size_t count) {
+    void* p = nullptr;
+    MICS_CUDA(cudaMalloc(&p, std::max<size_t>(count * sizeof(T), 256)));
+    blocks_.push_back(p);
+    bytes_ += count * sizeof(T);
+    return static_cast<T*>(p);
+  }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  std::vector<void*> blocks_;
+  uint64_t bytes_ = 0;
+};
+
+// Views of a slice's units (layouts in gpt_tp.hpp), for fp32 and bf16 copies alike.
+template <typename F>
+struct Split {
+  F *qkv_w, *qkv_b, *proj_w, *fc_w, *fc_b, *fcproj_w;
+};
+template <typename F>
+Split<F> split_view(F* p, size_t c, size_t cl) {
+  Split<F> s;
+  s.qkv_w = p;
+  s.qkv_b = s.qkv_w + 3 * cl * c;
+  s.proj_w = s.qkv_b + 3 * cl;
+  s.fc_w = s.proj_w + c * cl;
+  s.fc_b = s.fc_w + 4 * cl * c;
+  s.fcproj_w = s.fc_b + 4 * cl;
+  return s;
+}
+struct Rep {
+  float *ln1_w, *ln1_b, *proj_b, *ln2_w, *ln2_b, *fcproj_b;
+};
+Rep rep_view(float* p, size_t c) { return {p, p + c, p + 2 * c, p + 3 * c, p + 4 * c, p + 5 * c}; }
+
+struct BlockActs {
+  bf16_t* ln1;
+  float *ln1_mean, *ln1_rstd;
+  bf16_t* qkv;  // [N, 3*cl]: the local heads' q | k | v, read in place by the attention
+  float* lse;   // [B, hl, T]
+  bf16_t* atty; // [N, cl]
+  float* res2;
+  bf16_t* ln2;
+  float *ln2_mean, *ln2_rstd;
+  bf16_t *fch, *fch_gelu;  // [N, 4*cl]
+};
+
+class CudaStagePass final : public StagePass {
+ public:
+  CudaStagePass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops)
+      : c_(c), slice_(slice), B_(batch), T_(seq_len), blocks_(blocks), ops_(std::move(ops)) {
+    N_ = sz(batch) * sz(seq_len);
+    C_ = sz(c.channels);
+    cl_ = C_ / sz(slice.size);
+    hl_ = sz(c.heads) / sz(slice.size);
+    vl_ = sz(c.vocab) / sz(slice.size);
+    ldv_ = (vl_ + 7) / 8 * 8;
+    D_ = c.channels / c.heads;
+    MICS_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    const size_t N = N_, C = C_, cl = cl_;
+    inputs_.assign(N, 0), targets_.assign(N, 0);
+    h_input_.assign(N * C, 0.0f), h_output_.assign(N * C, 0.0f), h_grad_.assign(N * C, 0.0f);
+    h_stage_.resize(std::max(N * C, 2 * N)), h_bf16_.resize(N * C);
+    d_tokens_ = mem_.take<int32_t>(N), d_targets_ = mem_.take<int32_t>(N);
+    const size_t split_n = tp_split_numel(c, slice.size), rep_n = tp_rep_numel(c);
+    w_split_ = mem_.take<float>(split_n), w_split16_ = mem_.take<bf16_t>(split_n), w_rep_ = mem_.take<float>(rep_n);
+    g_split_ = mem_.take<float>(split_n), g_rep_ = mem_.take<float>(rep_n);
+    const uint64_t before_acts = mem_.bytes();
+    for (int i = 0; i <= blocks; ++i) xs_.push_back(mem_.take<float>(N * C));
+    const uint64_t xs_bytes = mem_.bytes() - before_acts;
+    uint64_t ln_region = xs_bytes;
+    for (int i = 0; i < blocks; ++i) {
+      BlockActs a{};
+      const uint64_t b0 = mem_.bytes();
+      a.ln1 = mem_.take<bf16_t>(N * C), a.ln1_mean = mem_.take<float>(N), a.ln1_rstd = mem_.take<float>(N);
+      a.res2 = mem_.take<float>(N * C);
+      a.ln2 = mem_.take<bf16_t>(N * C), a.ln2_mean = mem_.take<float>(N), a.ln2_rstd = mem_.take<float>(N);
+      ln_region += mem_.bytes() - b0;
+      a.qkv = mem_.take<bf16_t>(3 * N * cl), a.lse = mem_.take<float>(sz(batch) * hl_ * sz(seq_len));
+      a.atty = mem_.take<bf16_t>(N * cl), a.fch = mem_.take<bf16_t>(4 * N * cl), a.fch_gelu = mem_.take<bf16_t>(4 * N * cl);
+      acts_.push_back(a);
+    }
+    act_bytes_ = mem_.bytes() - before_acts;
+    ln_region_bytes_ = ln_region;
+    // scratch
+    tmp_ = mem_.take<float>(N * C), dres_ = mem_.take<float>(N * C), dres16_ = mem_.take<bf16_t>(N * C);
+    dln_ = mem_.take<bf16_t>(N * C), datty_ = mem_.take<bf16_t>(N * cl), dqkv_ = mem_.take<bf16_t>(3 * N * cl);
+    dfch_ = mem_.take<bf16_t>(4 * N * cl);
+    partial_ = mem_.take<float>(std::max(layernorm_partial_floats(static_cast<int>(N), c.channels),
+                                         colsum_partial_floats(static_cast<int>(N), static_cast<int>(std::max(4 * cl, C)))));
+    flash_scratch_ = mem_.take<float>(flash_scratch_floats(static_cast<int>(sz(batch) * hl_), seq_len, D_));
+  }
+  ~CudaStagePass() override {
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  void set_tokens(const int32_t* inputs, const int32_t* targets) override {
+    if (inputs) std::copy(inputs, inputs + N_, inputs_.begin());
+    if (targets) std::copy(targets, targets + N_, targets_.begin());
+    up(d_tokens_, inputs_.data(), N_);
+    up(d_targets_, targets_.data(), N_);
+  }
+  size_t rows() const override { return N_; }
+  size_t local_rows() const override { return N_; }
+  float* input() override { return h_input_.data(); }
+  const float* output() const override { return h_output_.data(); }
+  float* grad() override { return h_grad_.data(); }
+  uint64_t activation_bytes() const override { return act_bytes_ + head_act_bytes_; }
+  uint64_t layernorm_region_bytes() const override { return ln_region_bytes_ + head_ln_bytes_; }
+
+  // On the host: each rank looks up the tokens of its vocabulary slice (zeros for the rest),
+  // the tensor group sums the rows (exact: one rank holds each), then the positions are added.
+  void embed_forward(const float* wte, const float* wpe) override {
+    const size_t v0 = sz(slice_.rank) * vl_, C = C_;
+    float* x = h_input_.data();
+    for (size_t j = 0; j < N_; ++j) {
+      const size_t tok = static_cast<size_t>(inputs_[j]);
+      if (tok >= v0 && tok < v0 + vl_) std::memcpy(x + j * C, wte + (tok - v0) * C, C * sizeof(float));
+      else std::fill(x + j * C, x + (j + 1) * C, 0.0f);
+    }
+    if (slice_.size > 1) ops_.all_reduce(x, N_ * C, ReduceOp::kSum);
+    for (size_t n = 0; n < N_; ++n) {
+      const float* pos = wpe + (n % sz(T_)) * C;
+      for (size_t j = 0; j < C; ++j) x[n * C + j] += pos[j];
+    }
+  }
+
+  void embed_backward(float* dwte, float* dwpe) override {
+    const size_t v0 = sz(slice_.rank) * vl_, C = C_, T = sz(T_);
+    const float* dx = h_grad_.data();
+    std::fill(dwpe, dwpe + sz(c_.max_seq) * C, 0.0f);
+    for (size_t n = 0; n < N_; ++n) {
+      const size_t tok = static_cast<size_t>(inputs_[n]);
+      float* pos = dwpe + (n % T) * C;
+      for (size_t j = 0; j < C; ++j) pos[j] += dx[n * C + j];
+      if (tok >= v0 && tok < v0 + vl_) {
+        float* row = dwte + (tok - v0) * C;
+        for (size_t j = 0; j < C; ++j) row[j] += dx[n * C + j];
+      }
+    }
+  }
+
+  void block_forward(int i, const float* split, const float* rep) override {
+    const int n = static_cast<int>(N_), c = static_cast<int>(C_), cl = static_cast<int>(cl_);
+    load_block(split, rep);
+    const auto p = split_view(w_split16_, C_, cl_);
+    const Rep r = rep_view(w_rep_, C_);
+    BlockActs& a = acts_[sz(i)];
+    float* x = xs_[sz(i)];
+    float* out = xs_[sz(i) + 1];
+    if (i == 0) up(x, h_input_.data(), N_ * C_);
+    // Attention on the local heads; the row-split projection's partial sums through g.
+    layernorm_forward(x, r.ln1_w, r.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, n, c, s());
+    blas_.linear(a.ln1, p.qkv_w, p.qkv_b, a.qkv, n, c, 3 * cl, s());
+    flash_attention_forward(a.qkv, a.qkv + cl, a.qkv + 2 * cl, a.atty, a.lse, B_ * static_cast<int>(hl_), T_, D_, s(),
+                            layout());
+    blas_.linear_f32(a.atty, p.proj_w, tmp_, n, cl, c, s());
+    reduce_f32(tmp_, N_ * C_);
+    add_bias_residual(tmp_, r.proj_b, x, a.res2, n, c, s());
+    // MLP: the column-split fc with GELU, the row-split fcproj's partial sums through g.
+    layernorm_forward(a.res2, r.ln2_w, r.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, n, c, s());
+    blas_.linear_gelu(a.ln2, p.fc_w, p.fc_b, a.fch, a.fch_gelu, n, c, 4 * cl, s());
+    blas_.linear_f32(a.fch_gelu, p.fcproj_w, tmp_, n, 4 * cl, c, s());
+    reduce_f32(tmp_, N_ * C_);
+    add_bias_residual(tmp_, r.fcproj_b, a.res2, out, n, c, s());
+    if (i + 1 == blocks_) down(h_output_.data(), out, N_ * C_);
+    sync();
+  }
+
+  void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep) override {
+    const int n = static_cast<int>(N_), c = static_cast<int>(C_), cl = static_cast<int>(cl_);
+    load_block(split, rep);
+    const auto p = split_view(w_split16_, C_, cl_);
+    const Rep r = rep_view(w_rep_, C_);
+    const auto g = split_view(g_split_, C_, cl_);
+    const Rep gr = rep_view(g_rep_, C_);
+    const BlockActs& a = acts_[sz(i)];
+    const float* x = xs_[sz(i)];
+    if (i + 1 == blocks_ && !grad_on_device_) {  // dL/d(output) received from the next stage
+      up(dres_, h_grad_.data(), N_ * C_);
+      f32_to_bf16(dres_, dres16_, N_ * C_, s());
+    }
+    MICS_CUDA(cudaMemsetAsync(g_split_, 0, tp_split_numel(c_, slice_.size) * sizeof(float), stream_));
+    MICS_CUDA(cudaMemsetAsync(g_rep_, 0, tp_rep_numel(c_) * sizeof(float), stream_));
+    // MLP (g's backward is the identity: dres is the full gradient on every tensor rank).
+    blas_.linear_backward_input(dres16_, c, p.fcproj_w, a.fch, dfch_, n, 4 * cl, c, s());
+    blas_.linear_backward_weight(dres16_, c, a.fch_gelu, g.fcproj_w, n, 4 * cl, c, s());
+    column_sum(dres16_, gr.fcproj_b, partial_, n, c, s());
+    blas_.linear_backward_input(dfch_, 4 * cl, p.fc_w, nullptr, dln_, n, c, 4 * cl, s());
+    blas_.linear_backward_weight(dfch_, 4 * cl, a.ln2, g.fc_w, n, c, 4 * cl, s());
+    column_sum(dfch_, g.fc_b, partial_, n, 4 * cl, s());
+    reduce_bf16(dln_, N_ * C_);  // f's backward
+    layernorm_backward(dln_, a.res2, a.ln2_mean, a.ln2_rstd, r.ln2_w, dres_, dres16_, gr.ln2_w, gr.ln2_b, partial_, n, c,
+                       s());
+    // Attention.
+    blas_.linear_backward_input(dres16_, c, p.proj_w, nullptr, datty_, n, cl, c, s());
+    blas_.linear_backward_weight(dres16_, c, a.atty, g.proj_w, n, cl, c, s());
+    column_sum(dres16_, gr.proj_b, partial_, n, c, s());
+    flash_attention_backward(a.qkv, a.qkv + cl, a.qkv + 2 * cl, a.atty, datty_, a.lse, dqkv_, dqkv_ + cl, dqkv_ + 2 * cl,
+                             flash_scratch_, B_ * static_cast<int>(hl_), T_, D_, s(), 1, layout(),
+                             /*min_blocks=*/3, /*key_tile=*/64);
+    blas_.linear_backward_input(dqkv_, 3 * cl, p.qkv_w, nullptr, dln_, n, c, 3 * cl, s());
+    blas_.linear_backward_weight(dqkv_, 3 * cl, a.ln1, g.qkv_w, n, c, 3 * cl, s());
+    column_sum(dqkv_, g.qkv_b, partial_, n, 3 * cl, s());
+    reduce_bf16(dln_, N_ * C_);
+    layernorm_backward(dln_, x, a.ln1_mean, a.ln1_rstd, r.ln1_w, dres_, dres16_, gr.ln1_w, gr.ln1_b, partial_, n, c, s());
+    down(dsplit, g_split_, tp_split_numel(c_, slice_.size));
+    down(drep, g_rep_, tp_rep_numel(c_));
+    if (i == 0) {
+      down(h_grad_.data(), dres_, N_ * C_);
+      grad_on_device_ = false;
+    }
+    sync();
+  }
+
+  float head_forward(const float* wte, const float* lnf) override {
+    ensure_head();
+    const int n = static_cast<int>(N_), c = static_cast<int>(C_), vl = static_cast<int>(vl_),
+              ld = static_cast<int>(ldv_), v0 = slice_.rank * vl;
+    load_head(wte, lnf);
+    const float* x = xs_[sz(blocks_)];
+    layernorm_forward(x, d_lnf_, d_lnf_ + C_, lnf16_, lnf_mean_, lnf_rstd_, n, c, s());
+    blas_.linear_ld(lnf16_, wte16_, logits_, ld, n, c, vl, s());
+    // Vocab-parallel cross-entropy: the global row max, then the sums of exponentials and the
+    // target's logit (one rank holds it, the others add 0) in one all-reduce.
+    vocab_slice_max(logits_, d_stats_, n, vl, ld, s());
+    reduce_f32(d_stats_, N_, ReduceOp::kMax);
+    vocab_slice_sums(logits_, d_targets_, d_stats_, d_stats_ + N_, n, vl, ld, v0, s());
+    std::vector<float> mx(N_), sums(2 * N_);
+    down(mx.data(), d_stats_, N_);
+    down(sums.data(), d_stats_ + N_, 2 * N_);
+    sync();
+    if (slice_.size > 1) ops_.all_reduce(sums.data(), 2 * N_, ReduceOp::kSum);
+    std::vector<float> lse(N_);
+    double loss = 0;
+    for (size_t row = 0; row < N_; ++row) {
+      lse[row] = mx[row] + std::log(sums[row]);
+      loss += static_cast<double>(lse[row]) - sums[N_ + row];
+    }
+    up(d_lse_, lse.data(), N_);
+    sync();
+    logits_fresh_ = true;
+    return static_cast<float>(loss / static_cast<double>(N_));
+  }
+
+  const float* logits() const override {
+    MICS_CHECK(logits_fresh_, "logits() after head_backward: the logits were replaced by their gradient");
+    std::vector<bf16_t> raw(N_ * ldv_);
+    MICS_CUDA(cudaMemcpy(raw.data(), logits_, raw.size() * sizeof(bf16_t), cudaMemcpyDeviceToHost));
+    h_logits_.resize(N_ * vl_);
+    for (size_t row = 0; row < N_; ++row)
+      for (size_t j = 0; j < vl_; ++j) h_logits_[row * vl_ + j] = ::mics::bf16_to_f32(raw[row * ldv_ + j]);
+    return h_logits_.data();
+  }
+
+  void head_backward(const float* wte, const float* lnf, float* dwte, float* dlnf) override {
+    const int n = static_cast<int>(N_), c = static_cast<int>(C_), vl = static_cast<int>(vl_),
+              ld = static_cast<int>(ldv_), v0 = slice_.rank * vl;
+    load_head(wte, lnf);
+    vocab_slice_grad(logits_, d_targets_, d_lse_, n, vl, ld, v0, 1.0f / static_cast<float>(N_), s());
+    logits_fresh_ = false;
+    MICS_CUDA(cudaMemsetAsync(g_wte_, 0, vl_ * C_ * sizeof(float), stream_));
+    MICS_CUDA(cudaMemsetAsync(g_lnf_, 0, 2 * C_ * sizeof(float), stream_));
+    blas_.linear_backward_input(logits_, ld, wte16_, nullptr, dln_, n, c, vl, s());
+    blas_.linear_backward_weight(logits_, ld, lnf16_, g_wte_, n, c, vl, s());
+    reduce_bf16(dln_, N_ * C_);
+    MICS_CUDA(cudaMemsetAsync(dres_, 0, N_ * C_ * sizeof(float), stream_));
+    layernorm_backward(dln_, xs_[sz(blocks_)], lnf_mean_, lnf_rstd_, d_lnf_, dres_, dres16_, g_lnf_, g_lnf_ + C_, partial_,
+                       n, c, s());
+    down(dwte, g_wte_, vl_ * C_);
+    down(dlnf, g_lnf_, 2 * C_);
+    sync();
+    grad_on_device_ = true;
+  }
+
+ private:
+  void* s() const { return stream_; }
+  FlashLayout layout() const { return {static_cast<int>(hl_), static_cast<int>(3 * cl_), static_cast<int>(cl_)}; }
+  void sync() const { MICS_CUDA(cudaStreamSynchronize(stream_)); }
+  template <typename T>
+  void up(T* device, const T* host, size_t count) {
+    MICS_CUDA(cudaMemcpyAsync(device, host, count * sizeof(T), cudaMemcpyHostToDevice, stream_));
+  }
+  template <typename T>
+  void down(T* host, const T* device, size_t count) {
+    MICS_CUDA(cudaMemcpyAsync(host, device, count * sizeof(T), cudaMemcpyDeviceToHost, stream_));
+  }
+
+  // A block's gathered parameters: fp32 (LayerNorms, the replicated biases) and the bf16 copy
+  // the GEMMs read. Uploaded at every call: another micro-batch's pass may have run in between.
+  void load_block(const float* split, const float* rep) {
+    const size_t split_n = tp_split_numel(c_, slice_.size);
+    up(w_split_, split, split_n);
+    f32_to_bf16(w_split_, w_split16_, split_n, s());
+    up(w_rep_, rep, tp_rep_numel(c_));
+  }
+  void ensure_head() {
+    if (logits_) return;
+    const size_t N = N_, C = C_;
+    const uint64_t b0 = mem_.bytes();
+    lnf16_ = mem_.take<bf16_t>(N * C), lnf_mean_ = mem_.take<float>(N), lnf_rstd_ = mem_.take<float>(N);
+    head_ln_bytes_ = mem_.bytes() - b0;
+    logits_ = mem_.take<bf16_t>(N * ldv_), d_lse_ = mem_.take<float>(N);
+    head_act_bytes_ = mem_.bytes() - b0;
+    d_stats_ = mem_.take<float>(3 * N);
+    w_wte_ = mem_.take<float>(vl_ * C), wte16_ = mem_.take<bf16_t>(vl_ * C), d_lnf_ = mem_.take<float>(2 * C);
+    g_wte_ = mem_.take<float>(vl_ * C), g_lnf_ = mem_.take<float>(2 * C);
+  }
+  void load_head(const float* wte, const float* lnf) {
+    ensure_head();
+    up(w_wte_, wte, vl_ * C_);
+    f32_to_bf16(w_wte_, wte16_, vl_ * C_, s());
+    up(d_lnf_, lnf, 2 * C_);
+  }
+
+  // In place over the tensor group, through host memory (TensorOps runs on the host).
+  void reduce_f32(float* device, size_t count, ReduceOp op = ReduceOp::kSum) {
+    if (slice_.size == 1) return;
+    down(h_stage_.data(), device, count);
+    sync();
+    ops_.all_reduce(h_stage_.data(), count, op);
+    up(device, h_stage_.data(), count);
+  }
+  // A bf16 array summed in fp32 and rounded once.
+  void reduce_bf16(bf16_t* device, size_t count) {
+    if (slice_.size == 1) return;
+    down(h_bf16_.data(), device, count);
+    sync();
+    for (size_t e = 0; e < count; ++e) h_stage_[e] = ::mics::bf16_to_f32(h_bf16_[e]);
+    ops_.all_reduce(h_stage_.data(), count, ReduceOp::kSum);
+    for (size_t e = 0; e < count; ++e) h_bf16_[e] = ::mics::f32_to_bf16(h_stage_[e]);
+    up(device, h_bf16_.data(), count);
+    sync();  // h_bf16_ is reused by the next reduce
+  }
+
+  GptConfig c_;
+  TpSlice slice_;
+  int B_, T_, blocks_, D_;
+  size_t N_ = 0, C_ = 0, cl_ = 0, hl_ = 0, vl_ = 0, ldv_ = 0;
+  TensorOps ops_;
+  cudaStream_t stream_ = nullptr;
+  Blas blas_;
+  DeviceMemory mem_;
+  std::vector<int32_t> inputs_, targets_;
+  std::vector<float> h_input_, h_output_, h_grad_, h_stage_;
+  std::vector<bf16_t> h_bf16_;
+  mutable std::vector<float> h_logits_;
+  int32_t *d_tokens_ = nullptr, *d_targets_ = nullptr;
+  float *w_split_ = nullptr, *w_rep_ = nullptr, *g_split_ = nullptr, *g_rep_ = nullptr;
+  bf16_t* w_split16_ = nullptr;
+  std::vector<float*> xs_;  // xs_[i]: block i's input; xs_[blocks]: the stage's output
+  std::vector<BlockActs> acts_;
+  float *tmp_ = nullptr, *dres_ = nullptr, *partial_ = nullptr, *flash_scratch_ = nullptr;
+  bf16_t *dres16_ = nullptr, *dln_ = nullptr, *datty_ = nullptr, *dqkv_ = nullptr, *dfch_ = nullptr;
+  // head (allocated by the first head_forward: only the last stage has one)
+  bf16_t *lnf16_ = nullptr, *logits_ = nullptr, *wte16_ = nullptr;
+  float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *d_lse_ = nullptr, *d_stats_ = nullptr, *w_wte_ = nullptr,
+        *d_lnf_ = nullptr, *g_wte_ = nullptr, *g_lnf_ = nullptr;
+  uint64_t act_bytes_ = 0, ln_region_bytes_ = 0, head_act_bytes_ = 0, head_ln_bytes_ = 0;
+  bool grad_on_device_ = false;  // dres holds dL/d(output) from head_backward
+  bool logits_fresh_ = false;
+};
+
+}  // namespace
+
+std::string stage_unsupported_reason(const GptConfig& c, const TpOptions& options) {
+  const int head_dim = c.heads > 0 ? c.channels / c.heads : 0;
+  if (!flash_supported(head_dim))
+    return "the GPU mesh stage runs the fused attention kernels, built for head sizes 64 and 128; this model's is " +
+           std::to_string(head_dim) + " (C=" + std::to_string(c.channels) + " / H=" + std::to_string(c.heads) +
+           "): choose C/H = 64 or 128 (e.g. --model L2H4C256), or --device cpu";
+  if (options.sequence_parallel)
+    return "--sequence-parallel is not built for --device cuda yet: drop it, or use --device cpu";
+  if (options.recompute) return "--recompute is not built for --device cuda yet: drop it, or use --device cpu";
+  return "";
+}
+
+std::unique_ptr<StagePass> make_stage_pass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks,
+                                           TensorOps ops, TpOptions options) {
+  const std::string why = stage_unsupported_reason(c, options);
+  if (!why.empty())
+    throw Error(ErrorKind::kInvalidArgument, why, {.layer = "model", .where = "CUDA mesh stage"});
+  MICS_CHECK(slice.size >= 1 && c.heads % slice.size == 0 && c.vocab % slice.size == 0,
+             "tensor parallel size must divide the heads and the vocabulary");
+  return std::make_unique<CudaStagePass>(c, slice, batch, seq_len, blocks, std::move(ops));
+}
+
+}  // namespace mics::model::cuda
