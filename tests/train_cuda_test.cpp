@@ -47,15 +47,16 @@ const std::string& scratch() { return mics::testing::scratch_dir("mics-train-cud
 
 using mics::testing::TrainRun;
 
-const std::string kCommon = "--micro-batch 2 --seq-len 32 --steps 6 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
+const std::string kCommon = "--micro-batch 2 --seq-len 32 --samples 0 --eval-batches 1 --seed 3 --lr 3e-3";
 
 // `env` goes before the command; by default every rank sees GPU 0 only.
 TrainRun train(const std::string& args, const std::string& tag, const std::string& env = "CUDA_VISIBLE_DEVICES=0",
                const std::string& model = "tiny") {
   const std::string metrics = fmt::format("{}/{}.jsonl", scratch(), tag);
+  const std::string steps = args.find("--steps") == std::string::npos ? "--steps 6" : "";  // 6 unless the args say
   return mics::testing::run_and_read_metrics(
-      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} {} train --model {} {} {} --metrics {} 2>&1",
-                  scratch(), env, MICS_BINARY, model, kCommon, args, metrics),
+      fmt::format("MICS_TIMEOUT_S=60 NCCL_NVLS_ENABLE=0 MICS_DATA_DIR={}/data {} {} train --model {} {} {} {} --metrics {} 2>&1",
+                  scratch(), env, MICS_BINARY, model, kCommon, steps, args, metrics),
       metrics);
 }
 
@@ -221,6 +222,39 @@ INSTANTIATE_TEST_SUITE_P(Meshes, TrainCudaMesh,
                                            MeshLayout{2, 2, 4, "ddp", 0, 4}, MeshLayout{2, 1, 4, "mics", 2, 2},
                                            MeshLayout{4, 1, 4, "ddp", 0, 4}),
                          [](const auto& param_info) { return mesh_name(param_info.param); });
+
+// Checkpoints of a GPU mesh (the shards live on the host; train/checkpoint.hpp's logical
+// layout): a t2 s2 run saving at step 2, resumed on the same GPU mesh, repeats the straight
+// run's steps 3-4 (within 1e-3: the fused attention's backward adds dQ with atomics, so two GPU
+// runs need not agree bit for bit), and the same checkpoint resumed by the one-process CPU
+// trainer follows within the CPU bound (2e-2).
+TEST(TrainCudaMeshCheckpoint, ResumesOnTheGpuMeshAndOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::string mesh = "--device cuda -n 4 --tensor-parallel 2 --pipeline-parallel 2 --grad-accum 4";
+  const std::string a = scratch() + "/mesh_ckpt_a";
+  fs::remove_all(a);
+  const TrainRun straight = train(fmt::format("{} --steps 4 --ckpt-every 2 --out {}", mesh, a), "mesh_ckpt_straight",
+                                  "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  ASSERT_EQ(straight.result.status, 0) << straight.result.output;
+  ASSERT_EQ(straight.losses.size(), 4u) << straight.result.output;
+  ASSERT_TRUE(fs::exists(a + "/step-00000002")) << straight.result.output;
+  const TrainRun gpu = train(fmt::format("{} --steps 4 --resume {}/step-00000002 --out {}/mesh_ckpt_b", mesh, a, scratch()),
+                             "mesh_ckpt_gpu", "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  ASSERT_EQ(gpu.result.status, 0) << gpu.result.output;
+  const TrainRun cpu = train(fmt::format("--device cpu --grad-accum 4 --steps 4 --resume {}/step-00000002 --out {}/mesh_ckpt_c", a,
+                                         scratch()),
+                             "mesh_ckpt_cpu", "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  ASSERT_EQ(cpu.result.status, 0) << cpu.result.output;
+  ASSERT_EQ(gpu.losses.size(), 2u) << gpu.result.output;
+  ASSERT_EQ(cpu.losses.size(), 2u) << cpu.result.output;
+  for (size_t i = 0; i < 2; ++i) {
+    const double want = straight.losses[2 + i];
+    EXPECT_LE(std::abs(gpu.losses[i] - want) / want, 1e-3) << "step " << 3 + i << ": resumed " << gpu.losses[i] << " vs " << want;
+    EXPECT_LE(std::abs(cpu.losses[i] - want) / want, 2e-2) << "step " << 3 + i << ": CPU " << cpu.losses[i] << " vs " << want;
+    std::printf("[ mesh checkpoint ] step %zu: straight %.6f, resumed on the GPU mesh %.6f, on the CPU %.6f\n", 3 + i, want,
+                gpu.losses[i], cpu.losses[i]);
+  }
+}
 
 TEST(TrainCudaMeshFlags, RefusedWithAClearError) {
   SKIP_WITHOUT_GPU();
