@@ -1,4 +1,5 @@
-// The mesh trainer: MiCS x tensor x pipeline parallel on the CPU (see mesh_trainer.hpp).
+// The mesh trainer: MiCS x tensor x pipeline parallel (see mesh_trainer.hpp); the stages compute on the
+// CPU (model/gpt_tp.hpp) or, with --device cuda, on GPUs (model/cuda/gpt_tp_cuda.hpp).
 //
 // Per rank (coordinates (r_i, p_i, s_i, t_i) of topo/mesh.hpp): one shard::Engine on the data
 // communicator of its (stage, tensor rank) slice holds the slice's units, sharded over p and
