@@ -162,6 +162,16 @@ check_usage "number of ranks is missing" -- true
 check_usage "master-addr is required" -n 1 --nnodes 2 --node-rank 1 -- true
 MICS_JOB_TOKEN= check_usage "needs a shared token" -n 1 --nnodes 2 --node-rank 1 --master-addr 127.0.0.1 -- true
 
+# --- 7. no library signal handlers in the ranks -----------------------------------------------
+# libfabric's psm provider loads libinfinipath, which would catch SIGINT/SIGTERM while a rank
+# loads and exit 1 silently (writing a .btr file); mics sets IPATH_NO_BACKTRACE=1 for what it
+# starts (src/tools/main.cpp), and a value the user chose is kept.
+out=$(env -u IPATH_NO_BACKTRACE "$MICS" launch -n 2 --no-prefix -- sh -c 'echo "${IPATH_NO_BACKTRACE:-unset}"' 2>&1)
+[ "$out" = "1
+1" ] && ok "ranks start with IPATH_NO_BACKTRACE=1" || fail "IPATH_NO_BACKTRACE in the ranks: '$out'"
+out=$(IPATH_NO_BACKTRACE=0 "$MICS" launch -n 1 --no-prefix -- sh -c 'echo "$IPATH_NO_BACKTRACE"' 2>&1)
+[ "$out" = "0" ] && ok "a user's IPATH_NO_BACKTRACE is kept" || fail "user's IPATH_NO_BACKTRACE: '$out'"
+
 # Arguments after the command belong to it, with or without "--".
 out=$("$MICS" launch -n 1 --no-prefix echo -n --nodes 2)
 [ "$out" = "--nodes 2" ] && ok "options after the command are the command's" ||

@@ -2,6 +2,7 @@
 // becomes an exit status.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -26,9 +27,30 @@ void prefer_passive_openmp_waits(int argc, char** argv) {
   ::execv("/proc/self/exe", argv);  // on failure, carry on with the default policy
 }
 
+// libfabric's psm provider links libinfinipath, whose load-time constructor installs handlers
+// for SIGINT, SIGTERM and the crash signals that write a backtrace file (mics.<host>.<pid>.btr)
+// into the working directory and then exit 1 (after faulting inside the handler): a Ctrl-C or a
+// launcher's SIGTERM in the first second looked like a failed run with no message. exec() resets
+// every handled signal to its default, so a handler here can only be a library's: back to the
+// default (ignored signals stay ignored; mics installs its own stop handlers where it wants them).
+// IPATH_NO_BACKTRACE=1 (unless the user set it) keeps the library from installing them at all in
+// the processes started from here (the re-exec below, the ranks of `mics launch`), whose loading
+// of the CUDA and fabric libraries takes long enough for an early signal to land in it.
+void drop_library_signal_handlers() {
+  ::setenv("IPATH_NO_BACKTRACE", "1", /*overwrite=*/0);
+  for (const int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) {
+    struct sigaction current {};
+    if (::sigaction(sig, nullptr, &current) != 0) continue;
+    const bool handled = (current.sa_flags & SA_SIGINFO) ? current.sa_sigaction != nullptr
+                                                         : current.sa_handler != SIG_DFL && current.sa_handler != SIG_IGN;
+    if (handled) std::signal(sig, SIG_DFL);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  drop_library_signal_handlers();
   prefer_passive_openmp_waits(argc, argv);
   CLI::App app{"mics: MiCS sharded data-parallel training over libfabric and NCCL"};
   app.set_version_flag("--version", std::string("mics ") + mics::build::kVersion);
