@@ -16,31 +16,6 @@ namespace {
 
 size_t sz(int v) { return static_cast<size_t>(v); }
 
-// Views of a slice's units (layouts in gpt_tp.hpp).
-template <typename F>
-struct Split {
-  F *qkv_w, *qkv_b, *proj_w, *fc_w, *fc_b, *fcproj_w;
-};
-template <typename F>
-Split<F> split_view(F* p, size_t c, size_t cl) {
-  Split<F> s;
-  s.qkv_w = p;
-  s.qkv_b = s.qkv_w + 3 * cl * c;
-  s.proj_w = s.qkv_b + 3 * cl;
-  s.fc_w = s.proj_w + c * cl;
-  s.fc_b = s.fc_w + 4 * cl * c;
-  s.fcproj_w = s.fc_b + 4 * cl;
-  return s;
-}
-template <typename F>
-struct Rep {
-  F *ln1_w, *ln1_b, *proj_b, *ln2_w, *ln2_b, *fcproj_b;
-};
-template <typename F>
-Rep<F> rep_view(F* p, size_t c) {
-  return {p, p + c, p + 2 * c, p + 3 * c, p + 4 * c, p + 5 * c};
-}
-
 // Rows [row0, row0 + rows) of a [*, cols] matrix: all columns.
 void copy_rows(const float* src, size_t cols, size_t row0, size_t rows, float* dst) {
   std::memcpy(dst, src + row0 * cols, rows * cols * sizeof(float));
@@ -64,7 +39,7 @@ size_t tp_lnf_numel(const GptConfig& c) { return 2 * sz(c.channels); }
 void tp_slice_block(const GptConfig& c, TpSlice slice, const float* full_block, float* split, float* rep) {
   const size_t C = sz(c.channels), cl = C / sz(slice.size), k = sz(slice.rank);
   const auto f = layers::block_tensors(full_block, c.channels);
-  const auto s = split_view(split, C, cl);
+  const auto s = tp_split_view(split, C, cl);
   for (size_t part = 0; part < 3; ++part) {
     copy_rows(f.qkv_w, C, part * C + k * cl, cl, s.qkv_w + part * cl * C);
     std::memcpy(s.qkv_b + part * cl, f.qkv_b + part * C + k * cl, cl * sizeof(float));
@@ -73,7 +48,7 @@ void tp_slice_block(const GptConfig& c, TpSlice slice, const float* full_block, 
   copy_rows(f.fc_w, C, k * 4 * cl, 4 * cl, s.fc_w);
   std::memcpy(s.fc_b, f.fc_b + k * 4 * cl, 4 * cl * sizeof(float));
   copy_cols(f.fcproj_w, C, 4 * C, k * 4 * cl, 4 * cl, s.fcproj_w);
-  const auto r = rep_view(rep, C);
+  const auto r = tp_rep_view(rep, C);
   std::memcpy(r.ln1_w, f.ln1_w, C * sizeof(float));
   std::memcpy(r.ln1_b, f.ln1_b, C * sizeof(float));
   std::memcpy(r.proj_b, f.proj_b, C * sizeof(float));
@@ -334,8 +309,8 @@ void TpPass::block_forward(int i, const float* split, const float* rep) {
   Impl& s = *impl_;
   const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
             cl = static_cast<int>(s.cl);
-  const auto p = split_view(split, s.C, s.cl);
-  const auto r = rep_view(rep, s.C);
+  const auto p = tp_split_view(split, s.C, s.cl);
+  const auto r = tp_rep_view(rep, s.C);
   auto& a = s.block_acts(i);
   const float* x = s.xs[sz(i)].data();
   float* out = s.xs[sz(i) + 1].data();
@@ -371,10 +346,10 @@ void TpPass::block_backward(int i, const float* split, const float* rep, float* 
   if (s.recompute) block_forward(i, split, rep);
   const int n = static_cast<int>(s.N), nl = static_cast<int>(s.Nl), c = static_cast<int>(s.C),
             cl = static_cast<int>(s.cl);
-  const auto p = split_view(split, s.C, s.cl);
-  const auto r = rep_view(rep, s.C);
-  const auto g = split_view(dsplit, s.C, s.cl);
-  const auto gr = rep_view(drep, s.C);
+  const auto p = tp_split_view(split, s.C, s.cl);
+  const auto r = tp_rep_view(rep, s.C);
+  const auto g = tp_split_view(dsplit, s.C, s.cl);
+  const auto gr = tp_rep_view(drep, s.C);
   auto& a = s.block_acts(i);
   const float* x = s.xs[sz(i)].data();
   float* dresid = s.dresid.data();

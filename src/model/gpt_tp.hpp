@@ -100,6 +100,32 @@ struct TpSlice {
   int rank = 0, size = 1;
 };
 
+// Views of a slice's units (the layouts above), over fp32 parameters or gradients, or their
+// bf16 copy on a GPU: C channels, cl = C/t.
+template <typename F>
+struct TpSplitView {
+  F *qkv_w, *qkv_b, *proj_w, *fc_w, *fc_b, *fcproj_w;
+};
+template <typename F>
+TpSplitView<F> tp_split_view(F* p, size_t c, size_t cl) {
+  TpSplitView<F> s;
+  s.qkv_w = p;
+  s.qkv_b = s.qkv_w + 3 * cl * c;
+  s.proj_w = s.qkv_b + 3 * cl;
+  s.fc_w = s.proj_w + c * cl;
+  s.fc_b = s.fc_w + 4 * cl * c;
+  s.fcproj_w = s.fc_b + 4 * cl;
+  return s;
+}
+template <typename F>
+struct TpRepView {
+  F *ln1_w, *ln1_b, *proj_b, *ln2_w, *ln2_b, *fcproj_b;
+};
+template <typename F>
+TpRepView<F> tp_rep_view(F* p, size_t c) {
+  return {p, p + c, p + 2 * c, p + 3 * c, p + 4 * c, p + 5 * c};
+}
+
 size_t tp_split_numel(const GptConfig& c, int t);
 size_t tp_rep_numel(const GptConfig& c);
 size_t tp_wte_numel(const GptConfig& c, int t);

@@ -43,26 +43,7 @@ class DeviceMemory {
   uint64_t bytes_ = 0;
 };
 
-// Views of a slice's units (layouts in gpt_tp.hpp), for fp32 and bf16 copies alike.
-template <typename F>
-struct Split {
-  F *qkv_w, *qkv_b, *proj_w, *fc_w, *fc_b, *fcproj_w;
-};
-template <typename F>
-Split<F> split_view(F* p, size_t c, size_t cl) {
-  Split<F> s;
-  s.qkv_w = p;
-  s.qkv_b = s.qkv_w + 3 * cl * c;
-  s.proj_w = s.qkv_b + 3 * cl;
-  s.fc_w = s.proj_w + c * cl;
-  s.fc_b = s.fc_w + 4 * cl * c;
-  s.fcproj_w = s.fc_b + 4 * cl;
-  return s;
-}
-struct Rep {
-  float *ln1_w, *ln1_b, *proj_b, *ln2_w, *ln2_b, *fcproj_b;
-};
-Rep rep_view(float* p, size_t c) { return {p, p + c, p + 2 * c, p + 3 * c, p + 4 * c, p + 5 * c}; }
+using Rep = TpRepView<float>;
 
 struct BlockActs {
   bf16_t* ln1;
@@ -177,8 +158,8 @@ class CudaStagePass final : public StagePass {
   void block_forward(int i, const float* split, const float* rep) override {
     const int n = static_cast<int>(N_), c = static_cast<int>(C_), cl = static_cast<int>(cl_);
     load_block(split, rep);
-    const auto p = split_view(w_split16_, C_, cl_);
-    const Rep r = rep_view(w_rep_, C_);
+    const auto p = tp_split_view(w_split16_, C_, cl_);
+    const Rep r = tp_rep_view(w_rep_, C_);
     BlockActs& a = acts_[sz(i)];
     float* x = xs_[sz(i)];
     float* out = xs_[sz(i) + 1];
@@ -204,10 +185,10 @@ class CudaStagePass final : public StagePass {
   void block_backward(int i, const float* split, const float* rep, float* dsplit, float* drep) override {
     const int n = static_cast<int>(N_), c = static_cast<int>(C_), cl = static_cast<int>(cl_);
     load_block(split, rep);
-    const auto p = split_view(w_split16_, C_, cl_);
-    const Rep r = rep_view(w_rep_, C_);
-    const auto g = split_view(g_split_, C_, cl_);
-    const Rep gr = rep_view(g_rep_, C_);
+    const auto p = tp_split_view(w_split16_, C_, cl_);
+    const Rep r = tp_rep_view(w_rep_, C_);
+    const auto g = tp_split_view(g_split_, C_, cl_);
+    const Rep gr = tp_rep_view(g_rep_, C_);
     const BlockActs& a = acts_[sz(i)];
     const float* x = xs_[sz(i)];
     if (i + 1 == blocks_ && !grad_on_device_) {  // dL/d(output) received from the next stage
