@@ -81,6 +81,22 @@ std::string name(const Layout& l) {
                      l.gather_dtype == "f32" ? "" : "_gather_" + l.gather_dtype);
 }
 
+// Every step's loss within `bound_gpu` (relative) of the one-GPU run and 2e-2 of the CPU run;
+// prints the worst differences.
+void expect_losses_follow(const TrainRun& run, const TrainRun& gpu, double bound_gpu, const TrainRun& cpu,
+                          const std::string& tag) {
+  double worst_gpu = 0, worst_cpu = 0;
+  for (size_t i = 0; i < run.losses.size() && i < gpu.losses.size() && i < cpu.losses.size(); ++i) {
+    const double dg = std::abs(run.losses[i] - gpu.losses[i]) / gpu.losses[i];
+    const double dc = std::abs(run.losses[i] - cpu.losses[i]) / cpu.losses[i];
+    worst_gpu = std::max(worst_gpu, dg);
+    worst_cpu = std::max(worst_cpu, dc);
+    EXPECT_LE(dg, bound_gpu) << "step " << i + 1 << ": " << run.losses[i] << " vs one GPU " << gpu.losses[i];
+    EXPECT_LE(dc, 2e-2) << "step " << i + 1 << ": " << run.losses[i] << " vs CPU " << cpu.losses[i];
+  }
+  std::printf("[ %s ] worst relative loss difference: vs 1 GPU %.2e, vs CPU %.2e\n", tag.c_str(), worst_gpu, worst_cpu);
+}
+
 // Runs layout `l` and checks it against the one-GPU and CPU references (losses), its traffic
 // formula and its model states per rank. `nccl`: one GPU per rank, else all on GPU 0.
 void check_layout(const Layout& l, bool nccl) {
@@ -107,16 +123,7 @@ void check_layout(const Layout& l, bool nccl) {
   // bf16 gathers round the LayerNorm weights and biases the one-GPU run reads in fp32 (the
   // GEMM weights are the same bf16 either way): a looser bound against it.
   const double bound_gpu = l.gather_dtype == "bf16" ? 5e-3 : 2e-3;
-  double worst_gpu = 0, worst_cpu = 0;
-  for (size_t i = 0; i < 6; ++i) {
-    const double dg = std::abs(run.losses[i] - ref.losses[i]) / ref.losses[i];
-    const double dc = std::abs(run.losses[i] - cpu.losses[i]) / cpu.losses[i];
-    worst_gpu = std::max(worst_gpu, dg);
-    worst_cpu = std::max(worst_cpu, dc);
-    EXPECT_LE(dg, bound_gpu) << "step " << i + 1 << ": " << run.losses[i] << " vs one GPU " << ref.losses[i];
-    EXPECT_LE(dc, 2e-2) << "step " << i + 1 << ": " << run.losses[i] << " vs CPU " << cpu.losses[i];
-  }
-  std::printf("[ %s ] worst relative loss difference: vs 1 GPU %.2e, vs CPU %.2e\n", name(l).c_str(), worst_gpu, worst_cpu);
+  expect_losses_follow(run, ref, bound_gpu, cpu, name(l));
   EXPECT_LT(run.losses.back(), run.losses.front());
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
   EXPECT_NE(run.summary.value("strategy", std::string()).find(nccl ? "nccl collectives" : "fabric collectives"), std::string::npos)
@@ -201,17 +208,7 @@ TEST_P(TrainCudaMesh, GpuStagesFollowOneGpuAndCpu) {
   ASSERT_EQ(run.result.status, 0) << run.result.output;
   EXPECT_NE(run.result.output.find("device cuda: each rank's stage on its GPU"), std::string::npos) << run.result.output;
   ASSERT_EQ(run.losses.size(), 6u) << run.result.output;
-  double worst_gpu = 0, worst_cpu = 0;
-  for (size_t i = 0; i < 6; ++i) {
-    const double dg = std::abs(run.losses[i] - gpu1.losses[i]) / gpu1.losses[i];
-    const double dc = std::abs(run.losses[i] - cpu1.losses[i]) / cpu1.losses[i];
-    worst_gpu = std::max(worst_gpu, dg);
-    worst_cpu = std::max(worst_cpu, dc);
-    EXPECT_LE(dg, 5e-3) << "step " << i + 1 << ": " << run.losses[i] << " vs one GPU " << gpu1.losses[i];
-    EXPECT_LE(dc, 2e-2) << "step " << i + 1 << ": " << run.losses[i] << " vs CPU " << cpu1.losses[i];
-  }
-  std::printf("[ %s ] worst relative loss difference: vs 1 GPU %.2e, vs CPU %.2e\n", mesh_name(l).c_str(), worst_gpu,
-              worst_cpu);
+  expect_losses_follow(run, gpu1, 5e-3, cpu1, mesh_name(l));
   EXPECT_LT(run.losses.back(), run.losses.front());
   EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
   EXPECT_NE(run.summary.value("strategy", std::string()).find("mesh stages on GPUs"), std::string::npos) << run.summary.dump();

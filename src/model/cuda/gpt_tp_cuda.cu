@@ -229,7 +229,6 @@ class CudaStagePass final : public StagePass {
   }
 
   float head_forward(const float* wte, const float* lnf) override {
-    ensure_head();
     const int n = static_cast<int>(N_), c = static_cast<int>(C_), vl = static_cast<int>(vl_),
               ld = static_cast<int>(ldv_), v0 = slice_.rank * vl;
     load_head(wte, lnf);
