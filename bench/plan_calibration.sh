@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Own-run check of `mics plan`: measure the host's rails with `mics bench --json`, train three
 # layouts of one model (MiCS p=2, ZeRO-3, DDP) on emulated nodes, calibrate the cost model on
-# each run and predict every other layout's run of the same round. Results go in
-# docs/PLANNING.md ("Against our own runs").
+# each layout's best round and predict the others (and the same within each round). Results go
+# in docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration.sh [BUILD_DIR] [OUT_DIR]
-# Env: ROUNDS (default 2; the layouts run interleaved, round by round, so that a change in the
-# host's load hits every layout alike), STEPS (40; the median step, the first left out: a ZeRO-3 run can switch between two step times for many steps).
+# Env: ROUNDS (default 3; the layouts run interleaved, round by round, so that a change in the
+# host's load hits every layout alike), STEPS (40, the first left out: a run can switch between
+# two step times for many steps), QUANTILE (0.25: the step time compared is this quantile of a
+# run's steps; the headline table takes each layout's best round, see plan_calibration_common.sh).
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
 # on a shared host it is the main source of error, so run it under `nice -n -20`.
 # CALIBRATE_ONLY=1 with an OUT_DIR of earlier runs: only the calibration table, with this build.
@@ -16,7 +18,7 @@ MICS=$BUILD/mics
 export MICS_DATA_DIR=${MICS_DATA_DIR:-$OUT/data} MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
 MODEL=${MODEL:-L4H4C128V256T64}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 COMMON="--model $MODEL --seq-len 64 --steps ${STEPS:-40} --samples 0 --eval-batches 1"
 LAYOUTS="mics_p2 zero3 ddp"
 

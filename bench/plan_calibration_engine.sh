@@ -2,12 +2,12 @@
 # Own-run check of `mics plan` on the engine bench (the sibling of plan_calibration.sh, which
 # does the same with `mics train`): measure the host's rails with `mics bench --json`, run
 # `mics engine-bench` (the MLP stack through the sharded engine) in three layouts on emulated
-# nodes, calibrate the cost model on each run and predict every other layout's run of the same
-# round. Results go in docs/PLANNING.md ("Against our own runs").
+# nodes, calibrate the cost model on each layout's best round and predict the others (and the
+# same within each round). Results go in docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration_engine.sh [BUILD_DIR] [OUT_DIR]
-# Env: ROUNDS (default 2; the layouts run interleaved, round by round, so that a change in the
-# host's load hits every layout alike), STEPS (30 timed steps after the bench's warm-up step;
-# the median is compared), LAYERS and WIDTH (8 x 384: the MLP's plain loops make a step of
+# Env: ROUNDS (default 3; the layouts run interleaved, round by round, so that a change in the
+# host's load hits every layout alike), STEPS (30 timed steps after the bench's warm-up step),
+# QUANTILE (0.25: the step time compared is this quantile of a run's steps), LAYERS and WIDTH (8 x 384: the MLP's plain loops make a step of
 # 100-300 ms on this host, so that compute is not negligible against communication), LAYOUTS.
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
 # on a shared host it is the main source of error, so run it under `nice -n -20`.
@@ -18,7 +18,7 @@ OUT=${2:-$(mktemp -d /tmp/mics-plan-cal-engine.XXXXXX)}
 MICS=$BUILD/mics
 export MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-384} --steps ${STEPS:-30}"
 # 4 ranks on 2 emulated nodes, 16 samples per rank and optimizer step in every layout: three
 # strategies, and each sharded strategy also with the other split of S and B (same strategy,

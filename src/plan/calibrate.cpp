@@ -25,11 +25,15 @@ Error run_error(const std::string& message, const std::string& path) {
                         "file of `mics engine-bench --json FILE`"});
 }
 
-double median(std::vector<double> v) {
+// The q-quantile with linear interpolation between neighbours (q = 0.5: the median, the mean of
+// the middle two of an even count).
+double quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
 }
 
 }  // namespace
@@ -37,8 +41,9 @@ double median(std::vector<double> v) {
 namespace {
 
 // `mics train`'s metrics.jsonl (train/metrics.cpp).
-MeasuredRun read_train_metrics(const std::string& path, const std::string& file) {
+MeasuredRun read_train_metrics(const std::string& path, const std::string& file, double step_quantile) {
   MeasuredRun run;
+  run.step_quantile = step_quantile;
   run.path = file;
   run.kind = "train";
   std::ifstream in(run.path);
@@ -91,13 +96,14 @@ MeasuredRun read_train_metrics(const std::string& path, const std::string& file)
     steps.erase(steps.begin());
     exposed.erase(exposed.begin());
   }
-  run.step_s = median(steps);
-  run.exposed_comm_s = median(exposed);
+  run.step_s = quantile(steps, step_quantile);
+  run.exposed_comm_s = quantile(exposed, step_quantile);
   return run;
 }
 
 // `mics engine-bench --json`: one run per strategy result (see calibrate.hpp).
-std::vector<MeasuredRun> read_engine_bench(const std::string& path, const std::string& file, const nlohmann::json& j) {
+std::vector<MeasuredRun> read_engine_bench(const std::string& path, const std::string& file, const nlohmann::json& j,
+                                           double step_quantile) {
   std::vector<MeasuredRun> runs;
   if (!j.contains("world_size"))
     throw run_error(fmt::format("{} is an engine-bench file without its layout (no world_size): written before "
@@ -107,6 +113,7 @@ std::vector<MeasuredRun> read_engine_bench(const std::string& path, const std::s
   try {
     MeasuredRun base;
     base.kind = "engine-bench";
+    base.step_quantile = step_quantile;
     base.model = j.at("model").get<std::string>();
     base.world = j.at("world_size").get<int>();
     base.nodes = j.at("nodes").get<int>();
@@ -142,8 +149,8 @@ std::vector<MeasuredRun> read_engine_bench(const std::string& path, const std::s
         throw run_error(fmt::format("{}: {} has {} step times and {} exposed times", file, name, steps.size(),
                                     exposed.size()),
                         path);
-      run.step_s = median(steps) / 1e3;
-      run.exposed_comm_s = median(exposed) / 1e3;
+      run.step_s = quantile(steps, step_quantile) / 1e3;
+      run.exposed_comm_s = quantile(exposed, step_quantile) / 1e3;
       run.tokens_per_s = static_cast<double>(run.world) * run.grad_accum * run.micro_batch / run.step_s;
       runs.push_back(run);
     }
@@ -158,9 +165,18 @@ std::vector<MeasuredRun> read_engine_bench(const std::string& path, const std::s
 
 }  // namespace
 
-std::vector<MeasuredRun> read_runs(const std::string& path) {
+std::string step_statistic(double step_quantile) {
+  if (step_quantile == 0.5) return "median";
+  if (step_quantile == 0) return "fastest step";
+  return fmt::format("{:g} quantile", step_quantile);
+}
+
+std::vector<MeasuredRun> read_runs(const std::string& path, double step_quantile) {
   namespace fs = std::filesystem;
-  if (fs::is_directory(path)) return {read_train_metrics(path, path + "/metrics.jsonl")};
+  if (!(step_quantile >= 0 && step_quantile <= 1))
+    throw Error(ErrorKind::kInvalidArgument, fmt::format("step quantile {} is outside [0, 1]", step_quantile),
+                {.layer = "plan", .where = "--step-quantile", .hint = "0.5 is the median (the default), 0 the fastest step"});
+  if (fs::is_directory(path)) return {read_train_metrics(path, path + "/metrics.jsonl", step_quantile)};
   // FILE#STRATEGY picks one strategy of an engine-bench file.
   std::string file = path, pick;
   if (const size_t hash = path.rfind('#'); !fs::exists(path) && hash != std::string::npos) {
@@ -181,14 +197,14 @@ std::vector<MeasuredRun> read_runs(const std::string& path) {
       throw run_error(fmt::format("{} is a '{}' file, not `mics engine-bench --json`", file,
                                   whole.value("kind", "")),
                       path);
-    runs = read_engine_bench(path, file, whole);
+    runs = read_engine_bench(path, file, whole, step_quantile);
   } else if (whole.is_discarded() || whole.contains("event")) {
     if (text.find("\"event\"") == std::string::npos)
       throw run_error(fmt::format("{} is neither `mics train` metrics (JSON lines with \"event\" records) nor a "
                                   "`mics engine-bench --json` file",
                                   file),
                       path);
-    runs = {read_train_metrics(path, file)};
+    runs = {read_train_metrics(path, file, step_quantile)};
   } else {
     throw run_error(fmt::format("{} is JSON, but neither `mics train` metrics nor a `mics engine-bench --json` file "
                                 "(no \"results\", no \"event\")",
@@ -203,8 +219,8 @@ std::vector<MeasuredRun> read_runs(const std::string& path) {
   throw run_error(fmt::format("{} has no strategy '{}'; it holds: {}", file, pick, fmt::join(names, ", ")), path);
 }
 
-MeasuredRun read_run(const std::string& path) {
-  auto runs = read_runs(path);
+MeasuredRun read_run(const std::string& path, double step_quantile) {
+  auto runs = read_runs(path, step_quantile);
   if (runs.size() == 1) return runs.front();
   std::vector<std::string> names;
   for (const auto& r : runs) names.push_back(r.path);
@@ -291,7 +307,7 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
       "calibrated on {} ({} {} ranks on {} nodes, p={}, S={}, B={}, T={}):\n"
       "  compute efficiency {:.4f} of {:.0f} GFLOP/s per rank{} = {:.2f} GFLOP/s achieved\n  {}\n"
       "  host: {} ranks of {} compute threads on {} cores{}\n"
-      "  step: predicted {:.1f} ms, measured {:.1f} ms (median) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
+      "  step: predicted {:.1f} ms, measured {:.1f} ms ({}) ({:+.1f}%); exposed communication predicted {:.1f} ms, "
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, oversubscribed ? " (a whole core's)" : "",
@@ -300,8 +316,8 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
       oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core, and its communication adds to the step "
                                    "(CPU-bound: the compute rate is fitted to the whole step)", share)
                      : std::string(),
-      cal.prediction.step_s * 1e3, run.step_s * 1e3, 100 * (cal.prediction.step_s / run.step_s - 1),
-      cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
+      cal.prediction.step_s * 1e3, run.step_s * 1e3, step_statistic(run.step_quantile),
+      100 * (cal.prediction.step_s / run.step_s - 1), cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);
   return cal;
 }
 

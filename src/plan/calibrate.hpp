@@ -13,8 +13,8 @@
 // A run directory holds metrics.jsonl (train/metrics.cpp): "step" records with step_ms and
 // comm_exposed_ms, and a final "summary" with the layout (world_size, nodes, partition_size,
 // grad_accum, micro_batch, seq_len, recompute, model; host_cores, ranks_on_host and
-// compute_threads where the run recorded them). The median step time (the first step
-// left out: it warms caches and connections) is split into compute (step - exposed
+// compute_threads where the run recorded them). The median step time (or another quantile,
+// read_runs; the first step left out: it warms caches and connections) is split into compute (step - exposed
 // communication) and exposed communication. Fitted, in order:
 //   compute efficiency: the simulator's compute time equals the measured compute time;
 //   per-hop latency (fit_latency): its exposed communication equals the measured one
@@ -40,8 +40,9 @@ struct MeasuredRun {
   std::string model, strategy;
   int world = 1, nodes = 1, partition_size = 1, grad_accum = 1, micro_batch = 1, seq_len = 0, steps = 0;
   bool recompute = false;
-  double step_s = 0;          // median step time (first step left out when there are more)
-  double exposed_comm_s = 0;  // median exposed communication per step
+  double step_quantile = 0.5;  // which step time stands for the run (0.5: the median)
+  double step_s = 0;           // that quantile of the step times (first step left out when there are more)
+  double exposed_comm_s = 0;   // the same quantile of the exposed communication per step
   double tokens_per_s = 0;    // the summary's
   uint64_t model_state_bytes = 0, activation_bytes = 0;
   // The host the ranks shared (0: not recorded; older runs): usable cores, ranks on it, compute
@@ -53,9 +54,13 @@ struct MeasuredRun {
 // FILE#STRATEGY); the kind is read from the file. read_runs: every run the path holds (an
 // engine-bench file: one per strategy); read_run: exactly one, or an error that lists the
 // FILE#STRATEGY choices. Both throw mics::Error (layer plan) naming the file and what is
-// missing or unknown.
-std::vector<MeasuredRun> read_runs(const std::string& path);
-MeasuredRun read_run(const std::string& path);
+// missing or unknown. step_quantile picks the step time that stands for the run: 0.5 the
+// median (default); lower values read a shared host's undisturbed level when other work
+// slows some steps (bench/plan_calibration*.sh use 0.25; docs/PLANNING.md).
+std::vector<MeasuredRun> read_runs(const std::string& path, double step_quantile = 0.5);
+MeasuredRun read_run(const std::string& path, double step_quantile = 0.5);
+// "median", "fastest step" or "0.25 quantile": how reports name the statistic.
+std::string step_statistic(double step_quantile);
 
 // The run as the simulator sees it on `cluster` (its ranks per node from the run's layout).
 RunSpec run_spec(const MeasuredRun& run, Cluster cluster);

@@ -30,6 +30,7 @@ struct PlanOptions {
   double efficiency = 0.5, intra_efficiency = 0.8, inter_efficiency = 0.8, latency_scale = 1.0, host_hop_us = 0;
   std::string calibrate;
   std::vector<std::string> check;
+  double step_quantile = 0.5;
 };
 
 Error flag_error(const std::string& message, const std::string& where, const std::string& hint) {
@@ -236,7 +237,7 @@ int run_calibrate(const PlanOptions& o) {
   // A measured `mics train` or engine-bench run is this host's CPU engine unless --cluster says
   // otherwise.
   const plan::Cluster cluster = plan::find_cluster(o.cluster_given ? o.cluster : "host");
-  const plan::MeasuredRun run = plan::read_run(o.calibrate);
+  const plan::MeasuredRun run = plan::read_run(o.calibrate, o.step_quantile);
   const plan::Calibration cal = plan::calibrate(run, cluster, params_of(o), o.fit_latency);
   nlohmann::json j = {{"calibrated_on", run.path},
                       {"compute_efficiency", cal.params.compute_efficiency},
@@ -245,11 +246,12 @@ int run_calibrate(const PlanOptions& o) {
                       {"latency_scale", cal.params.latency_scale},
                       {"host_hop_s", cal.params.host_hop_s},
                       {"predicted_step_s", cal.prediction.step_s},
-                      {"measured_step_s", run.step_s}};
+                      {"measured_step_s", run.step_s},
+                      {"step_quantile", o.step_quantile}};
   if (!o.json) std::printf("%s", cal.report.c_str());
   std::vector<plan::MeasuredRun> others;
   for (const auto& other : o.check)  // an engine-bench file: each of its strategies
-    for (auto& m : plan::read_runs(other)) others.push_back(std::move(m));
+    for (auto& m : plan::read_runs(other, o.step_quantile)) others.push_back(std::move(m));
   for (const auto& m : others) {
     const plan::StepPrediction p = plan::simulate(plan::run_spec(m, cluster), cal.params);
     const double err = p.step_s / m.step_s - 1;
@@ -427,6 +429,11 @@ Runner add_plan_command(CLI::App& app) {
                 "with --calibrate: fit the rails' hop latency to the measured exposed communication (default on)");
   sub->add_option("--check", o->check, "with --calibrate: runs to predict with the fitted parameters (every strategy of an "
                   "engine-bench file)");
+  sub->add_option("--step-quantile", o->step_quantile,
+                  "with --calibrate: the step time that stands for a run, as a quantile of its steps (0.5: the median; "
+                  "0.25 reads a shared host's undisturbed level)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   sub->add_flag("--validate", o->validate, "the published anchors: fitted and predicted (docs/PLANNING.md)");
   return [o, cluster_flag] {
     o->cluster_given = cluster_flag->count() > 0;
