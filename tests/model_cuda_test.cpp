@@ -679,7 +679,7 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {
 // tests/train_cuda_test.cpp's mesh runs over real ranks): a whole-model stage (embedding,
 // blocks, head) and a middle stage fed and drained through its host buffers as the pipeline
 // does. The same bf16-rounded parameters on both sides; bounds as the whole model's.
-void stage_case(bool whole_model) {
+void stage_case(bool whole_model, bool recompute = false) {
   using mics::model::TpSlice;
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -708,8 +708,9 @@ void stage_case(bool whole_model) {
   for (auto& t : tg) t = static_cast<int32_t>(rng() % cfg.vocab);
   const auto x_in = random_vector(N * C, rng, 1.0f), dy = random_vector(N * C, rng, 1e-2f);
 
-  mics::model::TpPass cpu(cfg, slice, B, T, L, {});
-  auto gpu = mc::make_stage_pass(cfg, slice, B, T, L, {});
+  const mics::model::TpOptions options{.recompute = recompute};
+  mics::model::TpPass cpu(cfg, slice, B, T, L, {}, options);
+  auto gpu = mc::make_stage_pass(cfg, slice, B, T, L, {}, options);
   struct Grads {
     std::vector<std::vector<float>> split, rep;
     std::vector<float> wte, wpe, lnf, dx, logits;
@@ -764,8 +765,17 @@ void stage_case(bool whole_model) {
   } else {
     check(got.dx, want.dx, kGradTol, "stage output and input gradient");
   }
-  std::printf("[GPU stage, %s] loss cpu %.6f gpu %.6f; worst error %.3g (bound %.3g)\n",
-              whole_model ? "whole model" : "middle stage", want.loss, got.loss, worst, kGradTol);
+  std::printf("[GPU stage, %s%s] loss cpu %.6f gpu %.6f; worst error %.3g (bound %.3g)\n",
+              whole_model ? "whole model" : "middle stage", recompute ? ", recompute" : "", want.loss, got.loss, worst,
+              kGradTol);
+  if (recompute) {  // one shared set of block activations instead of L
+    auto kept = mc::make_stage_pass(cfg, slice, B, T, L, {});
+    run(*kept);
+    EXPECT_LT(gpu->activation_bytes(), kept->activation_bytes());
+    std::printf("[GPU stage] activations kept: %llu bytes with recompute, %llu without\n",
+                static_cast<unsigned long long>(gpu->activation_bytes()),
+                static_cast<unsigned long long>(kept->activation_bytes()));
+  }
 }
 
 TEST(CudaStage, WholeModelStageMatchesCpuStage) {
@@ -778,13 +788,19 @@ TEST(CudaStage, MiddleStageMatchesCpuStage) {
   stage_case(false);
 }
 
+TEST(CudaStage, RecomputeMatchesCpuStage) {
+  SKIP_WITHOUT_GPU();
+  stage_case(true, /*recompute=*/true);
+  stage_case(false, /*recompute=*/true);
+}
+
 TEST(CudaStage, RefusesWhatItIsNotBuiltFor) {
   SKIP_WITHOUT_GPU();
   const GptConfig tiny = GptConfig::from_name("tiny");  // head size 16: no fused attention
   EXPECT_NE(mc::stage_unsupported_reason(tiny, {}).find("head sizes 64 and 128"), std::string::npos);
   const GptConfig ok = GptConfig::from_name("L2H2C128");
   EXPECT_EQ(mc::stage_unsupported_reason(ok, {}), "");
-  EXPECT_NE(mc::stage_unsupported_reason(ok, {.sequence_parallel = true}).find("--sequence-parallel"), std::string::npos);
+  EXPECT_EQ(mc::stage_unsupported_reason(ok, {.sequence_parallel = true, .recompute = true}), "");
   EXPECT_THROW(mc::make_stage_pass(tiny, {0, 1}, 1, 8, 1, {}), mics::Error);
 }
 

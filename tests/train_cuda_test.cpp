@@ -183,10 +183,12 @@ struct MeshLayout {
   int t, s, ranks;
   std::string strategy;
   int partition, grad_accum;
+  bool sequence_parallel = false, recompute = false;
 };
 
 std::string mesh_name(const MeshLayout& l) {
-  return fmt::format("t{}_s{}_{}r_{}_p{}_S{}", l.t, l.s, l.ranks, l.strategy, l.partition, l.grad_accum);
+  return fmt::format("t{}_s{}_{}r_{}_p{}_S{}{}{}", l.t, l.s, l.ranks, l.strategy, l.partition, l.grad_accum,
+                     l.sequence_parallel ? "_sp" : "", l.recompute ? "_recompute" : "");
 }
 
 const std::string kMeshModel = "L2H4C256";
@@ -202,8 +204,9 @@ TEST_P(TrainCudaMesh, GpuStagesFollowOneGpuAndCpu) {
   ASSERT_EQ(cpu1.losses.size(), 6u) << cpu1.result.output;
   const TrainRun run =
       train(fmt::format("--device cuda -n {} --tensor-parallel {} --pipeline-parallel {} --strategy {} --partition-size {} "
-                        "--grad-accum {}",
-                        l.ranks, l.t, l.s, l.strategy, l.partition, l.grad_accum),
+                        "--grad-accum {}{}{}",
+                        l.ranks, l.t, l.s, l.strategy, l.partition, l.grad_accum,
+                        l.sequence_parallel ? " --sequence-parallel" : "", l.recompute ? " --recompute" : ""),
             "mesh_" + mesh_name(l), "CUDA_VISIBLE_DEVICES=0", kMeshModel);
   ASSERT_EQ(run.result.status, 0) << run.result.output;
   EXPECT_NE(run.result.output.find("device cuda: each rank's stage on its GPU"), std::string::npos) << run.result.output;
@@ -217,7 +220,10 @@ TEST_P(TrainCudaMesh, GpuStagesFollowOneGpuAndCpu) {
 INSTANTIATE_TEST_SUITE_P(Meshes, TrainCudaMesh,
                          ::testing::Values(MeshLayout{2, 1, 2, "ddp", 0, 4}, MeshLayout{1, 2, 2, "ddp", 0, 4},
                                            MeshLayout{2, 2, 4, "ddp", 0, 4}, MeshLayout{2, 1, 4, "mics", 2, 2},
-                                           MeshLayout{4, 1, 4, "ddp", 0, 4}),
+                                           MeshLayout{4, 1, 4, "ddp", 0, 4}, MeshLayout{2, 1, 2, "ddp", 0, 4, true},
+                                           MeshLayout{1, 2, 2, "ddp", 0, 4, false, true},
+                                           MeshLayout{2, 2, 4, "ddp", 0, 4, true, true},
+                                           MeshLayout{2, 1, 4, "mics", 2, 2, true}),
                          [](const auto& param_info) { return mesh_name(param_info.param); });
 
 // Checkpoints of a GPU mesh (the shards live on the host; train/checkpoint.hpp's logical

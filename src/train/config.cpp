@@ -47,8 +47,10 @@ uint64_t parse_bytes(const std::string& text, const char* flag) {
 void validate(const TrainConfig& c) {
   if (c.device != "cpu" && c.device != "cuda")
     bad_flag("--device", fmt::format("unknown device '{}'", c.device), "use cpu or cuda");
-  if (c.device == "cuda" && c.recompute)
-    bad_flag("--recompute", "not built for --device cuda yet", "leave --recompute off on the GPU");
+  // The one-GPU trainer keeps every block's activations; the GPU mesh stages recompute.
+  if (c.device == "cuda" && c.recompute && c.tensor_parallel == 1 && c.pipeline_parallel == 1)
+    bad_flag("--recompute", "not built for the one-GPU and GPU-sharded trainer (--device cuda without a mesh) yet",
+             "leave --recompute off, or train a mesh (--tensor-parallel/--pipeline-parallel) or on --device cpu");
   // The one-GPU and GPU-sharded trainer (train/cuda_trainer.cpp) has no checkpoint path yet:
   // refuse rather than train for hours and save nothing (or silently start from scratch instead
   // of resuming). The mesh trainer keeps its shards on the host with --device cuda too, and
@@ -86,8 +88,6 @@ void validate(const TrainConfig& c) {
     bad_flag("--pipeline-schedule", fmt::format("unknown schedule '{}'", c.pipeline_schedule), "use 1f1b or gpipe");
   if (c.tensor_parallel > 1 || c.pipeline_parallel > 1) {
     const char* flag = c.tensor_parallel > 1 ? "--tensor-parallel" : "--pipeline-parallel";
-    if (c.sequence_parallel && c.device == "cuda")
-      bad_flag("--sequence-parallel", "not built for --device cuda yet", "drop it, or train the mesh with --device cpu");
     if (c.gather_dtype != "f32")
       bad_flag("--gather-dtype", fmt::format("{} with {}", c.gather_dtype, flag),
                "the mesh's data engine gathers fp32 (on the host, also with --device cuda): use --gather-dtype f32");

@@ -16,7 +16,11 @@
 //
 // Precision: the tensor group's partial outputs are summed in fp32; the gradients at the
 // LayerNorm outputs (bf16, what the GEMMs produce) are all-reduced in fp32 and rounded to bf16
-// once. Not built here: sequence parallelism, recompute (stage_unsupported_reason says so).
+// once. Sequence parallelism's gathers and reduce-scatters (gpt_tp.hpp) run the same way: a
+// LayerNorm output (bf16) crosses exactly, the partial sums and gradients are summed in fp32
+// (a gradient rounded to bf16 once); the row reorders between rank-major and (b, position)
+// order happen on the host, where the rows are anyway. Recompute reruns a block's forward,
+// its collectives included, before its backward, into one shared set of activations.
 //
 // No CUDA headers here; without a CUDA build the functions throw (gpt_cuda_unavailable.cpp).
 #include <memory>
