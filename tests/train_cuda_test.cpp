@@ -178,7 +178,9 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainCudaNccl,
 // the same model and global batch (D x S x B = 8 sequences). A model with a head size of 64
 // (the fused attention kernels): L2H4C256. Bounds as above: what differs from the one-GPU run is
 // the order of fp32 sums, the tensor group's bf16 LayerNorm-output gradients summed in fp32 and
-// rounded once, and AdamW on the host; every rank's traffic must equal the mesh formulas.
+// rounded once, and AdamW on the host; every rank's traffic must equal the mesh formulas (with
+// --sequence-parallel its gathers and reduce-scatters, with --recompute each block's forward
+// collectives twice).
 struct MeshLayout {
   int t, s, ranks;
   std::string strategy;
