@@ -173,6 +173,56 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainCudaNccl,
                                            Layout{2, 1, "zero3", 0, 2, "bf16"}),
                          [](const auto& param_info) { return name(param_info.param); });
 
+// Checkpoints of the one-GPU and the GPU-sharded trainer (train/checkpoint.hpp's logical files,
+// through OneGpuState and CudaEngine's CheckpointState): a one-GPU run saving at step 2 of 4,
+// resumed on one GPU (steps 3-4 within 1e-3 of the straight run: two GPU runs need not agree bit
+// for bit), by 2 ranks sharing the GPU (ZeRO-3, the same global batch: the GPU layouts' 2e-3) and
+// by the CPU trainer (2e-2); and the 2-rank run's own checkpoint resumed on one GPU (2e-3).
+TEST(TrainCudaCheckpoint, ResumesAcrossGpuLayoutsAndTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const std::string a = scratch() + "/ckpt_one_gpu", z = scratch() + "/ckpt_zero3";
+  fs::remove_all(a);
+  fs::remove_all(z);
+  const TrainRun straight = train(fmt::format("--device cuda --grad-accum 4 --steps 4 --ckpt-every 2 --out {}", a), "ckpt_straight");
+  ASSERT_EQ(straight.result.status, 0) << straight.result.output;
+  ASSERT_EQ(straight.losses.size(), 4u) << straight.result.output;
+  ASSERT_TRUE(fs::exists(a + "/step-00000002/manifest.json")) << straight.result.output;
+  ASSERT_TRUE(fs::exists(a + "/step-00000004/manifest.json")) << straight.result.output;  // the final save
+  const std::string from = a + "/step-00000002";
+  struct Case {
+    std::string tag, args;
+    double bound;
+  };
+  const std::vector<Case> cases = {
+      {"ckpt_resume_one_gpu", fmt::format("--device cuda --grad-accum 4 --steps 4 --resume {}", from), 1e-3},
+      {"ckpt_resume_zero3_2r", fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --resume {}", from), 2e-3},
+      {"ckpt_resume_cpu", fmt::format("--device cpu --grad-accum 4 --steps 4 --resume {}", from), 2e-2},
+  };
+  for (const Case& k : cases) {
+    const TrainRun run = train(k.args, k.tag);
+    ASSERT_EQ(run.result.status, 0) << run.result.output;
+    ASSERT_EQ(run.losses.size(), 2u) << run.result.output;
+    for (size_t i = 0; i < 2; ++i) {
+      const double want = straight.losses[2 + i];
+      EXPECT_LE(std::abs(run.losses[i] - want) / want, k.bound) << k.tag << " step " << 3 + i << ": " << run.losses[i] << " vs " << want;
+      std::printf("[ %s ] step %zu: straight %.6f, resumed %.6f\n", k.tag.c_str(), 3 + i, want, run.losses[i]);
+    }
+  }
+  // The GPU-sharded run's checkpoint, back on one GPU.
+  const TrainRun sharded = train(fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --ckpt-every 2 --out {}", z),
+                                 "ckpt_zero3_straight");
+  ASSERT_EQ(sharded.result.status, 0) << sharded.result.output;
+  ASSERT_EQ(sharded.losses.size(), 4u) << sharded.result.output;
+  const TrainRun back = train(fmt::format("--device cuda --grad-accum 4 --steps 4 --resume {}/step-00000002", z), "ckpt_zero3_to_one");
+  ASSERT_EQ(back.result.status, 0) << back.result.output;
+  ASSERT_EQ(back.losses.size(), 2u) << back.result.output;
+  for (size_t i = 0; i < 2; ++i) {
+    const double want = sharded.losses[2 + i];
+    EXPECT_LE(std::abs(back.losses[i] - want) / want, 2e-3) << "step " << 3 + i << ": " << back.losses[i] << " vs " << want;
+    std::printf("[ ckpt_zero3_to_one ] step %zu: straight (2 ranks) %.6f, resumed on one GPU %.6f\n", 3 + i, want, back.losses[i]);
+  }
+}
+
 // `mics train --device cuda --tensor-parallel t --pipeline-parallel s` (the GPU mesh stage,
 // model/cuda/gpt_tp_cuda.hpp), every rank on GPU 0, against the one-GPU run and the CPU run of
 // the same model and global batch (D x S x B = 8 sequences). A model with a head size of 64

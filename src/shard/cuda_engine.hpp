@@ -26,6 +26,8 @@
 //                   On the last micro-step of a step (the grad_accum-th reduce of unit u), the
 //                   2-hop all-reduce of unit u's accumulated shard across the replication group
 //                   follows right there, overlapping the backward of the units before it.
+// Checkpoints go through the CheckpointState interface (train/checkpoint.hpp writes the same
+// logical files as the CPU engine's, so either engine resumes the other's).
 // step(): the global norm (a one-float all-reduce over the partition group), clipping and
 // AdamW on the shard. The next micro-step gathers the new parameters.
 // Traffic per optimizer step and rank (ring formulas, M = sum of padded unit bytes, fp32):
@@ -96,7 +98,7 @@ struct UnitSource {
   bool bf16_gathers = false;
 };
 
-class CudaEngine {
+class CudaEngine final : public CheckpointState {
  public:
   // Collective over runtime's world. The caller made its GPU current (comm::select_gpu_device).
   // unit_numel: every unit's parameter count, same on every rank.
@@ -118,11 +120,19 @@ class CudaEngine {
   CudaStepReport step(float lr, comm::GpuStream stream);
 
   int64_t optimizer_steps() const;
-  int partition_size() const;
+  int partition_size() const override;
   int replicas() const;
   comm::GpuBackend backend() const;
   // A few floats over every rank on the host (the mean loss): not in traffic().
-  void control_all_reduce(float* values, size_t count, ReduceOp op);
+  void control_all_reduce(float* values, size_t count, ReduceOp op) override;
+  // Checkpoints (shard/checkpoint_state.hpp): the ranges are this rank's shard of every unit
+  // (replica j of r writing piece j), copied from the device into host mirrors (synchronizes
+  // the engine's stream); load_state fills the host mirrors and uploads them, and zeroes the
+  // gradient accumulator.
+  std::vector<StateRange> checkpoint_ranges() const override;
+  void load_state(const StateReader& read) override;
+  OptimizerCounters optimizer_counters() const override;
+  void set_optimizer_counters(const OptimizerCounters& counters) override;
   comm::Traffic traffic() const;
   // optimizer_steps steps plus forward_passes forward-only passes (eval).
   comm::Traffic expected_traffic(int optimizer_steps, int forward_passes = 0) const;

@@ -48,6 +48,7 @@
 
 #include "base/dtype.hpp"
 #include "comm/runtime.hpp"
+#include "shard/checkpoint_state.hpp"
 #include "topo/groups.hpp"
 
 namespace mics::shard {
@@ -80,22 +81,6 @@ struct MemoryReport {
   uint64_t full_model_params = 0;    // unpadded parameters of the whole model
 };
 
-// Checkpoints: a global element range [offset, offset + count) of a unit (unpadded) and this
-// rank's copies of its fp32 master weights and AdamW moments.
-struct StateRange {
-  int unit = 0;
-  size_t offset = 0, count = 0;
-  const float* param = nullptr;
-  const float* exp_avg = nullptr;
-  const float* exp_avg_sq = nullptr;
-};
-
-// The optimizer's counters (AdamW's bias correction uses steps).
-struct OptimizerCounters {
-  int64_t steps = 0;          // applied optimizer steps
-  int consecutive_skips = 0;  // non-finite steps in a row
-};
-
 struct StepReport {
   bool boundary = false;     // an optimizer step happened
   bool skipped = false;      // non-finite gradients: the update was skipped
@@ -104,7 +89,7 @@ struct StepReport {
   double step_s = 0;         // wall time since the last report (the last step() call)
 };
 
-class Engine {
+class Engine final : public CheckpointState {
  public:
   Engine(comm::Runtime& runtime, const EngineOptions& options);
   // An engine whose "world" is `world`, a sub-communicator of the runtime's (the data ranks of
@@ -150,27 +135,26 @@ class Engine {
 
   // An all-reduce of a few floats over every rank, for control and reporting (the mean loss,
   // an agreed stop): collective, blocking, and left out of traffic() like full_parameters.
-  void control_all_reduce(float* values, size_t count, ReduceOp op);
+  void control_all_reduce(float* values, size_t count, ReduceOp op) override;
 
   // Checkpoints. checkpoint_ranges(): the ranges this rank writes; over all ranks they tile
   // every unit exactly once and spread evenly: a shard held by r replicas is cut in r pieces
   // (replica j writes piece j), a replicated unit in N pieces (rank k writes piece k). Valid
   // until the next step().
-  std::vector<StateRange> checkpoint_ranges() const;
+  std::vector<StateRange> checkpoint_ranges() const override;
   // Replaces this rank's states with what read(unit, which, offset, count, out) gives for
   // every global range it holds (which: 0 params, 1 exp_avg, 2 exp_avg_sq); padding stays zero.
   // Local (no communication); drops gathered copies and accumulated gradients.
-  using StateReader = std::function<void(int unit, int which, size_t offset, size_t count, float* out)>;
-  void load_state(const StateReader& read);
-  OptimizerCounters optimizer_counters() const;
-  void set_optimizer_counters(const OptimizerCounters& counters);
+  void load_state(const StateReader& read) override;
+  OptimizerCounters optimizer_counters() const override;
+  void set_optimizer_counters(const OptimizerCounters& counters) override;
 
   // The full parameters of a unit (collective: gathers the shards; its traffic is not counted
   // in traffic()), for checkpoints and tests.
   std::vector<float> full_parameters(int unit);
   int num_units() const;
   size_t unit_size(int unit) const;
-  int partition_size() const;  // known after finalize() when chosen automatically
+  int partition_size() const override;  // known after finalize() when chosen automatically
   int replicas() const;
   const topo::Groups& groups() const;
   MemoryReport memory() const;

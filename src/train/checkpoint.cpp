@@ -81,11 +81,11 @@ std::pair<size_t, size_t> share_of(std::pair<int, int> copies, size_t offset, si
   return {offset + j * base + std::min(j, extra), base + (j < extra ? 1 : 0)};
 }
 
-// Fills every range the engine holds from full logical units (`full(unit)`: the unit's
+// Fills every range the state holds from full logical units (`full(unit)`: the unit's
 // elements, valid until the next call) and zeroes the moments.
-void load_from_units(shard::Engine& engine, const StateLayout& layout, const std::function<const float*(int)>& full) {
+void load_from_units(shard::CheckpointState& state, const StateLayout& layout, const std::function<const float*(int)>& full) {
   std::vector<model::UnitPiece> pieces;
-  engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+  state.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
     if (which != 0) {
       std::fill(out, out + count, 0.0f);
       return;
@@ -101,7 +101,7 @@ void load_from_units(shard::Engine& engine, const StateLayout& layout, const std
 
 }  // namespace
 
-StateLayout plain_layout(shard::Engine& engine, const model::Gpt& gpt, int rank, int world) {
+StateLayout plain_layout(shard::CheckpointState& state, const model::Gpt& gpt, int rank, int world) {
   StateLayout l;
   l.rank = rank;
   l.world = world;
@@ -111,12 +111,12 @@ StateLayout plain_layout(shard::Engine& engine, const model::Gpt& gpt, int rank,
     return std::vector<model::UnitPiece>{{0, unit, 0, 1, n, n}};
   };
   l.copies = [](int) { return std::pair<int, int>{1, 0}; };
-  l.all_reduce = [&engine](float* v, size_t n, ReduceOp op) { engine.control_all_reduce(v, n, op); };
+  l.all_reduce = [&state](float* v, size_t n, ReduceOp op) { state.control_all_reduce(v, n, op); };
   return l;
 }
 
 struct Checkpointer::Impl {
-  shard::Engine& engine;
+  shard::CheckpointState& state;
   const TrainConfig& c;
   const model::Gpt& gpt;
   StateLayout layout;
@@ -137,15 +137,15 @@ struct Checkpointer::Impl {
   io::WriteStats stats;
   Clock::time_point started;
 
-  Impl(shard::Engine& e, const TrainConfig& config, const model::Gpt& g, StateLayout l, int T)
-      : engine(e), c(config), gpt(g), layout(std::move(l)), rank(layout.rank), world(layout.world), seq_len(T),
+  Impl(shard::CheckpointState& e, const TrainConfig& config, const model::Gpt& g, StateLayout l, int T)
+      : state(e), c(config), gpt(g), layout(std::move(l)), rank(layout.rank), world(layout.world), seq_len(T),
         leader(rank == 0) {}
 
   // The control all-reduce over every rank of the job.
   void all_reduce(float* v, size_t n, ReduceOp op) { layout.all_reduce(v, n, op); }
 
   nlohmann::json training_record(int step) const {
-    const shard::OptimizerCounters oc = engine.optimizer_counters();
+    const shard::OptimizerCounters oc = state.optimizer_counters();
     const uint64_t G = static_cast<uint64_t>(layout.data_ranks) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
     nlohmann::json t = {{"step", step},
             {"sampler_position", static_cast<uint64_t>(step) * G},
@@ -161,7 +161,7 @@ struct Checkpointer::Impl {
                            {"clip", c.clip}}},
             {"world_size", world},
             {"strategy", c.strategy},
-            {"partition_size", engine.partition_size()},
+            {"partition_size", state.partition_size()},
             {"grad_accum", c.grad_accum},
             {"micro_batch", c.micro_batch},
             {"data_ranks", layout.data_ranks},
@@ -175,7 +175,7 @@ struct Checkpointer::Impl {
 
   size_t snapshot_elements() const {
     size_t n = 0;
-    for (const auto& r : engine.checkpoint_ranges()) n += 3 * share(r).second;
+    for (const auto& r : state.checkpoint_ranges()) n += 3 * share(r).second;
     return n;
   }
 
@@ -294,7 +294,7 @@ struct Checkpointer::Impl {
     }
     const auto t0 = Clock::now();
     started = t0;
-    const std::vector<shard::StateRange> ranges = engine.checkpoint_ranges();
+    const std::vector<shard::StateRange> ranges = state.checkpoint_ranges();
     shares.clear();
     size_t need = 0;
     for (const auto& r : ranges) {
@@ -412,9 +412,9 @@ struct Checkpointer::Impl {
   }
 };
 
-Checkpointer::Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
+Checkpointer::Checkpointer(shard::CheckpointState& state, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
                            int seq_len, int start_step, std::string loaded_from)
-    : impl_(std::make_unique<Impl>(engine, config, gpt, std::move(layout), seq_len)) {
+    : impl_(std::make_unique<Impl>(state, config, gpt, std::move(layout), seq_len)) {
   Impl& s = *impl_;
   if (!enabled()) return;
   s.skip_dir = std::move(loaded_from);
@@ -481,10 +481,10 @@ void check_compatible(const io::CheckpointReader& r, const TrainConfig& c, const
                 "raise --steps");
 }
 
-void load_fresh(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout) {
+void load_fresh(shard::CheckpointState& state, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout) {
   std::vector<float> full;
   int cached = -1;
-  load_from_units(engine, layout, [&](int unit) {
+  load_from_units(state, layout, [&](int unit) {
     if (cached != unit) {
       full.assign(gpt.unit_numel(unit), 0.0f);
       gpt.init_unit(unit, c.seed, full.data());
@@ -492,10 +492,10 @@ void load_fresh(shard::Engine& engine, const TrainConfig& c, const model::Gpt& g
     }
     return full.data();
   });
-  engine.set_optimizer_counters({});
+  state.set_optimizer_counters({});
 }
 
-int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
+int init_from_hf(shard::CheckpointState& state, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
                  std::string* source) {
   const std::string dir = c.init_from;
   std::ifstream in(dir + "/config.json");
@@ -523,19 +523,19 @@ int init_from_hf(shard::Engine& engine, const TrainConfig& c, const model::Gpt& 
                   "the tensor layouts must be GPT-2's (Conv1D weights [in, out])");
     model::from_hf(t, it->second.data.data(), units[static_cast<size_t>(t.unit)].data());
   }
-  load_from_units(engine, layout, [&](int unit) { return units[static_cast<size_t>(unit)].data(); });
-  engine.set_optimizer_counters({});
+  load_from_units(state, layout, [&](int unit) { return units[static_cast<size_t>(unit)].data(); });
+  state.set_optimizer_counters({});
   *source = dir;
   return 0;
 }
 
 }  // namespace
 
-int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
+int load_initial_state(shard::CheckpointState& state, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
                        int seq_len, std::string* source) {
   const int rank = layout.rank, world = layout.world;
   source->clear();
-  if (!c.init_from.empty()) return init_from_hf(engine, c, gpt, layout, source);
+  if (!c.init_from.empty()) return init_from_hf(state, c, gpt, layout, source);
   if (c.resume.empty() || c.resume == "none") return 0;
   const bool automatic = c.resume == "auto";
   std::vector<io::StepDir> candidates;
@@ -569,7 +569,7 @@ int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model:
       try {
         std::vector<model::UnitPiece> pieces;
         std::vector<io::ReadRun> runs;
-        engine.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
+        state.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
           place(layout, unit, offset, count, pieces);
           // An engine unit's pieces lie in one logical unit (a block's slices, or the embeddings).
           for (size_t i = 0; i < pieces.size();) {
@@ -591,7 +591,7 @@ int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model:
     layout.all_reduce(&failed, 1, ReduceOp::kSum);
     if (failed == 0) {
       const nlohmann::json& t = reader->manifest().at("training");
-      engine.set_optimizer_counters({t.at("adam_steps").get<int64_t>(), t.at("consecutive_skipped_steps").get<int>()});
+      state.set_optimizer_counters({t.at("adam_steps").get<int64_t>(), t.at("consecutive_skipped_steps").get<int>()});
       *source = d.path;
       const int step = t.at("step");
       if (rank == 0) {
@@ -618,7 +618,7 @@ int load_initial_state(shard::Engine& engine, const TrainConfig& c, const model:
     train_error(ErrorKind::kInvalidArgument,
                 fmt::format("--resume {}: no usable checkpoint{}", c.resume, last_problem.empty() ? "" : ": " + last_problem),
                 "give a committed step-XXXXXXXX directory, --resume auto, or --resume none");
-  if (touched) load_fresh(engine, c, gpt, layout);
+  if (touched) load_fresh(state, c, gpt, layout);
   if (rank == 0) log::info("resume auto: no usable checkpoint in {}: starting from step 0", c.out);
   return 0;
 }

@@ -2,7 +2,7 @@
 // Checkpoints of `mics train` (io/checkpoint.hpp for the files and the commit protocol).
 //
 // Save (every --ckpt-every steps, into --out/step-XXXXXXXX/): at the step boundary every rank
-// copies the ranges it writes (shard/engine.hpp checkpoint_ranges: each unique element once,
+// copies the ranges it writes (shard/checkpoint_state.hpp checkpoint_ranges: each unique element once,
 // writers spread over the replicas) into a host buffer allocated up front; that copy is the
 // only pause. A background thread then writes and fsyncs the rank's file while training goes
 // on. At each later step boundary the ranks agree (one small control all-reduce) whether every
@@ -51,7 +51,7 @@
 
 #include "model/gpt.hpp"
 #include "model/gpt_tp.hpp"
-#include "shard/engine.hpp"
+#include "shard/checkpoint_state.hpp"
 #include "train/config.hpp"
 
 namespace mics::train {
@@ -72,11 +72,11 @@ struct StateLayout {
 };
 
 // The plain trainer's layout: engine unit u is the logical unit u, held once.
-StateLayout plain_layout(shard::Engine& engine, const model::Gpt& gpt, int rank, int world);
+StateLayout plain_layout(shard::CheckpointState& state, const model::Gpt& gpt, int rank, int world);
 
 class Checkpointer {
  public:
-  Checkpointer(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
+  Checkpointer(shard::CheckpointState& state, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
                int seq_len, int start_step, std::string loaded_from);
   ~Checkpointer();
   bool enabled() const;
@@ -95,7 +95,7 @@ class Checkpointer {
 // path: a step directory or a run directory) or config.init_from (a Hugging Face GPT-2
 // directory). Returns the step to continue from (0 for a fresh start or --init-from) and, in
 // `source`, what was loaded. Collective.
-int load_initial_state(shard::Engine& engine, const TrainConfig& config, const model::Gpt& gpt,
+int load_initial_state(shard::CheckpointState& state, const TrainConfig& config, const model::Gpt& gpt,
                        const StateLayout& layout, int seq_len, std::string* source);
 
 }  // namespace mics::train

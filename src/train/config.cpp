@@ -51,20 +51,6 @@ void validate(const TrainConfig& c) {
   if (c.device == "cuda" && c.recompute && c.tensor_parallel == 1 && c.pipeline_parallel == 1)
     bad_flag("--recompute", "not built for the one-GPU and GPU-sharded trainer (--device cuda without a mesh) yet",
              "leave --recompute off, or train a mesh (--tensor-parallel/--pipeline-parallel) or on --device cpu");
-  // The one-GPU and GPU-sharded trainer (train/cuda_trainer.cpp) has no checkpoint path yet:
-  // refuse rather than train for hours and save nothing (or silently start from scratch instead
-  // of resuming). The mesh trainer keeps its shards on the host with --device cuda too, and
-  // checkpoints them as on the CPU.
-  const bool gpu_without_mesh = c.device == "cuda" && c.tensor_parallel == 1 && c.pipeline_parallel == 1;
-  if (gpu_without_mesh && c.ckpt_every > 0)
-    bad_flag("--ckpt-every", "checkpoints are not built for --device cuda without a mesh yet",
-             "train with --device cpu, or with --tensor-parallel/--pipeline-parallel, to checkpoint; or leave --ckpt-every at 0");
-  if (gpu_without_mesh && c.resume != "none")
-    bad_flag("--resume", fmt::format("{} with --device cuda: the GPU trainer cannot load checkpoints yet", c.resume),
-             "leave --resume at none on the GPU, or resume with --device cpu or a mesh (--tensor-parallel/--pipeline-parallel)");
-  if (gpu_without_mesh && !c.init_from.empty())
-    bad_flag("--init-from", "the GPU trainer cannot load a Hugging Face checkpoint yet",
-             "leave --init-from out on the GPU, or load it with --device cpu or a mesh");
   if (c.strategy != "ddp" && c.strategy != "zero3" && c.strategy != "mics")
     bad_flag("--strategy", fmt::format("unknown strategy '{}'", c.strategy), "use ddp, zero3 or mics");
   if (c.partition_size != "auto") {

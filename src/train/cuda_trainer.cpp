@@ -5,6 +5,9 @@
 // sharded (ZeRO-3 / MiCS); the model gathers each unit before its forward and its backward and
 // reduce-scatters each unit's gradient after its backward, over NCCL, or over the libfabric
 // rails through pinned host memory when ranks share a GPU (comm/gpu_comm.hpp).
+// Checkpoints (--ckpt-every, --resume, --init-from) are train/checkpoint.hpp's, through the
+// engine's CheckpointState or, with one rank, OneGpuState below: the same logical files as the
+// CPU trainer and the mesh, so each resumes the others'.
 #include "train/cuda_trainer.hpp"
 
 #include <algorithm>
@@ -30,6 +33,7 @@
 #include "model/gpt.hpp"
 #include "shard/cuda_engine.hpp"
 #include "topo/groups.hpp"
+#include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/schedule.hpp"
 #include "train/stop_signal.hpp"
@@ -74,6 +78,48 @@ void print_gpu_summary(const Summary& sum, const model::cuda::DeviceSummary& dev
       std::printf("    %-32s %8.3f ms  %5.1f%%  (%d calls)\n", p.name.c_str(), p.ms / n, 100.0 * p.ms / total, p.calls / n);
   }
 }
+
+// The one-GPU model's state as a checkpoint sees it: every unit whole (the model's flat arrays
+// are gpt.hpp's units at unit_offset), copied through the host.
+class OneGpuState final : public shard::CheckpointState {
+ public:
+  OneGpuState(model::cuda::CudaGpt& model, const model::Gpt& gpt) : model_(model), gpt_(gpt) {}
+  std::vector<shard::StateRange> checkpoint_ranges() const override {
+    params_.resize(model_.num_params()), m_.resize(params_.size()), v_.resize(params_.size());
+    model_.download_params(params_.data());
+    model_.download_moments(m_.data(), v_.data());
+    std::vector<shard::StateRange> out;
+    for (int u = 0; u < gpt_.num_units(); ++u) {
+      const size_t at = model_.unit_offset(u);
+      out.push_back({u, 0, gpt_.unit_numel(u), params_.data() + at, m_.data() + at, v_.data() + at});
+    }
+    return out;
+  }
+  void load_state(const StateReader& read) override {
+    params_.assign(model_.num_params(), 0.0f), m_.assign(params_.size(), 0.0f), v_.assign(params_.size(), 0.0f);
+    float* arrays[3] = {params_.data(), m_.data(), v_.data()};
+    for (int u = 0; u < gpt_.num_units(); ++u)
+      for (int which = 0; which < 3; ++which) read(u, which, 0, gpt_.unit_numel(u), arrays[which] + model_.unit_offset(u));
+    model_.upload_params(params_.data());
+    model_.upload_moments(m_.data(), v_.data());
+  }
+  shard::OptimizerCounters optimizer_counters() const override { return counters_; }
+  void set_optimizer_counters(const shard::OptimizerCounters& counters) override { counters_ = counters; }
+  int partition_size() const override { return 1; }
+  void control_all_reduce(float*, size_t, ReduceOp) override {}  // one rank
+
+  // After a step: AdamW's counters as the engines keep them.
+  void count_step(bool skipped) {
+    if (skipped) ++counters_.consecutive_skips;
+    else counters_ = {counters_.steps + 1, 0};
+  }
+
+ private:
+  model::cuda::CudaGpt& model_;
+  const model::Gpt& gpt_;
+  mutable std::vector<float> params_, m_, v_;
+  shard::OptimizerCounters counters_;
+};
 
 }  // namespace
 
@@ -171,6 +217,13 @@ int run_cuda_training(const TrainConfig& c) {
     engine->finalize([&](int u, float* host) { gpt.init_unit(u, c.seed, host); });
     model.set_unit_source(engine->unit_source());
   }
+  // The state a checkpoint saves and loads (train/checkpoint.hpp): the engine's shards, or the
+  // one-GPU model's arrays. --resume / --init-from load into it here (collective).
+  std::unique_ptr<OneGpuState> one_gpu;
+  if (!engine) one_gpu = std::make_unique<OneGpuState>(model, gpt);
+  shard::CheckpointState& state = engine ? static_cast<shard::CheckpointState&>(*engine) : *one_gpu;
+  std::string loaded_from;
+  const int start_step = load_initial_state(state, c, gpt, plain_layout(state, gpt, rank, world), T, &loaded_from);
   const model::cuda::DeviceSummary dev = model::cuda::device_summary();
   const uint64_t tokens_per_step = static_cast<uint64_t>(world) * c.grad_accum * c.micro_batch * T;
   // MFU as the peers quote it: 6N + 6LCT per token, N without the position table.
@@ -193,6 +246,7 @@ int run_cuda_training(const TrainConfig& c) {
               static_cast<unsigned long long>(train_data.num_sequences()),
               val_data ? fmt::format("{} sequences", val_data->num_sequences()).c_str() : "none");
   std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
+  if (!loaded_from.empty()) std::printf("  loaded %s; continuing at step %d\n", loaded_from.c_str(), start_step + 1);
   if (engine)
     std::printf("  model states per rank: %s (fp32 params + grads + 2 moments of %zu shard floats); working buffers: %s "
                 "(unit 0 + 2 block slots gathered, unit 0 + 2 block gradients)\n",
@@ -204,13 +258,20 @@ int run_cuda_training(const TrainConfig& c) {
   std::unique_ptr<MetricsWriter> metrics;
   std::string metrics_path = c.metrics;
   if (metrics_path.empty() && !c.out.empty()) metrics_path = c.out + "/metrics.jsonl";
-  if (!c.out.empty() && leader) fs::create_directories(c.out);
+  if (!c.out.empty() && leader) {
+    std::error_code ec;
+    fs::create_directories(c.out, ec);
+    if (ec)
+      throw Error(ErrorKind::kIo, fmt::format("cannot create --out {}: {}", c.out, ec.message()),
+                  {.layer = "train", .where = "mics train --device cuda", .hint = "choose a writable directory"});
+  }
   if (!metrics_path.empty() && leader) metrics = std::make_unique<MetricsWriter>(metrics_path);
 
   StopSignal stop;
   const LrSchedule schedule{c.lr, warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
-  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, 0);
+  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, static_cast<uint64_t>(start_step));
+  Checkpointer ckpt(state, c, gpt, plain_layout(state, gpt, rank, world), T, start_step, loaded_from);
   StepPrinter printer(leader, c.steps, c.log_every);
   model::cuda::AdamWConfig adam;
   adam.beta1 = 0.9f;
@@ -220,9 +281,11 @@ int run_cuda_training(const TrainConfig& c) {
   adam.clip = c.clip;
   bool stopped = false;
   uint64_t peak_in_use = 0;
-  const int skip_timing = std::min(3, std::max(0, c.steps - 1));  // warm-up steps left out of tokens/s
+  // The first steps of a run (fresh or resumed) warm up (allocations, cuBLASLt's heuristics):
+  // left out of tokens/s and of the profile.
+  const int skip_timing = start_step + std::min(3, std::max(0, c.steps - start_step - 1));
   RunTally tally(tokens_per_step, skip_timing);
-  for (int step = 0; step < c.steps; ++step) {
+  for (int step = start_step; step < c.steps; ++step) {
     const auto t0 = Clock::now();
     const double wait_before = prefetcher.wait_seconds();
     adam.lr = schedule.at(step);
@@ -235,6 +298,7 @@ int run_cuda_training(const TrainConfig& c) {
         model.forward_backward(mb.inputs.data(), mb.targets.data());
       }
       r = model.step(adam, step + 1, c.grad_accum);
+      one_gpu->count_step(r.skipped);
     } else {
       for (int m = 0; m < c.grad_accum; ++m) {
         io::MicroBatch mb = prefetcher.next();
@@ -250,20 +314,26 @@ int run_cuda_training(const TrainConfig& c) {
       stop_agreed = control[1] > 0;
     }
     const double step_s = seconds_since(t0);
-    if (step == 0) peak_in_use = model::cuda::device_memory_in_use();
-    if (step == skip_timing - 1 || (skip_timing == 0 && step == 0)) {
+    if (step == start_step) peak_in_use = model::cuda::device_memory_in_use();
+    if (step == skip_timing - 1 || (skip_timing == start_step && step == start_step)) {
       (void)model.take_profile();  // the profile counts steady steps only
     }
     StepRecord rec = tally.add(step, r.loss, adam.lr, r.grad_norm, r.skipped, step_s, 0.0);
     rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
+    {
+      const auto ckpt_t0 = Clock::now();  // the step's checkpoint stall (the snapshot, or a blocking save)
+      ckpt.after_step(step + 1);
+      rec.checkpoint_ms = seconds_since(ckpt_t0) * 1e3;
+    }
     if (report_step(printer, metrics.get(), rec, engine ? stop_agreed : stop.requested())) {
       stopped = true;
       break;
     }
   }
   printer.finish();
-  const auto profile = model.take_profile();
   const int steps_done = tally.steps(), steady_steps = tally.steady_steps();
+  ckpt.finish(start_step + steps_done);
+  const auto profile = model.take_profile();
   const double steady_seconds = tally.steady_seconds();
   const comm::Traffic train_traffic = engine ? engine->traffic() : comm::Traffic{};  // before eval's gathers
 
@@ -319,7 +389,7 @@ int run_cuda_training(const TrainConfig& c) {
     sum.partition_size = engine->partition_size();
   }
   if (metrics) metrics->summary(sum);
-  if (leader) print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing, steps_done,
+  if (leader) print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing, start_step + steps_done,
                                 peak_in_use, model.allocated_bytes(), profile);
   std::fflush(stdout);
   if (engine) {

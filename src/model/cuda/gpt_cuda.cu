@@ -583,6 +583,22 @@ void CudaGpt::download_params(float* host) const {
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
 
+void CudaGpt::upload_moments(const float* exp_avg, const float* exp_avg_sq) {
+  Impl& s = *impl_;
+  s.require_full("upload_moments");
+  MICS_CUDA(cudaMemcpyAsync(s.m, exp_avg, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
+  MICS_CUDA(cudaMemcpyAsync(s.v, exp_avg_sq, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+}
+
+void CudaGpt::download_moments(float* exp_avg, float* exp_avg_sq) const {
+  const Impl& s = *impl_;
+  s.require_full("download_moments");
+  MICS_CUDA(cudaMemcpyAsync(exp_avg, s.m, s.nparams * 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaMemcpyAsync(exp_avg_sq, s.v, s.nparams * 4, cudaMemcpyDeviceToHost, s.stream));
+  MICS_CUDA(cudaStreamSynchronize(s.stream));
+}
+
 void CudaGpt::download_grads(float* host) const {
   impl_->require_full("download_grads");
   MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
