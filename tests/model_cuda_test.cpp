@@ -669,6 +669,20 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
   whole_model_case({.flash_bwd_key_tile = 128}, "flash attention, backward with 128-key blocks", "L2H2C128V256T64");
 }
 
+TEST(CudaModel, RecomputeMatchesCpuAndKeepsLess) {
+  SKIP_WITHOUT_GPU();
+  whole_model_case({.recompute = true}, "flash attention, recompute", "L2H2C128V256T64");
+  whole_model_case({.fused_epilogues = false, .flash_attention = false, .recompute = true}, "GEMM attention, recompute",
+                   "L2H4C64V256T64");
+  // Blocks keep their inputs only: the other layers' activations are not allocated.
+  const GptConfig cfg = GptConfig::from_name("L4H2C128V256T64");
+  const uint64_t kept = mc::CudaGpt(cfg, 4, 64, {}).allocated_bytes(),
+                 recomputed = mc::CudaGpt(cfg, 4, 64, {.recompute = true}).allocated_bytes();
+  std::printf("[recompute] device memory of the model: %llu bytes, %llu with recompute\n",
+              static_cast<unsigned long long>(kept), static_cast<unsigned long long>(recomputed));
+  EXPECT_LT(recomputed, kept);
+}
+
 TEST(CudaModel, LossAndGradientsMatchCpuWithPlainGemms) {
   SKIP_WITHOUT_GPU();
   whole_model_case({.fused_epilogues = false, .flash_attention = false}, "plain GEMMs, GEMM attention", "L2H4C64V256T64");

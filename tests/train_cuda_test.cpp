@@ -173,6 +173,23 @@ INSTANTIATE_TEST_SUITE_P(Layouts, TrainCudaNccl,
                                            Layout{2, 1, "zero3", 0, 2, "bf16"}),
                          [](const auto& param_info) { return name(param_info.param); });
 
+// --recompute on one GPU and on 2 ranks sharing it (ZeRO-3): the same losses as the one-GPU run
+// without it, within the GPU layouts' 2e-3 (the rerun forward computes the same values; the
+// fused attention's dQ atomics make two runs differ in the last bits).
+TEST(TrainCudaRecompute, FollowsTheRunWithout) {
+  SKIP_WITHOUT_GPU();
+  const TrainRun& ref = gpu_reference();
+  ASSERT_EQ(ref.losses.size(), 6u) << ref.result.output;
+  for (const auto& [tag, args] : std::vector<std::pair<std::string, std::string>>{
+           {"recompute_one_gpu", "--device cuda --grad-accum 4 --recompute"},
+           {"recompute_zero3_2r", "--device cuda -n 2 --strategy zero3 --grad-accum 2 --recompute"}}) {
+    const TrainRun run = train(args, tag);
+    ASSERT_EQ(run.result.status, 0) << run.result.output;
+    EXPECT_NE(run.result.output.find("recompute: blocks keep their inputs only"), std::string::npos) << run.result.output;
+    expect_losses_follow(run, ref, 2e-3, cpu_reference(), tag);
+  }
+}
+
 // Checkpoints of the one-GPU and the GPU-sharded trainer (train/checkpoint.hpp's logical files,
 // through OneGpuState and CudaEngine's CheckpointState): a one-GPU run saving at step 2 of 4,
 // resumed on one GPU (steps 3-4 within 1e-3 of the straight run: two GPU runs need not agree bit

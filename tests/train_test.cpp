@@ -250,8 +250,6 @@ std::vector<BadInput> bad_inputs() {
       {"partition_with_ddp", "--strategy ddp --partition-size 2", "--partition-size"},
       {"invalid_partition", "--strategy mics --partition-size 3", "3"},
       {"seq_too_long", "--seq-len 4096", "--seq-len"},
-      // recompute on the GPU is built for the mesh stages only
-      {"cuda_recompute", "--device cuda --recompute", "--recompute"},
       {"unknown_config_setting",
        "--config " +
            [&] {

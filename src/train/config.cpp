@@ -47,10 +47,6 @@ uint64_t parse_bytes(const std::string& text, const char* flag) {
 void validate(const TrainConfig& c) {
   if (c.device != "cpu" && c.device != "cuda")
     bad_flag("--device", fmt::format("unknown device '{}'", c.device), "use cpu or cuda");
-  // The one-GPU trainer keeps every block's activations; the GPU mesh stages recompute.
-  if (c.device == "cuda" && c.recompute && c.tensor_parallel == 1 && c.pipeline_parallel == 1)
-    bad_flag("--recompute", "not built for the one-GPU and GPU-sharded trainer (--device cuda without a mesh) yet",
-             "leave --recompute off, or train a mesh (--tensor-parallel/--pipeline-parallel) or on --device cpu");
   if (c.strategy != "ddp" && c.strategy != "zero3" && c.strategy != "mics")
     bad_flag("--strategy", fmt::format("unknown strategy '{}'", c.strategy), "use ddp, zero3 or mics");
   if (c.partition_size != "auto") {

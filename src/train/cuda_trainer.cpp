@@ -172,6 +172,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.flash_bwd_stages = static_cast<int>(knobs().cuda_flash_bwd_stages);
   options.flash_bwd_min_blocks = static_cast<int>(knobs().cuda_flash_bwd_min_blocks);
   options.flash_bwd_key_tile = static_cast<int>(knobs().cuda_flash_bwd_keys);
+  options.recompute = c.recompute;
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
   int rank = 0, world = 1;
@@ -236,8 +237,9 @@ int run_cuda_training(const TrainConfig& c) {
   if (engine)
     std::printf("  device cuda, %d ranks: %s p=%d r=%d | GPU collectives: %s\n", world, c.strategy.c_str(),
                 engine->partition_size(), engine->replicas(), backend.reason.c_str());
-  std::printf("  device cuda, %d rank%s | bf16 compute, fp32 master weights and accumulation | attention: %s\n",
-              world, world == 1 ? "" : "s", model.attention_kind().c_str());
+  std::printf("  device cuda, %d rank%s | bf16 compute, fp32 master weights and accumulation | attention: %s%s\n",
+              world, world == 1 ? "" : "s", model.attention_kind().c_str(),
+              c.recompute ? " | recompute: blocks keep their inputs only" : "");
   std::printf("  batch: %d ranks x %d micro-steps x %d sequences x %d tokens = %llu tokens per step; %d steps\n", world,
               c.grad_accum, c.micro_batch, T, static_cast<unsigned long long>(tokens_per_step), c.steps);
   std::printf("  optimizer: AdamW lr %.2e (warm-up %d, cosine to %.2e), weight decay %g, clip %g\n", c.lr, warmup,

@@ -123,6 +123,7 @@ struct CudaGpt::Impl {
   // activations
   std::vector<LayerActs> acts;
   float* res_final = nullptr;
+  float* recompute_out = nullptr;
   bf16_t *lnf = nullptr, *logits = nullptr;
   float *lnf_mean = nullptr, *lnf_rstd = nullptr, *losses = nullptr;
   // scratch
@@ -198,9 +199,12 @@ struct CudaGpt::Impl {
         v = f(nparams);
         params_bf16 = h(nparams);
       }
+      // With recompute every block keeps only its input (res); the rest is one shared set
+      // (acts[0]'s), refilled by rerunning the block's forward before its backward.
       acts.assign(static_cast<size_t>(L), LayerActs{});
       for (auto& a : acts) {
         a.res = f(nc);
+        if (opt.recompute && &a != &acts.front()) continue;
         a.ln1 = h(nc);
         a.ln1_mean = f(N);
         a.ln1_rstd = f(N);
@@ -218,6 +222,7 @@ struct CudaGpt::Impl {
         a.fch_gelu = h(4 * nc);
       }
       res_final = f(nc);
+      if (opt.recompute) recompute_out = f(nc);  // the rerun block's output (the real one is kept)
       lnf = h(nc);
       lnf_mean = f(N);
       lnf_rstd = f(N);
@@ -361,7 +366,7 @@ struct CudaGpt::Impl {
   // per layer in a.qkvh) and write y as [N, C]; the GEMM path splits heads first.
   FlashLayout flash_layout() const { return {H, 3 * C, C}; }
 
-  void attention_forward(LayerActs& a) {
+  void attention_forward(const LayerActs& a) {
     const int bh = B * H;
     const size_t plane = N * C;
     if (flash) {
@@ -408,6 +413,49 @@ struct CudaGpt::Impl {
     attention_merge_qkv(dqkvh, dqkv, B, T, H, D, s());
   }
 
+  // Block l's activations: its own, or with recompute its input and the shared set.
+  LayerActs layer(int l) const {
+    if (!opt.recompute) return acts[static_cast<size_t>(l)];
+    LayerActs a = acts.front();
+    a.res = acts[static_cast<size_t>(l)].res;
+    return a;
+  }
+
+  // Block l's forward from a.res into out, keeping its activations in a (its parameters ready).
+  void block_forward(int l, const LayerActs& a, float* out) {
+    const int n = static_cast<int>(N);
+    const auto p32 = block_f32(l);
+    const auto p16 = block_bf16(l);
+    {
+      Scope sc(this, "layernorm fwd");
+      layernorm_forward(a.res, p32.ln1_w, p32.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, n, C, s());
+    }
+    {
+      Scope sc(this, "gemm qkv fwd");
+      blas.linear(a.ln1, p16.qkv_w, p16.qkv_b, flash ? a.qkvh : qkv, n, C, 3 * C, s());
+    }
+    {
+      Scope sc(this, "attention fwd");
+      attention_forward(a);
+    }
+    {
+      Scope sc(this, "gemm proj fwd (+residual)");
+      blas.linear_residual(a.atty, p16.proj_w, p32.proj_b, a.res, a.res2, n, C, C, s());
+    }
+    {
+      Scope sc(this, "layernorm fwd");
+      layernorm_forward(a.res2, p32.ln2_w, p32.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, n, C, s());
+    }
+    {
+      Scope sc(this, "gemm fc fwd (+gelu)");
+      blas.linear_gelu(a.ln2, p16.fc_w, p16.fc_b, a.fch, a.fch_gelu, n, C, 4 * C, s());
+    }
+    {
+      Scope sc(this, "gemm fcproj fwd (+residual)");
+      blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
+    }
+  }
+
   // --- forward ---
   void forward(bool grad) {
     const int n = static_cast<int>(N);
@@ -425,38 +473,7 @@ struct CudaGpt::Impl {
     for (int l = 0; l < L; ++l) {
       ready(1 + l);
       fetch(l + 1 < L ? 2 + l : 0);  // prefetch: the next block, or unit 0 for the head
-      LayerActs& a = acts[static_cast<size_t>(l)];
-      const auto p32 = block_f32(l);
-      const auto p16 = block_bf16(l);
-      float* out = l + 1 < L ? acts[static_cast<size_t>(l) + 1].res : res_final;
-      {
-        Scope sc(this, "layernorm fwd");
-        layernorm_forward(a.res, p32.ln1_w, p32.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, n, C, s());
-      }
-      {
-        Scope sc(this, "gemm qkv fwd");
-        blas.linear(a.ln1, p16.qkv_w, p16.qkv_b, flash ? a.qkvh : qkv, n, C, 3 * C, s());
-      }
-      {
-        Scope sc(this, "attention fwd");
-        attention_forward(a);
-      }
-      {
-        Scope sc(this, "gemm proj fwd (+residual)");
-        blas.linear_residual(a.atty, p16.proj_w, p32.proj_b, a.res, a.res2, n, C, C, s());
-      }
-      {
-        Scope sc(this, "layernorm fwd");
-        layernorm_forward(a.res2, p32.ln2_w, p32.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, n, C, s());
-      }
-      {
-        Scope sc(this, "gemm fc fwd (+gelu)");
-        blas.linear_gelu(a.ln2, p16.fc_w, p16.fc_b, a.fch, a.fch_gelu, n, C, 4 * C, s());
-      }
-      {
-        Scope sc(this, "gemm fcproj fwd (+residual)");
-        blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
-      }
+      block_forward(l, layer(l), l + 1 < L ? acts[static_cast<size_t>(l) + 1].res : res_final);
     }
     ready(0);  // the head's copy, kept for the head's backward
     const auto e16 = embed_bf16();
@@ -495,9 +512,12 @@ struct CudaGpt::Impl {
                          n, C, s());
     }
     for (int l = L - 1; l >= 0; --l) {
-      const LayerActs& a = acts[static_cast<size_t>(l)];
+      const LayerActs a = layer(l);
       ready(1 + l);
       if (l > 0) fetch(l);
+      // Recompute: the block's forward again (its kernels count under the forward kinds of the
+      // profile, twice the calls), into the shared activations and a scratch output.
+      if (opt.recompute) block_forward(l, a, recompute_out);
       zero_unit_grad(1 + l);
       const auto p32 = block_f32(l);
       const auto p16 = block_bf16(l);

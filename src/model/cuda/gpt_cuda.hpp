@@ -35,6 +35,10 @@ struct CudaOptions {
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
                                  // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
   int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
+  // Activation recompute: every block keeps only its input ([B*T, C] fp32); one shared set of a
+  // block's activations is refilled by rerunning the block's forward before its backward (one
+  // more forward per step, ~1/3 more FLOPs).
+  bool recompute = false;
   // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
   // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
