@@ -4,7 +4,7 @@
 # each layout's best round and predict the others (and the same within each round). Results go
 # in docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration.sh [BUILD_DIR] [OUT_DIR]
-# Env: ROUNDS (default 3; the layouts run interleaved, round by round, so that a change in the
+# Env: ROUNDS (default 5; the layouts run interleaved, round by round, so that a change in the
 # host's load hits every layout alike), STEPS (40, the first left out: a run can switch between
 # two step times for many steps), QUANTILE (0.25: the step time compared is this quantile of a
 # run's steps; the headline table takes each layout's best round, see plan_calibration_common.sh).
@@ -18,7 +18,7 @@ MICS=$BUILD/mics
 export MICS_DATA_DIR=${MICS_DATA_DIR:-$OUT/data} MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
 MODEL=${MODEL:-L4H4C128V256T64}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 COMMON="--model $MODEL --seq-len 64 --steps ${STEPS:-40} --samples 0 --eval-batches 1"
 LAYOUTS="mics_p2 zero3 ddp"
 

@@ -5,7 +5,7 @@
 # nodes, calibrate the cost model on each layout's best round and predict the others (and the
 # same within each round). Results go in docs/PLANNING.md ("Against our own runs").
 #   bench/plan_calibration_engine.sh [BUILD_DIR] [OUT_DIR]
-# Env: ROUNDS (default 3; the layouts run interleaved, round by round, so that a change in the
+# Env: ROUNDS (default 5; the layouts run interleaved, round by round, so that a change in the
 # host's load hits every layout alike), STEPS (30 timed steps after the bench's warm-up step),
 # QUANTILE (0.25: the step time compared is this quantile of a run's steps), LAYERS and WIDTH (8 x 384: the MLP's plain loops make a step of
 # 100-300 ms on this host, so that compute is not negligible against communication), LAYOUTS.
@@ -18,7 +18,7 @@ OUT=${2:-$(mktemp -d /tmp/mics-plan-cal-engine.XXXXXX)}
 MICS=$BUILD/mics
 export MICS_TIMEOUT_S=${MICS_TIMEOUT_S:-120}
 mkdir -p "$OUT"
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 COMMON="--layers ${LAYERS:-8} --width ${WIDTH:-384} --steps ${STEPS:-30}"
 # 4 ranks on 2 emulated nodes, 16 samples per rank and optimizer step in every layout: three
 # strategies, and each sharded strategy also with the other split of S and B (same strategy,
