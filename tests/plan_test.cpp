@@ -774,11 +774,20 @@ TEST(PlanCalibrate, BadRunsAreNamed) {
 TEST(PlanCalibrate, StepQuantilePicksTheStepTime) {
   // Steps 40, 10, 30, 20, 50 ms (the engine bench's warm-up already left out): median 30,
   // fastest 10, 0.25 quantile 20, 0.1 quantile 14 (interpolated between 10 and 20).
-  nlohmann::json bench = {{"kind", "mics engine-bench"}, {"model", "mlpL2W8"}, {"world_size", 2}, {"nodes", 1},
-                          {"grad_accum", 1}, {"micro_batch", 1}, {"steps", 5}, {"params", 144},
+  nlohmann::json bench = {{"kind", "mics engine-bench"},
+                          {"model", "mlpL2W8"},
+                          {"world_size", 2},
+                          {"nodes", 1},
+                          {"grad_accum", 1},
+                          {"micro_batch", 1},
+                          {"steps", 5},
+                          {"params", 144},
                           {"flops_per_sample", find_model("mlpL2W8").flops_per_token(1)},
-                          {"results", {{{"strategy", "ddp"}, {"p", 1}, {"step_ms", {40.0, 10.0, 30.0, 20.0, 50.0}},
-                                        {"exposed_ms", {4.0, 1.0, 3.0, 2.0, 5.0}}}}}};
+                          {"results",
+                           {{{"strategy", "ddp"},
+                             {"p", 1},
+                             {"step_ms", {40.0, 10.0, 30.0, 20.0, 50.0}},
+                             {"exposed_ms", {4.0, 1.0, 3.0, 2.0, 5.0}}}}}};
   const std::string file = scratch() + "/quantile-bench.json";
   std::ofstream(file) << bench.dump() << "\n";
   EXPECT_NEAR(read_run(file).step_s, 30e-3, 1e-12);
@@ -789,12 +798,17 @@ TEST(PlanCalibrate, StepQuantilePicksTheStepTime) {
   EXPECT_NEAR(read_run(file, 1).step_s, 50e-3, 1e-12);
   // A train run: the first step is left out before the quantile is taken.
   std::ofstream(scratch() + "/quantile-train.jsonl")
-      << R"({"event":"step","step_ms":500,"comm_exposed_ms":0})" << "\n"
-      << R"({"event":"step","step_ms":30,"comm_exposed_ms":0})" << "\n"
-      << R"({"event":"step","step_ms":10,"comm_exposed_ms":0})" << "\n"
-      << R"({"event":"step","step_ms":20,"comm_exposed_ms":0})" << "\n"
+      << R"({"event":"step","step_ms":500,"comm_exposed_ms":0})"
+      << "\n"
+      << R"({"event":"step","step_ms":30,"comm_exposed_ms":0})"
+      << "\n"
+      << R"({"event":"step","step_ms":10,"comm_exposed_ms":0})"
+      << "\n"
+      << R"({"event":"step","step_ms":20,"comm_exposed_ms":0})"
+      << "\n"
       << R"({"event":"summary","model":"L4H4C128V256T64","strategy":"ddp","world_size":2,"nodes":1,)"
-      << R"("partition_size":1,"grad_accum":1,"micro_batch":4,"seq_len":64,"steps":4})" << "\n";
+      << R"("partition_size":1,"grad_accum":1,"micro_batch":4,"seq_len":64,"steps":4})"
+      << "\n";
   EXPECT_NEAR(read_run(scratch() + "/quantile-train.jsonl").step_s, 20e-3, 1e-12);
   EXPECT_NEAR(read_run(scratch() + "/quantile-train.jsonl", 0).step_s, 10e-3, 1e-12);
   EXPECT_EQ(step_statistic(0.5), "median");

@@ -185,7 +185,8 @@ TEST(TrainCudaRecompute, FollowsTheRunWithout) {
            {"recompute_zero3_2r", "--device cuda -n 2 --strategy zero3 --grad-accum 2 --recompute"}}) {
     const TrainRun run = train(args, tag);
     ASSERT_EQ(run.result.status, 0) << run.result.output;
-    EXPECT_NE(run.result.output.find("recompute: blocks keep their inputs only"), std::string::npos) << run.result.output;
+    EXPECT_NE(run.result.output.find("recompute: blocks keep their inputs only"), std::string::npos)
+        << run.result.output;
     expect_losses_follow(run, ref, 2e-3, cpu_reference(), tag);
   }
 }
@@ -200,7 +201,8 @@ TEST(TrainCudaCheckpoint, ResumesAcrossGpuLayoutsAndTheCpu) {
   const std::string a = scratch() + "/ckpt_one_gpu", z = scratch() + "/ckpt_zero3";
   fs::remove_all(a);
   fs::remove_all(z);
-  const TrainRun straight = train(fmt::format("--device cuda --grad-accum 4 --steps 4 --ckpt-every 2 --out {}", a), "ckpt_straight");
+  const TrainRun straight =
+      train(fmt::format("--device cuda --grad-accum 4 --steps 4 --ckpt-every 2 --out {}", a), "ckpt_straight");
   ASSERT_EQ(straight.result.status, 0) << straight.result.output;
   ASSERT_EQ(straight.losses.size(), 4u) << straight.result.output;
   ASSERT_TRUE(fs::exists(a + "/step-00000002/manifest.json")) << straight.result.output;
@@ -212,7 +214,8 @@ TEST(TrainCudaCheckpoint, ResumesAcrossGpuLayoutsAndTheCpu) {
   };
   const std::vector<Case> cases = {
       {"ckpt_resume_one_gpu", fmt::format("--device cuda --grad-accum 4 --steps 4 --resume {}", from), 1e-3},
-      {"ckpt_resume_zero3_2r", fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --resume {}", from), 2e-3},
+      {"ckpt_resume_zero3_2r",
+       fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --resume {}", from), 2e-3},
       {"ckpt_resume_cpu", fmt::format("--device cpu --grad-accum 4 --steps 4 --resume {}", from), 2e-2},
   };
   for (const Case& k : cases) {
@@ -221,22 +224,27 @@ TEST(TrainCudaCheckpoint, ResumesAcrossGpuLayoutsAndTheCpu) {
     ASSERT_EQ(run.losses.size(), 2u) << run.result.output;
     for (size_t i = 0; i < 2; ++i) {
       const double want = straight.losses[2 + i];
-      EXPECT_LE(std::abs(run.losses[i] - want) / want, k.bound) << k.tag << " step " << 3 + i << ": " << run.losses[i] << " vs " << want;
+      EXPECT_LE(std::abs(run.losses[i] - want) / want, k.bound)
+          << k.tag << " step " << 3 + i << ": " << run.losses[i] << " vs " << want;
       std::printf("[ %s ] step %zu: straight %.6f, resumed %.6f\n", k.tag.c_str(), 3 + i, want, run.losses[i]);
     }
   }
   // The GPU-sharded run's checkpoint, back on one GPU.
-  const TrainRun sharded = train(fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --ckpt-every 2 --out {}", z),
-                                 "ckpt_zero3_straight");
+  const TrainRun sharded =
+      train(fmt::format("--device cuda -n 2 --strategy zero3 --grad-accum 2 --steps 4 --ckpt-every 2 --out {}", z),
+            "ckpt_zero3_straight");
   ASSERT_EQ(sharded.result.status, 0) << sharded.result.output;
   ASSERT_EQ(sharded.losses.size(), 4u) << sharded.result.output;
-  const TrainRun back = train(fmt::format("--device cuda --grad-accum 4 --steps 4 --resume {}/step-00000002", z), "ckpt_zero3_to_one");
+  const TrainRun back =
+      train(fmt::format("--device cuda --grad-accum 4 --steps 4 --resume {}/step-00000002", z), "ckpt_zero3_to_one");
   ASSERT_EQ(back.result.status, 0) << back.result.output;
   ASSERT_EQ(back.losses.size(), 2u) << back.result.output;
   for (size_t i = 0; i < 2; ++i) {
     const double want = sharded.losses[2 + i];
-    EXPECT_LE(std::abs(back.losses[i] - want) / want, 2e-3) << "step " << 3 + i << ": " << back.losses[i] << " vs " << want;
-    std::printf("[ ckpt_zero3_to_one ] step %zu: straight (2 ranks) %.6f, resumed on one GPU %.6f\n", 3 + i, want, back.losses[i]);
+    EXPECT_LE(std::abs(back.losses[i] - want) / want, 2e-3)
+        << "step " << 3 + i << ": " << back.losses[i] << " vs " << want;
+    std::printf("[ ckpt_zero3_to_one ] step %zu: straight (2 ranks) %.6f, resumed on one GPU %.6f\n", 3 + i, want,
+                back.losses[i]);
   }
 }
 
@@ -271,12 +279,12 @@ TEST_P(TrainCudaMesh, GpuStagesFollowOneGpuAndCpu) {
   static const TrainRun cpu1 = train("--device cpu --grad-accum 4", "mesh_cpu1", "CUDA_VISIBLE_DEVICES=0", kMeshModel);
   ASSERT_EQ(gpu1.losses.size(), 6u) << gpu1.result.output;
   ASSERT_EQ(cpu1.losses.size(), 6u) << cpu1.result.output;
-  const TrainRun run =
-      train(fmt::format("--device cuda -n {} --tensor-parallel {} --pipeline-parallel {} --strategy {} --partition-size {} "
-                        "--grad-accum {}{}{}",
-                        l.ranks, l.t, l.s, l.strategy, l.partition, l.grad_accum,
-                        l.sequence_parallel ? " --sequence-parallel" : "", l.recompute ? " --recompute" : ""),
-            "mesh_" + mesh_name(l), "CUDA_VISIBLE_DEVICES=0", kMeshModel);
+  const TrainRun run = train(
+      fmt::format("--device cuda -n {} --tensor-parallel {} --pipeline-parallel {} --strategy {} --partition-size {} "
+                  "--grad-accum {}{}{}",
+                  l.ranks, l.t, l.s, l.strategy, l.partition, l.grad_accum,
+                  l.sequence_parallel ? " --sequence-parallel" : "", l.recompute ? " --recompute" : ""),
+      "mesh_" + mesh_name(l), "CUDA_VISIBLE_DEVICES=0", kMeshModel);
   ASSERT_EQ(run.result.status, 0) << run.result.output;
   EXPECT_NE(run.result.output.find("device cuda: each rank's stage on its GPU"), std::string::npos) << run.result.output;
   ASSERT_EQ(run.losses.size(), 6u) << run.result.output;

@@ -174,8 +174,9 @@ std::string step_statistic(double step_quantile) {
 std::vector<MeasuredRun> read_runs(const std::string& path, double step_quantile) {
   namespace fs = std::filesystem;
   if (!(step_quantile >= 0 && step_quantile <= 1))
-    throw Error(ErrorKind::kInvalidArgument, fmt::format("step quantile {} is outside [0, 1]", step_quantile),
-                {.layer = "plan", .where = "--step-quantile", .hint = "0.5 is the median (the default), 0 the fastest step"});
+    throw Error(
+        ErrorKind::kInvalidArgument, fmt::format("step quantile {} is outside [0, 1]", step_quantile),
+        {.layer = "plan", .where = "--step-quantile", .hint = "0.5 is the median (the default), 0 the fastest step"});
   if (fs::is_directory(path)) return {read_train_metrics(path, path + "/metrics.jsonl", step_quantile)};
   // FILE#STRATEGY picks one strategy of an engine-bench file.
   std::string file = path, pick;
@@ -311,10 +312,11 @@ Calibration calibrate(const MeasuredRun& run, const Cluster& cluster, const Cost
       "measured {:.1f} ms\n",
       run.path, run.model, run.world, run.nodes, run.partition_size, run.grad_accum, run.micro_batch, run.seq_len,
       cal.params.compute_efficiency, cluster.peak_flops / 1e9, oversubscribed ? " (a whole core's)" : "",
-      cluster.peak_flops * cal.params.compute_efficiency / 1e9,
-      net_note, run.ranks_on_host, run.compute_threads, spec.cluster.host_cores,
+      cluster.peak_flops * cal.params.compute_efficiency / 1e9, net_note, run.ranks_on_host, run.compute_threads,
+      spec.cluster.host_cores,
       oversubscribed ? fmt::format(": each rank computes at {:.2f} of a core, and its communication adds to the step "
-                                   "(CPU-bound: the compute rate is fitted to the whole step)", share)
+                                   "(CPU-bound: the compute rate is fitted to the whole step)",
+                                   share)
                      : std::string(),
       cal.prediction.step_s * 1e3, run.step_s * 1e3, step_statistic(run.step_quantile),
       100 * (cal.prediction.step_s / run.step_s - 1), cal.prediction.exposed_comm_s * 1e3, run.exposed_comm_s * 1e3);

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "base/dtype.hpp"
@@ -26,6 +27,13 @@ struct StateRange {
   const float* exp_avg = nullptr;
   const float* exp_avg_sq = nullptr;
 };
+
+// Piece k of n of the element range [lo, hi): how the engines cut a range held by n identical
+// copies so that copy k writes piece k.
+inline std::pair<size_t, size_t> checkpoint_piece(size_t lo, size_t hi, size_t k, size_t n) {
+  const size_t len = hi - lo;
+  return {lo + len * k / n, lo + len * (k + 1) / n};
+}
 
 // The optimizer's counters (AdamW's bias correction uses steps).
 struct OptimizerCounters {

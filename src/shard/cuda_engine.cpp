@@ -297,21 +297,14 @@ CudaStepReport CudaEngine::step(float lr, comm::GpuStream stream) {
   return report;
 }
 
-namespace {
-// Piece k of n of [lo, hi) (the CPU engine's split of a shard over its replicas).
-std::pair<size_t, size_t> piece(size_t lo, size_t hi, size_t k, size_t n) {
-  const size_t len = hi - lo;
-  return {lo + len * k / n, lo + len * (k + 1) / n};
-}
-}  // namespace
-
 std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
   const Impl& s = *impl_;
   s.host_state.resize(3 * s.shard);
   MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
   const float* arrays[3] = {s.master, s.m, s.v};
   for (size_t k = 0; k < 3; ++k)
-    MICS_ENGINE_CUDA(cudaMemcpy(s.host_state.data() + k * s.shard, arrays[k], s.shard * sizeof(float), cudaMemcpyDeviceToHost));
+    MICS_ENGINE_CUDA(
+        cudaMemcpy(s.host_state.data() + k * s.shard, arrays[k], s.shard * sizeof(float), cudaMemcpyDeviceToHost));
   const size_t member = static_cast<size_t>(s.groups.partition->rank());
   const size_t replica = static_cast<size_t>(s.groups.replication->rank());
   std::vector<StateRange> out;
@@ -319,7 +312,7 @@ std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
     const size_t len = s.padded[u] / static_cast<size_t>(s.p), base = member * len;
     const size_t end = std::min(base + len, s.numel[u]);
     if (base >= end) continue;
-    const auto [lo, hi] = piece(base, end, replica, static_cast<size_t>(s.r));
+    const auto [lo, hi] = checkpoint_piece(base, end, replica, static_cast<size_t>(s.r));
     if (lo >= hi) continue;
     const float* at = s.host_state.data() + s.offset[u] + (lo - base);
     out.push_back({static_cast<int>(u), lo, hi - lo, at, at + s.shard, at + 2 * s.shard});
@@ -337,16 +330,20 @@ void CudaEngine::load_state(const StateReader& read) {
     const size_t end = std::min(base + len, s.numel[u]);
     if (base >= end) continue;  // all padding: stays zero
     for (size_t which = 0; which < 3; ++which)
-      read(static_cast<int>(u), static_cast<int>(which), base, end - base, s.host_state.data() + which * s.shard + s.offset[u]);
+      read(static_cast<int>(u), static_cast<int>(which), base, end - base,
+           s.host_state.data() + which * s.shard + s.offset[u]);
   }
   float* arrays[3] = {s.master, s.m, s.v};
   for (size_t k = 0; k < 3; ++k)
-    MICS_ENGINE_CUDA(cudaMemcpy(arrays[k], s.host_state.data() + k * s.shard, s.shard * sizeof(float), cudaMemcpyHostToDevice));
+    MICS_ENGINE_CUDA(
+        cudaMemcpy(arrays[k], s.host_state.data() + k * s.shard, s.shard * sizeof(float), cudaMemcpyHostToDevice));
   MICS_ENGINE_CUDA(cudaMemset(s.acc, 0, s.shard * sizeof(float)));
   std::fill(s.reduced.begin(), s.reduced.end(), 0);
 }
 
-OptimizerCounters CudaEngine::optimizer_counters() const { return {impl_->steps, impl_->consecutive_skips}; }
+OptimizerCounters CudaEngine::optimizer_counters() const {
+  return {impl_->steps, impl_->consecutive_skips};
+}
 void CudaEngine::set_optimizer_counters(const OptimizerCounters& counters) {
   impl_->steps = counters.steps;
   impl_->consecutive_skips = counters.consecutive_skips;
@@ -426,9 +423,13 @@ int CudaEngine::replicas() const { return 1; }
 comm::GpuBackend CudaEngine::backend() const { return comm::GpuBackend::kFabric; }
 uint64_t CudaEngine::model_state_bytes() const { return 0; }
 void CudaEngine::control_all_reduce(float*, size_t, ReduceOp) {}
-std::vector<StateRange> CudaEngine::checkpoint_ranges() const { return {}; }
+std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
+  return {};
+}
 void CudaEngine::load_state(const StateReader&) {}
-OptimizerCounters CudaEngine::optimizer_counters() const { return {}; }
+OptimizerCounters CudaEngine::optimizer_counters() const {
+  return {};
+}
 void CudaEngine::set_optimizer_counters(const OptimizerCounters&) {}
 comm::Traffic CudaEngine::traffic() const { return {}; }
 comm::Traffic CudaEngine::expected_traffic(int, int) const { return {}; }

@@ -538,14 +538,6 @@ std::vector<float> Engine::full_parameters(int unit) {
   return full;
 }
 
-namespace {
-// Piece k of n of [lo, hi).
-std::pair<size_t, size_t> piece(size_t lo, size_t hi, size_t k, size_t n) {
-  const size_t len = hi - lo;
-  return {lo + len * k / n, lo + len * (k + 1) / n};
-}
-}  // namespace
-
 std::vector<StateRange> Engine::checkpoint_ranges() const {
   const Impl& s = *impl_;
   MICS_CHECK(s.finalized, "checkpoint_ranges() before finalize()");
@@ -558,7 +550,7 @@ std::vector<StateRange> Engine::checkpoint_ranges() const {
     size_t lo, hi, base;
     const float *param, *m1, *m2;
     if (un.replicated) {
-      std::tie(lo, hi) = piece(0, un.numel, rank, static_cast<size_t>(s.world_size));
+      std::tie(lo, hi) = checkpoint_piece(0, un.numel, rank, static_cast<size_t>(s.world_size));
       base = 0;
       param = s.rmaster.data() + un.offset;
       m1 = s.rm.data() + un.offset;
@@ -567,7 +559,7 @@ std::vector<StateRange> Engine::checkpoint_ranges() const {
       base = member * un.shard;
       const size_t end = std::min(base + un.shard, un.numel);
       if (base >= end) continue;
-      std::tie(lo, hi) = piece(base, end, replica, static_cast<size_t>(s.r));
+      std::tie(lo, hi) = checkpoint_piece(base, end, replica, static_cast<size_t>(s.r));
       param = s.master.data() + un.offset;
       m1 = s.m.data() + un.offset;
       m2 = s.v.data() + un.offset;

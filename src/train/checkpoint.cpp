@@ -83,7 +83,8 @@ std::pair<size_t, size_t> share_of(std::pair<int, int> copies, size_t offset, si
 
 // Fills every range the state holds from full logical units (`full(unit)`: the unit's
 // elements, valid until the next call) and zeroes the moments.
-void load_from_units(shard::CheckpointState& state, const StateLayout& layout, const std::function<const float*(int)>& full) {
+void load_from_units(shard::CheckpointState& state, const StateLayout& layout,
+                     const std::function<const float*(int)>& full) {
   std::vector<model::UnitPiece> pieces;
   state.load_state([&](int unit, int which, size_t offset, size_t count, float* out) {
     if (which != 0) {
@@ -138,7 +139,13 @@ struct Checkpointer::Impl {
   Clock::time_point started;
 
   Impl(shard::CheckpointState& e, const TrainConfig& config, const model::Gpt& g, StateLayout l, int T)
-      : state(e), c(config), gpt(g), layout(std::move(l)), rank(layout.rank), world(layout.world), seq_len(T),
+      : state(e),
+        c(config),
+        gpt(g),
+        layout(std::move(l)),
+        rank(layout.rank),
+        world(layout.world),
+        seq_len(T),
         leader(rank == 0) {}
 
   // The control all-reduce over every rank of the job.
@@ -147,25 +154,33 @@ struct Checkpointer::Impl {
   nlohmann::json training_record(int step) const {
     const shard::OptimizerCounters oc = state.optimizer_counters();
     const uint64_t G = static_cast<uint64_t>(layout.data_ranks) * static_cast<uint64_t>(c.grad_accum) * static_cast<uint64_t>(c.micro_batch);
-    nlohmann::json t = {{"step", step},
-            {"sampler_position", static_cast<uint64_t>(step) * G},
-            {"global_batch_sequences", G},
-            {"seq_len", seq_len},
-            {"adam_steps", oc.steps},
-            {"consecutive_skipped_steps", oc.consecutive_skips},
-            {"seed", c.seed},
-            {"rng", {{"sampler", "a permutation per epoch drawn from the seed; position = step * global batch"},
-                     {"init", "deterministic in (seed, unit, index)"}}},
-            {"schedule", {{"peak_lr", c.lr}, {"warmup", warmup_steps(c)}, {"steps", c.steps}, {"min_lr_ratio", c.min_lr_ratio}}},
-            {"optimizer", {{"name", "adamw"}, {"beta1", 0.9}, {"beta2", 0.95}, {"eps", 1e-8}, {"weight_decay", c.weight_decay},
-                           {"clip", c.clip}}},
-            {"world_size", world},
-            {"strategy", c.strategy},
-            {"partition_size", state.partition_size()},
-            {"grad_accum", c.grad_accum},
-            {"micro_batch", c.micro_batch},
-            {"data_ranks", layout.data_ranks},
-            {"layout", "logical: the one-process model's units, whatever the mesh"}};
+    nlohmann::json t = {
+        {"step", step},
+        {"sampler_position", static_cast<uint64_t>(step) * G},
+        {"global_batch_sequences", G},
+        {"seq_len", seq_len},
+        {"adam_steps", oc.steps},
+        {"consecutive_skipped_steps", oc.consecutive_skips},
+        {"seed", c.seed},
+        {"rng",
+         {{"sampler", "a permutation per epoch drawn from the seed; position = step * global batch"},
+          {"init", "deterministic in (seed, unit, index)"}}},
+        {"schedule",
+         {{"peak_lr", c.lr}, {"warmup", warmup_steps(c)}, {"steps", c.steps}, {"min_lr_ratio", c.min_lr_ratio}}},
+        {"optimizer",
+         {{"name", "adamw"},
+          {"beta1", 0.9},
+          {"beta2", 0.95},
+          {"eps", 1e-8},
+          {"weight_decay", c.weight_decay},
+          {"clip", c.clip}}},
+        {"world_size", world},
+        {"strategy", c.strategy},
+        {"partition_size", state.partition_size()},
+        {"grad_accum", c.grad_accum},
+        {"micro_batch", c.micro_batch},
+        {"data_ranks", layout.data_ranks},
+        {"layout", "logical: the one-process model's units, whatever the mesh"}};
     if (!layout.mesh.is_null()) t["mesh"] = layout.mesh;
     return t;
   }
@@ -412,8 +427,8 @@ struct Checkpointer::Impl {
   }
 };
 
-Checkpointer::Checkpointer(shard::CheckpointState& state, const TrainConfig& config, const model::Gpt& gpt, StateLayout layout,
-                           int seq_len, int start_step, std::string loaded_from)
+Checkpointer::Checkpointer(shard::CheckpointState& state, const TrainConfig& config, const model::Gpt& gpt,
+                           StateLayout layout, int seq_len, int start_step, std::string loaded_from)
     : impl_(std::make_unique<Impl>(state, config, gpt, std::move(layout), seq_len)) {
   Impl& s = *impl_;
   if (!enabled()) return;
@@ -531,8 +546,8 @@ int init_from_hf(shard::CheckpointState& state, const TrainConfig& c, const mode
 
 }  // namespace
 
-int load_initial_state(shard::CheckpointState& state, const TrainConfig& c, const model::Gpt& gpt, const StateLayout& layout,
-                       int seq_len, std::string* source) {
+int load_initial_state(shard::CheckpointState& state, const TrainConfig& c, const model::Gpt& gpt,
+                       const StateLayout& layout, int seq_len, std::string* source) {
   const int rank = layout.rank, world = layout.world;
   source->clear();
   if (!c.init_from.empty()) return init_from_hf(state, c, gpt, layout, source);

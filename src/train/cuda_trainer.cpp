@@ -19,9 +19,9 @@
 
 #include <fmt/format.h>
 
-#include "base/knobs.hpp"
 #include "base/clock.hpp"
 #include "base/error.hpp"
+#include "base/knobs.hpp"
 #include "base/log.hpp"
 #include "bootstrap/rank_env.hpp"
 #include "comm/gpu_comm.hpp"
@@ -99,7 +99,8 @@ class OneGpuState final : public shard::CheckpointState {
     params_.assign(model_.num_params(), 0.0f), m_.assign(params_.size(), 0.0f), v_.assign(params_.size(), 0.0f);
     float* arrays[3] = {params_.data(), m_.data(), v_.data()};
     for (int u = 0; u < gpt_.num_units(); ++u)
-      for (int which = 0; which < 3; ++which) read(u, which, 0, gpt_.unit_numel(u), arrays[which] + model_.unit_offset(u));
+      for (int which = 0; which < 3; ++which)
+        read(u, which, 0, gpt_.unit_numel(u), arrays[which] + model_.unit_offset(u));
     model_.upload_params(params_.data());
     model_.upload_moments(m_.data(), v_.data());
   }
@@ -110,8 +111,10 @@ class OneGpuState final : public shard::CheckpointState {
 
   // After a step: AdamW's counters as the engines keep them.
   void count_step(bool skipped) {
-    if (skipped) ++counters_.consecutive_skips;
-    else counters_ = {counters_.steps + 1, 0};
+    if (skipped)
+      ++counters_.consecutive_skips;
+    else
+      counters_ = {counters_.steps + 1, 0};
   }
 
  private:
@@ -272,7 +275,8 @@ int run_cuda_training(const TrainConfig& c) {
   StopSignal stop;
   const LrSchedule schedule{c.lr, warmup, c.steps, c.min_lr_ratio};
   const io::Sampler sampler(train_data.num_sequences(), c.seed);
-  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch, static_cast<uint64_t>(start_step));
+  io::Prefetcher prefetcher(train_data, sampler, rank, world, c.grad_accum, c.micro_batch,
+                            static_cast<uint64_t>(start_step));
   Checkpointer ckpt(state, c, gpt, plain_layout(state, gpt, rank, world), T, start_step, loaded_from);
   StepPrinter printer(leader, c.steps, c.log_every);
   model::cuda::AdamWConfig adam;
@@ -391,8 +395,9 @@ int run_cuda_training(const TrainConfig& c) {
     sum.partition_size = engine->partition_size();
   }
   if (metrics) metrics->summary(sum);
-  if (leader) print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing, start_step + steps_done,
-                                peak_in_use, model.allocated_bytes(), profile);
+  if (leader)
+    print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing,
+                      start_step + steps_done, peak_in_use, model.allocated_bytes(), profile);
   std::fflush(stdout);
   if (engine) {
     engine.reset();

@@ -61,8 +61,14 @@ struct BlockActs {
 class CudaStagePass final : public StagePass {
  public:
   CudaStagePass(const GptConfig& c, TpSlice slice, int batch, int seq_len, int blocks, TensorOps ops, TpOptions options)
-      : c_(c), slice_(slice), B_(batch), T_(seq_len), blocks_(blocks), ops_(std::move(ops)),
-        sp_(options.sequence_parallel), recompute_(options.recompute) {
+      : c_(c),
+        slice_(slice),
+        B_(batch),
+        T_(seq_len),
+        blocks_(blocks),
+        ops_(std::move(ops)),
+        sp_(options.sequence_parallel),
+        recompute_(options.recompute) {
     N_ = sz(batch) * sz(seq_len);
     Nl_ = sp_ ? N_ / sz(slice.size) : N_;
     Tl_ = sp_ ? sz(seq_len) / sz(slice.size) : sz(seq_len);
@@ -145,11 +151,15 @@ class CudaStagePass final : public StagePass {
     float* partial = sp_ ? h_full_.data() : x;
     for (size_t j = 0; j < N_; ++j) {
       const size_t tok = static_cast<size_t>(inputs_[sp_ ? natural_row(j) : j]);
-      if (tok >= v0 && tok < v0 + vl_) std::memcpy(partial + j * C, wte + (tok - v0) * C, C * sizeof(float));
-      else std::fill(partial + j * C, partial + (j + 1) * C, 0.0f);
+      if (tok >= v0 && tok < v0 + vl_)
+        std::memcpy(partial + j * C, wte + (tok - v0) * C, C * sizeof(float));
+      else
+        std::fill(partial + j * C, partial + (j + 1) * C, 0.0f);
     }
-    if (sp_) ops_.reduce_scatter(partial, x, N_ * C);
-    else if (slice_.size > 1) ops_.all_reduce(x, N_ * C, ReduceOp::kSum);
+    if (sp_)
+      ops_.reduce_scatter(partial, x, N_ * C);
+    else if (slice_.size > 1)
+      ops_.all_reduce(x, N_ * C, ReduceOp::kSum);
     const size_t p0 = sp_ ? sz(slice_.rank) * Tl_ : 0;  // this rank's first position
     for (size_t n = 0; n < Nl_; ++n) {
       const float* pos = wpe + (p0 + n % Tl_) * C;
@@ -223,8 +233,10 @@ class CudaStagePass final : public StagePass {
     blas_.linear_backward_input(dfch_, 4 * cl, p.fc_w, nullptr, dln_, n, c, 4 * cl, s());
     blas_.linear_backward_weight(dfch_, 4 * cl, ln2, g.fc_w, n, c, 4 * cl, s());
     column_sum(dfch_, g.fc_b, partial_, n, 4 * cl, s());
-    if (sp_) scatter_rows(dln_, dln_local, /*natural=*/false);
-    else reduce_bf16(dln_, N_ * C_);  // f's backward
+    if (sp_)
+      scatter_rows(dln_, dln_local, /*natural=*/false);
+    else
+      reduce_bf16(dln_, N_ * C_);  // f's backward
     layernorm_backward(dln_local, a.res2, a.ln2_mean, a.ln2_rstd, r.ln2_w, dres_, dres16_, gr.ln2_w, gr.ln2_b, partial_,
                        nl, c, s());
     // Attention (with sp in (b, position) row order).
@@ -244,8 +256,10 @@ class CudaStagePass final : public StagePass {
     blas_.linear_backward_input(dqkv_, 3 * cl, p.qkv_w, nullptr, dln_, n, c, 3 * cl, s());
     blas_.linear_backward_weight(dqkv_, 3 * cl, ln1, g.qkv_w, n, c, 3 * cl, s());
     column_sum(dqkv_, g.qkv_b, partial_, n, 3 * cl, s());
-    if (sp_) scatter_rows(dln_, dln_local, /*natural=*/true);
-    else reduce_bf16(dln_, N_ * C_);
+    if (sp_)
+      scatter_rows(dln_, dln_local, /*natural=*/true);
+    else
+      reduce_bf16(dln_, N_ * C_);
     layernorm_backward(dln_local, x, a.ln1_mean, a.ln1_rstd, r.ln1_w, dres_, dres16_, gr.ln1_w, gr.ln1_b, partial_, nl,
                        c, s());
     down(dsplit, g_split_, tp_split_numel(c_, slice_.size));
@@ -315,8 +329,10 @@ class CudaStagePass final : public StagePass {
     blas_.linear_backward_input(logits_, ld, wte16_, nullptr, dln_, n, c, vl, s());
     blas_.linear_backward_weight(logits_, ld, lnf_out, g_wte_, n, c, vl, s());
     bf16_t* dln_local = sp_ ? dln_local_ : dln_;
-    if (sp_) scatter_rows(dln_, dln_local, /*natural=*/true);
-    else reduce_bf16(dln_, N_ * C_);
+    if (sp_)
+      scatter_rows(dln_, dln_local, /*natural=*/true);
+    else
+      reduce_bf16(dln_, N_ * C_);
     MICS_CUDA(cudaMemsetAsync(dres_, 0, Nl_ * C_ * sizeof(float), stream_));
     layernorm_backward(dln_local, xs_[sz(blocks_)], lnf_mean_, lnf_rstd_, d_lnf_, dres_, dres16_, g_lnf_, g_lnf_ + C_,
                        partial_, static_cast<int>(Nl_), c, s());
@@ -504,7 +520,7 @@ class CudaStagePass final : public StagePass {
   float *tmp_ = nullptr, *dres_ = nullptr, *partial_ = nullptr, *flash_scratch_ = nullptr;
   bf16_t *dres16_ = nullptr, *dln_ = nullptr, *datty_ = nullptr, *dqkv_ = nullptr, *dfch_ = nullptr;
   bf16_t *full16_ = nullptr, *full16b_ = nullptr, *dln_local_ = nullptr;  // sp only
-  float* part_ = nullptr;                                                   // sp only
+  float* part_ = nullptr;                                                 // sp only
   // head (allocated by the first head_forward: only the last stage has one)
   bf16_t *lnf16_ = nullptr, *logits_ = nullptr, *wte16_ = nullptr;
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *d_lse_ = nullptr, *d_stats_ = nullptr, *w_wte_ = nullptr,
