@@ -667,6 +667,9 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
   whole_model_case({.flash_bwd_min_blocks = 0}, "flash attention, backward without the 3-blocks register cap",
                    "L2H2C128V256T64");
   whole_model_case({.flash_bwd_key_tile = 128}, "flash attention, backward with 128-key blocks", "L2H2C128V256T64");
+  // Autotuned GEMMs: timed on scratch outputs, so the accumulating GEMMs (weight gradients,
+  // residual adds) still add exactly once (the second micro-batch's doubling checks it).
+  whole_model_case({.gemm_autotune = 8}, "flash attention, autotuned GEMMs", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, RecomputeMatchesCpuAndKeepsLess) {

@@ -143,6 +143,9 @@ const std::vector<KnobSpec>& specs() {
          k.cuda_flash_bwd_keys = keys;
        },
        [](const Knobs& k) { return fmt::format("{}", k.cuda_flash_bwd_keys); }},
+      {"MICS_CUDA_GEMM_TUNE", "cuBLASLt algorithms timed per GEMM shape at its first call, the fastest kept (0: the heuristic's first)",
+       [](Knobs& k, const std::string& v) { k.cuda_gemm_tune = parse_int("MICS_CUDA_GEMM_TUNE", v, 0, 16); },
+       [](const Knobs& k) { return fmt::format("{}", k.cuda_gemm_tune); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

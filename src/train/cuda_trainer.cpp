@@ -176,6 +176,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.flash_bwd_min_blocks = static_cast<int>(knobs().cuda_flash_bwd_min_blocks);
   options.flash_bwd_key_tile = static_cast<int>(knobs().cuda_flash_bwd_keys);
   options.recompute = c.recompute;
+  options.gemm_autotune = static_cast<int>(knobs().cuda_gemm_tune);
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
   int rank = 0, world = 1;

@@ -1,9 +1,13 @@
-// cuBLASLt GEMMs (gemm.hpp). A plan (descriptors and the heuristic's first algorithm) is made
-// once per shape and epilogue and cached; pointers are set per call.
+// cuBLASLt GEMMs (gemm.hpp). A plan (descriptors and an algorithm) is made once per shape and
+// epilogue and cached; pointers are set per call. The algorithm: the heuristic's first, or with
+// autotuning (set_autotune) the fastest of the heuristic's first candidates, timed once on the
+// first call's own operands (its output written to a scratch copy, so the call's result and any
+// accumulation into C are untouched).
 #include "model/cuda/gemm.hpp"
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <tuple>
@@ -56,7 +60,11 @@ struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  static constexpr int kMaxCandidates = 16;
+  cublasLtMatmulAlgo_t candidates[kMaxCandidates];  // the heuristic's, best first (autotuning)
+  int num_candidates = 0;
   bool ok = false;
+  bool tuned = false;
 };
 
 }  // namespace
@@ -65,6 +73,7 @@ struct Blas::Impl {
   cublasLtHandle_t lt = nullptr;
   void* workspace = nullptr;
   std::map<decltype(Spec{}.key()), Plan> plans;
+  int tune_candidates = 0;  // > 1: time that many of the heuristic's algorithms per plan
 
   Impl() {
     MICS_CUBLAS(cublasLtCreate(&lt));
@@ -114,14 +123,73 @@ struct Blas::Impl {
     MICS_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = kWorkspaceBytes;
     MICS_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[Plan::kMaxCandidates] = {};
+    const int wanted = std::clamp(tune_candidates, 1, Plan::kMaxCandidates);
     int found = 0;
     const cublasStatus_t status =
-        cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+        cublasLtMatmulAlgoGetHeuristic(lt, p.desc, p.a, p.b, p.d, p.d, pref, wanted, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     p.ok = status == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (p.ok) p.algo = result.algo;
+    if (p.ok) p.algo = results[0].algo;
+    for (int i = 0; p.ok && i < found; ++i)
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.num_candidates++] = results[i].algo;
+    p.tuned = p.num_candidates < 2;
     return p;
+  }
+
+  // Times every candidate on this call's operands with D (and a written GELU aux) redirected to
+  // scratch, keeps the fastest. A failed scratch allocation keeps the heuristic's first.
+  void tune(Plan& p, const Spec& sp, const void* A, const void* B, const void* C, const void* D, float alpha,
+            const void* bias, void* aux, Stream s) {
+    p.tuned = true;
+    const size_t elt = sp.d_f32 ? 4 : 2;
+    const size_t span = static_cast<size_t>(sp.ldd) * static_cast<size_t>(sp.n) +
+                        (sp.batch > 1 ? static_cast<size_t>(sp.sd) * static_cast<size_t>(sp.batch - 1) : 0);
+    const bool aux_written = sp.epi == Epi::kGeluAuxBias;
+    void* scratch = nullptr;
+    void* scratch_aux = nullptr;
+    if (cudaMalloc(&scratch, span * elt) != cudaSuccess ||
+        (aux_written && cudaMalloc(&scratch_aux, span * 2) != cudaSuccess)) {
+      (void)cudaGetLastError();  // out of memory here is not an error: keep the heuristic's choice
+      if (scratch) cudaFree(scratch);
+      return;
+    }
+    if (aux)
+      MICS_CUBLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                 aux_written ? &scratch_aux : &aux, sizeof(void*)));
+    if (bias)
+      MICS_CUBLAS(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float beta = sp.beta ? 1.0f : 0.0f;
+    const void* c_in = C ? C : D;  // read, never written: the output goes to scratch
+    cudaEvent_t begin = nullptr, end = nullptr;
+    MICS_CUDA(cudaEventCreate(&begin));
+    MICS_CUDA(cudaEventCreate(&end));
+    float best_ms = 0;
+    for (int i = 0; i < p.num_candidates; ++i) {
+      const cublasLtMatmulAlgo_t* algo = &p.candidates[i];
+      // warm-up; an algorithm that cannot run is skipped
+      if (cublasLtMatmul(lt, p.desc, &alpha, A, p.a, B, p.b, &beta, c_in, p.d, scratch, p.d, algo, workspace,
+                         kWorkspaceBytes, st(s)) != CUBLAS_STATUS_SUCCESS)
+        continue;
+      constexpr int kReps = 3;
+      MICS_CUDA(cudaEventRecord(begin, st(s)));
+      for (int r = 0; r < kReps; ++r)
+        (void)cublasLtMatmul(lt, p.desc, &alpha, A, p.a, B, p.b, &beta, c_in, p.d, scratch, p.d, algo, workspace,
+                             kWorkspaceBytes, st(s));
+      MICS_CUDA(cudaEventRecord(end, st(s)));
+      MICS_CUDA(cudaEventSynchronize(end));
+      float ms = 0;
+      MICS_CUDA(cudaEventElapsedTime(&ms, begin, end));
+      if (best_ms == 0 || ms < best_ms) {
+        best_ms = ms;
+        p.algo = *algo;
+      }
+    }
+    cudaEventDestroy(begin);
+    cudaEventDestroy(end);
+    MICS_CUDA(cudaStreamSynchronize(st(s)));
+    cudaFree(scratch);
+    if (scratch_aux) cudaFree(scratch_aux);
   }
 
   // Returns false when cuBLASLt has no algorithm (only asked with an epilogue: the caller
@@ -129,6 +197,7 @@ struct Blas::Impl {
   bool run(const Spec& sp, const void* A, const void* B, const void* C, void* D, float alpha, const void* bias,
            void* aux, Stream s) {
     Plan& p = plan(sp);
+    if (p.ok && !p.tuned) tune(p, sp, A, B, C, D, alpha, bias, aux, s);
     if (!p.ok) {
       if (sp.epi != Epi::kNone) return false;
       throw_cuda("cublasLtMatmulAlgoGetHeuristic",
@@ -149,6 +218,7 @@ struct Blas::Impl {
 
 Blas::Blas() : impl_(std::make_unique<Impl>()) {}
 Blas::~Blas() = default;
+void Blas::set_autotune(int candidates) { impl_->tune_candidates = candidates; }
 
 namespace {
 Spec forward_spec(int rows, int ic, int oc, int ld_out, bool f32, bool beta, bool c_separate, Epi epi) {

@@ -21,6 +21,9 @@ class Blas {
 
   // Use fused epilogues when cuBLASLt offers them (default); off: plain GEMMs + kernels.
   void set_fused_epilogues(bool on) { fused_ = on; }
+  // > 1: each GEMM shape's first call times that many of cuBLASLt's heuristic candidates and
+  // keeps the fastest (gemm.cu); 0 or 1: the heuristic's first. Set before the first GEMM.
+  void set_autotune(int candidates);
 
   // out [rows, oc] (bf16) = in [rows, ic] w^T + bias (bf16 [oc], may be null).
   void linear(const bf16_t* in, const bf16_t* w, const bf16_t* bias, bf16_t* out, int rows, int ic, int oc,

@@ -161,6 +161,7 @@ struct CudaGpt::Impl {
                   {.layer = "model", .where = "CudaGpt", .hint = "use 1 <= seq_len <= the model's context"});
     flash = opt.flash_attention && flash_supported(D);
     blas.set_fused_epilogues(opt.fused_epilogues);
+    blas.set_autotune(opt.gemm_autotune);
     MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     // flat parameter layout: unit 0 then the blocks (gpt.hpp)
     const Gpt gpt(cfg);

@@ -39,6 +39,7 @@ struct CudaOptions {
   // block's activations is refilled by rerunning the block's forward before its backward (one
   // more forward per step, ~1/3 more FLOPs).
   bool recompute = false;
+  int gemm_autotune = 0;  // > 1: time that many cuBLASLt candidates per GEMM shape (Blas::set_autotune)
   // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
   // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
