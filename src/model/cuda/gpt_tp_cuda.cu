@@ -214,54 +214,28 @@ class CudaStagePass final : public StagePass {
     }
     MICS_CUDA(cudaMemsetAsync(g_split_, 0, tp_split_numel(c_, slice_.size) * sizeof(float), stream_));
     MICS_CUDA(cudaMemsetAsync(g_rep_, 0, tp_rep_numel(c_) * sizeof(float), stream_));
-    // The gradient at a column-split GEMM's input: all-reduced (f's backward), or with sp
-    // reduce-scattered to the local rows.
-    bf16_t* dln_local = sp_ ? dln_local_ : dln_;
-    // MLP. Without sp g's backward is the identity (dres is already the full gradient on every
-    // rank); with sp it is an all-gather, the bias gradient comes from the local rows, and the
-    // input of fc is gathered again.
-    const bf16_t* dout = dres16_;
-    const bf16_t* ln2 = a.ln2;
-    if (sp_) {
-      column_sum(dres16_, gr.fcproj_b, partial_, nl, c, s());
-      gather_rows(dres16_, full16_, /*natural=*/false), dout = full16_;
-      gather_rows(a.ln2, full16b_, /*natural=*/false), ln2 = full16b_;
-    }
+    // MLP (rank-major rows with sp), then attention ((b, position) rows with sp).
+    const bf16_t* dout = through_g_backward(gr.fcproj_b, /*natural=*/false);
+    const bf16_t* ln2 = sp_ ? gathered(a.ln2, /*natural=*/false) : a.ln2;  // gathered again for fc_w's gradient
     blas_.linear_backward_input(dout, c, p.fcproj_w, a.fch, dfch_, n, 4 * cl, c, s());
     blas_.linear_backward_weight(dout, c, a.fch_gelu, g.fcproj_w, n, 4 * cl, c, s());
-    if (!sp_) column_sum(dres16_, gr.fcproj_b, partial_, n, c, s());
     blas_.linear_backward_input(dfch_, 4 * cl, p.fc_w, nullptr, dln_, n, c, 4 * cl, s());
     blas_.linear_backward_weight(dfch_, 4 * cl, ln2, g.fc_w, n, c, 4 * cl, s());
     column_sum(dfch_, g.fc_b, partial_, n, 4 * cl, s());
-    if (sp_)
-      scatter_rows(dln_, dln_local, /*natural=*/false);
-    else
-      reduce_bf16(dln_, N_ * C_);  // f's backward
-    layernorm_backward(dln_local, a.res2, a.ln2_mean, a.ln2_rstd, r.ln2_w, dres_, dres16_, gr.ln2_w, gr.ln2_b, partial_,
-                       nl, c, s());
-    // Attention (with sp in (b, position) row order).
-    dout = dres16_;
-    const bf16_t* ln1 = a.ln1;
-    if (sp_) {
-      column_sum(dres16_, gr.proj_b, partial_, nl, c, s());
-      gather_rows(dres16_, full16_, /*natural=*/true), dout = full16_;
-      gather_rows(a.ln1, full16b_, /*natural=*/true), ln1 = full16b_;
-    }
+    layernorm_backward(through_f_backward(/*natural=*/false), a.res2, a.ln2_mean, a.ln2_rstd, r.ln2_w, dres_, dres16_,
+                       gr.ln2_w, gr.ln2_b, partial_, nl, c, s());
+    dout = through_g_backward(gr.proj_b, /*natural=*/true);
+    const bf16_t* ln1 = sp_ ? gathered(a.ln1, /*natural=*/true) : a.ln1;
     blas_.linear_backward_input(dout, c, p.proj_w, nullptr, datty_, n, cl, c, s());
     blas_.linear_backward_weight(dout, c, a.atty, g.proj_w, n, cl, c, s());
-    if (!sp_) column_sum(dres16_, gr.proj_b, partial_, n, c, s());
     flash_attention_backward(a.qkv, a.qkv + cl, a.qkv + 2 * cl, a.atty, datty_, a.lse, dqkv_, dqkv_ + cl, dqkv_ + 2 * cl,
                              flash_scratch_, B_ * static_cast<int>(hl_), T_, D_, s(), 1, layout(),
                              /*min_blocks=*/3, /*key_tile=*/64);
     blas_.linear_backward_input(dqkv_, 3 * cl, p.qkv_w, nullptr, dln_, n, c, 3 * cl, s());
     blas_.linear_backward_weight(dqkv_, 3 * cl, ln1, g.qkv_w, n, c, 3 * cl, s());
     column_sum(dqkv_, g.qkv_b, partial_, n, 3 * cl, s());
-    if (sp_)
-      scatter_rows(dln_, dln_local, /*natural=*/true);
-    else
-      reduce_bf16(dln_, N_ * C_);
-    layernorm_backward(dln_local, x, a.ln1_mean, a.ln1_rstd, r.ln1_w, dres_, dres16_, gr.ln1_w, gr.ln1_b, partial_, nl,
-                       c, s());
+    layernorm_backward(through_f_backward(/*natural=*/true), x, a.ln1_mean, a.ln1_rstd, r.ln1_w, dres_, dres16_,
+                       gr.ln1_w, gr.ln1_b, partial_, nl, c, s());
     down(dsplit, g_split_, tp_split_numel(c_, slice_.size));
     down(drep, g_rep_, tp_rep_numel(c_));
     if (i == 0) {
@@ -328,11 +302,7 @@ class CudaStagePass final : public StagePass {
     if (sp_) gather_rows(lnf16_, full16_, /*natural=*/true), lnf_out = full16_;
     blas_.linear_backward_input(logits_, ld, wte16_, nullptr, dln_, n, c, vl, s());
     blas_.linear_backward_weight(logits_, ld, lnf_out, g_wte_, n, c, vl, s());
-    bf16_t* dln_local = sp_ ? dln_local_ : dln_;
-    if (sp_)
-      scatter_rows(dln_, dln_local, /*natural=*/true);
-    else
-      reduce_bf16(dln_, N_ * C_);
+    const bf16_t* dln_local = through_f_backward(/*natural=*/true);
     MICS_CUDA(cudaMemsetAsync(dres_, 0, Nl_ * C_ * sizeof(float), stream_));
     layernorm_backward(dln_local, xs_[sz(blocks_)], lnf_mean_, lnf_rstd_, d_lnf_, dres_, dres16_, g_lnf_, g_lnf_ + C_,
                        partial_, static_cast<int>(Nl_), c, s());
@@ -398,6 +368,32 @@ class CudaStagePass final : public StagePass {
     }
     scatter_rows(tmp_, part_, natural);
     return part_;
+  }
+
+  // g's backward for a row-split GEMM: its bias gradient (the column sums of dres16_, over this
+  // rank's rows with sp; summed over t with the rest of the rep unit) and the gradient of its
+  // output over all N rows: dres16_ itself (the identity), or with sp the gathered rows.
+  const bf16_t* through_g_backward(float* bias_grad, bool natural) {
+    column_sum(dres16_, bias_grad, partial_, static_cast<int>(Nl_), static_cast<int>(C_), s());
+    if (!sp_) return dres16_;
+    gather_rows(dres16_, full16_, natural);
+    return full16_;
+  }
+  // f's backward: the gradient at a column-split GEMM's input (dln_, all N rows) summed over t,
+  // in place, or with sp reduce-scattered to this rank's rows; returns where it is.
+  bf16_t* through_f_backward(bool natural) {
+    if (!sp_) {
+      reduce_bf16(dln_, N_ * C_);
+      return dln_;
+    }
+    scatter_rows(dln_, dln_local_, natural);
+    return dln_local_;
+  }
+  // A LayerNorm output's local rows gathered again (into the second gather buffer: the first
+  // holds the gradient through_g_backward gathered).
+  const bf16_t* gathered(const bf16_t* local, bool natural) {
+    gather_rows(local, full16b_, natural);
+    return full16b_;
   }
 
   // Sequence parallelism's row orders (TpPass's): rank k's local rows are positions
