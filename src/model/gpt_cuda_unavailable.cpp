@@ -21,7 +21,7 @@ size_t CudaGpt::unit_offset(int) const { return 0; }
 void CudaGpt::upload_params(const float*) {}
 void CudaGpt::download_params(float*) const {}
 void CudaGpt::upload_moments(const float*, const float*) {}
-void CudaGpt::download_moments(float*, float*) const {}
+void CudaGpt::download_state(int, size_t, size_t, float*) const {}
 void CudaGpt::download_grads(float*) const {}
 void CudaGpt::zero_grads() {}
 void CudaGpt::forward_backward(const int32_t*, const int32_t*) {}

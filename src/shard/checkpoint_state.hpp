@@ -6,8 +6,10 @@
 //
 // Ranges are global element ranges of a unit (unpadded); over all ranks the ranges tile every
 // unit exactly once (a shard held by r replicas is cut in r pieces, replica j writing piece j).
-// Their pointers are host memory (a device-resident state is copied to the host first), valid
-// until the next optimizer step or load.
+// A checkpoint copies their elements out with copy_state (a device-resident state copies from
+// the device straight into the caller's buffer: no host mirror); valid until the next optimizer
+// step or load.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -18,8 +20,9 @@
 
 namespace mics::shard {
 
-// A global element range [offset, offset + count) of a unit and this rank's copies of its fp32
-// master weights and AdamW moments.
+// A global element range [offset, offset + count) of a unit and where this rank holds its fp32
+// master weights and AdamW moments: host memory for the CPU engine, device memory for the GPU
+// states (read them through CheckpointState::copy_state, which knows which).
 struct StateRange {
   int unit = 0;
   size_t offset = 0, count = 0;
@@ -46,6 +49,9 @@ class CheckpointState {
   virtual ~CheckpointState() = default;
   // The ranges this rank writes (see above).
   virtual std::vector<StateRange> checkpoint_ranges() const = 0;
+  // Elements [offset, offset + count) (global, inside range r) of kind `which` (0 params,
+  // 1 exp_avg, 2 exp_avg_sq) into dst (host memory). This default reads host pointers.
+  virtual void copy_state(const StateRange& r, int which, size_t offset, size_t count, float* dst) const;
   // Replaces this rank's states with what read(unit, which, offset, count, out) gives for every
   // global range it holds (which: 0 params, 1 exp_avg, 2 exp_avg_sq); padding stays zero.
   // Local (no communication); drops gathered copies and accumulated gradients.
@@ -58,5 +64,11 @@ class CheckpointState {
   // count): what the checkpoint's ranks agree on.
   virtual void control_all_reduce(float* values, size_t count, ReduceOp op) = 0;
 };
+
+inline void CheckpointState::copy_state(const StateRange& r, int which, size_t offset, size_t count,
+                                        float* dst) const {
+  const float* src = which == 0 ? r.param : which == 1 ? r.exp_avg : r.exp_avg_sq;
+  std::copy(src + (offset - r.offset), src + (offset - r.offset) + count, dst);
+}
 
 }  // namespace mics::shard

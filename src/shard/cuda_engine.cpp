@@ -73,7 +73,6 @@ struct CudaEngine::Impl {
   int64_t steps = 0;
   int consecutive_skips = 0;
   comm::Traffic base;
-  mutable std::vector<float> host_state;  // checkpoints: master | m | v of the shard, on the host
 
   Impl(comm::Runtime& rt, const CudaEngineOptions& o, DeviceOptimizer d) : runtime(rt), options(o), ops(std::move(d)) {}
   ~Impl() {
@@ -299,12 +298,6 @@ CudaStepReport CudaEngine::step(float lr, comm::GpuStream stream) {
 
 std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
   const Impl& s = *impl_;
-  s.host_state.resize(3 * s.shard);
-  MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
-  const float* arrays[3] = {s.master, s.m, s.v};
-  for (size_t k = 0; k < 3; ++k)
-    MICS_ENGINE_CUDA(
-        cudaMemcpy(s.host_state.data() + k * s.shard, arrays[k], s.shard * sizeof(float), cudaMemcpyDeviceToHost));
   const size_t member = static_cast<size_t>(s.groups.partition->rank());
   const size_t replica = static_cast<size_t>(s.groups.replication->rank());
   std::vector<StateRange> out;
@@ -314,29 +307,33 @@ std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
     if (base >= end) continue;
     const auto [lo, hi] = checkpoint_piece(base, end, replica, static_cast<size_t>(s.r));
     if (lo >= hi) continue;
-    const float* at = s.host_state.data() + s.offset[u] + (lo - base);
-    out.push_back({static_cast<int>(u), lo, hi - lo, at, at + s.shard, at + 2 * s.shard});
+    const size_t at = s.offset[u] + (lo - base);  // in device memory
+    out.push_back({static_cast<int>(u), lo, hi - lo, s.master + at, s.m + at, s.v + at});
   }
   return out;
+}
+
+void CudaEngine::copy_state(const StateRange& r, int which, size_t offset, size_t count, float* dst) const {
+  MICS_ENGINE_CUDA(cudaStreamSynchronize(impl_->cs));  // the step's AdamW has written them
+  const float* src = which == 0 ? r.param : which == 1 ? r.exp_avg : r.exp_avg_sq;
+  MICS_ENGINE_CUDA(cudaMemcpy(dst, src + (offset - r.offset), count * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 void CudaEngine::load_state(const StateReader& read) {
   Impl& s = *impl_;
   MICS_ENGINE_CUDA(cudaStreamSynchronize(s.cs));
-  s.host_state.assign(3 * s.shard, 0.0f);
+  std::vector<float> host(3 * s.shard, 0.0f);  // master | m | v of the shard
   const size_t member = static_cast<size_t>(s.groups.partition->rank());
   for (size_t u = 0; u < s.numel.size(); ++u) {
     const size_t len = s.padded[u] / static_cast<size_t>(s.p), base = member * len;
     const size_t end = std::min(base + len, s.numel[u]);
     if (base >= end) continue;  // all padding: stays zero
     for (size_t which = 0; which < 3; ++which)
-      read(static_cast<int>(u), static_cast<int>(which), base, end - base,
-           s.host_state.data() + which * s.shard + s.offset[u]);
+      read(static_cast<int>(u), static_cast<int>(which), base, end - base, host.data() + which * s.shard + s.offset[u]);
   }
   float* arrays[3] = {s.master, s.m, s.v};
   for (size_t k = 0; k < 3; ++k)
-    MICS_ENGINE_CUDA(
-        cudaMemcpy(arrays[k], s.host_state.data() + k * s.shard, s.shard * sizeof(float), cudaMemcpyHostToDevice));
+    MICS_ENGINE_CUDA(cudaMemcpy(arrays[k], host.data() + k * s.shard, s.shard * sizeof(float), cudaMemcpyHostToDevice));
   MICS_ENGINE_CUDA(cudaMemset(s.acc, 0, s.shard * sizeof(float)));
   std::fill(s.reduced.begin(), s.reduced.end(), 0);
 }
@@ -426,6 +423,7 @@ void CudaEngine::control_all_reduce(float*, size_t, ReduceOp) {}
 std::vector<StateRange> CudaEngine::checkpoint_ranges() const {
   return {};
 }
+void CudaEngine::copy_state(const StateRange&, int, size_t, size_t, float*) const {}
 void CudaEngine::load_state(const StateReader&) {}
 OptimizerCounters CudaEngine::optimizer_counters() const {
   return {};

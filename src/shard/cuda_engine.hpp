@@ -126,10 +126,11 @@ class CudaEngine final : public CheckpointState {
   // A few floats over every rank on the host (the mean loss): not in traffic().
   void control_all_reduce(float* values, size_t count, ReduceOp op) override;
   // Checkpoints (shard/checkpoint_state.hpp): the ranges are this rank's shard of every unit
-  // (replica j of r writing piece j), copied from the device into host mirrors (synchronizes
-  // the engine's stream); load_state fills the host mirrors and uploads them, and zeroes the
+  // (replica j of r writing piece j) in device memory; copy_state copies from the device (after
+  // the engine's stream); load_state reads the whole shard on the host, uploads it and zeroes the
   // gradient accumulator.
   std::vector<StateRange> checkpoint_ranges() const override;
+  void copy_state(const StateRange& r, int which, size_t offset, size_t count, float* dst) const override;
   void load_state(const StateReader& read) override;
   OptimizerCounters optimizer_counters() const override;
   void set_optimizer_counters(const OptimizerCounters& counters) override;

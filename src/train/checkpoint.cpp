@@ -320,10 +320,8 @@ struct Checkpointer::Impl {
     if (buffer.size() < need) buffer.resize(need);
     size_t at = 0;
     for (size_t i = 0; i < ranges.size(); ++i) {
-      const shard::StateRange& r = ranges[i];
-      const float* src[3] = {r.param, r.exp_avg, r.exp_avg_sq};
       for (int k = 0; k < 3; ++k) {
-        std::memcpy(buffer.data() + at, src[k] + (shares[i].offset - r.offset), shares[i].count * sizeof(float));
+        state.copy_state(ranges[i], k, shares[i].offset, shares[i].count, buffer.data() + at);
         at += shares[i].count;
       }
     }

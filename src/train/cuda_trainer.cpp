@@ -80,29 +80,26 @@ void print_gpu_summary(const Summary& sum, const model::cuda::DeviceSummary& dev
 }
 
 // The one-GPU model's state as a checkpoint sees it: every unit whole (the model's flat arrays
-// are gpt.hpp's units at unit_offset), copied through the host.
+// are gpt.hpp's units at unit_offset), copied from the device range by range.
 class OneGpuState final : public shard::CheckpointState {
  public:
   OneGpuState(model::cuda::CudaGpt& model, const model::Gpt& gpt) : model_(model), gpt_(gpt) {}
   std::vector<shard::StateRange> checkpoint_ranges() const override {
-    params_.resize(model_.num_params()), m_.resize(params_.size()), v_.resize(params_.size());
-    model_.download_params(params_.data());
-    model_.download_moments(m_.data(), v_.data());
-    std::vector<shard::StateRange> out;
-    for (int u = 0; u < gpt_.num_units(); ++u) {
-      const size_t at = model_.unit_offset(u);
-      out.push_back({u, 0, gpt_.unit_numel(u), params_.data() + at, m_.data() + at, v_.data() + at});
-    }
+    std::vector<shard::StateRange> out;  // no pointers: copy_state reads the device
+    for (int u = 0; u < gpt_.num_units(); ++u) out.push_back({u, 0, gpt_.unit_numel(u)});
     return out;
   }
+  void copy_state(const shard::StateRange& r, int which, size_t offset, size_t count, float* dst) const override {
+    model_.download_state(which, model_.unit_offset(r.unit) + offset, count, dst);
+  }
   void load_state(const StateReader& read) override {
-    params_.assign(model_.num_params(), 0.0f), m_.assign(params_.size(), 0.0f), v_.assign(params_.size(), 0.0f);
-    float* arrays[3] = {params_.data(), m_.data(), v_.data()};
+    std::vector<float> params(model_.num_params(), 0.0f), m(params.size(), 0.0f), v(params.size(), 0.0f);
+    float* arrays[3] = {params.data(), m.data(), v.data()};
     for (int u = 0; u < gpt_.num_units(); ++u)
       for (int which = 0; which < 3; ++which)
         read(u, which, 0, gpt_.unit_numel(u), arrays[which] + model_.unit_offset(u));
-    model_.upload_params(params_.data());
-    model_.upload_moments(m_.data(), v_.data());
+    model_.upload_params(params.data());
+    model_.upload_moments(m.data(), v.data());
   }
   shard::OptimizerCounters optimizer_counters() const override { return counters_; }
   void set_optimizer_counters(const shard::OptimizerCounters& counters) override { counters_ = counters; }
@@ -120,7 +117,6 @@ class OneGpuState final : public shard::CheckpointState {
  private:
   model::cuda::CudaGpt& model_;
   const model::Gpt& gpt_;
-  mutable std::vector<float> params_, m_, v_;
   shard::OptimizerCounters counters_;
 };
 

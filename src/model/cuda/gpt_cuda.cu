@@ -612,11 +612,12 @@ void CudaGpt::upload_moments(const float* exp_avg, const float* exp_avg_sq) {
   MICS_CUDA(cudaStreamSynchronize(s.stream));
 }
 
-void CudaGpt::download_moments(float* exp_avg, float* exp_avg_sq) const {
+void CudaGpt::download_state(int which, size_t offset, size_t count, float* host) const {
   const Impl& s = *impl_;
-  s.require_full("download_moments");
-  MICS_CUDA(cudaMemcpyAsync(exp_avg, s.m, s.nparams * 4, cudaMemcpyDeviceToHost, s.stream));
-  MICS_CUDA(cudaMemcpyAsync(exp_avg_sq, s.v, s.nparams * 4, cudaMemcpyDeviceToHost, s.stream));
+  s.require_full("download_state");
+  MICS_CHECK(which >= 0 && which <= 2 && offset + count <= s.nparams, "download_state: out of range");
+  const float* src = which == 0 ? s.params : which == 1 ? s.m : s.v;
+  MICS_CUDA(cudaMemcpyAsync(host, src + offset, count * 4, cudaMemcpyDeviceToHost, s.stream));
   MICS_CUDA(cudaStreamSynchronize(s.stream));
 }
 

@@ -77,10 +77,11 @@ class CudaGpt {
   void upload_params(const float* host);  // num_params() floats; also makes the bf16 copy
   void download_params(float* host) const;
   void download_grads(float* host) const;
-  // AdamW's moments (num_params() floats each; the one-GPU model's own optimizer states), for
-  // checkpoints.
+  // For checkpoints: AdamW's moments (num_params() floats each; the one-GPU model's own optimizer
+  // states) uploaded; and elements [offset, offset + count) of the flat params (which 0), exp_avg
+  // (1) or exp_avg_sq (2) copied to host memory.
   void upload_moments(const float* exp_avg, const float* exp_avg_sq);
-  void download_moments(float* exp_avg, float* exp_avg_sq) const;
+  void download_state(int which, size_t offset, size_t count, float* host) const;
 
   void zero_grads();  // and the loss accumulator
   // One micro-batch (host token arrays of B*T): forward, loss, backward; gradients added.
