@@ -191,6 +191,35 @@ TEST(TrainCudaRecompute, FollowsTheRunWithout) {
   }
 }
 
+// --eval-every on the GPU trainer: an eval loss after steps 2 and 4 of 6 (the last step's is the
+// summary's), the same on one GPU and on 2 ranks sharing it (ZeRO-3, whose eval gathers are left
+// out of the traffic check).
+TEST(TrainCudaEval, EvalEveryOnOneGpuAndSharded) {
+  SKIP_WITHOUT_GPU();
+  std::vector<std::vector<double>> evals;
+  for (const auto& [tag, args] : std::vector<std::pair<std::string, std::string>>{
+           {"eval_every_one_gpu", "--device cuda --grad-accum 4 --eval-every 2"},
+           {"eval_every_zero3_2r", "--device cuda -n 2 --strategy zero3 --grad-accum 2 --eval-every 2"}}) {
+    const TrainRun run = train(args, tag);
+    ASSERT_EQ(run.result.status, 0) << run.result.output;
+    EXPECT_TRUE(run.summary.value("traffic_matches_model", false)) << run.result.output;
+    std::ifstream in(fmt::format("{}/{}.jsonl", scratch(), tag));
+    std::vector<double> got;
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("event", "") == "step" && j.contains("eval_loss")) {
+        EXPECT_EQ(j.value("step", 0) % 2, 0) << line;
+        got.push_back(j.value("eval_loss", 0.0));
+      }
+    }
+    ASSERT_EQ(got.size(), 2u) << tag;
+    evals.push_back(got);
+  }
+  for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(evals[1][i], evals[0][i], 2e-3 * evals[0][i]);
+  std::printf("[ eval-every ] eval losses after steps 2, 4: one GPU %.6f %.6f, 2 ranks %.6f %.6f\n", evals[0][0],
+              evals[0][1], evals[1][0], evals[1][1]);
+}
+
 // Checkpoints of the one-GPU and the GPU-sharded trainer (train/checkpoint.hpp's logical files,
 // through OneGpuState and CudaEngine's CheckpointState): a one-GPU run saving at step 2 of 4,
 // resumed on one GPU (steps 3-4 within 1e-3 of the straight run: two GPU runs need not agree bit

@@ -250,6 +250,8 @@ std::vector<BadInput> bad_inputs() {
       {"partition_with_ddp", "--strategy ddp --partition-size 2", "--partition-size"},
       {"invalid_partition", "--strategy mics --partition-size 3", "3"},
       {"seq_too_long", "--seq-len 4096", "--seq-len"},
+      // the GPU trainer without a mesh has no Chrome trace: refused before anything runs (GPU or not)
+      {"cuda_trace", "--device cuda --trace " + dir + "/trace.json", "--trace"},
       {"unknown_config_setting",
        "--config " +
            [&] {

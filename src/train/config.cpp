@@ -47,6 +47,11 @@ uint64_t parse_bytes(const std::string& text, const char* flag) {
 void validate(const TrainConfig& c) {
   if (c.device != "cpu" && c.device != "cuda")
     bad_flag("--device", fmt::format("unknown device '{}'", c.device), "use cpu or cuda");
+  // The one-GPU and GPU-sharded trainer has no observer of its own; its per-kernel profile is
+  // MICS_CUDA_PROFILE=1.
+  if (c.device == "cuda" && c.tensor_parallel == 1 && c.pipeline_parallel == 1 && !c.trace.empty())
+    bad_flag("--trace", "not built for --device cuda without a mesh",
+             "use MICS_CUDA_PROFILE=1 for per-kernel-kind GPU times, or trace a run on --device cpu or a mesh");
   if (c.strategy != "ddp" && c.strategy != "zero3" && c.strategy != "mics")
     bad_flag("--strategy", fmt::format("unknown strategy '{}'", c.strategy), "use ddp, zero3 or mics");
   if (c.partition_size != "auto") {

@@ -249,6 +249,10 @@ int run_cuda_training(const TrainConfig& c) {
               val_data ? fmt::format("{} sequences", val_data->num_sequences()).c_str() : "none");
   std::printf("  device memory allocated by the model: %s\n", human(static_cast<double>(model.allocated_bytes())).c_str());
   if (!loaded_from.empty()) std::printf("  loaded %s; continuing at step %d\n", loaded_from.c_str(), start_step + 1);
+  if (c.samples > 0)
+    std::printf("  samples: not drawn by the GPU trainer (--samples %d ignored): save with --out DIR --ckpt-every N "
+                "and export (`mics ckpt export`), or train with --device cpu or a mesh\n",
+                c.samples);
   if (engine)
     std::printf("  model states per rank: %s (fp32 params + grads + 2 moments of %zu shard floats); working buffers: %s "
                 "(unit 0 + 2 block slots gathered, unit 0 + 2 block gradients)\n",
@@ -286,6 +290,24 @@ int run_cuda_training(const TrainConfig& c) {
   uint64_t peak_in_use = 0;
   // The first steps of a run (fresh or resumed) warm up (allocations, cuBLASLt's heuristics):
   // left out of tokens/s and of the profile.
+  // Forward-only loss over the first --eval-batches micro-batches of the validation set (the same
+  // on every rank; with the sharded engine a gather per unit per batch, counted in
+  // eval_passes so that the traffic check leaves them out).
+  int eval_passes = 0;
+  auto evaluate = [&] {
+    std::vector<int32_t> in(static_cast<size_t>(c.micro_batch) * T), tg(in.size());
+    double sum = 0;
+    for (int b = 0; b < c.eval_batches; ++b) {
+      for (int row = 0; row < c.micro_batch; ++row) {
+        const uint64_t index = static_cast<uint64_t>(b) * c.micro_batch + row;
+        val_data->sequence(index % val_data->num_sequences(), in.data() + static_cast<size_t>(row) * T,
+                           tg.data() + static_cast<size_t>(row) * T);
+      }
+      sum += model.forward_loss(in.data(), tg.data());
+    }
+    eval_passes += c.eval_batches;
+    return sum / c.eval_batches;
+  };
   const int skip_timing = start_step + std::min(3, std::max(0, c.steps - start_step - 1));
   RunTally tally(tokens_per_step, skip_timing);
   for (int step = start_step; step < c.steps; ++step) {
@@ -323,6 +345,8 @@ int run_cuda_training(const TrainConfig& c) {
     }
     StepRecord rec = tally.add(step, r.loss, adam.lr, r.grad_norm, r.skipped, step_s, 0.0);
     rec.data_wait_ms = (prefetcher.wait_seconds() - wait_before) * 1e3;
+    if (val_data && c.eval_every > 0 && c.eval_batches > 0 && (step + 1) % c.eval_every == 0 && step + 1 < c.steps)
+      rec.eval_loss = evaluate();
     {
       const auto ckpt_t0 = Clock::now();  // the step's checkpoint stall (the snapshot, or a blocking save)
       ckpt.after_step(step + 1);
@@ -338,22 +362,11 @@ int run_cuda_training(const TrainConfig& c) {
   ckpt.finish(start_step + steps_done);
   const auto profile = model.take_profile();
   const double steady_seconds = tally.steady_seconds();
-  const comm::Traffic train_traffic = engine ? engine->traffic() : comm::Traffic{};  // before eval's gathers
+  const comm::Traffic train_traffic = engine ? engine->traffic() : comm::Traffic{};  // before the final eval's gathers
+  const int train_eval_passes = eval_passes;
 
   double eval_loss = NAN;
-  if (val_data && !stopped && c.eval_batches > 0) {
-    std::vector<int32_t> in(static_cast<size_t>(c.micro_batch) * T), tg(in.size());
-    double sum = 0;
-    for (int b = 0; b < c.eval_batches; ++b) {
-      for (int row = 0; row < c.micro_batch; ++row) {
-        const uint64_t index = static_cast<uint64_t>(b) * c.micro_batch + row;
-        val_data->sequence(index % val_data->num_sequences(), in.data() + static_cast<size_t>(row) * T,
-                           tg.data() + static_cast<size_t>(row) * T);
-      }
-      sum += model.forward_loss(in.data(), tg.data());
-    }
-    eval_loss = sum / c.eval_batches;
-  }
+  if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
 
   Summary sum;
   sum.strategy = engine ? fmt::format("{} on GPUs (p={}, r={}, {} collectives)", c.strategy, engine->partition_size(),
@@ -371,7 +384,7 @@ int run_cuda_training(const TrainConfig& c) {
   sum.model_state_bytes_per_rank = static_cast<uint64_t>(model.num_params()) * 18;
   if (engine) {
     const comm::Traffic got = train_traffic;
-    const comm::Traffic want = engine->expected_traffic(steps_done);
+    const comm::Traffic want = engine->expected_traffic(steps_done, train_eval_passes);
     sum.traffic_matches_model = got.bytes_sent == want.bytes_sent;
     const double n = std::max(1, steps_done);
     sum.intra_node_bytes_per_step = static_cast<double>(got.bytes(fabric::Rail::kIntra)) / n;
