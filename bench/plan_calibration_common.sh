@@ -9,14 +9,39 @@ load() {
   echo "$1: $(uptime | sed 's/.*load average/load average/'); cpu pressure $(head -1 /proc/pressure/cpu 2>/dev/null || echo n/a)" >>"$OUT/load.txt"
 }
 
-# Measures the rails (unless CALIBRATE_ONLY) and sets HOST, the `--cluster` of this host. Each
-# size is the fastest of 3 timed blocks (-r 3): one descheduled block on a shared host
-# otherwise sets a rail's latency (seen: 1.6 ms for a 64 KiB all-gather that takes ~50 us).
-measure_rails() {
+# The rails: `mics bench --json` of an all-gather on 2 ranks of one node (shm) and on 4 ranks of 2
+# emulated nodes (tcp), each size the fastest of 3 timed blocks (-r 3: one descheduled block on a
+# shared host otherwise sets a rail's latency; seen: 1.6 ms for a 64 KiB all-gather of ~50 us).
+# measure_rails_round R runs them once more, into OUT/rails/rR, at the start of every round: the
+# tcp rail on this 2-core host swings 2-3x from one minute to the next (the 4 MiB all-gather
+# 1.3-3.4 ms between runs of 2026-12-01c), so one measurement at the start set the cross-node
+# cost of every prediction by chance. rails_done then keeps, per rail and size, the fastest
+# round (as the layouts' headline takes each layout's fastest round) in OUT/bench_intra.json and
+# OUT/bench_inter.json, and sets HOST, the `--cluster` of this host. CALIBRATE_ONLY=1 uses the
+# two files already in OUT.
+measure_rails_round() {
+  [ "${CALIBRATE_ONLY:-0}" = 1 ] && return 0
+  local dir="$OUT/rails/r$1"
+  mkdir -p "$dir"
+  load "round $1 rails"
+  "$MICS" launch -n 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 10 -w 5 -r 3 --json "$dir/bench_intra.json" >/dev/null
+  "$MICS" launch -n 4 --nodes 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 10 -w 5 -r 3 --json "$dir/bench_inter.json" >/dev/null
+}
+
+# fastest_per_size FILE...: the first file with each result replaced by the fastest of the
+# files' results for the same size (all files: the same bench command).
+fastest_per_size() {
+  jq -s '.[0] + {results: [.[0].results[] as $r | [.[].results[] | select(.bytes == $r.bytes)] | min_by(.time_us)],
+                 fastest_of: length}' "$@"
+}
+
+rails_done() {
   if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
-    load bench
-    "$MICS" launch -n 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 10 -w 5 -r 3 --json "$OUT/bench_intra.json" >/dev/null
-    "$MICS" launch -n 4 --nodes 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 10 -w 5 -r 3 --json "$OUT/bench_inter.json" >/dev/null
+    local rail
+    for rail in intra inter; do
+      # shellcheck disable=SC2046
+      fastest_per_size $(ls "$OUT"/rails/r*/bench_$rail.json) >"$OUT/bench_$rail.json"
+    done
   fi
   [ -f "$OUT/bench_intra.json" ] && [ -f "$OUT/bench_inter.json" ] ||
     { echo "no rails measurement in $OUT (bench_intra.json, bench_inter.json)" >&2; exit 2; }

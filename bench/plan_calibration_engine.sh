@@ -38,9 +38,9 @@ flags() {
 
 # shellcheck source=bench/plan_calibration_common.sh
 . "$(dirname "$0")/plan_calibration_common.sh"
-measure_rails
 if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
   for round in $(seq 1 "$ROUNDS"); do
+    measure_rails_round "$round"
     mkdir -p "$OUT/r$round"
     for l in $LAYOUTS; do
       load "round $round $l"
@@ -51,6 +51,7 @@ if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
   done
   load end
 fi
+rails_done
 
 calibrate_all .json
 cat "$OUT/load.txt" 2>/dev/null || true
