@@ -241,34 +241,42 @@ TEST(CudaKernels, LinearLayersPlainGemms) {
   linear_case(false);
 }
 
+// Three vocabulary widths: small, GPT-2's (50257, padded to 50304) and one wider than 65536.
 TEST(CudaKernels, CrossEntropyForwardAndBackward) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  const int rows = 77, V = 1001, ld = 1024;
-  const auto logits = round_bf16(random_vector(static_cast<size_t>(rows) * V, rng, 6.0f));
-  std::vector<int32_t> tg(rows);
-  for (auto& t : tg) t = static_cast<int32_t>(rng() % V);
-  std::vector<float> lse(rows), losses(rows), grad = logits;
-  const float loss = kn::cross_entropy_forward(logits.data(), tg.data(), lse.data(), losses.data(), rows, V);
-  kn::cross_entropy_backward(grad.data(), tg.data(), lse.data(), rows, V);
-  std::vector<float> padded(static_cast<size_t>(rows) * ld, 0.0f);
-  for (int r = 0; r < rows; ++r) std::memcpy(&padded[static_cast<size_t>(r) * ld], &logits[static_cast<size_t>(r) * V], V * 4);
-  Dev<uint16_t> dl(to_bf16(padded));
-  Dev<int32_t> dt(tg);
-  Dev<float> dloss(rows), dsum(std::vector<float>{0.0f});
-  mc::cross_entropy(dl.p, dt.p, dloss.p, rows, V, ld, /*grad=*/true, 1.0f / rows, nullptr);
-  mc::sum_losses(dloss.p, rows, dsum.p, nullptr);
-  EXPECT_LT(rel_error(dloss.get(), losses), kF32Tol);
-  EXPECT_NEAR(dsum.get()[0] / rows, loss, kF32Tol * loss);
-  const auto gp = from_bf16(dl.get());
-  std::vector<float> gpu_grad(grad.size());
-  for (int r = 0; r < rows; ++r)
-    std::memcpy(&gpu_grad[static_cast<size_t>(r) * V], &gp[static_cast<size_t>(r) * ld], V * 4);
-  EXPECT_LT(rel_error(gpu_grad, grad), kBf16Tol);
-  for (int r = 0; r < rows; ++r)  // the padding columns' gradient is zero
-    for (int j = V; j < ld; ++j) ASSERT_EQ(gp[static_cast<size_t>(r) * ld + j], 0.0f);
+  struct Case {
+    int rows, V, ld;
+  };
+  for (const Case c : {Case{77, 1001, 1024}, Case{9, 50257, 50304}, Case{5, 70001, 70016}}) {
+    SCOPED_TRACE("rows " + std::to_string(c.rows) + " V " + std::to_string(c.V));
+    const int rows = c.rows, V = c.V, ld = c.ld;
+    const auto logits = round_bf16(random_vector(static_cast<size_t>(rows) * V, rng, 6.0f));
+    std::vector<int32_t> tg(rows);
+    for (auto& t : tg) t = static_cast<int32_t>(rng() % V);
+    std::vector<float> lse(rows), losses(rows), grad = logits;
+    const float loss = kn::cross_entropy_forward(logits.data(), tg.data(), lse.data(), losses.data(), rows, V);
+    kn::cross_entropy_backward(grad.data(), tg.data(), lse.data(), rows, V);
+    std::vector<float> padded(static_cast<size_t>(rows) * ld, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(&padded[static_cast<size_t>(r) * ld], &logits[static_cast<size_t>(r) * V], V * 4);
+    Dev<uint16_t> dl(to_bf16(padded));
+    Dev<int32_t> dt(tg);
+    Dev<float> dloss(rows), dsum(std::vector<float>{0.0f});
+    mc::cross_entropy(dl.p, dt.p, dloss.p, rows, V, ld, /*grad=*/true, 1.0f / rows, nullptr);
+    mc::sum_losses(dloss.p, rows, dsum.p, nullptr);
+    EXPECT_LT(rel_error(dloss.get(), losses), kF32Tol);
+    EXPECT_NEAR(dsum.get()[0] / rows, loss, kF32Tol * loss);
+    const auto gp = from_bf16(dl.get());
+    std::vector<float> gpu_grad(grad.size());
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(&gpu_grad[static_cast<size_t>(r) * V], &gp[static_cast<size_t>(r) * ld], V * 4);
+    EXPECT_LT(rel_error(gpu_grad, grad), kBf16Tol);
+    for (int r = 0; r < rows; ++r)  // the padding columns' gradient is zero
+      for (int j = V; j < ld; ++j) ASSERT_EQ(gp[static_cast<size_t>(r) * ld + j], 0.0f);
+  }
 }
 
 // The vocab-parallel cross-entropy's three kernels on one slice of the vocabulary (columns
