@@ -80,7 +80,6 @@
 #include "shard/engine.hpp"
 #include "topo/groups.hpp"
 #include "topo/mesh.hpp"
-#include "io/byte_tokenizer.hpp"
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/sampling.hpp"
@@ -622,22 +621,18 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
         for (int r = 0; r < rows; ++r) {
           const float* logits = full.data() + static_cast<size_t>(r) * V;
           const int32_t next = r == 0 ? greedy_token(logits, V) : sample_token(logits, V, 0.8, uniform());
-          if (me.t == 0 && me.data(shape) == 0) picked[static_cast<size_t>(r)] = static_cast<float>(next);  // exact below 2^24
+          if (me.t == 0 && me.data(shape) == 0)
+            picked[static_cast<size_t>(r)] = static_cast<float>(next);  // exact below 2^24
         }
       } else {
         const float* buf = ps.output();
         pipe_op([=] { pipe->send(buf, bytes, me.s + 1, kSampleTag); });
       }
       layout.all_reduce(picked.data(), picked.size(), ReduceOp::kSum);
-      for (int r = 0; r < rows; ++r) seqs[static_cast<size_t>(r)].push_back(static_cast<int32_t>(picked[static_cast<size_t>(r)]));
+      for (int r = 0; r < rows; ++r)
+        seqs[static_cast<size_t>(r)].push_back(static_cast<int32_t>(picked[static_cast<size_t>(r)]));
     }
     return seqs;
-  };
-  auto render_tokens = [](const std::vector<int32_t>& ids, int vocab) {
-    if (vocab <= 256) return io::byte_decode(std::span<const int32_t>(ids));
-    std::string text;
-    for (int32_t id : ids) text += fmt::format("{} ", id);
-    return text;
   };
 
   // --- training -------------------------------------------------------------------------------
@@ -700,21 +695,12 @@ int run_mesh_training(const TrainConfig& c, const model::Gpt& gpt, int T, const 
   if (val_data && !stopped && c.eval_batches > 0) eval_loss = evaluate();
   if (c.samples > 0 && !stopped) {
     const comm::Traffic tensor0 = mesh.tensor->traffic(), pipe0 = pipe->traffic(), data0 = engine.traffic();
-    const io::TokenDataset& source = val_data ? *val_data : train_data;
-    std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
-    source.sequence(0, in.data(), tg.data());
-    const std::vector<int32_t> prompt(in.begin(), in.begin() + std::min(8, T));
+    const std::vector<int32_t> prompt = sample_prompt(val_data ? *val_data : train_data, T);
     const auto seqs = sample(prompt);
     accumulate(eval_tensor, mesh.tensor->traffic(), tensor0);
     accumulate(eval_pipe, pipe->traffic(), pipe0);
     accumulate(eval_data, engine.traffic(), data0);
-    if (leader) {
-      std::string text = fmt::format("samples (prompt: the first {} tokens of a {} sequence):\n", prompt.size(),
-                                     val_data ? "validation" : "training");
-      for (size_t r = 0; r < seqs.size(); ++r)
-        text += fmt::format("  [{}] {}\n", r == 0 ? "greedy" : "t=0.8", render_tokens(seqs[r], mc.vocab));
-      std::fputs(text.c_str(), stdout);
-    }
+    if (leader) std::fputs(format_samples(prompt, seqs, mc.vocab, val_data != nullptr).c_str(), stdout);
   }
 
   // --- traffic per mesh dimension against the formulas (mesh_trainer.cpp's header) ----------

@@ -19,15 +19,14 @@
 #include "base/log.hpp"
 #include "comm/clock_sync.hpp"
 #include "comm/runtime.hpp"
-#include "io/byte_tokenizer.hpp"
 #include "io/dataset.hpp"
 #include "io/markov_corpus.hpp"
 #include "model/gpt.hpp"
 #include "obs/observer.hpp"
 #include "shard/engine.hpp"
-#include "train/cuda_trainer.hpp"
 #include "topo/groups.hpp"
 #include "train/checkpoint.hpp"
+#include "train/cuda_trainer.hpp"
 #include "train/mesh_trainer.hpp"
 #include "train/metrics.hpp"
 #include "train/sampling.hpp"
@@ -249,13 +248,6 @@ std::vector<std::vector<int32_t>> sample(shard::Engine& engine, const model::Gpt
     }
   }
   return seqs;
-}
-
-std::string render_tokens(const std::vector<int32_t>& ids, int vocab) {
-  if (vocab <= 256) return io::byte_decode(std::span<const int32_t>(ids));
-  std::string text;
-  for (int32_t id : ids) text += fmt::format("{} ", id);
-  return text;
 }
 
 std::string thousands(double value) {
@@ -600,19 +592,10 @@ int run_training(const TrainConfig& c) {
   }
   if (c.samples > 0 && !stopped) {
     const comm::Traffic before = engine.traffic();
-    const io::TokenDataset& source = val_data ? *val_data : train_data;
-    std::vector<int32_t> in(static_cast<size_t>(T)), tg(static_cast<size_t>(T));
-    source.sequence(0, in.data(), tg.data());
-    const std::vector<int32_t> prompt(in.begin(), in.begin() + std::min(8, T));
+    const std::vector<int32_t> prompt = sample_prompt(val_data ? *val_data : train_data, T);
     const auto seqs = sample(engine, gpt, prompt, c.samples, c.sample_tokens, c.seed);
     subtract_traffic(excluded, engine.traffic(), before);
-    if (leader) {
-      std::string text = fmt::format("samples (prompt: the first {} tokens of a {} sequence):\n", prompt.size(),
-                                     val_data ? "validation" : "training");
-      for (size_t r = 0; r < seqs.size(); ++r)
-        text += fmt::format("  [{}] {}\n", r == 0 ? "greedy" : "t=0.8", render_tokens(seqs[r], mc.vocab));
-      std::fputs(text.c_str(), stdout);
-    }
+    if (leader) std::fputs(format_samples(prompt, seqs, mc.vocab, val_data != nullptr).c_str(), stdout);
   }
 
   comm::Traffic trained = engine.traffic();
