@@ -15,10 +15,10 @@ load() {
 # measure_rails_round R runs them once more, into OUT/rails/rR, at the start of every round: the
 # tcp rail on this 2-core host swings 2-3x from one minute to the next (the 4 MiB all-gather
 # 1.3-3.4 ms between runs of 2026-12-01c), so one measurement at the start set the cross-node
-# cost of every prediction by chance. rails_done then keeps, per rail and size, the fastest
-# round (as the layouts' headline takes each layout's fastest round) in OUT/bench_intra.json and
-# OUT/bench_inter.json, and sets HOST, the `--cluster` of this host. CALIBRATE_ONLY=1 uses the
-# two files already in OUT.
+# cost of every prediction by chance. rails_done sets HOST, the `--cluster` of this host, to
+# every round's files: `mics plan` keeps, per rail and size, the fastest round (as the layouts'
+# headline takes each layout's fastest round). Runs kept from before (no OUT/rails): the two
+# files OUT/bench_intra.json and OUT/bench_inter.json.
 measure_rails_round() {
   [ "${CALIBRATE_ONLY:-0}" = 1 ] && return 0
   local dir="$OUT/rails/r$1"
@@ -28,24 +28,15 @@ measure_rails_round() {
   "$MICS" launch -n 4 --nodes 2 -- "$MICS" bench --op all_gather -b 64K -e 4M -f 4 -n 10 -w 5 -r 3 --json "$dir/bench_inter.json" >/dev/null
 }
 
-# fastest_per_size FILE...: the first file with each result replaced by the fastest of the
-# files' results for the same size (all files: the same bench command).
-fastest_per_size() {
-  jq -s '.[0] + {results: [.[0].results[] as $r | [.[].results[] | select(.bytes == $r.bytes)] | min_by(.time_us)],
-                 fastest_of: length}' "$@"
-}
-
 rails_done() {
-  if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
-    local rail
-    for rail in intra inter; do
-      # shellcheck disable=SC2046
-      fastest_per_size $(ls "$OUT"/rails/r*/bench_$rail.json) >"$OUT/bench_$rail.json"
-    done
+  local files
+  files=$(ls "$OUT"/rails/r*/bench_intra.json "$OUT"/rails/r*/bench_inter.json 2>/dev/null | paste -sd, - || true)
+  if [ -z "$files" ]; then
+    [ -f "$OUT/bench_intra.json" ] && [ -f "$OUT/bench_inter.json" ] ||
+      { echo "no rails measurement in $OUT (rails/r*/ or bench_intra.json, bench_inter.json)" >&2; exit 2; }
+    files="$OUT/bench_intra.json,$OUT/bench_inter.json"
   fi
-  [ -f "$OUT/bench_intra.json" ] && [ -f "$OUT/bench_inter.json" ] ||
-    { echo "no rails measurement in $OUT (bench_intra.json, bench_inter.json)" >&2; exit 2; }
-  HOST="host:$OUT/bench_intra.json,$OUT/bench_inter.json"
+  HOST="host:$files"
 }
 
 # pairs_table DIR SUFFIX LABEL: calibrate on each $DIR/LAYOUT$SUFFIX and predict the others of DIR;

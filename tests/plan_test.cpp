@@ -182,6 +182,54 @@ TEST(PlanSimulator, FlopsAndTokensAddUp) {
   EXPECT_EQ(pr.partition_size, 8);  // mics default: one node
 }
 
+// host:FILE,... with several runs of one bench command: each size's fastest run sets the rail
+// (the largest message's bus bandwidth, the smallest's time per hop); files of different
+// layouts for one rail are refused; one-node files make the intra rail, several-node ones the inter.
+TEST(PlanCatalog, SeveralBenchRunsOfARailKeepEachSizesFastest) {
+  auto write = [](const std::string& name, int world, int nodes, double small_us, double large_busbw) {
+    nlohmann::json j;
+    j["world_size"] = world;
+    j["nodes"] = nodes;
+    j["host_cores"] = 2;
+    j["results"] = nlohmann::json::array();
+    j["results"].push_back({{"op", "all_gather"}, {"bytes", 65536}, {"time_us", small_us}, {"busbw_gbps", 0.3}});
+    j["results"].push_back({{"op", "all_gather"},
+                            {"bytes", 4194304},
+                            {"time_us", 4194304 * 0.75 / large_busbw / 1e3},
+                            {"busbw_gbps", large_busbw}});
+    const std::string path = scratch() + "/" + name;
+    std::ofstream(path) << j.dump() << "\n";
+    return path;
+  };
+  // run a: fast small message, slow large one; run b: the other way round
+  const std::string a = write("rail-a.json", 4, 2, 150.0, 1.0), b = write("rail-b.json", 4, 2, 300.0, 2.0);
+  int nodes = 0, per_node = 0;
+  const Rail both = rail_from_bench_files({a, b}, &nodes, &per_node);
+  EXPECT_EQ(nodes, 2);
+  EXPECT_EQ(per_node, 2);
+  EXPECT_NEAR(both.bandwidth, 2.0e9, 1.0);
+  EXPECT_NEAR(both.latency, 150e-6 / 3, 1e-12);  // 3 hops of a 4-rank all-gather
+  const Rail only_a = rail_from_bench_json(a, nullptr, nullptr);
+  EXPECT_NEAR(only_a.bandwidth, 1.0e9, 1.0);
+  EXPECT_NEAR(only_a.latency, 150e-6 / 3, 1e-12);
+
+  const std::string intra1 = write("rail-intra1.json", 2, 1, 20.0, 4.0),
+                    intra2 = write("rail-intra2.json", 2, 1, 12.0, 3.0);
+  const Cluster host = find_cluster(fmt::format("host:{},{},{},{}", a, intra1, b, intra2));
+  EXPECT_NEAR(host.inter.bandwidth, 2.0e9, 1.0);
+  EXPECT_NEAR(host.intra.bandwidth, 4.0e9, 1.0);
+  EXPECT_NEAR(host.intra.latency, 12e-6, 1e-12);  // 1 hop of a 2-rank all-gather
+  EXPECT_EQ(host.gpus_per_node, 2);
+
+  const std::string other = write("rail-other.json", 8, 2, 150.0, 1.0);
+  try {
+    rail_from_bench_files({a, other}, nullptr, nullptr);
+    ADD_FAILURE() << "files of two layouts were merged";
+  } catch (const mics::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("same bench command"), std::string::npos) << e.what();
+  }
+}
+
 // The CPU host's hop wait (CostParams::host_hop_s) adds to every hop of either rail.
 TEST(PlanCollectives, HostHopWaitAddsToEveryHop) {
   Cluster host = find_cluster("host");

@@ -77,7 +77,9 @@ std::vector<std::string> cluster_names() {
   return names;
 }
 
-Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out) {
+namespace {
+
+nlohmann::json read_bench_json(const std::string& path) {
   std::ifstream in(path);
   if (!in)
     throw Error(ErrorKind::kIo, fmt::format("cannot read the bench results {}", path),
@@ -92,8 +94,40 @@ Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_pe
   if (!j.contains("results") || !j["results"].is_array() || j["results"].empty() || !j.contains("world_size"))
     throw plan_error(fmt::format("{} has no bench results (world_size, results[])", path), "--cluster host:FILE",
                      "pass the file `mics bench --json` wrote");
+  return j;
+}
+
+}  // namespace
+
+Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out) {
+  return rail_from_bench_files({path}, nodes_out, ranks_per_node_out);
+}
+
+Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out, int* ranks_per_node_out) {
+  MICS_CHECK(!paths.empty(), "rail_from_bench_files: no file");
+  nlohmann::json j = read_bench_json(paths[0]);
   const int n = j["world_size"].get<int>();
   const int nodes = j.value("nodes", 1);
+  // Each size's fastest measurement over the files (the same bench command run several times).
+  for (size_t f = 1; f < paths.size(); ++f) {
+    const nlohmann::json other = read_bench_json(paths[f]);
+    if (other["world_size"].get<int>() != n || other.value("nodes", 1) != nodes)
+      throw plan_error(
+          fmt::format("{} measured {} ranks on {} node(s), {} measured {} on {}: the files of one rail must "
+                      "come from the same bench command",
+                      paths[0], n, nodes, paths[f], other["world_size"].get<int>(), other.value("nodes", 1)),
+          "--cluster host:FILE,...", "pass each layout's runs together, one layout per rail");
+    for (const auto& r : other["results"]) {
+      bool matched = false;
+      for (auto& mine : j["results"])
+        if (mine["bytes"] == r["bytes"] && mine["op"] == r["op"]) {
+          matched = true;
+          if (r["time_us"].get<double>() < mine["time_us"].get<double>()) mine = r;
+        }
+      if (!matched) j["results"].push_back(r);
+    }
+  }
+  const std::string path = paths[0];
   if (nodes_out) *nodes_out = nodes;
   if (ranks_per_node_out) *ranks_per_node_out = std::max(1, n / std::max(1, nodes));
   // Bandwidth: the largest message (the ring's beta); latency: the smallest message's time
@@ -138,15 +172,22 @@ Cluster find_cluster(const std::string& name) {
   if (name.rfind("host:", 0) == 0) {
     Cluster c = find_cluster("host");
     c.description = "this machine, CPU engine, rails from " + name.substr(5);
+    // Files of one node measure the intra-node rail, files over several nodes the inter-node
+    // one; several files of a rail (the same bench run again) give each size's fastest.
+    std::vector<std::string> intra_files, inter_files;
     for (const auto& file : split(name.substr(5), ',')) {
+      const nlohmann::json j = read_bench_json(file);
+      (j.value("nodes", 1) > 1 ? inter_files : intra_files).push_back(file);
+    }
+    if (!intra_files.empty()) {
       int nodes = 1, per_node = 1;
-      const Rail rail = rail_from_bench_json(file, &nodes, &per_node);
-      if (nodes > 1) {
-        c.inter = rail;  // a ring across nodes: each node's egress runs at the bus bandwidth
-      } else {
-        c.intra = rail;
-        c.gpus_per_node = per_node;
-      }
+      c.intra = rail_from_bench_files(intra_files, &nodes, &per_node);
+      c.gpus_per_node = per_node;
+    }
+    if (!inter_files.empty()) {
+      int nodes = 1, per_node = 1;
+      // a ring across nodes: each node's egress runs at the bus bandwidth
+      c.inter = rail_from_bench_files(inter_files, &nodes, &per_node);
     }
     return c;
   }
