@@ -148,17 +148,39 @@ __global__ void layernorm_backward_params(const bf16* __restrict__ dout, const f
   partial[(static_cast<size_t>(chunk) * 2 + 1) * C + c] = sb;
 }
 
-// out_k[c] += sum over chunks of partial[chunk][k][c], k < planes.
-__global__ void reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C,
-                              float* __restrict__ out0, float* __restrict__ out1) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  for (int k = 0; k < planes; ++k) {
-    float sum = 0;
-    for (int j = 0; j < chunks; ++j) sum += partial[(static_cast<size_t>(j) * planes + k) * C + c];
-    float* out = k == 0 ? out0 : out1;
-    out[c] += sum;
+// out_k[c] += sum over chunks of partial[chunk][k][c], k < planes. One block per 32 columns and
+// plane (blockIdx.y): its 8 warps take every 8th chunk, then add their 8 sums in warp order, so
+// the result does not depend on scheduling. (A thread per column summing every chunk in turn
+// left most SMs idle and each thread waiting on hundreds of loads in a row: 15-40 us per call
+// for GPT-2's widths, about 1 ms per step over the LayerNorm and bias-gradient calls.)
+constexpr int kReduceWarps = 8;
+__global__ void __launch_bounds__(32 * kReduceWarps)
+    reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C, float* __restrict__ out0,
+                  float* __restrict__ out1) {
+  __shared__ float sh[kReduceWarps][32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int c = blockIdx.x * 32 + lane, k = blockIdx.y;
+  float sum = 0;
+  if (c < C) {
+#pragma unroll 8
+    for (int j = warp; j < chunks; j += kReduceWarps) sum += partial[(static_cast<size_t>(j) * planes + k) * C + c];
   }
+  sh[warp][lane] = sum;
+  __syncthreads();
+  if (warp == 0 && c < C) {
+    float total = 0;
+#pragma unroll
+    for (int w = 0; w < kReduceWarps; ++w) total += sh[w][lane];
+    float* out = k == 0 ? out0 : out1;
+    out[c] += total;
+  }
+}
+
+void launch_reduce_chunks(const float* partial, int chunks, int planes, int C, float* out0, float* out1,
+                          cudaStream_t stream) {
+  reduce_chunks<<<dim3(static_cast<unsigned>((C + 31) / 32), static_cast<unsigned>(planes)), 32 * kReduceWarps, 0,
+                  stream>>>(partial, chunks, planes, C, out0, out1);
+  MICS_LAUNCHED(reduce_chunks);
 }
 
 __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict__ partial, int rows,
@@ -703,9 +725,7 @@ void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, c
       case 6: ln_fused<6>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
       default: ln_fused<8>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
     }
-    reduce_chunks<<<blocks_for(static_cast<size_t>(channels), 128), 128, 0, st(s)>>>(
-        partial, ln_fused_blocks(rows), 2, channels, dw, db);
-    MICS_LAUNCHED(reduce_chunks);
+    launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, st(s));
     return;
   }
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
@@ -713,9 +733,7 @@ void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, c
   layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
       B(dout), x, mean, rstd, partial, rows, channels);
   MICS_LAUNCHED(layernorm_backward_params);
-  reduce_chunks<<<blocks_for(static_cast<size_t>(channels), 128), 128, 0, st(s)>>>(partial, chunks, 2, channels,
-                                                                                     dw, db);
-  MICS_LAUNCHED(reduce_chunks);
+  launch_reduce_chunks(partial, chunks, 2, channels, dw, db, st(s));
   layernorm_backward_rows<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(
       B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
   MICS_LAUNCHED(layernorm_backward_rows);
@@ -732,17 +750,13 @@ void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols,
     column_sum_partial8<<<dim3(blocks_for(static_cast<size_t>(cols), 256), chunks), 256, 0, st(s)>>>(
         B(x), partial, rows, cols);
     MICS_LAUNCHED(column_sum_partial8);
-    reduce_chunks<<<blocks_for(static_cast<size_t>(cols), 128), 128, 0, st(s)>>>(partial, chunks, 1, cols, out,
-                                                                                   nullptr);
-    MICS_LAUNCHED(reduce_chunks);
+    launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
     return;
   }
   column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(cols), 128), chunks), 128, 0, st(s)>>>(B(x), partial,
                                                                                                    rows, cols);
   MICS_LAUNCHED(column_sum_partial);
-  reduce_chunks<<<blocks_for(static_cast<size_t>(cols), 128), 128, 0, st(s)>>>(partial, chunks, 1, cols, out,
-                                                                                 nullptr);
-  MICS_LAUNCHED(reduce_chunks);
+  launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
 }
 
 void gelu_forward(const bf16_t* x, bf16_t* out, size_t count, Stream s) {
