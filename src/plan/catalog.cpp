@@ -97,25 +97,26 @@ nlohmann::json read_bench_json(const std::string& path) {
   return j;
 }
 
-}  // namespace
+// One `mics bench --json` run, parsed.
+struct BenchRun {
+  std::string path;
+  nlohmann::json json;
+};
 
-Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out) {
-  return rail_from_bench_files({path}, nodes_out, ranks_per_node_out);
-}
-
-Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out, int* ranks_per_node_out) {
-  MICS_CHECK(!paths.empty(), "rail_from_bench_files: no file");
-  nlohmann::json j = read_bench_json(paths[0]);
+// The rail of one or several runs of the same bench command: each size's fastest run.
+Rail rail_from_runs(const std::vector<BenchRun>& runs, int* nodes_out, int* ranks_per_node_out) {
+  MICS_CHECK(!runs.empty(), "rail_from_runs: no bench run");
+  nlohmann::json j = runs[0].json;
+  const std::string& path = runs[0].path;
   const int n = j["world_size"].get<int>();
   const int nodes = j.value("nodes", 1);
-  // Each size's fastest measurement over the files (the same bench command run several times).
-  for (size_t f = 1; f < paths.size(); ++f) {
-    const nlohmann::json other = read_bench_json(paths[f]);
+  for (size_t f = 1; f < runs.size(); ++f) {
+    const nlohmann::json& other = runs[f].json;
     if (other["world_size"].get<int>() != n || other.value("nodes", 1) != nodes)
       throw plan_error(
           fmt::format("{} measured {} ranks on {} node(s), {} measured {} on {}: the files of one rail must "
                       "come from the same bench command",
-                      paths[0], n, nodes, paths[f], other["world_size"].get<int>(), other.value("nodes", 1)),
+                      path, n, nodes, runs[f].path, other["world_size"].get<int>(), other.value("nodes", 1)),
           "--cluster host:FILE,...", "pass each layout's runs together, one layout per rail");
     for (const auto& r : other["results"]) {
       bool matched = false;
@@ -127,7 +128,6 @@ Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out
       if (!matched) j["results"].push_back(r);
     }
   }
-  const std::string path = paths[0];
   if (nodes_out) *nodes_out = nodes;
   if (ranks_per_node_out) *ranks_per_node_out = std::max(1, n / std::max(1, nodes));
   // Bandwidth: the largest message (the ring's beta); latency: the smallest message's time
@@ -148,6 +148,18 @@ Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out
     throw plan_error(fmt::format("{}: the largest message has no bandwidth", path), "--cluster host:FILE",
                      "run the bench with a larger --maxbytes");
   return rail;
+}
+
+}  // namespace
+
+Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out) {
+  return rail_from_bench_files({path}, nodes_out, ranks_per_node_out);
+}
+
+Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out, int* ranks_per_node_out) {
+  std::vector<BenchRun> runs;
+  for (const auto& path : paths) runs.push_back({path, read_bench_json(path)});
+  return rail_from_runs(runs, nodes_out, ranks_per_node_out);
 }
 
 Cluster rails_at_core_sharing(const Cluster& cl, int ranks_on_host) {
@@ -174,21 +186,18 @@ Cluster find_cluster(const std::string& name) {
     c.description = "this machine, CPU engine, rails from " + name.substr(5);
     // Files of one node measure the intra-node rail, files over several nodes the inter-node
     // one; several files of a rail (the same bench run again) give each size's fastest.
-    std::vector<std::string> intra_files, inter_files;
+    std::vector<BenchRun> intra_runs, inter_runs;
     for (const auto& file : split(name.substr(5), ',')) {
-      const nlohmann::json j = read_bench_json(file);
-      (j.value("nodes", 1) > 1 ? inter_files : intra_files).push_back(file);
+      BenchRun run{file, read_bench_json(file)};
+      (run.json.value("nodes", 1) > 1 ? inter_runs : intra_runs).push_back(std::move(run));
     }
-    if (!intra_files.empty()) {
+    if (!intra_runs.empty()) {
       int nodes = 1, per_node = 1;
-      c.intra = rail_from_bench_files(intra_files, &nodes, &per_node);
+      c.intra = rail_from_runs(intra_runs, &nodes, &per_node);
       c.gpus_per_node = per_node;
     }
-    if (!inter_files.empty()) {
-      int nodes = 1, per_node = 1;
-      // a ring across nodes: each node's egress runs at the bus bandwidth
-      c.inter = rail_from_bench_files(inter_files, &nodes, &per_node);
-    }
+    // a ring across nodes: each node's egress runs at the bus bandwidth
+    if (!inter_runs.empty()) c.inter = rail_from_runs(inter_runs, nullptr, nullptr);
     return c;
   }
   throw plan_error(fmt::format("unknown cluster '{}'; known: {}", name, join(cluster_names(), ", ")),
