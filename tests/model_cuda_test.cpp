@@ -557,36 +557,41 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
   }
 }
 
+// AdamW over 16-byte-aligned arrays (float4 path, then a tail of 3) and over arrays one element
+// off alignment (one element per thread), against shard/engine.cpp's update.
 TEST(CudaKernels, GradNormAndAdamW) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const size_t n = 300007;
-  auto p = random_vector(n, rng, 1.0f), g = random_vector(n, rng, 2.0f), m = random_vector(n, rng, 0.1f);
-  auto v = random_vector(n, rng, 0.01f, 0.02f);
   const mc::AdamWArgs a{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 1.0f, 3};
-  double sq = 0;
-  for (float x : g) sq += static_cast<double>(x) * x;
-  const double norm = std::sqrt(sq) * a.grad_scale;
-  const float clip = norm > a.clip_norm ? static_cast<float>(a.clip_norm / norm) : 1.0f;
-  Dev<float> dp(p), dg(g), dm(m), dv(v), dn(1), part(mc::sum_squares_partial_floats());
-  Dev<uint16_t> dpb(n);
-  mc::sum_squares(dg.p, n, dn.p, part.p, nullptr);
-  EXPECT_NEAR(dn.get()[0], sq, 1e-5 * sq);
-  mc::adamw(dp.p, dpb.p, dg.p, dm.p, dv.p, n, dn.p, a, nullptr);
-  const float bc1 = 1.0f - std::pow(a.beta1, 3.0f), bc2 = 1.0f - std::pow(a.beta2, 3.0f);
-  for (size_t i = 0; i < n; ++i) {  // shard/engine.cpp's update
-    const float gi = g[i] * a.grad_scale * clip;
-    p[i] -= a.lr * a.weight_decay * p[i];
-    m[i] = a.beta1 * m[i] + (1 - a.beta1) * gi;
-    v[i] = a.beta2 * v[i] + (1 - a.beta2) * gi * gi;
-    p[i] -= a.lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + a.eps);
+  for (const size_t offset : {size_t{0}, size_t{1}}) {
+    SCOPED_TRACE("offset " + std::to_string(offset));
+    auto p = random_vector(n, rng, 1.0f), g = random_vector(n, rng, 2.0f), m = random_vector(n, rng, 0.1f);
+    auto v = random_vector(n, rng, 0.01f, 0.02f);
+    double sq = 0;
+    for (size_t i = offset; i < n; ++i) sq += static_cast<double>(g[i]) * g[i];
+    const double norm = std::sqrt(sq) * a.grad_scale;
+    const float clip = norm > a.clip_norm ? static_cast<float>(a.clip_norm / norm) : 1.0f;
+    Dev<float> dp(p), dg(g), dm(m), dv(v), dn(1), part(mc::sum_squares_partial_floats());
+    Dev<uint16_t> dpb(to_bf16(p));
+    mc::sum_squares(dg.p + offset, n - offset, dn.p, part.p, nullptr);
+    EXPECT_NEAR(dn.get()[0], sq, 1e-5 * sq);
+    mc::adamw(dp.p + offset, dpb.p + offset, dg.p + offset, dm.p + offset, dv.p + offset, n - offset, dn.p, a, nullptr);
+    const float bc1 = 1.0f - std::pow(a.beta1, 3.0f), bc2 = 1.0f - std::pow(a.beta2, 3.0f);
+    for (size_t i = offset; i < n; ++i) {  // shard/engine.cpp's update; elements before offset untouched
+      const float gi = g[i] * a.grad_scale * clip;
+      p[i] -= a.lr * a.weight_decay * p[i];
+      m[i] = a.beta1 * m[i] + (1 - a.beta1) * gi;
+      v[i] = a.beta2 * v[i] + (1 - a.beta2) * gi * gi;
+      p[i] -= a.lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + a.eps);
+    }
+    EXPECT_LT(rel_error(dp.get(), p), kF32Tol);
+    EXPECT_LT(rel_error(dm.get(), m), kF32Tol);
+    EXPECT_LT(rel_error(dv.get(), v), kF32Tol);
+    EXPECT_LT(rel_error(from_bf16(dpb.get()), p), kBf16Tol);
   }
-  EXPECT_LT(rel_error(dp.get(), p), kF32Tol);
-  EXPECT_LT(rel_error(dm.get(), m), kF32Tol);
-  EXPECT_LT(rel_error(dv.get(), v), kF32Tol);
-  EXPECT_LT(rel_error(from_bf16(dpb.get()), p), kBf16Tol);
 }
 
 // The whole model: loss and every unit's gradient against gpt_forward_backward on the CPU.

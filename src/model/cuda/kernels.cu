@@ -645,9 +645,21 @@ __global__ void sum_squares_kernel(const float* __restrict__ x, size_t n, float*
   if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
 }
 
+// One parameter's AdamW update (decoupled weight decay); m and v updated in place.
+__device__ __forceinline__ float adamw_update(float p, float g, float& m, float& v, const AdamWArgs& a, float bc1,
+                                              float bc2) {
+  p -= a.lr * a.weight_decay * p;
+  m = a.beta1 * m + (1.0f - a.beta1) * g;
+  v = a.beta2 * v + (1.0f - a.beta2) * g * g;
+  return p - a.lr * (m / bc1) / (sqrtf(v / bc2) + a.eps);
+}
+
+// vec4: every array 16-byte aligned (and pbf 8-byte), so the first n/4 * 4 elements go through
+// float4 loads and stores (fewer, wider memory transactions: the update is bound by its 30 bytes
+// per parameter); the rest, and everything when !vec4, one element per thread.
 __global__ void adamw_kernel(float* __restrict__ param, bf16* __restrict__ pbf, const float* __restrict__ grad,
-                             float* __restrict__ m, float* __restrict__ v, size_t n,
-                             const float* __restrict__ norm_sq, AdamWArgs a, float bc1, float bc2) {
+                             float* __restrict__ m, float* __restrict__ v, size_t n, const float* __restrict__ norm_sq,
+                             AdamWArgs a, float bc1, float bc2, bool vec4) {
   const float nsq = *norm_sq;
   if (!isfinite(nsq)) return;  // the step is skipped, as the engine does
   float scale = a.grad_scale;
@@ -655,16 +667,35 @@ __global__ void adamw_kernel(float* __restrict__ param, bf16* __restrict__ pbf, 
     const float norm = sqrtf(nsq) * a.grad_scale;  // of the averaged gradient, as the engine
     if (norm > a.clip_norm) scale *= a.clip_norm / norm;
   }
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const float g = grad[i] * scale;
-    float p = param[i];
-    p -= a.lr * a.weight_decay * p;
-    const float mi = a.beta1 * m[i] + (1.0f - a.beta1) * g;
-    const float vi = a.beta2 * v[i] + (1.0f - a.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    p -= a.lr * (mi / bc1) / (sqrtf(vi / bc2) + a.eps);
+  const size_t first = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  size_t scalar_from = 0;
+  if (vec4) {
+    const size_t n4 = n / 4;
+    for (size_t i = first; i < n4; i += stride) {
+      const float4 g = reinterpret_cast<const float4*>(grad)[i];
+      float4 p = reinterpret_cast<float4*>(param)[i];
+      float4 mi = reinterpret_cast<float4*>(m)[i];
+      float4 vi = reinterpret_cast<float4*>(v)[i];
+      p.x = adamw_update(p.x, g.x * scale, mi.x, vi.x, a, bc1, bc2);
+      p.y = adamw_update(p.y, g.y * scale, mi.y, vi.y, a, bc1, bc2);
+      p.z = adamw_update(p.z, g.z * scale, mi.z, vi.z, a, bc1, bc2);
+      p.w = adamw_update(p.w, g.w * scale, mi.w, vi.w, a, bc1, bc2);
+      reinterpret_cast<float4*>(param)[i] = p;
+      reinterpret_cast<float4*>(m)[i] = mi;
+      reinterpret_cast<float4*>(v)[i] = vi;
+      if (pbf) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<uint32_t*>(&lo);
+        packed.y = *reinterpret_cast<uint32_t*>(&hi);
+        reinterpret_cast<uint2*>(pbf)[i] = packed;
+      }
+    }
+    scalar_from = n4 * 4;
+  }
+  for (size_t i = scalar_from + first; i < n; i += stride) {
+    const float p = adamw_update(param[i], grad[i] * scale, m[i], v[i], a, bc1, bc2);
     param[i] = p;
     if (pbf) pbf[i] = __float2bfloat16(p);
   }
@@ -972,8 +1003,11 @@ void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float*
            const float* norm_sq, const AdamWArgs& a, Stream s) {
   const float bc1 = 1.0f - std::pow(a.beta1, static_cast<float>(a.t));
   const float bc2 = 1.0f - std::pow(a.beta2, static_cast<float>(a.t));
-  adamw_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m,
-                                                             v, count, norm_sq, a, bc1, bc2);
+  auto aligned = [](const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+  const bool vec4 = aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
+                    (param_bf16 == nullptr || aligned(param_bf16, 8));
+  adamw_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m, v,
+                                                             count, norm_sq, a, bc1, bc2, vec4);
   MICS_LAUNCHED(adamw_kernel);
 }
 
