@@ -151,8 +151,8 @@ __global__ void layernorm_backward_params(const bf16* __restrict__ dout, const f
 // out_k[c] += sum over chunks of partial[chunk][k][c], k < planes. One block per 32 columns and
 // plane (blockIdx.y): its 8 warps take every 8th chunk, then add their 8 sums in warp order, so
 // the result does not depend on scheduling. (A thread per column summing every chunk in turn
-// left most SMs idle and each thread waiting on hundreds of loads in a row: 15-40 us per call
-// for GPT-2's widths, about 1 ms per step over the LayerNorm and bias-gradient calls.)
+// left most SMs idle and each thread waiting on hundreds of loads in a row: GPT-2 124M's
+// LayerNorm and bias-gradient calls took 0.53 ms per step longer on an H200.)
 constexpr int kReduceWarps = 8;
 __global__ void __launch_bounds__(32 * kReduceWarps)
     reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C, float* __restrict__ out0,
