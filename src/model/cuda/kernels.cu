@@ -684,13 +684,7 @@ __global__ void adamw_kernel(float* __restrict__ param, bf16* __restrict__ pbf, 
       reinterpret_cast<float4*>(param)[i] = p;
       reinterpret_cast<float4*>(m)[i] = mi;
       reinterpret_cast<float4*>(v)[i] = vi;
-      if (pbf) {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
-        uint2 packed;
-        packed.x = *reinterpret_cast<uint32_t*>(&lo);
-        packed.y = *reinterpret_cast<uint32_t*>(&hi);
-        reinterpret_cast<uint2*>(pbf)[i] = packed;
-      }
+      if (pbf) store4(pbf + 4 * i, p);
     }
     scalar_from = n4 * 4;
   }
