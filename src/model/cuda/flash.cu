@@ -14,7 +14,8 @@
 // Backward: Di = rowsum(dy * y) first; then one block per (64-key tile, head) walks the query
 // tiles at and below the diagonal, recomputing P^T = exp(K Q^T * scale - lse) per tile: dV and
 // dK accumulate in registers, dQ (= dS K) goes to an fp32 scratch with float2 atomics and is
-// converted to bf16 at the end.
+// converted to bf16 at the end. dS is kept without the softmax scale; dK and dQ take it once, at
+// their stores. Exponentials through ex2.approx (fast_exp2), masks only on diagonal tiles.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -55,6 +56,15 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x on the special-function unit alone (flush-to-zero, ~2 ulp): exp2f without --use_fast_math
+// adds a range check and two multiplies around it, and the softmax's exponentials are a large
+// share of both kernels' instructions. 2^-inf = 0 (masked scores).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -188,31 +198,32 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
         mma(s[2 * np + 1], qa[kk], b[2], b[3]);
       }
     }
-    // scale (log2 domain), causal mask on the diagonal tile, online softmax
-    float mx_a = m_a, mx_b = m_b;
+    // causal mask on the diagonal tile; online softmax in the log2 domain, the scale folded into
+    // the exponent (max over the raw scores, then 2^(s * scale - m) as one FFMA: scale > 0)
+    float mx_a = m_a, mx_b = m_b;  // maxima of the scaled scores
+    float raw_a = -INFINITY, raw_b = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int col = kt * kTile + nt * 8 + 2 * (lane & 3) + j;
-        float xa = s[nt][j] * scale_log2, xb = s[nt][2 + j] * scale_log2;
         if (kt == last) {
-          if (col > row_a) xa = -INFINITY;
-          if (col > row_b) xb = -INFINITY;
+          const int col = kt * kTile + nt * 8 + 2 * (lane & 3) + j;
+          if (col > row_a) s[nt][j] = -INFINITY;
+          if (col > row_b) s[nt][2 + j] = -INFINITY;
         }
-        s[nt][j] = xa;
-        s[nt][2 + j] = xb;
-        mx_a = fmaxf(mx_a, xa);
-        mx_b = fmaxf(mx_b, xb);
+        raw_a = fmaxf(raw_a, s[nt][j]);
+        raw_b = fmaxf(raw_b, s[nt][2 + j]);
       }
     }
 #pragma unroll
     for (int off = 1; off <= 2; off <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
+      raw_a = fmaxf(raw_a, __shfl_xor_sync(0xffffffffu, raw_a, off));
+      raw_b = fmaxf(raw_b, __shfl_xor_sync(0xffffffffu, raw_b, off));
     }
+    mx_a = fmaxf(mx_a, raw_a * scale_log2);
+    mx_b = fmaxf(mx_b, raw_b * scale_log2);
     // key 0 is unmasked for every row, so the maxima are finite from the first tile on
-    const float alpha_a = exp2f(m_a - mx_a), alpha_b = exp2f(m_b - mx_b);
+    const float alpha_a = fast_exp2(m_a - mx_a), alpha_b = fast_exp2(m_b - mx_b);
     m_a = mx_a;
     m_b = mx_b;
     l_a *= alpha_a;
@@ -228,8 +239,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const __nv_bfloat16
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        s[nt][j] = exp2f(s[nt][j] - m_a);
-        s[nt][2 + j] = exp2f(s[nt][2 + j] - m_b);
+        s[nt][j] = fast_exp2(fmaf(s[nt][j], scale_log2, -m_a));
+        s[nt][2 + j] = fast_exp2(fmaf(s[nt][2 + j], scale_log2, -m_b));
         l_a += s[nt][j];
         l_b += s[nt][2 + j];
       }
@@ -399,20 +410,29 @@ __global__ void __launch_bounds__(32 * NW, kMinBlocks) flash_bwd_kernel(
         mma(dp[2 * np + 1], va, b[2], b[3]);
       }
     }
-    // P^T and dS^T = P^T (dP^T - Di) * scale; the mask keeps query >= key (and query < T via lse)
+    // P^T and dS^T / scale = P^T (dP^T - Di): the softmax scale is applied once, to dK before its
+    // store and to dQ in its conversion. The causal mask only where this query tile overlaps the
+    // block's keys; rows past T have lse = +inf, so P = 0 there.
+    const bool diag = q0 < k0 + KT;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
+      const int c = nt * 8 + 2 * (lane & 3);
+      const float2 l2 = *reinterpret_cast<const float2*>(lse_s + c);
+      const float2 dd = *reinterpret_cast<const float2*>(di_s + c);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const int c = nt * 8 + 2 * (lane & 3) + j;
-        const int query = q0 + c;
-        const float l2 = lse_s[c], dd = di_s[c];
-        const float pa = query >= key_a ? exp2f(s[nt][j] * scale_log2 - l2) : 0.f;
-        const float pb = query >= key_b ? exp2f(s[nt][2 + j] * scale_log2 - l2) : 0.f;
+        const float lj = j ? l2.y : l2.x, dj = j ? dd.y : dd.x;
+        float pa = fast_exp2(fmaf(s[nt][j], scale_log2, -lj));
+        float pb = fast_exp2(fmaf(s[nt][2 + j], scale_log2, -lj));
+        if (diag) {
+          const int query = q0 + c + j;
+          if (query < key_a) pa = 0.f;
+          if (query < key_b) pb = 0.f;
+        }
         s[nt][j] = pa;
         s[nt][2 + j] = pb;
-        dp[nt][j] = pa * (dp[nt][j] - dd) * scale;
-        dp[nt][2 + j] = pb * (dp[nt][2 + j] - dd) * scale;
+        dp[nt][j] = pa * (dp[nt][j] - dj);
+        dp[nt][2 + j] = pb * (dp[nt][2 + j] - dj);
       }
     }
     // dV += P^T dO ; dK += dS^T Q (queries are the k dimension here)
@@ -475,29 +495,29 @@ __global__ void __launch_bounds__(32 * NW, kMinBlocks) flash_bwd_kernel(
     const int col = nt * 8 + 2 * (lane & 3);
     if (key_a < T) {
       *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_a) * ld_qkv + col) =
-          pack_bf16(dkacc[nt][0], dkacc[nt][1]);
+          pack_bf16(dkacc[nt][0] * scale, dkacc[nt][1] * scale);
       *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_a) * ld_qkv + col) =
           pack_bf16(dvacc[nt][0], dvacc[nt][1]);
     }
     if (key_b < T) {
       *reinterpret_cast<uint32_t*>(dk + base + static_cast<size_t>(key_b) * ld_qkv + col) =
-          pack_bf16(dkacc[nt][2], dkacc[nt][3]);
+          pack_bf16(dkacc[nt][2] * scale, dkacc[nt][3] * scale);
       *reinterpret_cast<uint32_t*>(dv + base + static_cast<size_t>(key_b) * ld_qkv + col) =
           pack_bf16(dvacc[nt][2], dvacc[nt][3]);
     }
   }
 }
 
-// dq_acc dense fp32 [rows, cols] -> bf16 rows of stride ld_out (cols a multiple of 4).
+// scale * dq_acc (dense fp32 [rows, cols]) -> bf16 rows of stride ld_out (cols a multiple of 4).
 __global__ void dq_to_bf16_kernel(const float* __restrict__ in, __nv_bfloat16* __restrict__ out, size_t n, int cols,
-                                  int ld_out) {
+                                  int ld_out, float scale) {
   const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
   if (i >= n) return;
   const size_t r = i / cols, c = i % cols;
   const float4 x = *reinterpret_cast<const float4*>(in + i);
   __nv_bfloat16* o = out + r * ld_out + c;
-  *reinterpret_cast<__nv_bfloat162*>(o) = __floats2bfloat162_rn(x.x, x.y);
-  *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(x.z, x.w);
+  *reinterpret_cast<__nv_bfloat162*>(o) = __floats2bfloat162_rn(x.x * scale, x.y * scale);
+  *reinterpret_cast<__nv_bfloat162*>(o + 2) = __floats2bfloat162_rn(x.z * scale, x.w * scale);
 }
 
 template <int D>
@@ -576,7 +596,7 @@ void backward_d(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t*
   }
   const size_t n = rows * D;
   dq_to_bf16_kernel<<<static_cast<unsigned>((n / 4 + 255) / 256), 256, 0, st(s)>>>(
-      dq_acc, reinterpret_cast<__nv_bfloat16*>(dq), n, L.heads * D, L.ld_qkv);
+      dq_acc, reinterpret_cast<__nv_bfloat16*>(dq), n, L.heads * D, L.ld_qkv, 1.0f / sqrtf(static_cast<float>(D)));
   MICS_LAUNCHED(dq_to_bf16_kernel);
 }
 
