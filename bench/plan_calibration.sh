@@ -9,7 +9,8 @@
 # two step times for many steps), QUANTILE (0.25: the step time compared is this quantile of a
 # run's steps; the headline table takes each layout's best round, see plan_calibration_common.sh).
 # The host's load (uptime, /proc/pressure/cpu) is logged before every run in OUT/load.txt:
-# on a shared host it is the main source of error, so run it under `nice -n -20`.
+# on a shared host it is the main source of error, so run it under `nice -n -20`; the first round
+# waits for a settled host (IDLE_LOAD, default 1-minute load 1.0; IDLE_WAIT_S, default 300 s).
 # CALIBRATE_ONLY=1 with an OUT_DIR of earlier runs: only the calibration table, with this build.
 set -euo pipefail
 BUILD=${1:-build}
@@ -33,6 +34,7 @@ flags() {
 # shellcheck source=bench/plan_calibration_common.sh
 . "$(dirname "$0")/plan_calibration_common.sh"
 if [ "${CALIBRATE_ONLY:-0}" != 1 ]; then
+  wait_for_idle
   for round in $(seq 1 "$ROUNDS"); do
     measure_rails_round "$round"
     for l in $LAYOUTS; do
