@@ -10,3 +10,7 @@ echo "train g1 start $(date -u +%T)" >> OUT/progress
 nice -n -20 bench/plan_calibration.sh build OUT/g1 > OUT/g1.log 2>&1
 echo "train g1 done $(date -u +%T)" >> OUT/progress
 echo ALLDONE >> OUT/progress
+# c1, c2: in a clean clone of commit 7db3709, after its .ci/run (307 of 307 tests passed):
+#   nice -n -20 bench/plan_calibration_engine.sh build OUT/c1
+#   make run
+#   nice -n -20 bench/plan_calibration.sh build OUT/c2
