@@ -209,7 +209,7 @@ TEST(PlanCatalog, SeveralBenchRunsOfARailKeepEachSizesFastest) {
   EXPECT_EQ(per_node, 2);
   EXPECT_NEAR(both.bandwidth, 2.0e9, 1.0);
   EXPECT_NEAR(both.latency, 150e-6 / 3, 1e-12);  // 3 hops of a 4-rank all-gather
-  const Rail only_a = rail_from_bench_json(a, nullptr, nullptr);
+  const Rail only_a = rail_from_bench_files({a}, nullptr, nullptr);
   EXPECT_NEAR(only_a.bandwidth, 1.0e9, 1.0);
   EXPECT_NEAR(only_a.latency, 150e-6 / 3, 1e-12);
 

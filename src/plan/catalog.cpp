@@ -152,10 +152,6 @@ Rail rail_from_runs(const std::vector<BenchRun>& runs, int* nodes_out, int* rank
 
 }  // namespace
 
-Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out) {
-  return rail_from_bench_files({path}, nodes_out, ranks_per_node_out);
-}
-
 Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out, int* ranks_per_node_out) {
   std::vector<BenchRun> runs;
   for (const auto& path : paths) runs.push_back({path, read_bench_json(path)});

@@ -46,16 +46,14 @@ std::vector<std::string> cluster_names();
 // An instance name from the catalog, "host" (this machine with default rails), or
 // "host:FILE.json[,FILE2.json...]": this machine with rails measured by `mics bench --json`
 // (a run on one node gives the intra-node rail, a run over several nodes the inter-node one;
-// several runs of a rail: each size's fastest, rail_from_bench_files).
+// several runs of a rail: each size's fastest, see rail_from_bench_files).
 // Throws mics::Error (layer plan) naming the valid clusters.
 Cluster find_cluster(const std::string& name);
 
-// The rail a `mics bench --json` file measured: the largest message's bus bandwidth, and the
-// smallest message's time per ring step as latency. nodes_out: the run's node count.
-Rail rail_from_bench_json(const std::string& path, int* nodes_out, int* ranks_per_node_out);
-
-// The same over several runs of one bench command (same ranks and nodes, else an error): each
-// message size's fastest run, as a benchmark keeps its fastest block.
+// The rail that `mics bench --json` files measured: the largest message's bus bandwidth, and the
+// smallest message's time per ring step as latency. Several files must be runs of one bench
+// command (same ranks and nodes, else an error): each message size's fastest run is kept, as a
+// benchmark keeps its fastest block. nodes_out: the runs' node count.
 Rail rail_from_bench_files(const std::vector<std::string>& paths, int* nodes_out, int* ranks_per_node_out);
 
 }  // namespace mics::plan
