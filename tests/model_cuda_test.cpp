@@ -32,6 +32,7 @@
 #ifdef MICS_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "model/cuda/cudnn_attention.hpp"
 #include "model/cuda/gemm.hpp"
 #include "model/cuda/kernels.hpp"
 #endif
@@ -463,6 +464,69 @@ AttentionRef attention_reference(const std::vector<float>& q, const std::vector<
   return r;
 }
 
+// The model's attention layout for the tests: the bh heads as one batch row of H = bh heads,
+// q/k/v interleaved in [T, 3, H, D] (row stride 3 H D), y/dy in [T, H, D]; check() maps the
+// outputs back to [bh, T, D] and compares them with the reference.
+struct InterleavedAttention {
+  int H, T, D;
+  size_t ldq, ldo;
+  std::vector<float> qkv, dy;
+  InterleavedAttention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                       const std::vector<float>& dy_heads, int heads, int seq_len, int head_dim)
+      : H(heads),
+        T(seq_len),
+        D(head_dim),
+        ldq(static_cast<size_t>(3) * heads * head_dim),
+        ldo(static_cast<size_t>(heads) * head_dim),
+        qkv(static_cast<size_t>(seq_len) * ldq),
+        dy(static_cast<size_t>(seq_len) * ldo) {
+    for_each([&](size_t head_major, size_t row) {
+      qkv[row] = q[head_major];
+      qkv[row + ldo] = k[head_major];
+      qkv[row + 2 * ldo] = v[head_major];
+    });
+    for_each_o([&](size_t head_major, size_t row) { dy[row] = dy_heads[head_major]; });
+  }
+  mc::FlashLayout layout() const { return {H, static_cast<int>(ldq), static_cast<int>(ldo)}; }
+  size_t y_size() const { return static_cast<size_t>(T) * ldo; }
+  size_t lse_size() const { return static_cast<size_t>(H) * T; }
+  // f(index in [H, T, D], index of the same element in [T, 3, H, D]) and in [T, H, D]
+  template <class F>
+  void for_each(F f) const {
+    for (int h = 0; h < H; ++h)
+      for (int t = 0; t < T; ++t)
+        for (int d = 0; d < D; ++d)
+          f((static_cast<size_t>(h) * T + t) * D + d, t * ldq + static_cast<size_t>(h) * D + d);
+  }
+  template <class F>
+  void for_each_o(F f) const {
+    for (int h = 0; h < H; ++h)
+      for (int t = 0; t < T; ++t)
+        for (int d = 0; d < D; ++d)
+          f((static_cast<size_t>(h) * T + t) * D + d, t * ldo + static_cast<size_t>(h) * D + d);
+  }
+  void check(const char* what, const AttentionRef& ref, const std::vector<float>& y, const std::vector<float>& lse,
+             const std::vector<float>& gqkv, double grad_tol) const {
+    const size_t n = static_cast<size_t>(H) * T * D;
+    std::vector<float> y2(n), q2(n), k2(n), v2(n);
+    for_each_o([&](size_t head_major, size_t row) { y2[head_major] = y[row]; });
+    for_each([&](size_t head_major, size_t row) {
+      q2[head_major] = gqkv[row];
+      k2[head_major] = gqkv[row + ldo];
+      v2[head_major] = gqkv[row + 2 * ldo];
+    });
+    const double ey = rel_error(y2, ref.y), el = rel_error(lse, ref.lse), eq = rel_error(q2, ref.dq),
+                 ek = rel_error(k2, ref.dk), ev = rel_error(v2, ref.dv);
+    EXPECT_LT(ey, kBf16Tol);
+    EXPECT_LT(el, kF32GemmTol);
+    EXPECT_LT(eq, grad_tol);
+    EXPECT_LT(ek, grad_tol);
+    EXPECT_LT(ev, grad_tol);
+    std::printf("[%s bh%d T%d D%d, qkv-interleaved layout] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", what, H,
+                T, D, ey, el, eq, ek, ev);
+  }
+};
+
 // The fused attention kernels against the double reference: T a multiple of the 64-row tile
 // and not, head sizes 64 and 128. Bounds: y (bf16 out) kBf16Tol; lse (fp32) kF32GemmTol;
 // dq, dk, dv kFlashGradTol = 2e-2 (bf16 out, computed through bf16-rounded P and dS).
@@ -511,48 +575,66 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
           "[flash bh%d T%d D%d, bwd stages %d min blocks %d keys %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n",
           c.bh, c.T, c.D, var.stages, var.min_blocks, var.key_tile, ey, el, eq, ek, ev);
     }
-    // The model's layout: the bh heads as one batch row of H = bh heads, q/k/v interleaved in
-    // [T, 3, H, D] (row stride 3 H D), y/dy in [T, H, D]; outputs poisoned (Dev).
-    {
-      const int H = c.bh, D = c.D, T = c.T;
-      const size_t ldq = static_cast<size_t>(3) * H * D, ldo = static_cast<size_t>(H) * D;
-      std::vector<float> qkv(static_cast<size_t>(T) * ldq), dyp(static_cast<size_t>(T) * ldo);
-      for (int h = 0; h < H; ++h)
-        for (int t = 0; t < T; ++t)
-          for (int d = 0; d < D; ++d) {
-            const size_t src = (static_cast<size_t>(h) * T + t) * D + d, dst = t * ldq + static_cast<size_t>(h) * D + d;
-            qkv[dst] = q[src];
-            qkv[dst + ldo] = k[src];
-            qkv[dst + 2 * ldo] = v[src];
-            dyp[t * ldo + static_cast<size_t>(h) * D + d] = dy[src];
-          }
-      const mc::FlashLayout lay{H, static_cast<int>(ldq), static_cast<int>(ldo)};
-      Dev<uint16_t> dqkv(to_bf16(qkv)), ddyp(to_bf16(dyp)), yp(static_cast<size_t>(T) * ldo),
-          gqkv(static_cast<size_t>(T) * ldq);
-      Dev<float> lse2(static_cast<size_t>(H) * T), scratch(mc::flash_scratch_floats(H, T, D));
-      mc::flash_attention_forward(dqkv.p, dqkv.p + ldo, dqkv.p + 2 * ldo, yp.p, lse2.p, H, T, D, nullptr, lay);
-      mc::flash_attention_backward(dqkv.p, dqkv.p + ldo, dqkv.p + 2 * ldo, yp.p, ddyp.p, lse2.p, gqkv.p,
-                                   gqkv.p + ldo, gqkv.p + 2 * ldo, scratch.p, H, T, D, nullptr, 1, lay, 0, 128);
-      const auto hy = from_bf16(yp.get()), hg = from_bf16(gqkv.get());
-      std::vector<float> y2(n), q2(n), k2(n), v2(n);
-      for (int h = 0; h < H; ++h)
-        for (int t = 0; t < T; ++t)
-          for (int d = 0; d < D; ++d) {
-            const size_t dst = (static_cast<size_t>(h) * T + t) * D + d, src = t * ldq + static_cast<size_t>(h) * D + d;
-            y2[dst] = hy[t * ldo + static_cast<size_t>(h) * D + d];
-            q2[dst] = hg[src];
-            k2[dst] = hg[src + ldo];
-            v2[dst] = hg[src + 2 * ldo];
-          }
-      const double ey2 = rel_error(y2, ref.y), el2 = rel_error(lse2.get(), ref.lse), eq2 = rel_error(q2, ref.dq),
-                   ek2 = rel_error(k2, ref.dk), ev2 = rel_error(v2, ref.dv);
-      EXPECT_LT(ey2, kBf16Tol);
-      EXPECT_LT(el2, kF32GemmTol);
-      EXPECT_LT(eq2, kFlashGradTol);
-      EXPECT_LT(ek2, kFlashGradTol);
-      EXPECT_LT(ev2, kFlashGradTol);
-      std::printf("[flash bh%d T%d D%d, qkv-interleaved layout] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n",
-                  c.bh, c.T, c.D, ey2, el2, eq2, ek2, ev2);
+    // The model's layout, outputs poisoned (Dev).
+    const InterleavedAttention il(q, k, v, dy, c.bh, c.T, c.D);
+    Dev<uint16_t> dqkv(to_bf16(il.qkv)), ddyp(to_bf16(il.dy)), yp(il.y_size()), gqkv(il.qkv.size());
+    Dev<float> lse2(il.lse_size()), scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
+    mc::flash_attention_forward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, lse2.p, c.bh, c.T, c.D, nullptr,
+                                il.layout());
+    mc::flash_attention_backward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, ddyp.p, lse2.p, gqkv.p,
+                                 gqkv.p + il.ldo, gqkv.p + 2 * il.ldo, scratch.p, c.bh, c.T, c.D, nullptr, 1,
+                                 il.layout(), 0, 128);
+    il.check("flash", ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()), kFlashGradTol);
+  }
+}
+
+// cuDNN's fused SDPA (cudnn_attention.hpp) against the same double reference, in the plain
+// [bh, T, D] layout and in the model's interleaved one; head sizes 32, 64, 128. Bounds as the
+// fused kernels' (both compute P and dS in bf16 for the tensor cores).
+TEST(CudaKernels, CudnnAttentionForwardAndBackward) {
+  SKIP_WITHOUT_GPU();
+  if (!mc::CudnnAttention::unavailable_reason().empty()) GTEST_SKIP() << mc::CudnnAttention::unavailable_reason();
+  constexpr double kFlashGradTol = 2e-2;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  struct Case {
+    int bh, T, D;
+  };
+  for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 300, 32}, Case{2, 150, 128}}) {
+    SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
+    const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
+    const auto q = round_bf16(random_vector(n, rng, 2.0f));
+    const auto k = round_bf16(random_vector(n, rng, 2.0f));
+    const auto v = round_bf16(random_vector(n, rng, 1.0f));
+    const auto dy = round_bf16(random_vector(n, rng, 1.0f));
+    const AttentionRef ref = attention_reference(q, k, v, dy, c.bh, c.T, c.D);
+    {  // [bh, T, D]
+      mc::CudnnAttention att(c.bh, c.T, c.D, {});
+      Dev<uint16_t> dq_(to_bf16(q)), dk_(to_bf16(k)), dv_(to_bf16(v)), ddy(to_bf16(dy)), dyo(n), gq(n), gk(n), gv(n);
+      Dev<float> dlse(static_cast<size_t>(c.bh) * c.T);
+      att.forward(dq_.p, dk_.p, dv_.p, dyo.p, dlse.p, nullptr);
+      att.backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, nullptr);
+      const double ey = rel_error(from_bf16(dyo.get()), ref.y), el = rel_error(dlse.get(), ref.lse),
+                   eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
+                   ev = rel_error(from_bf16(gv.get()), ref.dv);
+      EXPECT_LT(ey, kBf16Tol);
+      EXPECT_LT(el, kF32GemmTol);
+      EXPECT_LT(eq, kFlashGradTol);
+      EXPECT_LT(ek, kFlashGradTol);
+      EXPECT_LT(ev, kFlashGradTol);
+      std::printf("[cuDNN bh%d T%d D%d, %s] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T, c.D,
+                  att.describe().c_str(), ey, el, eq, ek, ev);
+    }
+    {  // the model's layout
+      const InterleavedAttention il(q, k, v, dy, c.bh, c.T, c.D);
+      mc::CudnnAttention att(c.bh, c.T, c.D, il.layout());
+      Dev<uint16_t> dqkv(to_bf16(il.qkv)), ddyp(to_bf16(il.dy)), yp(il.y_size()), gqkv(il.qkv.size());
+      Dev<float> lse2(il.lse_size());
+      att.forward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, lse2.p, nullptr);
+      att.backward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, ddyp.p, lse2.p, gqkv.p, gqkv.p + il.ldo,
+                   gqkv.p + 2 * il.ldo, nullptr);
+      il.check("cuDNN", ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()), kFlashGradTol);
     }
   }
 }
@@ -675,19 +757,37 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
 TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
   SKIP_WITHOUT_GPU();
   ASSERT_TRUE(mc::flash_supported(64));
-  whole_model_case({}, "fused epilogues, flash attention (head 64)", "L2H2C128V256T64");
-  whole_model_case({.flash_bwd_stages = 2}, "flash attention, double-buffered backward", "L2H2C128V256T64");
-  whole_model_case({.flash_bwd_min_blocks = 0}, "flash attention, backward without the 3-blocks register cap",
+  whole_model_case({.cudnn_attention = false}, "fused epilogues, flash attention (head 64)", "L2H2C128V256T64");
+  whole_model_case({.cudnn_attention = false, .flash_bwd_stages = 2}, "flash attention, double-buffered backward",
                    "L2H2C128V256T64");
-  whole_model_case({.flash_bwd_key_tile = 128}, "flash attention, backward with 128-key blocks", "L2H2C128V256T64");
+  whole_model_case({.cudnn_attention = false, .flash_bwd_min_blocks = 0},
+                   "flash attention, backward without the 3-blocks register cap", "L2H2C128V256T64");
+  whole_model_case({.cudnn_attention = false, .flash_bwd_key_tile = 128},
+                   "flash attention, backward with 128-key blocks", "L2H2C128V256T64");
   // Autotuned GEMMs: timed on scratch outputs, so the accumulating GEMMs (weight gradients,
   // residual adds) still add exactly once (the second micro-batch's doubling checks it).
-  whole_model_case({.gemm_autotune = 8}, "flash attention, autotuned GEMMs", "L2H2C128V256T64");
+  whole_model_case({.cudnn_attention = false, .gemm_autotune = 8}, "flash attention, autotuned GEMMs",
+                   "L2H2C128V256T64");
+}
+
+// The default attention where the build has cuDNN: its fused SDPA (the model says so in
+// attention_kind(); a silent fall back to the fused kernels fails here).
+TEST(CudaModel, LossAndGradientsMatchCpuWithCudnnAttention) {
+  SKIP_WITHOUT_GPU();
+  if (!mc::CudnnAttention::unavailable_reason().empty()) GTEST_SKIP() << mc::CudnnAttention::unavailable_reason();
+  for (const char* size : {"L2H2C128V256T64", "L2H4C128V256T64"}) {
+    const std::string kind = mc::CudaGpt(GptConfig::from_name(size), 4, 64, {}).attention_kind();
+    std::printf("[%s] attention: %s\n", size, kind.c_str());
+    EXPECT_EQ(kind.rfind("cuDNN", 0), 0u) << kind;
+  }
+  whole_model_case({}, "cuDNN attention (head 64)", "L2H2C128V256T64");
+  whole_model_case({}, "cuDNN attention (head 32)", "L2H4C128V256T64");
+  whole_model_case({.recompute = true}, "cuDNN attention, recompute", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, RecomputeMatchesCpuAndKeepsLess) {
   SKIP_WITHOUT_GPU();
-  whole_model_case({.recompute = true}, "flash attention, recompute", "L2H2C128V256T64");
+  whole_model_case({.cudnn_attention = false, .recompute = true}, "flash attention, recompute", "L2H2C128V256T64");
   whole_model_case({.fused_epilogues = false, .flash_attention = false, .recompute = true}, "GEMM attention, recompute",
                    "L2H4C64V256T64");
   // Blocks keep their inputs only: the other layers' activations are not allocated.

@@ -121,6 +121,11 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_CUDA_FLASH", "1: fused causal attention; 0: attention through GEMMs and a softmax kernel",
        [](Knobs& k, const std::string& v) { k.cuda_flash = parse_switch("MICS_CUDA_FLASH", v); },
        [](const Knobs& k) { return std::string(k.cuda_flash ? "1" : "0"); }},
+      {"MICS_CUDA_CUDNN_ATTENTION",
+       "1: the fused attention is cuDNN's SDPA where the build has cuDNN and an engine for the shape; "
+       "0: mics' own kernels",
+       [](Knobs& k, const std::string& v) { k.cuda_cudnn_attention = parse_switch("MICS_CUDA_CUDNN_ATTENTION", v); },
+       [](const Knobs& k) { return std::string(k.cuda_cudnn_attention ? "1" : "0"); }},
       {"MICS_CUDA_EPILOGUES", "1: bias, GELU and residual fused into cuBLASLt epilogues; 0: separate kernels",
        [](Knobs& k, const std::string& v) { k.cuda_epilogues = parse_switch("MICS_CUDA_EPILOGUES", v); },
        [](const Knobs& k) { return std::string(k.cuda_epilogues ? "1" : "0"); }},

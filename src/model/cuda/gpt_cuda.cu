@@ -9,6 +9,7 @@
 #include <map>
 
 #include "model/cuda/check.cuh"
+#include "model/cuda/cudnn_attention.hpp"
 #include "model/cuda/gemm.hpp"
 #include "model/cuda/kernels.hpp"
 #include "model/gpt_layers.hpp"
@@ -100,7 +101,9 @@ struct CudaGpt::Impl {
   int Vh;
   size_t N;
   CudaOptions opt;
-  bool flash = false;
+  bool flash = false;                     // fused attention (cuDNN's or mics' kernels); else GEMMs
+  std::unique_ptr<CudnnAttention> cudnn;  // cuDNN's fused SDPA, when it built for this shape
+  std::string cudnn_fallback;             // why cuDNN's SDPA is not used, when asked for
   cudaStream_t stream = nullptr;
   Blas blas;
   Arena arena;
@@ -160,6 +163,16 @@ struct CudaGpt::Impl {
                       std::to_string(cfg.max_seq) + ")",
                   {.layer = "model", .where = "CudaGpt", .hint = "use 1 <= seq_len <= the model's context"});
     flash = opt.flash_attention && flash_supported(D);
+    if (opt.flash_attention && opt.cudnn_attention) {
+      // cuDNN's SDPA where it builds; mics' own fused kernels otherwise (the reason is kept
+      // and printed with the attention kind).
+      try {
+        cudnn = std::make_unique<CudnnAttention>(B * H, T, D, flash_layout());
+        flash = true;
+      } catch (const Error& e) {
+        cudnn_fallback = e.message();
+      }
+    }
     blas.set_fused_epilogues(opt.fused_epilogues);
     blas.set_autotune(opt.gemm_autotune);
     MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -245,7 +258,7 @@ struct CudaGpt::Impl {
       const size_t part = std::max(layernorm_partial_floats(static_cast<int>(N), C),
                                    colsum_partial_floats(static_cast<int>(N), 4 * C));
       partial = f(part);
-      if (flash) flash_scratch = f(flash_scratch_floats(static_cast<int>(bh), T, D));
+      if (flash && !cudnn) flash_scratch = f(flash_scratch_floats(static_cast<int>(bh), T, D));
       loss_sum = f(1);
       norm_sq = f(1);
       norm_partial = f(sum_squares_partial_floats());
@@ -370,6 +383,10 @@ struct CudaGpt::Impl {
   void attention_forward(const LayerActs& a) {
     const int bh = B * H;
     const size_t plane = N * C;
+    if (cudnn) {
+      cudnn->forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, s());
+      return;
+    }
     if (flash) {
       flash_attention_forward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, a.lse, bh, T, D, s(), flash_layout());
       return;
@@ -391,6 +408,10 @@ struct CudaGpt::Impl {
   void attention_backward(const LayerActs& a) {
     const int bh = B * H;
     const size_t plane = N * C;
+    if (cudnn) {
+      cudnn->backward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, datty, a.lse, dqkv, dqkv + C, dqkv + 2 * C, s());
+      return;
+    }
     if (flash) {
       flash_attention_backward(a.qkvh, a.qkvh + C, a.qkvh + 2 * C, a.atty, datty, a.lse, dqkv, dqkv + C,
                                dqkv + 2 * C, flash_scratch, bh, T, D, s(), opt.flash_bwd_stages, flash_layout(),
@@ -718,10 +739,16 @@ std::vector<PhaseTime> CudaGpt::take_profile() {
   return out;
 }
 
-uint64_t CudaGpt::allocated_bytes() const { return impl_->arena.size() + (64ull << 20); }
+uint64_t CudaGpt::allocated_bytes() const {
+  return impl_->arena.size() + (64ull << 20) + (impl_->cudnn ? impl_->cudnn->device_bytes() : 0);
+}
 
 std::string CudaGpt::attention_kind() const {
-  return impl_->flash ? "fused flash-style kernels" : "cuBLASLt batched GEMMs + causal softmax kernels";
+  if (impl_->cudnn) return impl_->cudnn->describe();
+  std::string kind =
+      impl_->flash ? "mics' fused flash-style kernels" : "cuBLASLt batched GEMMs + causal softmax kernels";
+  if (!impl_->cudnn_fallback.empty()) kind += " (not cuDNN's SDPA: " + impl_->cudnn_fallback + ")";
+  return kind;
 }
 
 }  // namespace mics::model::cuda
