@@ -609,8 +609,8 @@ TEST(CudaKernels, CudnnAttentionForwardAndBackward) {
     const auto v = round_bf16(random_vector(n, rng, 1.0f));
     const auto dy = round_bf16(random_vector(n, rng, 1.0f));
     const AttentionRef ref = attention_reference(q, k, v, dy, c.bh, c.T, c.D);
-    {  // [bh, T, D]
-      mc::CudnnAttention att(c.bh, c.T, c.D, {});
+    for (const bool deterministic : {false, true}) {  // [bh, T, D]
+      mc::CudnnAttention att(c.bh, c.T, c.D, {}, deterministic);
       Dev<uint16_t> dq_(to_bf16(q)), dk_(to_bf16(k)), dv_(to_bf16(v)), ddy(to_bf16(dy)), dyo(n), gq(n), gk(n), gv(n);
       Dev<float> dlse(static_cast<size_t>(c.bh) * c.T);
       att.forward(dq_.p, dk_.p, dv_.p, dyo.p, dlse.p, nullptr);
@@ -783,6 +783,7 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithCudnnAttention) {
   whole_model_case({}, "cuDNN attention (head 64)", "L2H2C128V256T64");
   whole_model_case({}, "cuDNN attention (head 32)", "L2H4C128V256T64");
   whole_model_case({.recompute = true}, "cuDNN attention, recompute", "L2H2C128V256T64");
+  whole_model_case({.cudnn_deterministic = true}, "cuDNN attention, deterministic dQ", "L2H2C128V256T64");
 }
 
 TEST(CudaModel, RecomputeMatchesCpuAndKeepsLess) {

@@ -126,6 +126,13 @@ const std::vector<KnobSpec>& specs() {
        "0: mics' own kernels",
        [](Knobs& k, const std::string& v) { k.cuda_cudnn_attention = parse_switch("MICS_CUDA_CUDNN_ATTENTION", v); },
        [](const Knobs& k) { return std::string(k.cuda_cudnn_attention ? "1" : "0"); }},
+      {"MICS_CUDA_CUDNN_DETERMINISTIC",
+       "1: cuDNN's attention backward computes dQ in its own pass (no atomics: the same gradients every run); "
+       "0: fp32 atomics",
+       [](Knobs& k, const std::string& v) {
+         k.cuda_cudnn_deterministic = parse_switch("MICS_CUDA_CUDNN_DETERMINISTIC", v);
+       },
+       [](const Knobs& k) { return std::string(k.cuda_cudnn_deterministic ? "1" : "0"); }},
       {"MICS_CUDA_EPILOGUES", "1: bias, GELU and residual fused into cuBLASLt epilogues; 0: separate kernels",
        [](Knobs& k, const std::string& v) { k.cuda_epilogues = parse_switch("MICS_CUDA_EPILOGUES", v); },
        [](const Knobs& k) { return std::string(k.cuda_epilogues ? "1" : "0"); }},

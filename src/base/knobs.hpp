@@ -35,6 +35,7 @@ struct Knobs {
   bool cuda_profile = false;             // MICS_CUDA_PROFILE: per-kernel-kind CUDA event times per step
   bool cuda_flash = true;                // MICS_CUDA_FLASH: fused attention (0: GEMMs + softmax)
   bool cuda_cudnn_attention = true;      // MICS_CUDA_CUDNN_ATTENTION: cuDNN's SDPA (0: mics' kernels)
+  bool cuda_cudnn_deterministic = false;  // MICS_CUDA_CUDNN_DETERMINISTIC: dQ without atomics
   bool cuda_epilogues = true;            // MICS_CUDA_EPILOGUES: cuBLASLt bias/GELU epilogues
   int64_t cuda_flash_bwd_stages = 1;     // MICS_CUDA_FLASH_BWD_STAGES: 1 or 2
   int64_t cuda_flash_bwd_min_blocks = 3; // MICS_CUDA_FLASH_BWD_MINBLOCKS: 3 or 0 (no cap)

@@ -168,6 +168,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.profile = knobs().cuda_profile;
   options.flash_attention = knobs().cuda_flash;
   options.cudnn_attention = knobs().cuda_cudnn_attention;
+  options.cudnn_deterministic = knobs().cuda_cudnn_deterministic;
   options.fused_epilogues = knobs().cuda_epilogues;
   options.flash_bwd_stages = static_cast<int>(knobs().cuda_flash_bwd_stages);
   options.flash_bwd_min_blocks = static_cast<int>(knobs().cuda_flash_bwd_min_blocks);

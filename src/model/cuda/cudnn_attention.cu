@@ -39,7 +39,7 @@ struct CudnnAttention::Impl {};
 std::string CudnnAttention::unavailable_reason() {
   return "built without cuDNN (cudnn.h or libcudnn not found)";
 }
-CudnnAttention::CudnnAttention(int, int, int, const FlashLayout&, bool) {
+CudnnAttention::CudnnAttention(int, int, int, const FlashLayout&, bool, bool) {
   throw_cudnn(unavailable_reason());
 }
 CudnnAttention::~CudnnAttention() = default;
@@ -117,6 +117,7 @@ enum Uid : int64_t {
   kNegInf,
   kOne,
   kRowSum,
+  kDQAccum,
   kFirstVirtual = 100
 };
 
@@ -269,14 +270,17 @@ struct CudnnAttention::Impl {
   Plan fwd, bwd;
   bool has_bwd = false;
   void* workspace = nullptr;
-  float* row_sum = nullptr;  // [B, heads, T]: sum over d of dO * O (the backward's "D")
-  size_t workspace_bytes = 0, row_sum_bytes = 0;
+  float* row_sum = nullptr;    // [B, heads, T]: sum over d of dO * O (the backward's "D")
+  float* dq_accum = nullptr;   // [B, heads, T, D] fp32: dQ's atomics (the non-deterministic backward)
+  bool zero_dq_accum = false;  // cuDNN before 9.6 leaves zeroing it to the caller
+  size_t workspace_bytes = 0, row_sum_bytes = 0, dq_accum_bytes = 0;
   // Scalars passed by value: their addresses go into every variant pack.
   float scale = 1, neg_inf = -std::numeric_limits<float>::infinity(), one = 1;
 
   ~Impl() {
     if (workspace) cudaFree(workspace);
     if (row_sum) cudaFree(row_sum);
+    if (dq_accum) cudaFree(dq_accum);
     if (handle) cudnnDestroy(handle);
   }
 
@@ -297,7 +301,8 @@ std::string CudnnAttention::unavailable_reason() {
   return "";
 }
 
-CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLayout& layout, bool inference_only)
+CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLayout& layout, bool deterministic,
+                               bool inference_only)
     : impl_(std::make_unique<Impl>()) {
   const int64_t heads = layout.heads > 0 ? layout.heads : 1;
   if (bh <= 0 || seq_len <= 0 || bh % heads != 0)
@@ -408,7 +413,16 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
     g.matmul(dst, q, dk);
     const Desc& k = g.virt(f32, rows, qkv_rows);
     g.reshape(kt, k);
-    g.matmul(ds, k, dq);
+    if (deterministic) {
+      g.matmul(ds, k, dq);
+    } else {
+      const Desc& accum = g.tensor(kDQAccum, f32, rows, {H * T * D, T * D, D, 1}, false);
+      g.matmul(ds, k, accum);
+      g.pointwise(CUDNN_POINTWISE_IDENTITY, accum, nullptr, nullptr, dq);
+      m.dq_accum_bytes = static_cast<size_t>(B * H * T * D) * sizeof(float);
+      MICS_CUDA(cudaMalloc(&m.dq_accum, m.dq_accum_bytes));
+      m.zero_dq_accum = cudnnGetVersion() < 90600;
+    }
     m.bwd = build_plan(m.handle, g, "attention backward");
     m.has_bwd = true;
     m.row_sum_bytes = static_cast<size_t>(B * H * T) * sizeof(float);
@@ -431,21 +445,38 @@ void CudnnAttention::backward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                               const float* lse, bf16_t* dq, bf16_t* dk, bf16_t* dv, Stream s) {
   Impl& m = *impl_;
   if (!m.has_bwd) throw_cudnn("backward called on an inference-only attention");
-  m.execute(m.bwd, {kQ, kK, kV, kScale, kNegInf, kOne, kO, kStats, kDO, kDQ, kDK, kDV, kRowSum},
-            {const_cast<bf16_t*>(q), const_cast<bf16_t*>(k), const_cast<bf16_t*>(v), &m.scale, &m.neg_inf, &m.one,
-             const_cast<bf16_t*>(y), const_cast<float*>(lse), const_cast<bf16_t*>(dy), dq, dk, dv, m.row_sum},
-            s, "cuDNN attention backward");
+  std::vector<int64_t> uids{kQ, kK, kV, kScale, kNegInf, kOne, kO, kStats, kDO, kDQ, kDK, kDV, kRowSum};
+  std::vector<void*> ptrs{const_cast<bf16_t*>(q),
+                          const_cast<bf16_t*>(k),
+                          const_cast<bf16_t*>(v),
+                          &m.scale,
+                          &m.neg_inf,
+                          &m.one,
+                          const_cast<bf16_t*>(y),
+                          const_cast<float*>(lse),
+                          const_cast<bf16_t*>(dy),
+                          dq,
+                          dk,
+                          dv,
+                          m.row_sum};
+  if (m.dq_accum) {
+    uids.push_back(kDQAccum);
+    ptrs.push_back(m.dq_accum);
+    if (m.zero_dq_accum) MICS_CUDA(cudaMemsetAsync(m.dq_accum, 0, m.dq_accum_bytes, static_cast<cudaStream_t>(s)));
+  }
+  m.execute(m.bwd, uids, ptrs, s, "cuDNN attention backward");
 }
 
 size_t CudnnAttention::device_bytes() const {
-  return impl_->workspace_bytes + impl_->row_sum_bytes;
+  return impl_->workspace_bytes + impl_->row_sum_bytes + impl_->dq_accum_bytes;
 }
 
 std::string CudnnAttention::describe() const {
   const size_t v = cudnnGetVersion();
   std::string s = "cuDNN " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
                   std::to_string(v % 100) + " fused SDPA (engine " + std::to_string(impl_->fwd.engine);
-  if (impl_->has_bwd) s += " / " + std::to_string(impl_->bwd.engine);
+  if (impl_->has_bwd)
+    s += " / " + std::to_string(impl_->bwd.engine) + (impl_->dq_accum ? ", dQ by atomics" : ", deterministic dQ");
   return s + ")";
 }
 

@@ -167,7 +167,7 @@ struct CudaGpt::Impl {
       // cuDNN's SDPA where it builds; mics' own fused kernels otherwise (the reason is kept
       // and printed with the attention kind).
       try {
-        cudnn = std::make_unique<CudnnAttention>(B * H, T, D, flash_layout());
+        cudnn = std::make_unique<CudnnAttention>(B * H, T, D, flash_layout(), opt.cudnn_deterministic);
         flash = true;
       } catch (const Error& e) {
         cudnn_fallback = e.message();

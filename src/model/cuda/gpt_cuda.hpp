@@ -33,6 +33,7 @@ struct CudaOptions {
   // With flash_attention: cuDNN's fused SDPA (cudnn_attention.hpp) where the build has cuDNN and
   // it has an engine for the shape; else, or when false, mics' own kernels (flash.cu).
   bool cudnn_attention = true;
+  bool cudnn_deterministic = false;  // cuDNN's backward with dQ as its own pass (no atomics)
   bool profile = false;         // time each kind of kernel with CUDA events (take_profile)
   int flash_bwd_stages = 1;     // fused attention backward: 1, or 2 (Q/dO double-buffered; no faster on the H200)
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
