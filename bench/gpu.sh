@@ -2,6 +2,8 @@
 # The GPU path in one go, on a machine with an NVIDIA GPU: build (CUDA on, sm_90), the CUDA
 # tests, `mics train --device cuda` on GPT-2 124M (B=16, T=1024, random tokens), a profiled
 # run with a per-kernel-kind time breakdown (CUDA events), and the PyTorch peer in the same run.
+# The attention is cuDNN's fused SDPA where the build finds cuDNN (MICS_CUDA_CUDNN_ATTENTION=0:
+# mics' own fused kernels); summary.txt names the one used.
 #
 #   bench/gpu.sh [OUT_DIR]          (default: ./gpu-results)
 # Environment: BUILD (build dir, default /tmp/mics-gpu-build), MICS_FABRIC_PREFIX (an unpacked
@@ -105,6 +107,7 @@ fi
 
 {
   echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)"
+  grep -oE "attention: .*" "$OUT/mics_train.txt" | head -1 | sed 's/^/mics /'
   grep -E "^  (tokens/s|step time|model flops|device memory)" "$OUT/mics_train.txt" | sed 's/^/mics: /'
   if [ -f "$OUT/torch.txt" ]; then grep -E "tok/s" "$OUT/torch.txt" | sed 's/^/peer: /'; fi
   for name in 350m 774m; do
