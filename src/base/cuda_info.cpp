@@ -8,6 +8,9 @@
 #ifdef MICS_HAVE_NCCL
 #include <nccl.h>
 #endif
+#ifdef MICS_HAVE_CUDNN
+#include <cudnn.h>
+#endif
 
 namespace mics {
 
@@ -82,6 +85,10 @@ CudaInfo query_cuda_info() {
   } else {
     info.nccl_version = code;
   }
+#endif
+#ifdef MICS_HAVE_CUDNN
+  info.built_with_cudnn = true;
+  info.cudnn_version = static_cast<int>(cudnnGetVersion());
 #endif
   return info;
 }

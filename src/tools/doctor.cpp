@@ -638,6 +638,16 @@ void section_cuda(Report& r, json& j, const CudaInfo& c) {
   } else {
     r.fact("NCCL", "not built (nccl.h/libnccl not found at configure time)");
   }
+  if (c.built_with_cudnn)
+    r.fact("cuDNN", fmt::format("{}.{}.{} (its fused SDPA is the attention of `mics train --device cuda`; "
+                                "MICS_CUDA_CUDNN_ATTENTION=0: mics' own kernels)",
+                                c.cudnn_version / 10000, c.cudnn_version / 100 % 100, c.cudnn_version % 100));
+  else
+    r.fact("cuDNN", "not built (cudnn_graph.h/libcudnn not found at configure time): mics' own attention kernels");
+  jc["cudnn_version"] =
+      c.built_with_cudnn
+          ? json(fmt::format("{}.{}.{}", c.cudnn_version / 10000, c.cudnn_version / 100 % 100, c.cudnn_version % 100))
+          : json(nullptr);
   // The kernel driver's own version (nvidia-smi's "Driver Version"), from the module.
   std::string kernel_driver;
   if (std::ifstream in("/sys/module/nvidia/version"); in) std::getline(in, kernel_driver);
