@@ -464,6 +464,44 @@ AttentionRef attention_reference(const std::vector<float>& q, const std::vector<
   return r;
 }
 
+// Attention's bounds against the double reference: y (bf16 out) kBf16Tol; lse (fp32)
+// kF32GemmTol; dq, dk, dv kAttentionGradTol (bf16 out, computed through bf16-rounded P and dS).
+constexpr double kAttentionGradTol = 2e-2;
+
+void check_attention(const std::string& what, const AttentionRef& ref, const std::vector<float>& y,
+                     const std::vector<float>& lse, const std::vector<float>& dq, const std::vector<float>& dk,
+                     const std::vector<float>& dv) {
+  SCOPED_TRACE(what);
+  const double ey = rel_error(y, ref.y), el = rel_error(lse, ref.lse), eq = rel_error(dq, ref.dq),
+               ek = rel_error(dk, ref.dk), ev = rel_error(dv, ref.dv);
+  EXPECT_LT(ey, kBf16Tol);
+  EXPECT_LT(el, kF32GemmTol);
+  EXPECT_LT(eq, kAttentionGradTol);
+  EXPECT_LT(ek, kAttentionGradTol);
+  EXPECT_LT(ev, kAttentionGradTol);
+  std::printf("[%s] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", what.c_str(), ey, el, eq, ek, ev);
+}
+
+// Fresh bf16-rounded inputs of bh heads of [T, D] (q, k at scale 2; v, dy at 1) and the reference.
+struct AttentionInputs {
+  int bh, T, D;
+  std::vector<float> q, k, v, dy;
+  AttentionRef ref;
+  AttentionInputs(int heads, int seq_len, int head_dim, std::mt19937_64& rng)
+      : bh(heads),
+        T(seq_len),
+        D(head_dim),
+        q(round_bf16(random_vector(n(), rng, 2.0f))),
+        k(round_bf16(random_vector(n(), rng, 2.0f))),
+        v(round_bf16(random_vector(n(), rng, 1.0f))),
+        dy(round_bf16(random_vector(n(), rng, 1.0f))),
+        ref(attention_reference(q, k, v, dy, bh, T, D)) {}
+  size_t n() const { return static_cast<size_t>(bh) * T * D; }
+  std::string name(const char* what) const {
+    return std::string(what) + " bh" + std::to_string(bh) + " T" + std::to_string(T) + " D" + std::to_string(D);
+  }
+};
+
 // The model's attention layout for the tests: the bh heads as one batch row of H = bh heads,
 // q/k/v interleaved in [T, 3, H, D] (row stride 3 H D), y/dy in [T, H, D]; check() maps the
 // outputs back to [bh, T, D] and compares them with the reference.
@@ -505,8 +543,8 @@ struct InterleavedAttention {
         for (int d = 0; d < D; ++d)
           f((static_cast<size_t>(h) * T + t) * D + d, t * ldo + static_cast<size_t>(h) * D + d);
   }
-  void check(const char* what, const AttentionRef& ref, const std::vector<float>& y, const std::vector<float>& lse,
-             const std::vector<float>& gqkv, double grad_tol) const {
+  void check(const std::string& what, const AttentionRef& ref, const std::vector<float>& y,
+             const std::vector<float>& lse, const std::vector<float>& gqkv) const {
     const size_t n = static_cast<size_t>(H) * T * D;
     std::vector<float> y2(n), q2(n), k2(n), v2(n);
     for_each_o([&](size_t head_major, size_t row) { y2[head_major] = y[row]; });
@@ -515,24 +553,14 @@ struct InterleavedAttention {
       k2[head_major] = gqkv[row + ldo];
       v2[head_major] = gqkv[row + 2 * ldo];
     });
-    const double ey = rel_error(y2, ref.y), el = rel_error(lse, ref.lse), eq = rel_error(q2, ref.dq),
-                 ek = rel_error(k2, ref.dk), ev = rel_error(v2, ref.dv);
-    EXPECT_LT(ey, kBf16Tol);
-    EXPECT_LT(el, kF32GemmTol);
-    EXPECT_LT(eq, grad_tol);
-    EXPECT_LT(ek, grad_tol);
-    EXPECT_LT(ev, grad_tol);
-    std::printf("[%s bh%d T%d D%d, qkv-interleaved layout] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", what, H,
-                T, D, ey, el, eq, ek, ev);
+    check_attention(what + ", qkv-interleaved layout", ref, y2, lse, q2, k2, v2);
   }
 };
 
 // The fused attention kernels against the double reference: T a multiple of the 64-row tile
-// and not, head sizes 64 and 128. Bounds: y (bf16 out) kBf16Tol; lse (fp32) kF32GemmTol;
-// dq, dk, dv kFlashGradTol = 2e-2 (bf16 out, computed through bf16-rounded P and dS).
+// and not, head sizes 64 and 128; every backward variant, and the model's layout.
 TEST(CudaKernels, FlashAttentionForwardAndBackward) {
   SKIP_WITHOUT_GPU();
-  constexpr double kFlashGradTol = 2e-2;
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -541,42 +569,27 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
   };
   for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 300, 64}, Case{2, 150, 128}}) {
     ASSERT_TRUE(mc::flash_supported(c.D));
-    SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
-    const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
-    const auto q = round_bf16(random_vector(n, rng, 2.0f));
-    const auto k = round_bf16(random_vector(n, rng, 2.0f));
-    const auto v = round_bf16(random_vector(n, rng, 1.0f));
-    const auto dy = round_bf16(random_vector(n, rng, 1.0f));
-    const AttentionRef ref = attention_reference(q, k, v, dy, c.bh, c.T, c.D);
-    Dev<uint16_t> dq_(to_bf16(q)), dk_(to_bf16(k)), dv_(to_bf16(v)), ddy(to_bf16(dy)), dyo(n);
+    const AttentionInputs in(c.bh, c.T, c.D, rng);
+    const size_t n = in.n();
+    Dev<uint16_t> dq_(to_bf16(in.q)), dk_(to_bf16(in.k)), dv_(to_bf16(in.v)), ddy(to_bf16(in.dy)), dyo(n);
     Dev<float> dlse(static_cast<size_t>(c.bh) * c.T);
     mc::flash_attention_forward(dq_.p, dk_.p, dv_.p, dyo.p, dlse.p, c.bh, c.T, c.D, nullptr);
-    const auto gy = from_bf16(dyo.get());
-    const double ey = rel_error(gy, ref.y), el = rel_error(dlse.get(), ref.lse);
-    EXPECT_LT(ey, kBf16Tol);
-    EXPECT_LT(el, kF32GemmTol);
+    const auto y = from_bf16(dyo.get()), lse = dlse.get();
     struct Variant {
       int stages, min_blocks, key_tile;
     };
-    for (const Variant var : {Variant{1, 0, 64}, Variant{2, 0, 64}, Variant{1, 3, 64}, Variant{1, 0, 128},
-                              Variant{2, 0, 128}}) {
-      SCOPED_TRACE("backward stages " + std::to_string(var.stages) + " min blocks " + std::to_string(var.min_blocks) +
-                   " key tile " + std::to_string(var.key_tile));
+    for (const Variant var :
+         {Variant{1, 0, 64}, Variant{2, 0, 64}, Variant{1, 3, 64}, Variant{1, 0, 128}, Variant{2, 0, 128}}) {
       Dev<uint16_t> gq(n), gk(n), gv(n);
       Dev<float> scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
       mc::flash_attention_backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, scratch.p, c.bh, c.T,
                                    c.D, nullptr, var.stages, {}, var.min_blocks, var.key_tile);
-      const double eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
-                   ev = rel_error(from_bf16(gv.get()), ref.dv);
-      EXPECT_LT(eq, kFlashGradTol);
-      EXPECT_LT(ek, kFlashGradTol);
-      EXPECT_LT(ev, kFlashGradTol);
-      std::printf(
-          "[flash bh%d T%d D%d, bwd stages %d min blocks %d keys %d] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n",
-          c.bh, c.T, c.D, var.stages, var.min_blocks, var.key_tile, ey, el, eq, ek, ev);
+      check_attention(in.name("flash") + ", bwd stages " + std::to_string(var.stages) + " min blocks " +
+                          std::to_string(var.min_blocks) + " keys " + std::to_string(var.key_tile),
+                      in.ref, y, lse, from_bf16(gq.get()), from_bf16(gk.get()), from_bf16(gv.get()));
     }
     // The model's layout, outputs poisoned (Dev).
-    const InterleavedAttention il(q, k, v, dy, c.bh, c.T, c.D);
+    const InterleavedAttention il(in.q, in.k, in.v, in.dy, c.bh, c.T, c.D);
     Dev<uint16_t> dqkv(to_bf16(il.qkv)), ddyp(to_bf16(il.dy)), yp(il.y_size()), gqkv(il.qkv.size());
     Dev<float> lse2(il.lse_size()), scratch(mc::flash_scratch_floats(c.bh, c.T, c.D));
     mc::flash_attention_forward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, lse2.p, c.bh, c.T, c.D, nullptr,
@@ -584,17 +597,16 @@ TEST(CudaKernels, FlashAttentionForwardAndBackward) {
     mc::flash_attention_backward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, ddyp.p, lse2.p, gqkv.p,
                                  gqkv.p + il.ldo, gqkv.p + 2 * il.ldo, scratch.p, c.bh, c.T, c.D, nullptr, 1,
                                  il.layout(), 0, 128);
-    il.check("flash", ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()), kFlashGradTol);
+    il.check(in.name("flash"), in.ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()));
   }
 }
 
-// cuDNN's fused SDPA (cudnn_attention.hpp) against the same double reference, in the plain
-// [bh, T, D] layout and in the model's interleaved one; head sizes 32, 64, 128. Bounds as the
-// fused kernels' (both compute P and dS in bf16 for the tensor cores).
+// cuDNN's fused SDPA (cudnn_attention.hpp) against the same double reference and bounds (it also
+// computes P and dS in bf16 for the tensor cores), in the plain [bh, T, D] layout with dQ by
+// atomics and deterministic, and in the model's interleaved one; head sizes 32, 64, 128.
 TEST(CudaKernels, CudnnAttentionForwardAndBackward) {
   SKIP_WITHOUT_GPU();
   if (!mc::CudnnAttention::unavailable_reason().empty()) GTEST_SKIP() << mc::CudnnAttention::unavailable_reason();
-  constexpr double kFlashGradTol = 2e-2;
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -602,40 +614,26 @@ TEST(CudaKernels, CudnnAttentionForwardAndBackward) {
     int bh, T, D;
   };
   for (const Case c : {Case{3, 200, 64}, Case{2, 128, 64}, Case{2, 1, 64}, Case{2, 300, 32}, Case{2, 150, 128}}) {
-    SCOPED_TRACE("bh " + std::to_string(c.bh) + " T " + std::to_string(c.T) + " D " + std::to_string(c.D));
-    const size_t n = static_cast<size_t>(c.bh) * c.T * c.D;
-    const auto q = round_bf16(random_vector(n, rng, 2.0f));
-    const auto k = round_bf16(random_vector(n, rng, 2.0f));
-    const auto v = round_bf16(random_vector(n, rng, 1.0f));
-    const auto dy = round_bf16(random_vector(n, rng, 1.0f));
-    const AttentionRef ref = attention_reference(q, k, v, dy, c.bh, c.T, c.D);
-    for (const bool deterministic : {false, true}) {  // [bh, T, D]
+    const AttentionInputs in(c.bh, c.T, c.D, rng);
+    const size_t n = in.n();
+    for (const bool deterministic : {false, true}) {
       mc::CudnnAttention att(c.bh, c.T, c.D, {}, deterministic);
-      Dev<uint16_t> dq_(to_bf16(q)), dk_(to_bf16(k)), dv_(to_bf16(v)), ddy(to_bf16(dy)), dyo(n), gq(n), gk(n), gv(n);
+      Dev<uint16_t> dq_(to_bf16(in.q)), dk_(to_bf16(in.k)), dv_(to_bf16(in.v)), ddy(to_bf16(in.dy)), dyo(n), gq(n),
+          gk(n), gv(n);
       Dev<float> dlse(static_cast<size_t>(c.bh) * c.T);
       att.forward(dq_.p, dk_.p, dv_.p, dyo.p, dlse.p, nullptr);
       att.backward(dq_.p, dk_.p, dv_.p, dyo.p, ddy.p, dlse.p, gq.p, gk.p, gv.p, nullptr);
-      const double ey = rel_error(from_bf16(dyo.get()), ref.y), el = rel_error(dlse.get(), ref.lse),
-                   eq = rel_error(from_bf16(gq.get()), ref.dq), ek = rel_error(from_bf16(gk.get()), ref.dk),
-                   ev = rel_error(from_bf16(gv.get()), ref.dv);
-      EXPECT_LT(ey, kBf16Tol);
-      EXPECT_LT(el, kF32GemmTol);
-      EXPECT_LT(eq, kFlashGradTol);
-      EXPECT_LT(ek, kFlashGradTol);
-      EXPECT_LT(ev, kFlashGradTol);
-      std::printf("[cuDNN bh%d T%d D%d, %s] errors: y %.3g lse %.3g dq %.3g dk %.3g dv %.3g\n", c.bh, c.T, c.D,
-                  att.describe().c_str(), ey, el, eq, ek, ev);
+      check_attention(in.name("cuDNN") + ", " + att.describe(), in.ref, from_bf16(dyo.get()), dlse.get(),
+                      from_bf16(gq.get()), from_bf16(gk.get()), from_bf16(gv.get()));
     }
-    {  // the model's layout
-      const InterleavedAttention il(q, k, v, dy, c.bh, c.T, c.D);
-      mc::CudnnAttention att(c.bh, c.T, c.D, il.layout());
-      Dev<uint16_t> dqkv(to_bf16(il.qkv)), ddyp(to_bf16(il.dy)), yp(il.y_size()), gqkv(il.qkv.size());
-      Dev<float> lse2(il.lse_size());
-      att.forward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, lse2.p, nullptr);
-      att.backward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, ddyp.p, lse2.p, gqkv.p, gqkv.p + il.ldo,
-                   gqkv.p + 2 * il.ldo, nullptr);
-      il.check("cuDNN", ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()), kFlashGradTol);
-    }
+    const InterleavedAttention il(in.q, in.k, in.v, in.dy, c.bh, c.T, c.D);
+    mc::CudnnAttention att(c.bh, c.T, c.D, il.layout());
+    Dev<uint16_t> dqkv(to_bf16(il.qkv)), ddyp(to_bf16(il.dy)), yp(il.y_size()), gqkv(il.qkv.size());
+    Dev<float> lse2(il.lse_size());
+    att.forward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, lse2.p, nullptr);
+    att.backward(dqkv.p, dqkv.p + il.ldo, dqkv.p + 2 * il.ldo, yp.p, ddyp.p, lse2.p, gqkv.p, gqkv.p + il.ldo,
+                 gqkv.p + 2 * il.ldo, nullptr);
+    il.check(in.name("cuDNN"), in.ref, from_bf16(yp.get()), lse2.get(), from_bf16(gqkv.get()));
   }
 }
 

@@ -192,6 +192,28 @@ struct GraphBuilder {
     aux.push_back(std::move(m));
     ops.push_back(std::move(op));
   }
+  // S * scale, S = Q K^T (fp32 [B, H, T, T], dims and strides of the scores).
+  const Desc& scaled_scores(const Desc& q, const Desc& kt, const Desc& scale, const Dims& dims, const Dims& strides) {
+    const Desc& s = virt(CUDNN_DATA_FLOAT, dims, strides);
+    matmul(q, kt, s);
+    const Desc& scaled = virt(CUDNN_DATA_FLOAT, dims, strides);
+    pointwise(CUDNN_POINTWISE_MUL, s, &scale, nullptr, scaled);
+    return scaled;
+  }
+  // The causal mask: x where the key's index (axis 3) <= the query's (axis 2), else the
+  // by-value kNegInf.
+  const Desc& causal_mask(const Desc& x, const Dims& dims, const Dims& strides) {
+    const Desc& row = virt(CUDNN_DATA_INT32, dims, strides);
+    pointwise(CUDNN_POINTWISE_GEN_INDEX, x, nullptr, nullptr, row, CUDNN_DATA_FLOAT, 2);
+    const Desc& col = virt(CUDNN_DATA_INT32, dims, strides);
+    pointwise(CUDNN_POINTWISE_GEN_INDEX, x, nullptr, nullptr, col, CUDNN_DATA_FLOAT, 3);
+    const Desc& keep = virt(CUDNN_DATA_BOOLEAN, dims, strides);
+    pointwise(CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
+    const Desc& neg_inf = scalar(kNegInf);
+    const Desc& masked = virt(CUDNN_DATA_FLOAT, dims, strides);
+    pointwise(CUDNN_POINTWISE_BINARY_SELECT, x, &neg_inf, &keep, masked);
+    return masked;
+  }
   void reshape(const Desc& x, const Desc& y) {
     Desc op(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
     op.set_desc(CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x)
@@ -330,19 +352,7 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
     const Desc& scale = g.scalar(kScale);
     const Desc& stats = g.tensor(kStats, f32, stat, stat_rm, false);
     const Desc& o = g.tensor(kO, bf16, rows, o_rows, false);
-    const Desc& s = g.virt(f32, scores, scores_rm);
-    g.matmul(q, kt, s);
-    const Desc& s_scaled = g.virt(f32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_MUL, s, &scale, nullptr, s_scaled);
-    const Desc& row = g.virt(CUDNN_DATA_INT32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s_scaled, nullptr, nullptr, row, f32, 2);
-    const Desc& col = g.virt(CUDNN_DATA_INT32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s_scaled, nullptr, nullptr, col, f32, 3);
-    const Desc& keep = g.virt(CUDNN_DATA_BOOLEAN, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
-    const Desc& neg_inf = g.scalar(kNegInf);
-    const Desc& masked = g.virt(f32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, s_scaled, &neg_inf, &keep, masked);
+    const Desc& masked = g.causal_mask(g.scaled_scores(q, kt, scale, scores, scores_rm), scores, scores_rm);
     const Desc& mx = g.virt(f32, stat, stat_rm);
     g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, mx);
     const Desc& shifted = g.virt(f32, scores, scores_rm);
@@ -361,7 +371,8 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
   }
   if (!inference_only) {
     // backward: Di = sum_d dO*O; P recomputed from the stats; dV = P^T dO; dP = dO V^T;
-    // dS = P * (dP - Di) * scale; dK = dS^T Q; dQ = dS K (its own pass: no atomics).
+    // dS = P * (dP - Di) * scale; dK = dS^T Q; dQ = dS K (atomics into an fp32 buffer and a
+    // conversion, or deterministic: straight into dQ, which cuDNN runs as a pass of its own).
     GraphBuilder g;
     const Desc& q = g.tensor(kQ, bf16, rows, qkv_rows, false);
     const Desc& kt = g.tensor(kK, bf16, cols, qkv_cols, false);
@@ -380,21 +391,10 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
     const Desc& one = g.scalar(kOne);
     const Desc& row_sum = g.tensor(kRowSum, f32, stat, stat_rm, false);
     g.pointwise(CUDNN_POINTWISE_MUL, prod_sum, &one, nullptr, row_sum);
-    const Desc& s = g.virt(f32, scores, scores_rm);
-    g.matmul(q, kt, s);
-    const Desc& s_scaled = g.virt(f32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_MUL, s, &scale, nullptr, s_scaled);
+    const Desc& scaled = g.scaled_scores(q, kt, scale, scores, scores_rm);
     const Desc& shifted = g.virt(f32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_SUB, s_scaled, &stats, nullptr, shifted);
-    const Desc& row = g.virt(CUDNN_DATA_INT32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, shifted, nullptr, nullptr, row, f32, 2);
-    const Desc& col = g.virt(CUDNN_DATA_INT32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, shifted, nullptr, nullptr, col, f32, 3);
-    const Desc& keep = g.virt(CUDNN_DATA_BOOLEAN, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
-    const Desc& neg_inf = g.scalar(kNegInf);
-    const Desc& masked = g.virt(f32, scores, scores_rm);
-    g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, shifted, &neg_inf, &keep, masked);
+    g.pointwise(CUDNN_POINTWISE_SUB, scaled, &stats, nullptr, shifted);
+    const Desc& masked = g.causal_mask(shifted, scores, scores_rm);
     const Desc& p = g.virt(f32, scores, scores_rm);
     g.pointwise(CUDNN_POINTWISE_EXP, masked, nullptr, nullptr, p);
     const Desc& pt = g.virt(bf16, scores, scores_cm);
