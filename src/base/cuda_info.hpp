@@ -31,7 +31,8 @@ struct CudaInfo {
   int nccl_version = 0;    // ncclGetVersion: 22809 = 2.28.9; 0 = not known
   std::string nccl_error;  // why the NCCL version is unknown
   bool built_with_cudnn = false;  // MICS_HAVE_CUDNN: cuDNN's fused SDPA is the default attention
-  int cudnn_version = 0;          // cudnnGetVersion of the loaded library: 91400 = 9.14.0
+  int cudnn_version = 0;          // cudnnGetVersion of the library found at run time: 91400 = 9.14.0
+  std::string cudnn_error;        // why it was not found (it is opened with dlopen)
 };
 
 // Asks the CUDA runtime and NCCL; each question that fails leaves its *_error text.

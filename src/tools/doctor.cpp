@@ -638,16 +638,20 @@ void section_cuda(Report& r, json& j, const CudaInfo& c) {
   } else {
     r.fact("NCCL", "not built (nccl.h/libnccl not found at configure time)");
   }
-  if (c.built_with_cudnn)
+  if (c.built_with_cudnn && c.cudnn_version == 0)
+    r.fact("cuDNN", "not found at run time (" + c.cudnn_error +
+                        "): `mics train --device cuda` uses mics' own attention kernels");
+  else if (c.built_with_cudnn)
     r.fact("cuDNN", fmt::format("{}.{}.{} (its fused SDPA is the attention of `mics train --device cuda`; "
                                 "MICS_CUDA_CUDNN_ATTENTION=0: mics' own kernels)",
                                 c.cudnn_version / 10000, c.cudnn_version / 100 % 100, c.cudnn_version % 100));
   else
-    r.fact("cuDNN", "not built (cudnn_graph.h/libcudnn not found at configure time): mics' own attention kernels");
+    r.fact("cuDNN", "not built (cudnn_graph.h not found at configure time): mics' own attention kernels");
   jc["cudnn_version"] =
-      c.built_with_cudnn
+      c.cudnn_version > 0
           ? json(fmt::format("{}.{}.{}", c.cudnn_version / 10000, c.cudnn_version / 100 % 100, c.cudnn_version % 100))
           : json(nullptr);
+  if (!c.cudnn_error.empty()) jc["cudnn_error"] = c.cudnn_error;
   // The kernel driver's own version (nvidia-smi's "Driver Version"), from the module.
   std::string kernel_driver;
   if (std::ifstream in("/sys/module/nvidia/version"); in) std::getline(in, kernel_driver);
