@@ -62,23 +62,20 @@ namespace {
 
 // cuDNN is opened at run time (dlopen), not linked: a machine without it still runs mics, the
 // attention falling back to mics' own kernels with the loader's reason in the start-up line.
+// The entry points used, each as X(name) for cudnn<name>.
+// clang-format off
+#define MICS_CUDNN_FUNCTIONS(X)                                                           \
+  X(GetVersion) X(GetErrorString) X(GetLastErrorString) X(Create) X(Destroy) X(SetStream) \
+  X(BackendCreateDescriptor) X(BackendDestroyDescriptor) X(BackendSetAttribute)           \
+  X(BackendGetAttribute) X(BackendFinalize) X(BackendExecute)
+// clang-format on
+
 struct CudnnLib {
   std::string error;  // why it could not be used; "" when every entry point was found
   void* handle = nullptr;
-#define MICS_CUDNN_FN(name) decltype(&cudnn##name) name = nullptr;
-  MICS_CUDNN_FN(GetVersion)
-  MICS_CUDNN_FN(GetErrorString)
-  MICS_CUDNN_FN(GetLastErrorString)
-  MICS_CUDNN_FN(Create)
-  MICS_CUDNN_FN(Destroy)
-  MICS_CUDNN_FN(SetStream)
-  MICS_CUDNN_FN(BackendCreateDescriptor)
-  MICS_CUDNN_FN(BackendDestroyDescriptor)
-  MICS_CUDNN_FN(BackendSetAttribute)
-  MICS_CUDNN_FN(BackendGetAttribute)
-  MICS_CUDNN_FN(BackendFinalize)
-  MICS_CUDNN_FN(BackendExecute)
-#undef MICS_CUDNN_FN
+#define MICS_CUDNN_DECLARE(name) decltype(&cudnn##name) name = nullptr;
+  MICS_CUDNN_FUNCTIONS(MICS_CUDNN_DECLARE)
+#undef MICS_CUDNN_DECLARE
 
   CudnnLib() {
     const std::string soname = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
@@ -86,7 +83,8 @@ struct CudnnLib {
     if (!handle) {
       const char* why = dlerror();
       error = "cuDNN " + std::to_string(CUDNN_MAJOR) + " not found at run time (" + (why ? why : soname) +
-              "); install it (e.g. Debian's libcudnn9-cuda-13) or add its directory to LD_LIBRARY_PATH";
+              "); install it (NVIDIA's libcudnn" + std::to_string(CUDNN_MAJOR) +
+              " packages) or add its directory to LD_LIBRARY_PATH";
       return;
     }
     std::string missing;
@@ -95,18 +93,7 @@ struct CudnnLib {
       if (!fn) missing += std::string(missing.empty() ? "" : ", ") + symbol;
     };
 #define MICS_CUDNN_FIND(name) find(name, "cudnn" #name);
-    MICS_CUDNN_FIND(GetVersion)
-    MICS_CUDNN_FIND(GetErrorString)
-    MICS_CUDNN_FIND(GetLastErrorString)
-    MICS_CUDNN_FIND(Create)
-    MICS_CUDNN_FIND(Destroy)
-    MICS_CUDNN_FIND(SetStream)
-    MICS_CUDNN_FIND(BackendCreateDescriptor)
-    MICS_CUDNN_FIND(BackendDestroyDescriptor)
-    MICS_CUDNN_FIND(BackendSetAttribute)
-    MICS_CUDNN_FIND(BackendGetAttribute)
-    MICS_CUDNN_FIND(BackendFinalize)
-    MICS_CUDNN_FIND(BackendExecute)
+    MICS_CUDNN_FUNCTIONS(MICS_CUDNN_FIND)
 #undef MICS_CUDNN_FIND
     if (!missing.empty())
       error = soname + " lacks " + missing + " (an older cuDNN than the headers mics was built with?)";
