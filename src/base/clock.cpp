@@ -27,10 +27,12 @@ int ranks_on_host() {
   return g_ranks_on_host;
 }
 
+// Asked on every idle poll of every wait: no system call here (the affinity is read once).
 static uint32_t spin_rounds() {
   const int64_t knob = knobs().spin_rounds;
   if (knob >= 0) return static_cast<uint32_t>(knob);
-  return g_ranks_on_host.load() > usable_cores() ? 0 : kDefaultSpinRounds;
+  static const int cores = usable_cores();
+  return g_ranks_on_host.load(std::memory_order_relaxed) > cores ? 0 : kDefaultSpinRounds;
 }
 
 long Backoff::step() {
