@@ -2,15 +2,13 @@
 
 #include <fmt/format.h>
 
+#include "base/cudnn_lib.hpp"
+
 #ifdef MICS_HAVE_CUDA
 #include <cuda_runtime_api.h>
 #endif
 #ifdef MICS_HAVE_NCCL
 #include <nccl.h>
-#endif
-#ifdef MICS_HAVE_CUDNN
-#include <cudnn.h>
-#include <dlfcn.h>
 #endif
 
 namespace mics {
@@ -88,18 +86,11 @@ CudaInfo query_cuda_info() {
   }
 #endif
 #ifdef MICS_HAVE_CUDNN
-  // As the attention does (model/cuda/cudnn_attention.cu): opened at run time, not linked.
   info.built_with_cudnn = true;
-  const std::string soname = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
-  if (void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL)) {
-    if (auto get_version = reinterpret_cast<size_t (*)()>(dlsym(lib, "cudnnGetVersion")))
-      info.cudnn_version = static_cast<int>(get_version());
-    else
-      info.cudnn_error = soname + " has no cudnnGetVersion";
-  } else {
-    const char* why = dlerror();
-    info.cudnn_error = why ? why : soname + " not found";
-  }
+  if (cudnn_lib().error.empty())
+    info.cudnn_version = static_cast<int>(cudnn_lib().GetVersion());
+  else
+    info.cudnn_error = cudnn_lib().error;
 #endif
   return info;
 }

@@ -639,8 +639,7 @@ void section_cuda(Report& r, json& j, const CudaInfo& c) {
     r.fact("NCCL", "not built (nccl.h/libnccl not found at configure time)");
   }
   if (c.built_with_cudnn && c.cudnn_version == 0)
-    r.fact("cuDNN", "not found at run time (" + c.cudnn_error +
-                        "): `mics train --device cuda` uses mics' own attention kernels");
+    r.fact("cuDNN", c.cudnn_error + ": `mics train --device cuda` uses mics' own attention kernels");
   else if (c.built_with_cudnn)
     r.fact("cuDNN", fmt::format("{}.{}.{} (its fused SDPA is the attention of `mics train --device cuda`; "
                                 "MICS_CUDA_CUDNN_ATTENTION=0: mics' own kernels)",

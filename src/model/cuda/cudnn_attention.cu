@@ -15,10 +15,7 @@
 #include "model/cuda/check.cuh"
 
 #if defined(MICS_HAVE_CUDNN)
-#include <cudnn.h>
-#include <dlfcn.h>
-
-#include <type_traits>
+#include "base/cudnn_lib.hpp"
 #endif
 
 namespace mics::model::cuda {
@@ -60,56 +57,12 @@ std::string CudnnAttention::describe() const {
 
 namespace {
 
-// cuDNN is opened at run time (dlopen), not linked: a machine without it still runs mics, the
-// attention falling back to mics' own kernels with the loader's reason in the start-up line.
-// The entry points used, each as X(name) for cudnn<name>.
-// clang-format off
-#define MICS_CUDNN_FUNCTIONS(X)                                                           \
-  X(GetVersion) X(GetErrorString) X(GetLastErrorString) X(Create) X(Destroy) X(SetStream) \
-  X(BackendCreateDescriptor) X(BackendDestroyDescriptor) X(BackendSetAttribute)           \
-  X(BackendGetAttribute) X(BackendFinalize) X(BackendExecute)
-// clang-format on
-
-struct CudnnLib {
-  std::string error;  // why it could not be used; "" when every entry point was found
-  void* handle = nullptr;
-#define MICS_CUDNN_DECLARE(name) decltype(&cudnn##name) name = nullptr;
-  MICS_CUDNN_FUNCTIONS(MICS_CUDNN_DECLARE)
-#undef MICS_CUDNN_DECLARE
-
-  CudnnLib() {
-    const std::string soname = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
-    handle = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-      const char* why = dlerror();
-      error = "cuDNN " + std::to_string(CUDNN_MAJOR) + " not found at run time (" + (why ? why : soname) +
-              "); install it (NVIDIA's libcudnn" + std::to_string(CUDNN_MAJOR) +
-              " packages) or add its directory to LD_LIBRARY_PATH";
-      return;
-    }
-    std::string missing;
-    auto find = [&](auto& fn, const char* symbol) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)> >(dlsym(handle, symbol));
-      if (!fn) missing += std::string(missing.empty() ? "" : ", ") + symbol;
-    };
-#define MICS_CUDNN_FIND(name) find(name, "cudnn" #name);
-    MICS_CUDNN_FUNCTIONS(MICS_CUDNN_FIND)
-#undef MICS_CUDNN_FIND
-    if (!missing.empty())
-      error = soname + " lacks " + missing + " (an older cuDNN than the headers mics was built with?)";
-  }
-};
-
-const CudnnLib& lib() {
-  static const CudnnLib loaded;
-  return loaded;
-}
-
 void check(cudnnStatus_t status, const std::string& what) {
   if (status == CUDNN_STATUS_SUCCESS) return;
   char last[1024] = {0};
-  lib().GetLastErrorString(last, sizeof(last));
-  throw_cudnn(what + " failed: " + lib().GetErrorString(status) + (last[0] ? std::string(" (") + last + ")" : ""));
+  cudnn_lib().GetLastErrorString(last, sizeof(last));
+  throw_cudnn(what + " failed: " + cudnn_lib().GetErrorString(status) +
+              (last[0] ? std::string(" (") + last + ")" : ""));
 }
 
 // One backend descriptor, destroyed with its owner.
@@ -117,10 +70,10 @@ class Desc {
  public:
   Desc() = default;
   explicit Desc(cudnnBackendDescriptorType_t type) {
-    check(lib().BackendCreateDescriptor(type, &d_), "cudnnBackendCreateDescriptor");
+    check(cudnn_lib().BackendCreateDescriptor(type, &d_), "cudnnBackendCreateDescriptor");
   }
   ~Desc() {
-    if (d_) lib().BackendDestroyDescriptor(d_);
+    if (d_) cudnn_lib().BackendDestroyDescriptor(d_);
   }
   Desc(Desc&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
   Desc& operator=(Desc&& o) noexcept {
@@ -132,7 +85,8 @@ class Desc {
 
   cudnnBackendDescriptor_t get() const { return d_; }
   Desc& set(cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t count, const void* values) {
-    check(lib().BackendSetAttribute(d_, name, type, count, values), "cudnnBackendSetAttribute " + std::to_string(name));
+    check(cudnn_lib().BackendSetAttribute(d_, name, type, count, values),
+          "cudnnBackendSetAttribute " + std::to_string(name));
     return *this;
   }
   Desc& set_desc(cudnnBackendAttributeName_t name, const Desc& other) {
@@ -140,7 +94,7 @@ class Desc {
     return set(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &o);
   }
   Desc& finalize(const std::string& what) {
-    check(lib().BackendFinalize(d_), "finalizing " + what);
+    check(cudnn_lib().BackendFinalize(d_), "finalizing " + what);
     return *this;
   }
 
@@ -281,7 +235,7 @@ struct Plan {
 // The handle is created at the first plan, after the graph's operations are finalized (so a
 // graph cuDNN rejects is reported as such even where no GPU is present).
 Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what) {
-  if (!handle) check(lib().Create(&handle), "cudnnCreate");
+  if (!handle) check(cudnn_lib().Create(&handle), "cudnnCreate");
   Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
   std::vector<cudnnBackendDescriptor_t> ops;
   for (const Desc& op : g.ops) ops.push_back(op.get());
@@ -295,8 +249,8 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
       .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode)
       .finalize(what + " engine heuristics");
   int64_t count = 0;
-  check(lib().BackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count,
-                                  nullptr),
+  check(cudnn_lib().BackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                        &count, nullptr),
         what + ": counting the heuristics' engine configs");
   if (count <= 0) throw_cudnn(what + ": cuDNN's heuristics offer no engine for this graph");
   std::vector<Desc> configs;
@@ -305,8 +259,8 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
     configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
     raw.push_back(configs.back().get());
   }
-  check(lib().BackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
-                                  &count, raw.data()),
+  check(cudnn_lib().BackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                                        &count, raw.data()),
         what + ": reading the heuristics' engine configs");
 
   std::string tried;
@@ -314,20 +268,20 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
     Plan p{Desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     p.plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
         .set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, configs[static_cast<size_t>(i)]);
-    const cudnnStatus_t st = lib().BackendFinalize(p.plan.get());
+    const cudnnStatus_t st = cudnn_lib().BackendFinalize(p.plan.get());
     if (st != CUDNN_STATUS_SUCCESS) {
-      tried += std::string(tried.empty() ? "" : ", ") + lib().GetErrorString(st);
+      tried += std::string(tried.empty() ? "" : ", ") + cudnn_lib().GetErrorString(st);
       continue;
     }
     int64_t n = 0;
-    check(lib().BackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
-                                    &p.workspace),
+    check(cudnn_lib().BackendGetAttribute(p.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                          &n, &p.workspace),
           what + ": the plan's workspace size");
     Desc engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
     cudnnBackendDescriptor_t e = engine.get();
-    if (lib().BackendGetAttribute(configs[static_cast<size_t>(i)].get(), CUDNN_ATTR_ENGINECFG_ENGINE,
-                                  CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) == CUDNN_STATUS_SUCCESS)
-      lib().BackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &p.engine);
+    if (cudnn_lib().BackendGetAttribute(configs[static_cast<size_t>(i)].get(), CUDNN_ATTR_ENGINECFG_ENGINE,
+                                        CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) == CUDNN_STATUS_SUCCESS)
+      cudnn_lib().BackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &p.engine);
     return p;
   }
   throw_cudnn(what + ": none of the " + std::to_string(count) + " engine configs builds (" + tried + ")");
@@ -351,30 +305,30 @@ struct CudnnAttention::Impl {
     if (workspace) cudaFree(workspace);
     if (row_sum) cudaFree(row_sum);
     if (dq_accum) cudaFree(dq_accum);
-    if (handle) lib().Destroy(handle);
+    if (handle) cudnn_lib().Destroy(handle);
   }
 
   void execute(const Plan& p, const std::vector<int64_t>& uids, const std::vector<void*>& ptrs, Stream s,
                const char* what) {
-    check(lib().SetStream(handle, static_cast<cudaStream_t>(s)), "cudnnSetStream");
+    check(cudnn_lib().SetStream(handle, static_cast<cudaStream_t>(s)), "cudnnSetStream");
     Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
     void* ws = workspace;
     pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()), uids.data())
         .set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, static_cast<int64_t>(ptrs.size()), ptrs.data())
         .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws)
         .finalize(std::string(what) + " variant pack");
-    check(lib().BackendExecute(handle, p.plan.get(), pack.get()), what);
+    check(cudnn_lib().BackendExecute(handle, p.plan.get(), pack.get()), what);
   }
 };
 
 std::string CudnnAttention::unavailable_reason() {
-  return lib().error;
+  return cudnn_lib().error;
 }
 
 CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLayout& layout, bool deterministic,
                                bool inference_only)
     : impl_(std::make_unique<Impl>()) {
-  if (!lib().error.empty()) throw_cudnn(lib().error);
+  if (!cudnn_lib().error.empty()) throw_cudnn(cudnn_lib().error);
   const int64_t heads = layout.heads > 0 ? layout.heads : 1;
   if (bh <= 0 || seq_len <= 0 || bh % heads != 0)
     throw_cudnn("bad shape: " + std::to_string(bh) + " heads in all, " + std::to_string(heads) + " per sequence");
@@ -385,7 +339,7 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
   Impl& m = *impl_;
   m.scale = 1.0f / std::sqrt(static_cast<float>(D));
   // cuDNN before 9.10 wants the lowest float rather than -inf as the masked score.
-  if (lib().GetVersion() < 91000) m.neg_inf = std::numeric_limits<float>::lowest();
+  if (cudnn_lib().GetVersion() < 91000) m.neg_inf = std::numeric_limits<float>::lowest();
 
   const cudnnDataType_t bf16 = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
   const Dims rows{B, H, T, D}, cols{B, H, D, T};  // [.., T, D] and its transpose [.., D, T]
@@ -470,7 +424,7 @@ CudnnAttention::CudnnAttention(int bh, int seq_len, int head_dim, const FlashLay
       g.pointwise(CUDNN_POINTWISE_IDENTITY, accum, nullptr, nullptr, dq);
       m.dq_accum_bytes = static_cast<size_t>(B * H * T * D) * sizeof(float);
       MICS_CUDA(cudaMalloc(&m.dq_accum, m.dq_accum_bytes));
-      m.zero_dq_accum = lib().GetVersion() < 90600;
+      m.zero_dq_accum = cudnn_lib().GetVersion() < 90600;
     }
     m.bwd = build_plan(m.handle, g, "attention backward");
     m.has_bwd = true;
@@ -521,7 +475,7 @@ size_t CudnnAttention::device_bytes() const {
 }
 
 std::string CudnnAttention::describe() const {
-  const size_t v = lib().GetVersion();
+  const size_t v = cudnn_lib().GetVersion();
   std::string s = "cuDNN " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
                   std::to_string(v % 100) + " fused SDPA (engine " + std::to_string(impl_->fwd.engine);
   if (impl_->has_bwd)
