@@ -148,12 +148,44 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
   for (int c = 0; c < C; ++c) gw[c] += dw0[c], gb[c] += db0[c];
   Dev<uint16_t> dg(to_bf16(g)), ddx_bf16(x.size());
   Dev<float> ddx(dx0), dgw(dw0), dgb(db0), partial(mc::layernorm_partial_floats(rows, C));
-  mc::layernorm_backward(dg.p, dx_.p, dmean.p, drstd.p, dw.p, ddx.p, ddx_bf16.p, dgw.p, dgb.p, partial.p, rows, C,
-                         nullptr);
+  Dev<float> colsum_partial(mc::layernorm_colsum_partial_floats(rows, C));
+  const int chunks = mc::layernorm_backward(dg.p, dx_.p, dmean.p, drstd.p, dw.p, ddx.p, ddx_bf16.p, dgw.p, dgb.p,
+                                            partial.p, rows, C, nullptr, colsum_partial.p);
   EXPECT_LT(rel_error(ddx.get(), dx), kF32Tol);
   EXPECT_LT(rel_error(from_bf16(ddx_bf16.get()), dx), kBf16Tol);
   EXPECT_LT(rel_error(dgw.get(), gw), kF32Tol);
   EXPECT_LT(rel_error(dgb.get(), gb), kF32Tol);
+  // the new dx's column sums (a bias gradient), added to what is there
+  const auto bias0 = random_vector(C, rng, 1.0f);
+  std::vector<float> bias_grad = bias0;
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < C; ++c) bias_grad[c] += dx[static_cast<size_t>(r) * C + c];
+  Dev<float> dbias_grad(bias0);
+  mc::add_column_partials(colsum_partial.p, chunks, C, dbias_grad.p, nullptr);
+  // the one-pass kernel sums the fp32 dx; the two-kernel path its bf16 copy
+  EXPECT_LT(rel_error(dbias_grad.get(), bias_grad), C <= 1024 ? kF32Tol : kBf16Tol);
+  }
+}
+
+// Column sums (bias gradients) against a double reference, over enough rows that the grid is
+// one wave of blocks, each taking many rows (fewer partial rows than 128-row chunks).
+TEST(CudaKernels, ColumnSums) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  for (const auto& [rows, cols] : {std::pair{1, 8}, std::pair{300, 776}, std::pair{12000, 3072}, std::pair{70, 13}}) {
+    SCOPED_TRACE("rows " + std::to_string(rows) + " cols " + std::to_string(cols));
+    const auto x = round_bf16(random_vector(static_cast<size_t>(rows) * cols, rng, 1.0f));
+    const auto out0 = random_vector(cols, rng, 1.0f);
+    std::vector<double> sums(out0.begin(), out0.end());
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) sums[c] += x[static_cast<size_t>(r) * cols + c];
+    const std::vector<float> want(sums.begin(), sums.end());
+    Dev<uint16_t> dx(to_bf16(x));
+    Dev<float> dout(out0), partial(mc::colsum_partial_floats(rows, cols));
+    mc::column_sum(dx.p, dout.p, partial.p, rows, cols, nullptr);
+    EXPECT_LT(rel_error(dout.get(), want), kF32Tol);
   }
 }
 
@@ -221,6 +253,9 @@ void linear_case(bool fused) {
   EXPECT_LT(rel_error(from_bf16(dgin.get()), gin), kBf16Tol);
   blas.linear_backward_weight(dg.p, oc, din.p, dgw.p, rows, ic, oc, nullptr);
   EXPECT_LT(rel_error(dgw.get(), gw_acc), kF32GemmTol);
+  Dev<float> dgw_fresh(w.size());  // NaN: a write (no accumulation) must not read it
+  blas.linear_backward_weight(dg.p, oc, din.p, dgw_fresh.p, rows, ic, oc, nullptr, /*accumulate=*/false);
+  EXPECT_LT(rel_error(dgw_fresh.get(), gw), kF32GemmTol);
   mc::column_sum(dg.p, dgb.p, partial.p, rows, oc, nullptr);
   EXPECT_LT(rel_error(dgb.get(), gb), kF32Tol);
   // through GELU: din = (g W) * gelu'(pre), pre = a bf16 [rows, ic] matrix

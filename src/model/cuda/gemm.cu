@@ -287,9 +287,9 @@ void Blas::linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* 
 }
 
 void Blas::linear_backward_weight(const bf16_t* dout, int ld_dout, const bf16_t* in, float* dw, int rows, int ic,
-                                  int oc, Stream s) {
-  // dw^T (ic x oc) += in^T (ic x rows) . dout (rows x oc), column-major.
-  const Spec sp{false, true, ic, oc, rows, ic, ld_dout, ic, true, true, false, 1, 0, 0, 0, Epi::kNone};
+                                  int oc, Stream s, bool accumulate) {
+  // dw^T (ic x oc) (+)= in^T (ic x rows) . dout (rows x oc), column-major.
+  const Spec sp{false, true, ic, oc, rows, ic, ld_dout, ic, true, accumulate, false, 1, 0, 0, 0, Epi::kNone};
   impl_->run(sp, in, dout, nullptr, dw, 1.0f, nullptr, nullptr, s);
 }
 

@@ -41,9 +41,10 @@ class Blas {
   // din [rows, ic] = dout [rows, oc] (row stride ld_dout) w; times gelu'(gelu_pre) unless null.
   void linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* w, const bf16_t* gelu_pre,
                              bf16_t* din, int rows, int ic, int oc, Stream s);
-  // dw [oc, ic] += dout^T in (fp32 accumulation into the fp32 gradient).
-  void linear_backward_weight(const bf16_t* dout, int ld_dout, const bf16_t* in, float* dw, int rows, int ic,
-                              int oc, Stream s);
+  // dw [oc, ic] += dout^T in (fp32 accumulation into the fp32 gradient); accumulate false:
+  // dw = dout^T in (dw's old contents neither read nor kept: a zeroed gradient's first write).
+  void linear_backward_weight(const bf16_t* dout, int ld_dout, const bf16_t* in, float* dw, int rows, int ic, int oc,
+                              Stream s, bool accumulate = true);
 
   // A batch of column-major products D = alpha op(A) op(B) (bf16 in and out), for attention:
   // D [m, n] (ld ldd), op(A) [m, k], op(B) [k, n], with strides between the batch's matrices.

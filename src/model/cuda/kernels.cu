@@ -51,6 +51,13 @@ __device__ __forceinline__ void store4(bf16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = raw;
 }
 
+__device__ __forceinline__ void add4(float4& acc, float4 v) {
+  acc.x += v.x;
+  acc.y += v.y;
+  acc.z += v.z;
+  acc.w += v.w;
+}
+
 __device__ __forceinline__ float gelu(float x) {
   const float k = 0.7978845608028654f;  // sqrt(2/pi)
   return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
@@ -91,6 +98,50 @@ __global__ void layernorm_forward_kernel(const float* __restrict__ x, const floa
     const float4 bv = *reinterpret_cast<const float4*>(b + c);
     store4(yr + c, make_float4((v.x - m) * s * wv.x + bv.x, (v.y - m) * s * wv.y + bv.y,
                                (v.z - m) * s * wv.z + bv.z, (v.w - m) * s * wv.w + bv.w));
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = s;
+  }
+}
+
+// The same with the row held in registers (C <= 128 * kVec): x read once.
+template <int kVec>
+__global__ void layernorm_forward_regs(const float* __restrict__ x, const float* __restrict__ w,
+                                       const float* __restrict__ b, bf16* __restrict__ out, float* __restrict__ mean,
+                                       float* __restrict__ rstd, int rows, int C) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float* xr = x + static_cast<size_t>(row) * C;
+  float4 v[kVec];
+  float sum = 0;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int c = lane * 4 + i * 128;
+    v[i] = c < C ? *reinterpret_cast<const float4*>(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    sum += (v[i].x + v[i].y) + (v[i].z + v[i].w);
+  }
+  const float m = warp_sum(sum) / C;
+  float sq = 0;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int c = lane * 4 + i * 128;
+    if (c < C) {
+      const float a = v[i].x - m, bb = v[i].y - m, cc = v[i].z - m, d = v[i].w - m;
+      sq += (a * a + bb * bb) + (cc * cc + d * d);
+    }
+  }
+  const float s = rsqrtf(warp_sum(sq) / C + kEps);
+  bf16* yr = out + static_cast<size_t>(row) * C;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) {
+    const int c = lane * 4 + i * 128;
+    if (c < C) {
+      const float4 wv = *reinterpret_cast<const float4*>(w + c);
+      const float4 bv = *reinterpret_cast<const float4*>(b + c);
+      store4(yr + c, make_float4((v[i].x - m) * s * wv.x + bv.x, (v[i].y - m) * s * wv.y + bv.y,
+                                 (v[i].z - m) * s * wv.z + bv.z, (v[i].w - m) * s * wv.w + bv.w));
+    }
   }
   if (lane == 0) {
     mean[row] = m;
@@ -196,17 +247,30 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
 // One pass of LayerNorm backward for C <= 128 * kVec: each warp takes rows (grid-stride),
 // keeps its row's dout and x in registers for both the row sums and dx, and accumulates
 // sum(dout * xhat) and sum(dout) per column in registers; the block's warps add theirs in
-// shared memory (in warp order) and write partial[block][2][C] for reduce_chunks.
-template <int kVec>
-__global__ void __launch_bounds__(256) layernorm_backward_fused(
-    const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
-    const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx, bf16* __restrict__ dx_bf16,
-    float* __restrict__ partial, int rows, int C) {
-  extern __shared__ float sh[];  // [8 warps][2][C]
+// shared memory (in warp order) and write partial[block][2][C] for reduce_chunks. kColsum: also
+// the column sums of the new dx -> dx_colsum[block][C], each warp adding its rows into its own
+// row of shared memory (registers would cost the second block per SM): the bias gradient of the
+// linear layer whose output entered the residual stream, without another pass over dx.
+template <int kVec, bool kColsum>
+__global__ void __launch_bounds__(256, 2)
+    layernorm_backward_fused(const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
+                             const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx,
+                             bf16* __restrict__ dx_bf16, float* __restrict__ partial, float* __restrict__ dx_colsum,
+                             int rows, int C) {
+  extern __shared__ float sh[];  // [8 warps][2][C] parameter sums, then (kColsum) [8 warps][C] dx sums
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* my_w = sh + (warp * 2) * C;
+  float* my_b = sh + (warp * 2 + 1) * C;
+  float* my_d = sh + 16 * C + warp * C;
   float4 pw[kVec], pb[kVec];
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-  for (int i = 0; i < kVec; ++i) pw[i] = pb[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int i = 0; i < kVec; ++i) {
+    const int c = lane * 4 + i * 128;
+    pw[i] = pb[i] = zero;
+    if constexpr (kColsum)
+      if (c < C) *reinterpret_cast<float4*>(my_d + c) = zero;
+  }
   for (int row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
     const size_t off = static_cast<size_t>(row) * C;
     const float m = mean[row], s = rstd[row];
@@ -220,14 +284,9 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused(
         const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
         const float4 wv = *reinterpret_cast<const float4*>(w + c);
         xh[i] = make_float4((xv.x - m) * s, (xv.y - m) * s, (xv.z - m) * s, (xv.w - m) * s);
-        pw[i].x += g[i].x * xh[i].x;
-        pw[i].y += g[i].y * xh[i].y;
-        pw[i].z += g[i].z * xh[i].z;
-        pw[i].w += g[i].w * xh[i].w;
-        pb[i].x += g[i].x;
-        pb[i].y += g[i].y;
-        pb[i].z += g[i].z;
-        pb[i].w += g[i].w;
+        const float4 gx = make_float4(g[i].x * xh[i].x, g[i].y * xh[i].y, g[i].z * xh[i].z, g[i].w * xh[i].w);
+        add4(pw[i], gx);
+        add4(pb[i], g[i]);
         g[i] = make_float4(g[i].x * wv.x, g[i].y * wv.y, g[i].z * wv.z, g[i].w * wv.w);
         sg += (g[i].x + g[i].y) + (g[i].z + g[i].w);
         sgx += (g[i].x * xh[i].x + g[i].y * xh[i].y) + (g[i].z * xh[i].z + g[i].w * xh[i].w);
@@ -245,6 +304,9 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused(
         d.w += s * (g[i].w - a - xh[i].w * bx);
         *reinterpret_cast<float4*>(dx + off + c) = d;
         if (dx_bf16) store4(dx_bf16 + off + c, d);
+        if constexpr (kColsum) {
+          add4(*reinterpret_cast<float4*>(my_d + c), d);
+        }
       }
     }
   }
@@ -252,34 +314,36 @@ __global__ void __launch_bounds__(256) layernorm_backward_fused(
   for (int i = 0; i < kVec; ++i) {
     const int c = lane * 4 + i * 128;
     if (c < C) {
-      *reinterpret_cast<float4*>(sh + (warp * 2) * C + c) = pw[i];
-      *reinterpret_cast<float4*>(sh + (warp * 2 + 1) * C + c) = pb[i];
+      *reinterpret_cast<float4*>(my_w + c) = pw[i];
+      *reinterpret_cast<float4*>(my_b + c) = pb[i];
     }
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float sw = 0, sb = 0;
+    float sw = 0, sb = 0, sd = 0;
     for (int k = 0; k < 8; ++k) {
       sw += sh[(k * 2) * C + c];
       sb += sh[(k * 2 + 1) * C + c];
+      if constexpr (kColsum) sd += sh[16 * C + k * C + c];
     }
     partial[(static_cast<size_t>(blockIdx.x) * 2) * C + c] = sw;
     partial[(static_cast<size_t>(blockIdx.x) * 2 + 1) * C + c] = sb;
+    if constexpr (kColsum) dx_colsum[static_cast<size_t>(blockIdx.x) * C + c] = sd;
   }
 }
 
-// Column sums of bf16 x [rows, C] (C % 8 == 0): 8 columns per thread (16-byte loads), the 8
-// warps of a block on interleaved rows of one chunk, added in warp order -> partial[chunk][C].
+// Column sums of bf16 x [rows, C] (C % 8 == 0): 8 columns per thread (16-byte loads); block
+// (bx, by) of a grid of G rows of blocks takes rows by*8 + warp, + G*8, ... (its 8 warps on
+// interleaved rows), added in warp order -> partial[by][C].
 __global__ void __launch_bounds__(256) column_sum_partial8(const bf16* __restrict__ x, float* __restrict__ partial,
                                                            int rows, int C) {
   __shared__ float sh[8][256];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int c = blockIdx.x * 256 + lane * 8, chunk = blockIdx.y;
-  const int r0 = chunk * kRowsPerChunk, r1 = min(rows, r0 + kRowsPerChunk);
+  const int c = blockIdx.x * 256 + lane * 8;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (c < C) {
 #pragma unroll 4
-    for (int r = r0 + warp; r < r1; r += 8) {
+    for (int r = blockIdx.y * 8 + warp; r < rows; r += gridDim.y * 8) {
       const uint4 raw = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * C + c);
       const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
@@ -297,7 +361,7 @@ __global__ void __launch_bounds__(256) column_sum_partial8(const bf16* __restric
   if (col < C) {
     float sum = 0;
     for (int k = 0; k < 8; ++k) sum += sh[k][threadIdx.x];
-    partial[static_cast<size_t>(chunk) * C + col] = sum;
+    partial[static_cast<size_t>(blockIdx.y) * C + col] = sum;
   }
 }
 
@@ -712,58 +776,118 @@ unsigned grid_stride_blocks(size_t n) {
 
 }  // namespace
 
+// The forward with the row in registers (x read once) for C <= 1024; else three passes over x.
 void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
                        int rows, int channels, Stream s) {
-  layernorm_forward_kernel<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(x, w, b, B(out), mean,
-                                                                                       rstd, rows, channels);
+  const unsigned grid = blocks_for(static_cast<size_t>(rows), 8);
+  if (channels % 4 == 0 && channels <= 1024) {
+    switch ((channels + 127) / 128) {
+      case 1:
+        layernorm_forward_regs<1><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      case 2:
+        layernorm_forward_regs<2><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      case 3:
+        layernorm_forward_regs<3><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      case 4:
+        layernorm_forward_regs<4><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      case 5:
+        layernorm_forward_regs<5><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      case 6:
+        layernorm_forward_regs<6><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+      default:
+        layernorm_forward_regs<8><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+        break;
+    }
+    MICS_LAUNCHED(layernorm_forward_regs);
+    return;
+  }
+  layernorm_forward_kernel<<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
   MICS_LAUNCHED(layernorm_forward_kernel);
 }
 
-// The fused backward's grid: one block per 64 rows, at most kLnBlocks (partial rows).
+// The fused backward's grid: one block per 64 rows, at most 2 x 132 (partial rows).
 constexpr int kLnRowsPerBlock = 64, kLnBlocks = 2 * 132;
 int ln_fused_blocks(int rows) { return std::min(kLnBlocks, (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock); }
+int colsum_chunks(int rows) {
+  return (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+}
+size_t ln_partial_rows(int rows) {
+  return std::max<size_t>(static_cast<size_t>(colsum_chunks(rows)), static_cast<size_t>(ln_fused_blocks(rows)));
+}
 
 size_t layernorm_partial_floats(int rows, int channels) {
-  const size_t chunks = std::max<size_t>(static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk),
-                                         static_cast<size_t>(ln_fused_blocks(rows)));
-  return chunks * 2 * static_cast<size_t>(channels);
+  return ln_partial_rows(rows) * 2 * static_cast<size_t>(channels);
+}
+size_t layernorm_colsum_partial_floats(int rows, int channels) {
+  return ln_partial_rows(rows) * static_cast<size_t>(channels);
+}
+
+template <int kVec, bool kColsum>
+void ln_fused_variant(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                      float* dx, bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
+  constexpr int kPlanes = kColsum ? 3 : 2;
+  const size_t smem = static_cast<size_t>(8 * kPlanes) * C * sizeof(float);
+  static const bool attr = [] {
+    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   8 * kPlanes * 128 * kVec * static_cast<int>(sizeof(float))));
+    return true;
+  }();
+  (void)attr;
+  layernorm_backward_fused<kVec, kColsum><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
+      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, dx_colsum, rows, C);
+  MICS_LAUNCHED(layernorm_backward_fused);
 }
 
 template <int kVec>
 void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
-              bf16_t* dx_bf16, float* partial, int rows, int C, Stream s) {
-  const size_t smem = static_cast<size_t>(16) * C * sizeof(float);
-  static const bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   16 * 128 * kVec * static_cast<int>(sizeof(float))));
-    return true;
-  }();
-  (void)attr;
-  layernorm_backward_fused<kVec><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
-      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, rows, C);
-  MICS_LAUNCHED(layernorm_backward_fused);
+              bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
+  if (dx_colsum)
+    ln_fused_variant<kVec, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else
+    ln_fused_variant<kVec, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
 }
 
-void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
-                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
-                        Stream s) {
-  if (rows <= 0) return;
+int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                       Stream s, float* dx_colsum_partial) {
+  if (rows <= 0) return 0;
   if (channels % 4 == 0 && channels <= 1024) {
     // one pass: row sums, dx and the parameter partials; then the partials in block order
     const int v = (channels + 127) / 128;
+    float* dc = dx_colsum_partial;
     switch (v) {
-      case 1: ln_fused<1>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      case 2: ln_fused<2>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      case 3: ln_fused<3>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      case 4: ln_fused<4>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      case 5: ln_fused<5>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      case 6: ln_fused<6>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
-      default: ln_fused<8>(dout, x, mean, rstd, w, dx, dx_bf16, partial, rows, channels, s); break;
+      case 1:
+        ln_fused<1>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      case 2:
+        ln_fused<2>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      case 3:
+        ln_fused<3>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      case 4:
+        ln_fused<4>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      case 5:
+        ln_fused<5>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      case 6:
+        ln_fused<6>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
+      default:
+        ln_fused<8>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
+        break;
     }
     launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, st(s));
-    return;
+    return ln_fused_blocks(rows);
   }
-  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  const int chunks = colsum_chunks(rows);
   // The parameter sums read dout and x before the row pass changes dx (dx may alias nothing here).
   layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
       B(dout), x, mean, rstd, partial, rows, channels);
@@ -772,22 +896,47 @@ void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, c
   layernorm_backward_rows<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(
       B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
   MICS_LAUNCHED(layernorm_backward_rows);
+  if (!dx_colsum_partial) return 0;
+  column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
+      B(dx_bf16), dx_colsum_partial, rows, channels);
+  MICS_LAUNCHED(column_sum_partial);
+  return chunks;
+}
+
+void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s) {
+  if (chunks > 0) launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
 }
 
 size_t colsum_partial_floats(int rows, int cols) {
   return static_cast<size_t>((rows + kRowsPerChunk - 1) / kRowsPerChunk) * static_cast<size_t>(cols);
 }
 
+// Rows of blocks for column_sum_partial8: one wave of the GPU (a second, part-filled wave left
+// most SMs idle while the last blocks ran: the qkv bias's 9 x 128 blocks were 1.09 waves), at most
+// one per 128 rows (the partial buffer's size).
+int colsum_row_blocks(int rows, int col_blocks) {
+  static const int resident = [] {
+    int device = 0, sms = 0, per_sm = 0;
+    MICS_CUDA(cudaGetDevice(&device));
+    MICS_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    MICS_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, column_sum_partial8, 256, 0));
+    return std::max(1, sms * per_sm);
+  }();
+  return std::clamp(resident / col_blocks, 1, colsum_chunks(rows));
+}
+
 void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s) {
-  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
   if (rows <= 0) return;
   if (cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    column_sum_partial8<<<dim3(blocks_for(static_cast<size_t>(cols), 256), chunks), 256, 0, st(s)>>>(
-        B(x), partial, rows, cols);
+    const unsigned col_blocks = blocks_for(static_cast<size_t>(cols), 256);
+    const int row_blocks = colsum_row_blocks(rows, static_cast<int>(col_blocks));
+    column_sum_partial8<<<dim3(col_blocks, static_cast<unsigned>(row_blocks)), 256, 0, st(s)>>>(B(x), partial, rows,
+                                                                                                cols);
     MICS_LAUNCHED(column_sum_partial8);
-    launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
+    launch_reduce_chunks(partial, row_blocks, 1, cols, out, nullptr, st(s));
     return;
   }
+  const int chunks = colsum_chunks(rows);
   column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(cols), 128), chunks), 128, 0, st(s)>>>(B(x), partial,
                                                                                                    rows, cols);
   MICS_LAUNCHED(column_sum_partial);

@@ -20,11 +20,17 @@ using Stream = void*;     // cudaStream_t
 void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean,
                        float* rstd, int rows, int channels, Stream s);
 // dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dw += and db += (fp32).
-// partial: scratch of layernorm_partial_floats(rows, channels) floats.
-void layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd,
-                        const float* w, float* dx, bf16_t* dx_bf16, float* dw, float* db,
-                        float* partial, int rows, int channels, Stream s);
+// partial: scratch of layernorm_partial_floats(rows, channels) floats. dx_colsum_partial (may be
+// null; else layernorm_colsum_partial_floats floats, and dx_bf16 not null): per-chunk column
+// sums of the new dx, for add_column_partials with the returned chunk count: the bias gradient
+// of the linear layer whose output entered the residual stream here, without reading dx again.
+int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                       Stream s, float* dx_colsum_partial = nullptr);
 size_t layernorm_partial_floats(int rows, int channels);
+size_t layernorm_colsum_partial_floats(int rows, int channels);
+// out [cols] += the sum over chunks of partial [chunks][cols], in chunk order.
+void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s);
 
 // out += column sums of x [rows, cols] (bias gradients). partial: colsum_partial_floats floats.
 void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s);
