@@ -1,6 +1,7 @@
 // The element-wise and row-wise CUDA kernels of the GPT (kernels.hpp says what each computes).
 // Reductions over rows are deterministic: per-chunk partial sums, then one pass in chunk order.
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 
 #include <algorithm>
 #include <cmath>
@@ -200,11 +201,12 @@ __global__ void layernorm_backward_params(const bf16* __restrict__ dout, const f
 }
 
 // out_k[c] += sum over chunks of partial[chunk][k][c], k < planes. One block per 32 columns and
-// plane (blockIdx.y): its 8 warps take every 8th chunk, then add their 8 sums in warp order, so
+// plane (blockIdx.y): its 32 warps take every 32nd chunk, then add their sums in warp order, so
 // the result does not depend on scheduling. (A thread per column summing every chunk in turn
 // left most SMs idle and each thread waiting on hundreds of loads in a row: GPT-2 124M's
-// LayerNorm and bias-gradient calls took 0.53 ms per step longer on an H200.)
-constexpr int kReduceWarps = 8;
+// LayerNorm and bias-gradient calls took 0.53 ms per step longer on an H200; 8 warps per block
+// took ~4.7 us per call, most of it waiting on four rounds of loads.)
+constexpr int kReduceWarps = 32;
 __global__ void __launch_bounds__(32 * kReduceWarps)
     reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C, float* __restrict__ out0,
                   float* __restrict__ out1) {
@@ -251,17 +253,44 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
 // the column sums of the new dx -> dx_colsum[block][C], each warp adding its rows into its own
 // row of shared memory (registers would cost the second block per SM): the bias gradient of the
 // linear layer whose output entered the residual stream, without another pass over dx.
-template <int kVec, bool kColsum>
+// kPrefetch: the warp's next row of x and dout is copied into shared memory (cp.async) while it
+// computes this one, so each warp keeps twice the bytes in flight (ncu: the kernel was waiting on
+// its loads at 25% occupancy, 56% of DRAM bandwidth).
+template <int kVec, bool kColsum, bool kPrefetch>
 __global__ void __launch_bounds__(256, 2)
     layernorm_backward_fused(const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
                              const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx,
                              bf16* __restrict__ dx_bf16, float* __restrict__ partial, float* __restrict__ dx_colsum,
                              int rows, int C) {
-  extern __shared__ float sh[];  // [8 warps][2][C] parameter sums, then (kColsum) [8 warps][C] dx sums
+  // [8 warps][2][C] parameter sums at the end (kPrefetch: over the [8 warps][2 stages][stage]
+  // row buffers, stage = x's C floats + dout's C bf16 rounded up to 16 bytes), then (kColsum)
+  // [8 warps][C] dx sums
+  extern __shared__ float sh[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int stage_floats = C + ((C / 2 + 3) / 4) * 4;
   float* my_w = sh + (warp * 2) * C;
   float* my_b = sh + (warp * 2 + 1) * C;
-  float* my_d = sh + 16 * C + warp * C;
+  float* my_d = sh + (kPrefetch ? 16 * stage_floats : 16 * C) + warp * C;
+  const int stride = gridDim.x * 8;
+  // kPrefetch: row r's x and dout copied into this warp's stage buffer while the row before is
+  // computed (cp.async, no registers held): twice the bytes in flight per warp.
+  auto prefetch = [&](int r, int stage) {
+    float* xs = sh + (warp * 2 + stage) * stage_floats;
+    bf16* ds = reinterpret_cast<bf16*>(xs + C);
+    const size_t o = static_cast<size_t>(r) * C;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int c = lane * 4 + i * 128;
+      if (c < C) {
+        __pipeline_memcpy_async(xs + c, x + o + c, 16);
+        __pipeline_memcpy_async(ds + c, dout + o + c, 8);
+      }
+    }
+    __pipeline_commit();
+  };
+  int stage = 0;
+  if constexpr (kPrefetch)
+    if (blockIdx.x * 8 + warp < rows) prefetch(blockIdx.x * 8 + warp, 0);
   float4 pw[kVec], pb[kVec];
   const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
@@ -271,8 +300,20 @@ __global__ void __launch_bounds__(256, 2)
     if constexpr (kColsum)
       if (c < C) *reinterpret_cast<float4*>(my_d + c) = zero;
   }
-  for (int row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
+  for (int row = blockIdx.x * 8 + warp; row < rows; row += stride) {
     const size_t off = static_cast<size_t>(row) * C;
+    const float* xsrc = x + off;
+    const bf16* dsrc = dout + off;
+    if constexpr (kPrefetch) {
+      if (row + stride < rows)
+        prefetch(row + stride, stage ^ 1);
+      else
+        __pipeline_commit();  // an empty group: the wait below still means "this row's"
+      __pipeline_wait_prior(1);
+      xsrc = sh + (warp * 2 + stage) * stage_floats;
+      dsrc = reinterpret_cast<const bf16*>(xsrc + C);
+      stage ^= 1;
+    }
     const float m = mean[row], s = rstd[row];
     float4 g[kVec], xh[kVec];
     float sg = 0, sgx = 0;
@@ -280,8 +321,8 @@ __global__ void __launch_bounds__(256, 2)
     for (int i = 0; i < kVec; ++i) {
       const int c = lane * 4 + i * 128;
       if (c < C) {
-        g[i] = load4(dout + off + c);
-        const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+        g[i] = load4(dsrc + c);
+        const float4 xv = *reinterpret_cast<const float4*>(xsrc + c);
         const float4 wv = *reinterpret_cast<const float4*>(w + c);
         xh[i] = make_float4((xv.x - m) * s, (xv.y - m) * s, (xv.z - m) * s, (xv.w - m) * s);
         const float4 gx = make_float4(g[i].x * xh[i].x, g[i].y * xh[i].y, g[i].z * xh[i].z, g[i].w * xh[i].w);
@@ -310,6 +351,10 @@ __global__ void __launch_bounds__(256, 2)
       }
     }
   }
+  if constexpr (kPrefetch) {
+    __pipeline_wait_prior(0);
+    __syncthreads();  // the sums below overwrite other warps' stage buffers
+  }
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {
     const int c = lane * 4 + i * 128;
@@ -324,7 +369,7 @@ __global__ void __launch_bounds__(256, 2)
     for (int k = 0; k < 8; ++k) {
       sw += sh[(k * 2) * C + c];
       sb += sh[(k * 2 + 1) * C + c];
-      if constexpr (kColsum) sd += sh[16 * C + k * C + c];
+      if constexpr (kColsum) sd += my_d[(k - warp) * C + c];  // warp k's row
     }
     partial[(static_cast<size_t>(blockIdx.x) * 2) * C + c] = sw;
     partial[(static_cast<size_t>(blockIdx.x) * 2 + 1) * C + c] = sb;
@@ -828,29 +873,55 @@ size_t layernorm_colsum_partial_floats(int rows, int channels) {
   return ln_partial_rows(rows) * static_cast<size_t>(channels);
 }
 
-template <int kVec, bool kColsum>
+size_t ln_fused_smem(int C, bool colsum, bool prefetch);
+
+template <int kVec, bool kColsum, bool kPrefetch>
 void ln_fused_variant(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
                       float* dx, bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
-  constexpr int kPlanes = kColsum ? 3 : 2;
-  const size_t smem = static_cast<size_t>(8 * kPlanes) * C * sizeof(float);
+  const size_t smem = ln_fused_smem(C, kColsum, kPrefetch);
   static const bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   8 * kPlanes * 128 * kVec * static_cast<int>(sizeof(float))));
+    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum, kPrefetch>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(ln_fused_smem(128 * kVec, kColsum, kPrefetch))));
     return true;
   }();
   (void)attr;
-  layernorm_backward_fused<kVec, kColsum><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
+  layernorm_backward_fused<kVec, kColsum, kPrefetch><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
       B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, dx_colsum, rows, C);
   MICS_LAUNCHED(layernorm_backward_fused);
+}
+
+// Shared memory of the fused backward's block for C channels.
+size_t ln_fused_smem(int C, bool colsum, bool prefetch) {
+  const int stage_floats = C + ((C / 2 + 3) / 4) * 4;
+  return (static_cast<size_t>(prefetch ? 16 * stage_floats : 16 * C) + (colsum ? 8 * static_cast<size_t>(C) : 0)) * 4;
+}
+
+// The prefetching variant where two of its blocks fit on an SM (its grid is two blocks per SM;
+// at C = 1024 with the dx column sums they do not, and one block per SM would halve the warps).
+bool ln_prefetch_fits(int C, bool colsum) {
+  static const int per_sm = [] {
+    int device = 0, bytes = 0;
+    MICS_CUDA(cudaGetDevice(&device));
+    MICS_CUDA(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    return bytes;
+  }();
+  constexpr size_t kReservedPerBlock = 1024;  // the runtime's own share of each block's shared memory
+  return 2 * (ln_fused_smem(C, colsum, true) + kReservedPerBlock) <= static_cast<size_t>(per_sm);
 }
 
 template <int kVec>
 void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
               bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
-  if (dx_colsum)
-    ln_fused_variant<kVec, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  const bool prefetch = ln_prefetch_fits(C, dx_colsum != nullptr);
+  if (dx_colsum && prefetch)
+    ln_fused_variant<kVec, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else if (dx_colsum)
+    ln_fused_variant<kVec, true, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else if (prefetch)
+    ln_fused_variant<kVec, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
   else
-    ln_fused_variant<kVec, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+    ln_fused_variant<kVec, false, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
 }
 
 int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
