@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "model/cuda/check.cuh"
 #include "model/cuda/kernels.hpp"
@@ -819,6 +820,35 @@ unsigned grid_stride_blocks(size_t n) {
   return b > 132u * 16u ? 132u * 16u : b;
 }
 
+// Calls f(std::integral_constant<int, kVec>{}) with kVec the float4s per lane that a row of C
+// (<= 1024) channels needs over a warp: the row kernels are compiled for 1..6 and 8.
+template <typename F>
+void with_row_vectors(int channels, F&& f) {
+  switch ((channels + 127) / 128) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
+  }
+}
+
 }  // namespace
 
 // The forward with the row in registers (x read once) for C <= 1024; else three passes over x.
@@ -826,29 +856,10 @@ void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* o
                        int rows, int channels, Stream s) {
   const unsigned grid = blocks_for(static_cast<size_t>(rows), 8);
   if (channels % 4 == 0 && channels <= 1024) {
-    switch ((channels + 127) / 128) {
-      case 1:
-        layernorm_forward_regs<1><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      case 2:
-        layernorm_forward_regs<2><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      case 3:
-        layernorm_forward_regs<3><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      case 4:
-        layernorm_forward_regs<4><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      case 5:
-        layernorm_forward_regs<5><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      case 6:
-        layernorm_forward_regs<6><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-      default:
-        layernorm_forward_regs<8><<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
-        break;
-    }
+    with_row_vectors(channels, [&](auto vec) {
+      layernorm_forward_regs<decltype(vec)::value>
+          <<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+    });
     MICS_LAUNCHED(layernorm_forward_regs);
     return;
   }
@@ -930,31 +941,10 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
   if (rows <= 0) return 0;
   if (channels % 4 == 0 && channels <= 1024) {
     // one pass: row sums, dx and the parameter partials; then the partials in block order
-    const int v = (channels + 127) / 128;
-    float* dc = dx_colsum_partial;
-    switch (v) {
-      case 1:
-        ln_fused<1>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      case 2:
-        ln_fused<2>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      case 3:
-        ln_fused<3>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      case 4:
-        ln_fused<4>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      case 5:
-        ln_fused<5>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      case 6:
-        ln_fused<6>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-      default:
-        ln_fused<8>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dc, rows, channels, s);
-        break;
-    }
+    with_row_vectors(channels, [&](auto vec) {
+      ln_fused<decltype(vec)::value>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum_partial, rows, channels,
+                                     s);
+    });
     launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, st(s));
     return ln_fused_blocks(rows);
   }
