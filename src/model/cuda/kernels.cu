@@ -271,7 +271,8 @@ __global__ void __launch_bounds__(256, 2)
   const int stage_floats = C + ((C / 2 + 3) / 4) * 4;
   float* my_w = sh + (warp * 2) * C;
   float* my_b = sh + (warp * 2 + 1) * C;
-  float* my_d = sh + (kPrefetch ? 16 * stage_floats : 16 * C) + warp * C;
+  float* dx_sums = sh + (kPrefetch ? 16 * stage_floats : 16 * C);  // kColsum: [8 warps][C]
+  float* my_d = dx_sums + warp * C;
   const int stride = gridDim.x * 8;
   // kPrefetch: row r's x and dout copied into this warp's stage buffer while the row before is
   // computed (cp.async, no registers held): twice the bytes in flight per warp.
@@ -370,7 +371,7 @@ __global__ void __launch_bounds__(256, 2)
     for (int k = 0; k < 8; ++k) {
       sw += sh[(k * 2) * C + c];
       sb += sh[(k * 2 + 1) * C + c];
-      if constexpr (kColsum) sd += my_d[(k - warp) * C + c];  // warp k's row
+      if constexpr (kColsum) sd += dx_sums[k * C + c];
     }
     partial[(static_cast<size_t>(blockIdx.x) * 2) * C + c] = sw;
     partial[(static_cast<size_t>(blockIdx.x) * 2 + 1) * C + c] = sb;
