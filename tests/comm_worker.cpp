@@ -111,6 +111,20 @@ uint64_t expected_bytes(const std::string& op, Algo algo, const Communicator& c,
       if (r < 2 * rem) return r % 2 == 0 ? M : (lg + 1) * M;
       return lg * M;
     }
+    if (algo == Algo::kHalvingDoubling) {
+      // M - |own block| while halving, then the aligned 1, 2, 4, ... blocks around it (p2 blocks)
+      int p2 = 1;
+      while (p2 * 2 <= n) p2 *= 2;
+      const int rem = n - p2;
+      if (r < 2 * rem && r % 2 == 0) return M;
+      const int v = r < 2 * rem ? r / 2 : r - rem;
+      uint64_t sent = M - blk(count, p2, v) * es;
+      for (int width = 1; width < p2; width *= 2) {
+        const int first = v / width * width;
+        for (int b = first; b < first + width; ++b) sent += blk(count, p2, b) * es;
+      }
+      return r < 2 * rem ? sent + M : sent;
+    }
     return (M - blk(count, n, r) * es) + (M - blk(count, n, r + 1) * es);
   }
   return 0;
@@ -235,8 +249,8 @@ void grid(Runtime& rt) {
   const int n = world.size();
   const std::vector<size_t> counts = {
       0, 1, 2, static_cast<size_t>(n) - 1 + 2, static_cast<size_t>(3 * n + 1), 1000, 40000, 300007};
-  const std::vector<Algo> algos = {Algo::kAuto, Algo::kRing, Algo::kRecursiveDoubling,
-                                   Algo::kHierarchical};
+  const std::vector<Algo> algos = {Algo::kAuto, Algo::kRing, Algo::kRecursiveDoubling, Algo::kHierarchical,
+                                   Algo::kHalvingDoubling};
   uint64_t seed = 1;
   // The first hierarchical all-gather builds the node sub-communicators (a split, whose
   // exchange is world traffic); do it before measuring.
@@ -261,7 +275,7 @@ void grid(Runtime& rt) {
           }
         }
   for (size_t count : {size_t{1}, size_t{1000}, size_t{300007}})
-    for (Algo algo : {Algo::kRing, Algo::kRecursiveDoubling})
+    for (Algo algo : {Algo::kRing, Algo::kRecursiveDoubling, Algo::kHalvingDoubling})
       check_all_reduce_traffic(world, count, algo);
   world.barrier();
 }

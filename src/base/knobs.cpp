@@ -99,10 +99,12 @@ const std::vector<KnobSpec>& specs() {
        [](const Knobs& k) {
          return k.inter_provider.empty() ? std::string("(auto)") : k.inter_provider;
        }},
-      {"MICS_ALGO", "force a collective algorithm: ring, rd (recursive doubling), hier, or auto",
+      {"MICS_ALGO",
+       "force a collective algorithm: ring, rd (recursive doubling), hier, hd (all-reduce: "
+       "halving-doubling; the ring for the other operations), or auto",
        [](Knobs& k, const std::string& v) {
-         if (v != "auto" && v != "ring" && v != "rd" && v != "hier")
-           bad_value("MICS_ALGO", v, "one of auto, ring, rd, hier");
+         if (v != "auto" && v != "ring" && v != "rd" && v != "hier" && v != "hd")
+           bad_value("MICS_ALGO", v, "one of auto, ring, rd, hier, hd");
          k.algo = v == "auto" ? "" : v;
        },
        [](const Knobs& k) { return k.algo.empty() ? std::string("auto") : k.algo; }},

@@ -33,6 +33,7 @@ void ring_all_reduce(Communicator& comm, const void* input, void* output, size_t
                      ReduceOp op);
 void rd_all_reduce(Communicator& comm, const void* input, void* output, size_t count, DType dtype,
                    ReduceOp op, const char* op_name = "all_reduce");
+void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t count, DType dtype, ReduceOp op);
 void tree_broadcast(Communicator& comm, void* buffer, size_t bytes, int root);
 void chain_broadcast(Communicator& comm, void* buffer, size_t bytes, int root);
 void dissemination_barrier(Communicator& comm);

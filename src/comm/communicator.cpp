@@ -24,6 +24,8 @@ const char* to_string(Algo algo) {
       return "rd";
     case Algo::kHierarchical:
       return "hier";
+    case Algo::kHalvingDoubling:
+      return "hd";
   }
   return "?";
 }
@@ -33,8 +35,9 @@ Algo parse_algo(const std::string& name) {
   if (name == "ring") return Algo::kRing;
   if (name == "rd" || name == "tree" || name == "bruck") return Algo::kRecursiveDoubling;
   if (name == "hier" || name == "hierarchical") return Algo::kHierarchical;
+  if (name == "hd" || name == "rabenseifner") return Algo::kHalvingDoubling;
   throw Error(ErrorKind::kInvalidArgument, fmt::format("unknown algorithm '{}'", name),
-              {.layer = "comm", .hint = "use one of auto, ring, rd, hier"});
+              {.layer = "comm", .hint = "use one of auto, ring, rd, hier, hd"});
 }
 
 Communicator::Communicator(fabric::Transport& transport, std::vector<int> members, int my_index,
@@ -148,6 +151,8 @@ Algo Communicator::choose(const char* op, size_t bytes, Algo requested) const {
       return Algo::kRing;
     return requested;
   }
+  // Halving-doubling exists for all-reduce; for the other operations it is the ring.
+  if (requested == Algo::kHalvingDoubling && std::strcmp(op, "all_reduce") != 0) return Algo::kRing;
   if (requested != Algo::kAuto) return requested;
   if (static_cast<int64_t>(bytes) <= knobs().small_msg_bytes) return Algo::kRecursiveDoubling;
   if (all_gather && members_per_node_ > 1 && num_nodes_ > 1) return Algo::kHierarchical;
@@ -266,6 +271,7 @@ void Communicator::all_reduce(const void* input, void* output, size_t count, DTy
   Recording rec(*this, observer_, observer_group_, obs::CollOp::kAllReduce, chosen, dtype, count);
   if (chosen == Algo::kRecursiveDoubling)
     return rd_all_reduce(*this, input, output, count, dtype, op);
+  if (chosen == Algo::kHalvingDoubling) return hd_all_reduce(*this, input, output, count, dtype, op);
   ring_all_reduce(*this, input, output, count, dtype, op);
 }
 

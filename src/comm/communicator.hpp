@@ -38,9 +38,10 @@ enum class Algo : uint8_t {
   kRing,               // pipelined, chunked ring: bandwidth-optimal
   kRecursiveDoubling,  // log-step latency algorithms (recursive doubling, Bruck, binomial tree)
   kHierarchical,       // MiCS all-gather: across nodes first, then inside each node
+  kHalvingDoubling,    // all-reduce: recursive halving then doubling, the ring's bytes in 2 log2(n) steps
 };
 const char* to_string(Algo algo);
-Algo parse_algo(const std::string& name);  // "auto", "ring", "rd", "hier"; throws on others
+Algo parse_algo(const std::string& name);  // "auto", "ring", "rd", "hier", "hd"; throws on others
 
 // Bytes and messages this communicator's operations sent, per rail.
 struct Traffic {

@@ -38,7 +38,7 @@ struct CollectiveRecord {
   CollOp op = CollOp::kAllReduce;
   DType dtype = DType::kF32;
   uint16_t group = 0;       // index into the log's group names (the communicator's name)
-  const char* algo = "";    // a static string ("ring", "rd", "hier")
+  const char* algo = "";    // a static string ("ring", "rd", "hier", "hd")
   int32_t comm_size = 1;
   uint64_t count = 0;       // elements of the whole array
   uint64_t bytes = 0;       // S: the whole array in bytes

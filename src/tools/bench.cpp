@@ -348,7 +348,7 @@ Runner add_bench_command(CLI::App& app) {
   sub->add_option("-d,--dtype", opts->dtype, "float, bf16 or half")->capture_default_str();
   sub->add_option("-o,--redop", opts->redop, "sum, avg or max")->capture_default_str();
   sub->add_option("--algo", opts->algo,
-                  "auto, ring, rd (latency: recursive doubling/Bruck/tree) or hier")
+                  "auto, ring, rd (latency: recursive doubling/Bruck/tree), hier or hd (all-reduce: halving-doubling)")
       ->capture_default_str();
   sub->add_option("-r,--runs", opts->runs,
                   "timed blocks of --iters per size; the fastest is reported")
