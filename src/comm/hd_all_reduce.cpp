@@ -49,9 +49,10 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
   if (input != output && bytes) std::memmove(out, input, bytes);
   Op op(comm, "all_reduce", Algo::kHalvingDoubling, bytes);
 
-  int p2 = 1, steps = 0;
-  while (p2 * 2 <= n) p2 *= 2, ++steps;
-  const int rem = n - p2;
+  const PowerOfTwoFold fold = power_of_two_fold(n, r);
+  const int p2 = fold.p2, rem = fold.rem;
+  int steps = 0;
+  while ((1 << steps) < p2) ++steps;
   const size_t chunk = static_cast<size_t>(std::max<int64_t>(knobs().chunk_bytes, 16));
   // Message index = round * per_round + chunk: rounds are the fold, the halving and doubling
   // steps and the return; no transfer has more chunks than the whole array.
@@ -81,27 +82,24 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
   const Segment whole{0, bytes};
 
   // Fold the first 2*rem members in pairs.
-  int v = r - rem;
+  const int v = fold.virtual_rank;
   if (r < 2 * rem) {
-    if (r % 2 == 0) {
+    if (v < 0) {
       send_range(r + 1, 0, whole, sends);
       op.wait_all(sends, "handing the array to the odd neighbour");
-      v = -1;
     } else {
       std::byte* incoming = comm.scratch(bytes);
       recv_range(r - 1, 0, whole, incoming, [&](const Segment& p) {
         reduce_into(out + p.offset, incoming + p.offset, p.bytes / es, dtype, reduce);
       });
-      v = r / 2;
     }
   }
-  auto member_of = [&](int vr) { return vr < rem ? vr * 2 + 1 : vr + rem; };
 
   if (v >= 0) {  // n >= 2 here, so p2 >= 2
     std::byte* incoming = comm.scratch(bytes);
     int lo = 0, hi = p2, round = 1;
     for (int mask = p2 / 2; mask >= 1; mask /= 2, ++round) {  // halving: reduce-scatter
-      const int partner = member_of(v ^ mask), mid = lo + (hi - lo) / 2;
+      const int partner = fold.member_of(v ^ mask), mid = lo + (hi - lo) / 2;
       const bool lower = (v & mask) == 0;
       const Segment give = lower ? block_range(count, p2, mid, hi, es) : block_range(count, p2, lo, mid, es);
       const Segment keep = lower ? block_range(count, p2, lo, mid, es) : block_range(count, p2, mid, hi, es);
@@ -117,7 +115,7 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
       scale(out + mine.offset, mine.bytes / es, dtype, 1.0 / n);
     }
     for (int mask = 1; mask < p2; mask *= 2, ++round) {  // doubling: all-gather
-      const int partner = member_of(v ^ mask), width = hi - lo;
+      const int partner = fold.member_of(v ^ mask), width = hi - lo;
       const bool lower = (v & mask) == 0;
       const int plo = lower ? hi : lo - width;
       const Segment theirs = block_range(count, p2, plo, plo + width, es);

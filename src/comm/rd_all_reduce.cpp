@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "comm/algorithms.hpp"
+#include "comm/layout.hpp"
 #include "comm/op.hpp"
 
 namespace mics::comm {
@@ -25,30 +26,23 @@ void rd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
   Op op(comm, op_name, Algo::kRecursiveDoubling, bytes);
   std::byte* incoming = comm.scratch(bytes);
 
-  int p2 = 1;
-  while (p2 * 2 <= n) p2 *= 2;
-  const int rem = n - p2;
+  const PowerOfTwoFold fold = power_of_two_fold(n, r);
+  const int p2 = fold.p2, rem = fold.rem, virtual_rank = fold.virtual_rank;
   uint32_t round = 0;
 
-  int virtual_rank;
   if (r < 2 * rem) {
-    if (r % 2 == 0) {
+    if (virtual_rank < 0) {
       op.wait(op.send(r + 1, round, out, bytes), "handing the array to the odd neighbour");
-      virtual_rank = -1;
     } else {
       op.wait(op.recv(r - 1, round, incoming, bytes), "receiving the even neighbour's array");
       reduce_into(out, incoming, count, dtype, reduce);
-      virtual_rank = r / 2;
     }
-  } else {
-    virtual_rank = r - rem;
   }
   ++round;
 
   if (virtual_rank >= 0) {
     for (int mask = 1; mask < p2; mask <<= 1, ++round) {
-      const int vpartner = virtual_rank ^ mask;
-      const int partner = vpartner < rem ? vpartner * 2 + 1 : vpartner + rem;
+      const int partner = fold.member_of(virtual_rank ^ mask);
       fabric::Request* rx = op.recv(partner, round, incoming, bytes);
       fabric::Request* tx = op.send(partner, round, out, bytes);
       op.wait(rx, "recursive-doubling exchange");

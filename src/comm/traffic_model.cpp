@@ -48,62 +48,41 @@ void hierarchical_all_gather(Counter& c, size_t count, size_t es) {
 }
 
 void rd_all_reduce(Counter& c, size_t count, size_t es) {
-  const int n = c.comm.size(), r = c.comm.rank();
+  const int r = c.comm.rank();
   const uint64_t bytes = count * es;
-  int p2 = 1;
-  while (p2 * 2 <= n) p2 *= 2;
-  const int rem = n - p2;
-  int virtual_rank = r - rem;
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      c.send(r + 1, bytes);
-      return;
-    }
-    virtual_rank = r / 2;
-  }
-  for (int mask = 1; mask < p2; mask <<= 1) {
-    const int vpartner = virtual_rank ^ mask;
-    c.send(vpartner < rem ? vpartner * 2 + 1 : vpartner + rem, bytes);
-  }
-  if (r < 2 * rem) c.send(r - 1, bytes);
+  const PowerOfTwoFold f = power_of_two_fold(c.comm.size(), r);
+  if (f.virtual_rank < 0) return c.send(r + 1, bytes);
+  for (int mask = 1; mask < f.p2; mask <<= 1) c.send(f.member_of(f.virtual_rank ^ mask), bytes);
+  if (r < 2 * f.rem) c.send(r - 1, bytes);
 }
 
 // hd_all_reduce.cpp: halving sends M minus the member's own block, doubling the blocks it holds
 // at each step; the folded pairs as in rd_all_reduce.
 void hd_all_reduce(Counter& c, size_t count, size_t es) {
-  const int n = c.comm.size(), r = c.comm.rank();
+  const int r = c.comm.rank();
   const uint64_t bytes = count * es;
-  int p2 = 1;
-  while (p2 * 2 <= n) p2 *= 2;
-  const int rem = n - p2;
-  int v = r - rem;
-  if (r < 2 * rem) {
-    if (r % 2 == 0) {
-      c.send(r + 1, bytes);
-      return;
-    }
-    v = r / 2;
-  }
-  auto member_of = [&](int vr) { return vr < rem ? vr * 2 + 1 : vr + rem; };
+  const PowerOfTwoFold f = power_of_two_fold(c.comm.size(), r);
+  if (f.virtual_rank < 0) return c.send(r + 1, bytes);
+  const int v = f.virtual_rank;
   auto range_bytes = [&](int lo, int hi) {
     uint64_t b = 0;
-    for (int i = lo; i < hi; ++i) b += block_of(count, p2, i).count * es;
+    for (int i = lo; i < hi; ++i) b += block_of(count, f.p2, i).count * es;
     return b;
   };
-  int lo = 0, hi = p2;
-  for (int mask = p2 / 2; mask >= 1; mask /= 2) {
+  int lo = 0, hi = f.p2;
+  for (int mask = f.p2 / 2; mask >= 1; mask /= 2) {
     const int mid = lo + (hi - lo) / 2;
     const bool lower = (v & mask) == 0;
-    c.send(member_of(v ^ mask), lower ? range_bytes(mid, hi) : range_bytes(lo, mid));
+    c.send(f.member_of(v ^ mask), lower ? range_bytes(mid, hi) : range_bytes(lo, mid));
     (lower ? hi : lo) = mid;
   }
-  for (int mask = 1; mask < p2; mask *= 2) {
-    c.send(member_of(v ^ mask), range_bytes(lo, hi));
+  for (int mask = 1; mask < f.p2; mask *= 2) {
+    c.send(f.member_of(v ^ mask), range_bytes(lo, hi));
     const int width = hi - lo;
     if ((v & mask) != 0) lo -= width;
     hi = lo + 2 * width;
   }
-  if (r < 2 * rem) c.send(r - 1, bytes);
+  if (r < 2 * f.rem) c.send(r - 1, bytes);
 }
 
 }  // namespace
