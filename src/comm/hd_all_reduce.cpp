@@ -51,8 +51,7 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
 
   const PowerOfTwoFold fold = power_of_two_fold(n, r);
   const int p2 = fold.p2, rem = fold.rem;
-  int steps = 0;
-  while ((1 << steps) < p2) ++steps;
+  const int steps = __builtin_ctz(static_cast<unsigned>(p2));  // log2(p2)
   const size_t chunk = static_cast<size_t>(std::max<int64_t>(knobs().chunk_bytes, 16));
   // Message index = round * per_round + chunk: rounds are the fold, the halving and doubling
   // steps and the return; no transfer has more chunks than the whole array.
@@ -80,6 +79,7 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
   };
   std::vector<fabric::Request*> sends;
   const Segment whole{0, bytes};
+  std::byte* incoming = comm.scratch(bytes);  // partial sums received, then reduced into out
 
   // Fold the first 2*rem members in pairs.
   const int v = fold.virtual_rank;
@@ -88,7 +88,6 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
       send_range(r + 1, 0, whole, sends);
       op.wait_all(sends, "handing the array to the odd neighbour");
     } else {
-      std::byte* incoming = comm.scratch(bytes);
       recv_range(r - 1, 0, whole, incoming, [&](const Segment& p) {
         reduce_into(out + p.offset, incoming + p.offset, p.bytes / es, dtype, reduce);
       });
@@ -96,7 +95,6 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
   }
 
   if (v >= 0) {  // n >= 2 here, so p2 >= 2
-    std::byte* incoming = comm.scratch(bytes);
     int lo = 0, hi = p2, round = 1;
     for (int mask = p2 / 2; mask >= 1; mask /= 2, ++round) {  // halving: reduce-scatter
       const int partner = fold.member_of(v ^ mask), mid = lo + (hi - lo) / 2;
@@ -129,7 +127,7 @@ void hd_all_reduce(Communicator& comm, const void* input, void* output, size_t c
 
   // Hand the result back to the folded even members.
   if (r < 2 * rem) {
-    if (r % 2 == 1) {
+    if (v >= 0) {
       send_range(r - 1, last_round, whole, sends);
       op.wait_all(sends, "returning the result");
     } else {
