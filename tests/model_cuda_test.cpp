@@ -14,9 +14,11 @@
 // Without a CUDA device every test is skipped with the reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -165,6 +167,19 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
     mc::add_column_partials(colsum_partial.p, chunks, C, dbias_grad.p, nullptr);
     // the one-pass kernel sums the fp32 dx; the two-kernel path its bf16 copy
     EXPECT_LT(rel_error(dbias_grad.get(), bias_grad), C <= 1024 ? kF32Tol : kBf16Tol);
+    // accumulate false: the parameter gradients and the bias sums written over NaN (a
+    // first micro-batch's gradients, never cleared); dx still accumulates
+    const std::vector<float> nan_c(C, std::numeric_limits<float>::quiet_NaN());
+    Dev<float> ddx2(dx0), dgw2(nan_c), dgb2(nan_c), dbias2(nan_c);
+    const int chunks2 = mc::layernorm_backward(dg.p, dx_.p, dmean.p, drstd.p, dw.p, ddx2.p, ddx_bf16.p, dgw2.p, dgb2.p,
+                                               partial.p, rows, C, nullptr, colsum_partial.p,
+                                               /*accumulate=*/false);
+    mc::add_column_partials(colsum_partial.p, chunks2, C, dbias2.p, nullptr, /*accumulate=*/false);
+    for (int c = 0; c < C; ++c) gw[c] -= dw0[c], gb[c] -= db0[c], bias_grad[c] -= bias0[c];
+    EXPECT_LT(rel_error(ddx2.get(), dx), kF32Tol);
+    EXPECT_LT(rel_error(dgw2.get(), gw), kF32Tol);
+    EXPECT_LT(rel_error(dgb2.get(), gb), kF32Tol);
+    EXPECT_LT(rel_error(dbias2.get(), bias_grad), C <= 1024 ? kF32Tol : kBf16Tol);
   }
 }
 
@@ -187,6 +202,12 @@ TEST(CudaKernels, ColumnSums) {
     Dev<float> dout(out0), partial(mc::colsum_partial_floats(rows, cols));
     mc::column_sum(dx.p, dout.p, partial.p, rows, cols, nullptr);
     EXPECT_LT(rel_error(dout.get(), want), kF32Tol);
+    // written, not added, over NaN
+    for (int c = 0; c < cols; ++c) sums[c] -= out0[c];
+    const std::vector<float> want_written(sums.begin(), sums.end());
+    Dev<float> dnan(std::vector<float>(cols, std::numeric_limits<float>::quiet_NaN()));
+    mc::column_sum(dx.p, dnan.p, partial.p, rows, cols, nullptr, /*accumulate=*/false);
+    EXPECT_LT(rel_error(dnan.get(), want_written), kF32Tol);
   }
 }
 
@@ -400,6 +421,13 @@ TEST(CudaKernels, EmbeddingForwardAndBackward) {
   mc::embedding_backward(dtok.p, dg.p, dwte.p, dwpe.p, B, T, C, nullptr);
   EXPECT_LT(rel_error(dwte.get(), gte), kF32Tol);
   EXPECT_LT(rel_error(dwpe.get(), gpe), kF32Tol);
+  // accumulate false: dwpe written over NaN, its rows past T (a longer context) zeroed
+  const int context = T + 5;
+  std::vector<float> want_pe(static_cast<size_t>(context) * C, 0.0f);
+  for (size_t i = 0; i < static_cast<size_t>(T) * C; ++i) want_pe[i] = gpe[i] - wpe[i];
+  Dev<float> dnan(std::vector<float>(want_pe.size(), std::numeric_limits<float>::quiet_NaN()));
+  mc::embedding_backward(dtok.p, dg.p, dwte.p, dnan.p, B, T, C, nullptr, /*accumulate=*/false, context);
+  EXPECT_LT(rel_error(dnan.get(), want_pe), kF32Tol);
 }
 
 TEST(CudaKernels, CausalSoftmaxAndHeadPermutations) {
@@ -768,6 +796,17 @@ void whole_model_case(const mc::CudaOptions& options, const char* what, const ch
               return d;
             }()),
             1e-5);
+  // zero_grads() then one micro-batch: the gradients are that micro-batch's alone (every
+  // gradient is written, none added to the two before), and zero when read before a backward.
+  model.zero_grads();
+  std::vector<float> g0(flat.size(), 1.0f);
+  model.download_grads(g0.data());
+  EXPECT_EQ(*std::max_element(g0.begin(), g0.end()), 0.0f);
+  EXPECT_EQ(*std::min_element(g0.begin(), g0.end()), 0.0f);
+  model.forward_backward(in.data(), tg.data());
+  std::vector<float> g1(flat.size());
+  model.download_grads(g1.data());
+  EXPECT_LT(rel_error(g1, g), 1e-5);
   // AdamW steps move the parameters and the loss goes down on this batch. (At lr 1e-2 Adam's
   // first steps move every weight by ~0.01 against an init of std 0.02: one seed on the GPU
   // machine overshot, 5.47 -> 6.50; at 1e-3 the steps descend.)

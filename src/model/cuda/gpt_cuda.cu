@@ -358,6 +358,10 @@ struct CudaGpt::Impl {
       throw Error(ErrorKind::kInvalidArgument, std::string(what) + " on a sharded CudaGpt (no full parameter arrays)",
                   {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine holds the parameters"});
   }
+  // After zero_grads() (or at start) and before a backward, the gradients read as zero.
+  void clear_unwritten_grads() const {
+    if (grads && micro == 0) MICS_CUDA(cudaMemsetAsync(grads, 0, nparams * 4, stream));
+  }
   // Sharded: the buffer's last reduce-scatter must have read it before it is zeroed.
   void zero_unit_grad(int u) {
     if (!sharded) return;
@@ -541,8 +545,9 @@ struct CudaGpt::Impl {
     {
       Scope sc(this, "layernorm bwd");
       MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
-      pending_bias_chunks = layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w,
-                                               eg.lnf_b, partial, n, C, s(), L > 0 ? dx_colsum : nullptr);
+      pending_bias_chunks =
+          layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b,
+                             partial, n, C, s(), L > 0 ? dx_colsum : nullptr, accumulate_grads());
     }
     for (int l = L - 1; l >= 0; --l) {
       const LayerActs a = layer(l);
@@ -562,7 +567,7 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "bias grads");
-        add_column_partials(dx_colsum, pending_bias_chunks, C, g.fcproj_b, s());
+        add_column_partials(dx_colsum, pending_bias_chunks, C, g.fcproj_b, s(), accumulate_grads());
       }
       {
         Scope sc(this, "gemm fc bwd");
@@ -571,13 +576,13 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "bias grads");
-        column_sum(dfch, g.fc_b, partial, n, 4 * C, s());
+        column_sum(dfch, g.fc_b, partial, n, 4 * C, s(), accumulate_grads());
       }
       {
         Scope sc(this, "layernorm bwd");
         const int chunks = layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w,
-                                              g.ln2_b, partial, n, C, s(), dx_colsum);
-        add_column_partials(dx_colsum, chunks, C, g.proj_b, s());
+                                              g.ln2_b, partial, n, C, s(), dx_colsum, accumulate_grads());
+        add_column_partials(dx_colsum, chunks, C, g.proj_b, s(), accumulate_grads());
       }
       {
         Scope sc(this, "gemm proj bwd");
@@ -595,18 +600,19 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "bias grads");
-        column_sum(dqkv, g.qkv_b, partial, n, 3 * C, s());
+        column_sum(dqkv, g.qkv_b, partial, n, 3 * C, s(), accumulate_grads());
       }
       {
         Scope sc(this, "layernorm bwd");
-        pending_bias_chunks = layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16,
-                                                 g.ln1_w, g.ln1_b, partial, n, C, s(), l > 0 ? dx_colsum : nullptr);
+        pending_bias_chunks =
+            layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b,
+                               partial, n, C, s(), l > 0 ? dx_colsum : nullptr, accumulate_grads());
       }
       reduce(1 + l);
     }
     {
       Scope sc(this, "embedding bwd");
-      embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s());
+      embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s(), accumulate_grads(), cfg.max_seq);
     }
     reduce(0);
   }
@@ -652,14 +658,16 @@ void CudaGpt::download_state(int which, size_t offset, size_t count, float* host
 
 void CudaGpt::download_grads(float* host) const {
   impl_->require_full("download_grads");
+  impl_->clear_unwritten_grads();
   MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
 
+// The gradients are not cleared here: the next backward writes every one of them (its first
+// micro-batch's writers do not add: accumulate_grads()), which saves a pass over them (0.15 ms
+// per step for GPT-2 124M on an H200). Reading them before that backward clears them first.
 void CudaGpt::zero_grads() {
   Impl& s = *impl_;
-  Impl::Scope sc(&s, "zero grads");
-  if (s.grads) MICS_CUDA(cudaMemsetAsync(s.grads, 0, s.nparams * 4, s.stream));
   MICS_CUDA(cudaMemsetAsync(s.loss_sum, 0, 4, s.stream));
   s.micro = 0;
 }
@@ -720,6 +728,7 @@ StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
     throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step on a sharded model (no optimizer states of its own)",
                 {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
   const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
+  s.clear_unwritten_grads();
   {
     Impl::Scope sc(&s, "grad norm");
     sum_squares(s.grads, s.nparams, s.norm_sq, s.norm_partial, s.stream);

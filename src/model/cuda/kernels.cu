@@ -210,7 +210,7 @@ __global__ void layernorm_backward_params(const bf16* __restrict__ dout, const f
 constexpr int kReduceWarps = 32;
 __global__ void __launch_bounds__(32 * kReduceWarps)
     reduce_chunks(const float* __restrict__ partial, int chunks, int planes, int C, float* __restrict__ out0,
-                  float* __restrict__ out1) {
+                  float* __restrict__ out1, bool accumulate) {
   __shared__ float sh[kReduceWarps][32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int c = blockIdx.x * 32 + lane, k = blockIdx.y;
@@ -226,14 +226,14 @@ __global__ void __launch_bounds__(32 * kReduceWarps)
 #pragma unroll
     for (int w = 0; w < kReduceWarps; ++w) total += sh[w][lane];
     float* out = k == 0 ? out0 : out1;
-    out[c] += total;
+    out[c] = accumulate ? out[c] + total : total;
   }
 }
 
 void launch_reduce_chunks(const float* partial, int chunks, int planes, int C, float* out0, float* out1,
-                          cudaStream_t stream) {
+                          bool accumulate, cudaStream_t stream) {
   reduce_chunks<<<dim3(static_cast<unsigned>((C + 31) / 32), static_cast<unsigned>(planes)), 32 * kReduceWarps, 0,
-                  stream>>>(partial, chunks, planes, C, out0, out1);
+                  stream>>>(partial, chunks, planes, C, out0, out1, accumulate);
   MICS_LAUNCHED(reduce_chunks);
 }
 
@@ -449,13 +449,15 @@ __global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const
   atomicAdd(dwte + static_cast<size_t>(tokens[n]) * C + c, dout[i]);
 }
 
-__global__ void embedding_backward_wpe(const float* __restrict__ dout, float* __restrict__ dwpe, int batch,
-                                       int T, int C) {
+// Rows t < T: the batch's sum; rows T..wpe_rows-1 (only when writing): zero.
+__global__ void embedding_backward_wpe(const float* __restrict__ dout, float* __restrict__ dwpe, int batch, int T,
+                                       int wpe_rows, int C, bool accumulate) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<size_t>(T) * C) return;
+  if (i >= static_cast<size_t>(accumulate ? T : wpe_rows) * C) return;
   float sum = 0;
-  for (int b = 0; b < batch; ++b) sum += dout[static_cast<size_t>(b) * T * C + i];
-  dwpe[i] += sum;
+  if (i < static_cast<size_t>(T) * C)
+    for (int b = 0; b < batch; ++b) sum += dout[static_cast<size_t>(b) * T * C + i];
+  dwpe[i] = accumulate ? dwpe[i] + sum : sum;
 }
 
 // --- cross-entropy -----------------------------------------------------------------------------
@@ -471,22 +473,51 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
   }
 }
 
+// One block per row, two passes over it: (max, sum of exp) online, then the gradient in place.
+// Each thread keeps kCeLoads 16-byte loads in flight in both passes, and the first pass folds
+// each batch of 8 * kCeLoads logits into (m, s) with one rescale (their max first, then
+// independent exps) rather than a serial online update per logit: 1.32 -> 1.11 ms per step
+// for GPT-2 124M B16 on an H200 (one load at a time before; 2 and 3 loads: 1.16, 1.11 ms).
+// Columns past v8 in a batch read as -inf.
+constexpr int kCeLoads = 4;
 __global__ void __launch_bounds__(kCeThreads)
-    cross_entropy_kernel(bf16* __restrict__ logits, const int32_t* __restrict__ targets,
-                         float* __restrict__ losses, int V, int ld, bool grad, float scale) {
+    cross_entropy_kernel(bf16* __restrict__ logits, const int32_t* __restrict__ targets, float* __restrict__ losses,
+                         int V, int ld, bool grad, float scale) {
   const int row = blockIdx.x;
   bf16* x = logits + static_cast<size_t>(row) * ld;
   const int v8 = (V / 8) * 8;
+  const int step = kCeThreads * 8;
+  const uint4 neg_inf = make_uint4(0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u);
   float m = -INFINITY, s = 0;
-  for (int j = threadIdx.x * 8; j < v8; j += blockDim.x * 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + j);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  for (int j0 = threadIdx.x * 8; j0 < v8; j0 += step * kCeLoads) {
+    uint4 raw[kCeLoads];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float2 f = __bfloat1622float2(h[q]);
-      online_add(m, s, f.x);
-      online_add(m, s, f.y);
+    for (int u = 0; u < kCeLoads; ++u) {
+      const int j = j0 + u * step;
+      raw[u] = j < v8 ? *reinterpret_cast<const uint4*>(x + j) : neg_inf;
     }
+    float bm = m;
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) {
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[u]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f = __bfloat1622float2(h[q]);
+        bm = fmaxf(bm, fmaxf(f.x, f.y));
+      }
+    }
+    float add = 0;
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) {
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[u]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f = __bfloat1622float2(h[q]);
+        add += __expf(f.x - bm) + __expf(f.y - bm);
+      }
+    }
+    s = (m == -INFINITY ? 0.0f : s * __expf(m - bm)) + add;
+    m = bm;
   }
   for (int j = v8 + threadIdx.x; j < V; j += blockDim.x) online_add(m, s, __bfloat162float(x[j]));
   // Combine (m, s) pairs: the warp, then the warps through shared memory.
@@ -510,31 +541,38 @@ __global__ void __launch_bounds__(kCeThreads)
     for (int k = 0; k < kCeThreads / 32; ++k) sum += ss[k] * __expf(sm[k] - mm);
     const float lse = mm + logf(sum);
     lse_shared = lse;
-    const int tgt = targets[row];
-    losses[row] = lse - __bfloat162float(x[tgt]);
+    losses[row] = lse - __bfloat162float(x[targets[row]]);
   }
   __syncthreads();
   if (!grad) return;
   const float lse = lse_shared;
   const int tgt = targets[row];
-  for (int j = threadIdx.x * 8; j < v8; j += blockDim.x * 8) {
-    uint4 raw = *reinterpret_cast<const uint4*>(x + j);
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
+  for (int j0 = threadIdx.x * 8; j0 < v8; j0 += step * kCeLoads) {
+    uint4 raw[kCeLoads];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float2 f = __bfloat1622float2(h[q]);
-      const int j0 = j + 2 * q;
-      const float d0 = (__expf(f.x - lse) - (j0 == tgt ? 1.0f : 0.0f)) * scale;
-      const float d1 = (__expf(f.y - lse) - (j0 + 1 == tgt ? 1.0f : 0.0f)) * scale;
-      h[q] = __floats2bfloat162_rn(d0, d1);
+    for (int u = 0; u < kCeLoads; ++u) {
+      const int j = j0 + u * step;
+      raw[u] = j < v8 ? *reinterpret_cast<const uint4*>(x + j) : neg_inf;
     }
-    *reinterpret_cast<uint4*>(x + j) = raw;
+#pragma unroll
+    for (int u = 0; u < kCeLoads; ++u) {
+      const int j = j0 + u * step;
+      __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw[u]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 f = __bfloat1622float2(h[q]);
+        const int c = j + 2 * q;
+        const float d0 = (__expf(f.x - lse) - (c == tgt ? 1.0f : 0.0f)) * scale;
+        const float d1 = (__expf(f.y - lse) - (c + 1 == tgt ? 1.0f : 0.0f)) * scale;
+        h[q] = __floats2bfloat162_rn(d0, d1);
+      }
+      if (j < v8) *reinterpret_cast<uint4*>(x + j) = raw[u];
+    }
   }
   for (int j = v8 + threadIdx.x; j < V; j += blockDim.x) {
     const float f = __bfloat162float(x[j]);
     x[j] = __float2bfloat16((__expf(f - lse) - (j == tgt ? 1.0f : 0.0f)) * scale);
   }
-  // The padding columns get zero gradients: GEMMs over the padded width then add nothing.
   for (int j = V + threadIdx.x; j < ld; j += blockDim.x) x[j] = __float2bfloat16(0.0f);
 }
 
@@ -938,7 +976,7 @@ void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float
 
 int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
-                       Stream s, float* dx_colsum_partial) {
+                       Stream s, float* dx_colsum_partial, bool accumulate) {
   if (rows <= 0) return 0;
   if (channels % 4 == 0 && channels <= 1024) {
     // one pass: row sums, dx and the parameter partials; then the partials in block order
@@ -946,7 +984,7 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
       ln_fused<decltype(vec)::value>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum_partial, rows, channels,
                                      s);
     });
-    launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, st(s));
+    launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, accumulate, st(s));
     return ln_fused_blocks(rows);
   }
   const int chunks = colsum_chunks(rows);
@@ -954,7 +992,7 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
   layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
       B(dout), x, mean, rstd, partial, rows, channels);
   MICS_LAUNCHED(layernorm_backward_params);
-  launch_reduce_chunks(partial, chunks, 2, channels, dw, db, st(s));
+  launch_reduce_chunks(partial, chunks, 2, channels, dw, db, accumulate, st(s));
   layernorm_backward_rows<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(
       B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
   MICS_LAUNCHED(layernorm_backward_rows);
@@ -965,8 +1003,11 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
   return chunks;
 }
 
-void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s) {
-  if (chunks > 0) launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
+void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s, bool accumulate) {
+  if (chunks > 0)
+    launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, accumulate, st(s));
+  else if (!accumulate)
+    MICS_CUDA(cudaMemsetAsync(out, 0, static_cast<size_t>(cols) * 4, st(s)));
 }
 
 size_t colsum_partial_floats(int rows, int cols) {
@@ -987,7 +1028,7 @@ int colsum_row_blocks(int rows, int col_blocks) {
   return std::clamp(resident / col_blocks, 1, colsum_chunks(rows));
 }
 
-void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s) {
+void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s, bool accumulate) {
   if (rows <= 0) return;
   if (cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     const unsigned col_blocks = blocks_for(static_cast<size_t>(cols), 256);
@@ -995,14 +1036,14 @@ void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols,
     column_sum_partial8<<<dim3(col_blocks, static_cast<unsigned>(row_blocks)), 256, 0, st(s)>>>(B(x), partial, rows,
                                                                                                 cols);
     MICS_LAUNCHED(column_sum_partial8);
-    launch_reduce_chunks(partial, row_blocks, 1, cols, out, nullptr, st(s));
+    launch_reduce_chunks(partial, row_blocks, 1, cols, out, nullptr, accumulate, st(s));
     return;
   }
   const int chunks = colsum_chunks(rows);
   column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(cols), 128), chunks), 128, 0, st(s)>>>(B(x), partial,
                                                                                                    rows, cols);
   MICS_LAUNCHED(column_sum_partial);
-  launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, st(s));
+  launch_reduce_chunks(partial, chunks, 1, cols, out, nullptr, accumulate, st(s));
 }
 
 void gelu_forward(const bf16_t* x, bf16_t* out, size_t count, Stream s) {
@@ -1024,13 +1065,15 @@ void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe
 }
 
 void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
-                        int channels, Stream s) {
+                        int channels, Stream s, bool accumulate, int wpe_rows) {
+  MICS_CHECK(accumulate || wpe_rows >= seq_len, "embedding_backward: writing dwpe needs wpe_rows >= seq_len");
   const int rows = batch * seq_len;
   embedding_backward_wte<<<blocks_for(static_cast<size_t>(rows) * channels, 256), 256, 0, st(s)>>>(
       tokens, dout, dwte, rows, channels);
   MICS_LAUNCHED(embedding_backward_wte);
-  embedding_backward_wpe<<<blocks_for(static_cast<size_t>(seq_len) * channels, 256), 256, 0, st(s)>>>(
-      dout, dwpe, batch, seq_len, channels);
+  const int pe_rows = accumulate ? seq_len : wpe_rows;
+  embedding_backward_wpe<<<blocks_for(static_cast<size_t>(pe_rows) * channels, 256), 256, 0, st(s)>>>(
+      dout, dwpe, batch, seq_len, pe_rows, channels, accumulate);
   MICS_LAUNCHED(embedding_backward_wpe);
 }
 

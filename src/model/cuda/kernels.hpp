@@ -19,21 +19,23 @@ using Stream = void*;     // cudaStream_t
 // out[n] = (x[n] - mean) * rstd * w + b (bf16), mean and rstd per row (fp32).
 void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean,
                        float* rstd, int rows, int channels, Stream s);
-// dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dw += and db += (fp32).
+// dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dw += and db += (fp32),
+// or with accumulate false dw = and db = (their old contents not read: a zeroed gradient's
+// first write; the same holds for the accumulate flags below).
 // partial: scratch of layernorm_partial_floats(rows, channels) floats. dx_colsum_partial (may be
 // null; else layernorm_colsum_partial_floats floats, and dx_bf16 not null): per-chunk column
 // sums of the new dx, for add_column_partials with the returned chunk count: the bias gradient
 // of the linear layer whose output entered the residual stream here, without reading dx again.
 int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
-                       Stream s, float* dx_colsum_partial = nullptr);
+                       Stream s, float* dx_colsum_partial = nullptr, bool accumulate = true);
 size_t layernorm_partial_floats(int rows, int channels);
 size_t layernorm_colsum_partial_floats(int rows, int channels);
 // out [cols] += the sum over chunks of partial [chunks][cols], in chunk order.
-void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s);
+void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s, bool accumulate = true);
 
 // out += column sums of x [rows, cols] (bias gradients). partial: colsum_partial_floats floats.
-void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s);
+void column_sum(const bf16_t* x, float* out, float* partial, int rows, int cols, Stream s, bool accumulate = true);
 size_t colsum_partial_floats(int rows, int cols);
 
 // GELU (tanh approximation), bf16 in and out; backward: dx = dout * gelu'(x) (dx may be dout).
@@ -44,8 +46,10 @@ void gelu_backward(const bf16_t* x, const bf16_t* dout, bf16_t* dx, size_t count
 void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out,
                        int batch, int seq_len, int channels, Stream s);
 // dwte[tokens[b, t]] += dout[b, t] (atomics); dwpe[t] += sum_b dout[b, t] (in batch order).
-void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch,
-                        int seq_len, int channels, Stream s);
+// accumulate false: dwpe[t] = that sum, and dwpe's rows seq_len..wpe_rows-1 = 0 (dwte is still
+// added to: the classifier's weight GEMM writes it first).
+void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                        int channels, Stream s, bool accumulate = true, int wpe_rows = 0);
 
 // Mean cross-entropy over rows of logits [rows, vocab] (row stride ld >= vocab, bf16): losses[n]
 // = lse - logit[target]. With grad, the logits are replaced in place by dL/dlogits =
