@@ -381,23 +381,35 @@ __global__ void __launch_bounds__(256, 2)
 
 // Column sums of bf16 x [rows, C] (C % 8 == 0): 8 columns per thread (16-byte loads); block
 // (bx, by) of a grid of G rows of blocks takes rows by*8 + warp, + G*8, ... (its 8 warps on
-// interleaved rows), added in warp order -> partial[by][C].
-__global__ void __launch_bounds__(256) column_sum_partial8(const bf16* __restrict__ x, float* __restrict__ partial,
-                                                           int rows, int C) {
+// interleaved rows), kColsumLoads rows' loads in flight per thread, added in warp order ->
+// partial[by][C]. (Explicit batches of 4: 0.855 -> 0.833 ms of bias gradients per step for
+// GPT-2 124M on an H200 against an unrolled loop; batches of 8 and 12: 0.846, 0.856.)
+constexpr int kColsumLoads = 4;
+__global__ void __launch_bounds__(256)
+    column_sum_partial8(const bf16* __restrict__ x, float* __restrict__ partial, int rows, int C) {
   __shared__ float sh[8][256];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int c = blockIdx.x * 256 + lane * 8;
+  const int stride = gridDim.y * 8;
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   if (c < C) {
-#pragma unroll 4
-    for (int r = blockIdx.y * 8 + warp; r < rows; r += gridDim.y * 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * C + c);
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    for (int r0 = blockIdx.y * 8 + warp; r0 < rows; r0 += stride * kColsumLoads) {
+      uint4 raw[kColsumLoads];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = __bfloat1622float2(h[j]);
-        acc[2 * j] += f.x;
-        acc[2 * j + 1] += f.y;
+      for (int u = 0; u < kColsumLoads; ++u) {
+        const int r = r0 + u * stride;
+        raw[u] =
+            r < rows ? *reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * C + c) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kColsumLoads; ++u) {
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw[u]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 f = __bfloat1622float2(h[j]);
+          acc[2 * j] += f.x;
+          acc[2 * j + 1] += f.y;
+        }
       }
     }
   }
