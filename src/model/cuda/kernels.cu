@@ -500,14 +500,18 @@ __global__ void __launch_bounds__(kCeThreads)
   const int v8 = (V / 8) * 8;
   const int step = kCeThreads * 8;
   const uint4 neg_inf = make_uint4(0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u);
-  float m = -INFINITY, s = 0;
-  for (int j0 = threadIdx.x * 8; j0 < v8; j0 += step * kCeLoads) {
-    uint4 raw[kCeLoads];
+  // the thread's kCeLoads 16-byte loads of columns j0, j0 + step, ... (all issued before any use)
+  auto load_batch = [&](int j0, uint4 (&raw)[kCeLoads]) {
 #pragma unroll
     for (int u = 0; u < kCeLoads; ++u) {
       const int j = j0 + u * step;
       raw[u] = j < v8 ? *reinterpret_cast<const uint4*>(x + j) : neg_inf;
     }
+  };
+  float m = -INFINITY, s = 0;
+  for (int j0 = threadIdx.x * 8; j0 < v8; j0 += step * kCeLoads) {
+    uint4 raw[kCeLoads];
+    load_batch(j0, raw);
     float bm = m;
 #pragma unroll
     for (int u = 0; u < kCeLoads; ++u) {
@@ -561,11 +565,7 @@ __global__ void __launch_bounds__(kCeThreads)
   const int tgt = targets[row];
   for (int j0 = threadIdx.x * 8; j0 < v8; j0 += step * kCeLoads) {
     uint4 raw[kCeLoads];
-#pragma unroll
-    for (int u = 0; u < kCeLoads; ++u) {
-      const int j = j0 + u * step;
-      raw[u] = j < v8 ? *reinterpret_cast<const uint4*>(x + j) : neg_inf;
-    }
+    load_batch(j0, raw);
 #pragma unroll
     for (int u = 0; u < kCeLoads; ++u) {
       const int j = j0 + u * step;
