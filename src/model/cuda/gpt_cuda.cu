@@ -519,9 +519,10 @@ struct CudaGpt::Impl {
     }
   }
 
-  // The weight GEMMs add to the gradients unless these are still zero (sharded: zeroed per unit
-  // and backward; else the first micro-batch since zero_grads()): then they write them, and
-  // cuBLASLt does not read C (1-7% faster for the block GEMMs of GPT-2 124M on an H200).
+  // Every gradient writer (weight GEMMs, bias and LayerNorm sums, wpe) adds to the gradients
+  // unless these are still zero (sharded: zeroed per unit and backward; else the first
+  // micro-batch since zero_grads(), which therefore need not clear them): then it writes them,
+  // and cuBLASLt does not read C (1-7% faster for the block GEMMs of GPT-2 124M on an H200).
   bool accumulate_grads() const { return !(sharded || micro == 0); }
 
   // --- backward ---
