@@ -461,11 +461,11 @@ __global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const
   atomicAdd(dwte + static_cast<size_t>(tokens[n]) * C + c, dout[i]);
 }
 
-// Rows t < T: the batch's sum; rows T..wpe_rows-1 (only when writing): zero.
+// Rows t < T: the batch's sum; rows T..rows-1 (the host asks for them only when writing): zero.
 __global__ void embedding_backward_wpe(const float* __restrict__ dout, float* __restrict__ dwpe, int batch, int T,
-                                       int wpe_rows, int C, bool accumulate) {
+                                       int rows, int C, bool accumulate) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<size_t>(accumulate ? T : wpe_rows) * C) return;
+  if (i >= static_cast<size_t>(rows) * C) return;
   float sum = 0;
   if (i < static_cast<size_t>(T) * C)
     for (int b = 0; b < batch; ++b) sum += dout[static_cast<size_t>(b) * T * C + i];
@@ -585,6 +585,7 @@ __global__ void __launch_bounds__(kCeThreads)
     const float f = __bfloat162float(x[j]);
     x[j] = __float2bfloat16((__expf(f - lse) - (j == tgt ? 1.0f : 0.0f)) * scale);
   }
+  // The padding columns get zero gradients: GEMMs over the padded width then add nothing.
   for (int j = V + threadIdx.x; j < ld; j += blockDim.x) x[j] = __float2bfloat16(0.0f);
 }
 
