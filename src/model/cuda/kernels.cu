@@ -491,35 +491,21 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
 // independent exps) rather than a serial online update per logit: 1.32 -> 1.11 ms per step
 // for GPT-2 124M B16 on an H200 (one load at a time before; 2 and 3 loads: 1.16, 1.11 ms).
 // Columns past v8 in a batch read as -inf.
-// kStaged (where a row fits a block's shared memory, V <= ~116K): the row's first v8 columns
-// are first copied into shared memory (cp.async, every load in flight at once) and both passes
-// read them there, so the logits leave DRAM once: GPT-2 124M B16 on an H200 1.50 -> 1.25 ms
-// per step, +0.8% tokens/s in three interleaved rounds (two rows' 100 KB per SM).
 constexpr int kCeLoads = 4;
-template <bool kStaged>
-__global__ void __launch_bounds__(kCeThreads, kStaged ? 2 : 1)
+__global__ void __launch_bounds__(kCeThreads)
     cross_entropy_kernel(bf16* __restrict__ logits, const int32_t* __restrict__ targets, float* __restrict__ losses,
                          int V, int ld, bool grad, float scale) {
-  extern __shared__ uint4 staged_row[];
   const int row = blockIdx.x;
   bf16* x = logits + static_cast<size_t>(row) * ld;
   const int v8 = (V / 8) * 8;
   const int step = kCeThreads * 8;
   const uint4 neg_inf = make_uint4(0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u, 0xFF80FF80u);
-  const uint4* src = reinterpret_cast<const uint4*>(x);
-  if constexpr (kStaged) {
-    for (int i = threadIdx.x; i < v8 / 8; i += kCeThreads) __pipeline_memcpy_async(staged_row + i, src + i, 16);
-    __pipeline_commit();
-    __pipeline_wait_prior(0);
-    __syncthreads();
-    src = staged_row;
-  }
   // the thread's kCeLoads 16-byte loads of columns j0, j0 + step, ... (all issued before any use)
   auto load_batch = [&](int j0, uint4 (&raw)[kCeLoads]) {
 #pragma unroll
     for (int u = 0; u < kCeLoads; ++u) {
       const int j = j0 + u * step;
-      raw[u] = j < v8 ? src[j / 8] : neg_inf;
+      raw[u] = j < v8 ? *reinterpret_cast<const uint4*>(x + j) : neg_inf;
     }
   };
   float m = -INFINITY, s = 0;
@@ -1107,28 +1093,8 @@ void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, f
 void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int rows, int vocab, int ld, bool grad,
                    float grad_scale, Stream s) {
   MICS_CHECK(ld % 8 == 0 && ld >= vocab, "cross_entropy: the logits' row stride must be >= vocab and a multiple of 8");
-  // the largest dynamic shared memory a block of the staged kernel may have: the device's opt-in
-  // limit less the kernel's static shared memory
-  static const int max_smem = [] {
-    int device = 0, bytes = 0;
-    MICS_CUDA(cudaGetDevice(&device));
-    MICS_CUDA(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    cudaFuncAttributes attributes{};
-    MICS_CUDA(cudaFuncGetAttributes(&attributes, cross_entropy_kernel<true>));
-    bytes -= static_cast<int>(attributes.sharedSizeBytes);
-    MICS_CUDA(cudaFuncSetAttribute(cross_entropy_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    MICS_CUDA(cudaFuncSetAttribute(cross_entropy_kernel<true>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                   cudaSharedmemCarveoutMaxShared));
-    return bytes;
-  }();
-  const size_t smem = static_cast<size_t>(vocab / 8) * 16;
-  if (smem <= static_cast<size_t>(max_smem)) {
-    cross_entropy_kernel<true><<<static_cast<unsigned>(rows), kCeThreads, smem, st(s)>>>(B(logits), targets, losses,
-                                                                                         vocab, ld, grad, grad_scale);
-  } else {
-    cross_entropy_kernel<false><<<static_cast<unsigned>(rows), kCeThreads, 0, st(s)>>>(B(logits), targets, losses,
-                                                                                       vocab, ld, grad, grad_scale);
-  }
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, st(s)>>>(B(logits), targets, losses, vocab, ld,
+                                                                              grad, grad_scale);
   MICS_LAUNCHED(cross_entropy_kernel);
 }
 
