@@ -824,8 +824,10 @@ void whole_model_case(const mc::CudaOptions& options, const char* what, const ch
 
 TEST(CudaModel, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();
-  // V = 250: the head's GEMMs run over the padded width 256 (gpt_cuda.cu)
+  // V = 250: the head's GEMMs run over the padded width 256 (gpt_cuda.cu). The weight-gradient
+  // GEMMs on their own stream (the default), then in line.
   whole_model_case({}, "fused epilogues, padded vocab", "L2H4C64V250T64");
+  whole_model_case({.overlap_weight_grads = false}, "fused epilogues, padded vocab, one stream", "L2H4C64V250T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {

@@ -160,6 +160,11 @@ const std::vector<KnobSpec>& specs() {
       {"MICS_CUDA_GEMM_TUNE", "cuBLASLt algorithms timed per GEMM shape at its first call, the fastest kept (0: the heuristic's first)",
        [](Knobs& k, const std::string& v) { k.cuda_gemm_tune = parse_int("MICS_CUDA_GEMM_TUNE", v, 0, 16); },
        [](const Knobs& k) { return fmt::format("{}", k.cuda_gemm_tune); }},
+      {"MICS_CUDA_OVERLAP_WGRAD",
+       "1: one GPU's weight-gradient GEMMs run on a second stream, overlapping the next layer's kernels "
+       "(not with --recompute or MICS_CUDA_PROFILE=1); 0: one stream",
+       [](Knobs& k, const std::string& v) { k.cuda_overlap_wgrad = parse_switch("MICS_CUDA_OVERLAP_WGRAD", v); },
+       [](const Knobs& k) { return std::string(k.cuda_overlap_wgrad ? "1" : "0"); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

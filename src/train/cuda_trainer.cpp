@@ -175,6 +175,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.flash_bwd_key_tile = static_cast<int>(knobs().cuda_flash_bwd_keys);
   options.recompute = c.recompute;
   options.gemm_autotune = static_cast<int>(knobs().cuda_gemm_tune);
+  options.overlap_weight_grads = knobs().cuda_overlap_wgrad;
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
   int rank = 0, world = 1;

@@ -106,6 +106,14 @@ struct CudaGpt::Impl {
   std::string cudnn_fallback;             // why cuDNN's SDPA is not used, when asked for
   cudaStream_t stream = nullptr;
   Blas blas;
+  // CudaOptions::overlap_weight_grads: the weight-gradient GEMMs' stream, cuBLASLt plans and
+  // workspace (a workspace is not shared by GEMMs that may run at once), and the events that
+  // order the buffers both streams touch (weight_grad, before_overwrite, join_side).
+  bool overlap = false;
+  cudaStream_t side = nullptr;
+  Blas blas_side;
+  cudaEvent_t ev_ready = nullptr, ev_dres = nullptr, ev_dfch = nullptr, ev_dqkv = nullptr, ev_wte = nullptr,
+              ev_join = nullptr;
   Arena arena;
   size_t nparams = 0;
   std::vector<size_t> offsets, unit_n;
@@ -176,6 +184,15 @@ struct CudaGpt::Impl {
     blas.set_fused_epilogues(opt.fused_epilogues);
     blas.set_autotune(opt.gemm_autotune);
     MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // not sharded: each unit's gradient is reduce-scattered as soon as its backward is done
+    overlap = opt.overlap_weight_grads && !opt.recompute && !opt.profile && opt.shard_pad == 0;
+    if (overlap) {
+      MICS_CUDA(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+      for (cudaEvent_t* e : {&ev_ready, &ev_dres, &ev_dfch, &ev_dqkv, &ev_wte, &ev_join})
+        MICS_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      blas_side.set_fused_epilogues(opt.fused_epilogues);
+      blas_side.set_autotune(opt.gemm_autotune);
+    }
     // flat parameter layout: unit 0 then the blocks (gpt.hpp)
     const Gpt gpt(cfg);
     for (int u = 0; u < gpt.num_units(); ++u) {
@@ -279,6 +296,9 @@ struct CudaGpt::Impl {
     for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (host_out) cudaFreeHost(host_out);
     if (stream) cudaStreamDestroy(stream);
+    for (cudaEvent_t e : {ev_ready, ev_dres, ev_dfch, ev_dqkv, ev_wte, ev_join})
+      if (e) cudaEventDestroy(e);
+    if (side) cudaStreamDestroy(side);
   }
 
   Stream s() const { return stream; }
@@ -367,6 +387,30 @@ struct CudaGpt::Impl {
     if (!sharded) return;
     source.reuse(unit_grad(u), stream);
     MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
+  }
+  // GPT-2 124M B16 on an H200: +1.3% tokens/s (three interleaved rounds, 544.2K -> 550.4K).
+  bool overlapping() const { return overlap; }
+  // dw from dout and in: on the side stream once the main stream has produced dout (done is
+  // recorded after it: the main stream waits on it before it overwrites dout), else in line.
+  void weight_grad(const bf16_t* dout, int ld, const bf16_t* in, float* dw, int n, int ic, int oc, cudaEvent_t done) {
+    if (!overlapping()) {
+      blas.linear_backward_weight(dout, ld, in, dw, n, ic, oc, s(), accumulate_grads());
+      return;
+    }
+    MICS_CUDA(cudaEventRecord(ev_ready, stream));
+    MICS_CUDA(cudaStreamWaitEvent(side, ev_ready, 0));
+    blas_side.linear_backward_weight(dout, ld, in, dw, n, ic, oc, side, accumulate_grads());
+    MICS_CUDA(cudaEventRecord(done, side));
+  }
+  // Before the main stream overwrites a buffer a side GEMM reads.
+  void before_overwrite(cudaEvent_t done) {
+    if (overlapping()) MICS_CUDA(cudaStreamWaitEvent(stream, done, 0));
+  }
+  // The end of a backward: the main stream waits for every side GEMM.
+  void join_side() {
+    if (!overlapping()) return;
+    MICS_CUDA(cudaEventRecord(ev_join, side));
+    MICS_CUDA(cudaStreamWaitEvent(stream, ev_join, 0));
   }
   layers::EmbedTensors<float> embed_f32() const { return layers::embed_tensors(unit_f32(0), V, cfg.max_seq, C); }
   layers::EmbedTensors<bf16_t> embed_bf16() const { return layers::embed_tensors(unit_bf16(0), V, cfg.max_seq, C); }
@@ -541,11 +585,15 @@ struct CudaGpt::Impl {
     {
       Scope sc(this, "gemm logits bwd");
       blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
-      blas.linear_backward_weight(logits, Vp, lnf, eg.wte, n, C, Vh, s(), accumulate_grads());
+      weight_grad(logits, Vp, lnf, eg.wte, n, C, Vh, ev_wte);
     }
     {
       Scope sc(this, "layernorm bwd");
       MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
+      before_overwrite(ev_dres);
+      // the head's weight GEMM also writes (zeros) over the padding rows after wte; where they
+      // reach past wpe into lnf's gradients, it must finish before this LayerNorm writes them
+      if (Vh > V + cfg.max_seq) before_overwrite(ev_wte);
       pending_bias_chunks =
           layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b,
                              partial, n, C, s(), L > 0 ? dx_colsum : nullptr, accumulate_grads());
@@ -563,8 +611,9 @@ struct CudaGpt::Impl {
       const auto g = block_grad(l);
       {
         Scope sc(this, "gemm fcproj bwd (+dgelu)");
+        before_overwrite(ev_dfch);
         blas.linear_backward_input(dres_bf16, C, p16.fcproj_w, a.fch, dfch, n, 4 * C, C, s());
-        blas.linear_backward_weight(dres_bf16, C, a.fch_gelu, g.fcproj_w, n, 4 * C, C, s(), accumulate_grads());
+        weight_grad(dres_bf16, C, a.fch_gelu, g.fcproj_w, n, 4 * C, C, ev_dres);
       }
       {
         Scope sc(this, "bias grads");
@@ -573,7 +622,7 @@ struct CudaGpt::Impl {
       {
         Scope sc(this, "gemm fc bwd");
         blas.linear_backward_input(dfch, 4 * C, p16.fc_w, nullptr, dln, n, C, 4 * C, s());
-        blas.linear_backward_weight(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, s(), accumulate_grads());
+        weight_grad(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, ev_dfch);
       }
       {
         Scope sc(this, "bias grads");
@@ -581,6 +630,7 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "layernorm bwd");
+        before_overwrite(ev_dres);
         const int chunks = layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w,
                                               g.ln2_b, partial, n, C, s(), dx_colsum, accumulate_grads());
         add_column_partials(dx_colsum, chunks, C, g.proj_b, s(), accumulate_grads());
@@ -588,16 +638,17 @@ struct CudaGpt::Impl {
       {
         Scope sc(this, "gemm proj bwd");
         blas.linear_backward_input(dres_bf16, C, p16.proj_w, nullptr, datty, n, C, C, s());
-        blas.linear_backward_weight(dres_bf16, C, a.atty, g.proj_w, n, C, C, s(), accumulate_grads());
+        weight_grad(dres_bf16, C, a.atty, g.proj_w, n, C, C, ev_dres);
       }
       {
         Scope sc(this, "attention bwd");
+        before_overwrite(ev_dqkv);
         attention_backward(a);
       }
       {
         Scope sc(this, "gemm qkv bwd");
         blas.linear_backward_input(dqkv, 3 * C, p16.qkv_w, nullptr, dln, n, C, 3 * C, s());
-        blas.linear_backward_weight(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, s(), accumulate_grads());
+        weight_grad(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, ev_dqkv);
       }
       {
         Scope sc(this, "bias grads");
@@ -605,6 +656,7 @@ struct CudaGpt::Impl {
       }
       {
         Scope sc(this, "layernorm bwd");
+        before_overwrite(ev_dres);
         pending_bias_chunks =
             layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b,
                                partial, n, C, s(), l > 0 ? dx_colsum : nullptr, accumulate_grads());
@@ -613,6 +665,7 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "embedding bwd");
+      join_side();  // wte's gradient: the logits GEMM's (side) before the embedding's (here)
       embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s(), accumulate_grads(), cfg.max_seq);
     }
     reduce(0);
