@@ -56,6 +56,26 @@ TEST(Knobs, BadValueNamesTheVariable) {
   reload_knobs_for_testing();
 }
 
+// A switch takes 1 or 0 and nothing else (here the second CUDA stream's, default on).
+TEST(Knobs, SwitchTakesOneOrZero) {
+  EXPECT_TRUE(knobs().cuda_overlap_wgrad);
+  setenv("MICS_CUDA_OVERLAP_WGRAD", "0", 1);
+  reload_knobs_for_testing();
+  EXPECT_FALSE(knobs().cuda_overlap_wgrad);
+  setenv("MICS_CUDA_OVERLAP_WGRAD", "off", 1);
+  try {
+    reload_knobs_for_testing();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("MICS_CUDA_OVERLAP_WGRAD"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("1 or 0"), std::string::npos) << e.what();
+  }
+  unsetenv("MICS_CUDA_OVERLAP_WGRAD");
+  reload_knobs_for_testing();
+  EXPECT_TRUE(knobs().cuda_overlap_wgrad);
+}
+
 }  // namespace mics
 
 #include "topo/groups.hpp"
