@@ -1093,8 +1093,8 @@ void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, f
 void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int rows, int vocab, int ld, bool grad,
                    float grad_scale, Stream s) {
   MICS_CHECK(ld % 8 == 0 && ld >= vocab, "cross_entropy: the logits' row stride must be >= vocab and a multiple of 8");
-  cross_entropy_kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, st(s)>>>(B(logits), targets, losses, vocab, ld,
-                                                                              grad, grad_scale);
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kCeThreads, 0, st(s)>>>(B(logits), targets, losses, vocab,
+                                                                              ld, grad, grad_scale);
   MICS_LAUNCHED(cross_entropy_kernel);
 }
 
