@@ -388,12 +388,13 @@ struct CudaGpt::Impl {
     source.reuse(unit_grad(u), stream);
     MICS_CUDA(cudaMemsetAsync(unit_grad(u), 0, (u == 0 ? pad0 : padb) * 4, stream));
   }
-  // GPT-2 124M B16 on an H200: +1.3% tokens/s (three interleaved rounds, 544.2K -> 550.4K).
-  bool overlapping() const { return overlap; }
   // dw from dout and in: on the side stream once the main stream has produced dout (done is
   // recorded after it: the main stream waits on it before it overwrites dout), else in line.
+  // GPT-2 124M B16 on an H200: +1.3% tokens/s (three interleaved rounds, 544.2K -> 550.4K). The
+  // head's GEMM also writes the padding rows after wte's gradient (Vh): those are wpe's, which
+  // only the embedding's backward writes, after join_side().
   void weight_grad(const bf16_t* dout, int ld, const bf16_t* in, float* dw, int n, int ic, int oc, cudaEvent_t done) {
-    if (!overlapping()) {
+    if (!overlap) {
       blas.linear_backward_weight(dout, ld, in, dw, n, ic, oc, s(), accumulate_grads());
       return;
     }
@@ -404,11 +405,11 @@ struct CudaGpt::Impl {
   }
   // Before the main stream overwrites a buffer a side GEMM reads.
   void before_overwrite(cudaEvent_t done) {
-    if (overlapping()) MICS_CUDA(cudaStreamWaitEvent(stream, done, 0));
+    if (overlap) MICS_CUDA(cudaStreamWaitEvent(stream, done, 0));
   }
   // The end of a backward: the main stream waits for every side GEMM.
   void join_side() {
-    if (!overlapping()) return;
+    if (!overlap) return;
     MICS_CUDA(cudaEventRecord(ev_join, side));
     MICS_CUDA(cudaStreamWaitEvent(stream, ev_join, 0));
   }
@@ -591,9 +592,6 @@ struct CudaGpt::Impl {
       Scope sc(this, "layernorm bwd");
       MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
       before_overwrite(ev_dres);
-      // the head's weight GEMM also writes (zeros) over the padding rows after wte; where they
-      // reach past wpe into lnf's gradients, it must finish before this LayerNorm writes them
-      if (Vh > V + cfg.max_seq) before_overwrite(ev_wte);
       pending_bias_chunks =
           layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b,
                              partial, n, C, s(), L > 0 ? dx_colsum : nullptr, accumulate_grads());
