@@ -70,6 +70,32 @@ kill_chain() {  # CHAIN ROUNDS
   grep -q "resumed from $newest" "$T/final.$c.log" || { cat "$T/final.$c.log"; fail "chain $c: did not resume from $newest"; }
   echo "[$SECONDS s] ok: chain $c: $rounds kills, resumed from $newest"
 }
+# Section 4 once: 0, or 1 with the reason in $T/v.why (the caller prints the log and fails).
+vanish_case() {
+  V=$T/vanish
+  MICS_DEBUG_CKPT_WRITE_DELAY_MS=1 "$MICS" train -n 2 $COMMON --steps 120 --ckpt-every 1 --keep 1 --out "$V" >"$T/v.log" 2>&1 &
+  local run=$! status t0=$SECONDS
+  why() { echo "$*" >"$T/v.why"; }
+  # Wait for the first commit while the run lives, up to 120 s of wall time: under ctest -j2 on
+  # 2 cores, beside the kill chains, the start alone once took over 30 s (a count of polls is
+  # no clock when the poller starves too). 120 steps keep the run alive well past its first commit.
+  while ! ls "$V"/step-*/manifest.json >/dev/null 2>&1 && kill -0 "$run" 2>/dev/null && ((SECONDS - t0 < 120)); do
+    sleep 0.02
+  done
+  ls "$V"/step-*/manifest.json >/dev/null 2>&1 ||
+    { kill "$run" 2>/dev/null; wait "$run"; why "no checkpoint committed within $((SECONDS - t0)) s"; return 1; }
+  for _ in $(seq 50); do rm -rf "$V" 2>/dev/null; [ -e "$V" ] || break; done  # a save may mkdir meanwhile
+  kill -0 "$run" 2>/dev/null || { wait "$run"; why "the run ended before --out was removed (make it longer)"; return 1; }
+  wait "$run"
+  status=$?
+  [ "$status" = 1 ] || { why "exit status $status (want 1: the final save failed, no crash)"; return 1; }
+  grep -q "$V/step-[0-9]*.*No such file or directory" "$T/v.log" || { why "no error naming the path"; return 1; }
+  grep -q "vanished" "$T/v.log" || { why "the hint does not say the directory vanished"; return 1; }
+  grep -q "training continues without this one" "$T/v.log" || { why "does not say training continues"; return 1; }
+  grep -q "final checkpoint (step 120) could not be saved" "$T/v.log" || { why "the final save's failure"; return 1; }
+  grep -qi "segmentation\|core dumped\|terminate called\|internal error" "$T/v.log" && { why "crashed"; return 1; }
+  return 0
+}
 other_faults() {  # sections 2 to 4, one after the other
   # --- 2. a flipped byte ---------------------------------------------------------------------
   F=$T/flip
@@ -115,28 +141,19 @@ other_faults() {  # sections 2 to 4, one after the other
     echo "[$SECONDS s] ok: ENOSPC and EROFS on tmpfs"
   fi
   # --- 4. a vanished --out directory -------------------------------------------------------
-  V=$T/vanish
-  MICS_DEBUG_CKPT_WRITE_DELAY_MS=1 "$MICS" train -n 2 $COMMON --steps 120 --ckpt-every 1 --keep 1 --out "$V" >"$T/v.log" 2>&1 &
-  run=$!
-  # Wait for the first commit while the run lives, up to 120 s of wall time: under ctest -j2 on
-  # 2 cores, beside the kill chains, the start alone once took over 30 s (a count of polls is
-  # no clock when the poller starves too). 120 steps keep the run alive well past its first commit.
-  local t0=$SECONDS
-  while ! ls "$V"/step-*/manifest.json >/dev/null 2>&1 && kill -0 "$run" 2>/dev/null && ((SECONDS - t0 < 120)); do
-    sleep 0.02
+  # Once more (said so) when the run was stopped by a signal from outside this test: one CI run
+  # saw its launcher get a SIGTERM that nothing here sends, two seconds in, beside the kill chains.
+  local attempt
+  for attempt in 1 2; do
+    vanish_case && break
+    if [ "$attempt" = 1 ] && grep -q "^mics launch: got SIG" "$T/v.log"; then
+      echo "[$SECONDS s] note: the vanish run was stopped from outside ($(grep -m1 '^mics launch: got SIG' "$T/v.log")); once more"
+      rm -rf "$V"
+      continue
+    fi
+    cat "$T/v.log"
+    fail "vanish: $(cat "$T/v.why")"
   done
-  ls "$V"/step-*/manifest.json >/dev/null 2>&1 ||
-    { kill "$run" 2>/dev/null; wait "$run"; cat "$T/v.log"; fail "vanish: no checkpoint committed within $((SECONDS - t0)) s"; }
-  for _ in $(seq 50); do rm -rf "$V" 2>/dev/null; [ -e "$V" ] || break; done  # a save may mkdir meanwhile
-  kill -0 "$run" 2>/dev/null || { cat "$T/v.log"; fail "vanish: the run ended before --out was removed (make it longer)"; }
-  wait "$run"
-  status=$?
-  [ "$status" = 1 ] || { cat "$T/v.log"; fail "vanish: exit status $status (want 1: the final save failed, no crash)"; }
-  grep -q "$V/step-[0-9]*.*No such file or directory" "$T/v.log" || { cat "$T/v.log"; fail "vanish: no error naming the path"; }
-  grep -q "vanished" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the hint does not say the directory vanished"; }
-  grep -q "training continues without this one" "$T/v.log" || { cat "$T/v.log"; fail "vanish: does not say training continues"; }
-  grep -q "final checkpoint (step 120) could not be saved" "$T/v.log" || { cat "$T/v.log"; fail "vanish: the final save's failure"; }
-  grep -qi "segmentation\|core dumped\|terminate called\|internal error" "$T/v.log" && { cat "$T/v.log"; fail "vanish: crashed"; }
   echo "[$SECONDS s] ok: --out removed mid-run -> clear error naming the path, training went on to step 120, final save failed"
 }
 
