@@ -112,8 +112,7 @@ struct CudaGpt::Impl {
   bool overlap = false;
   cudaStream_t side = nullptr;
   Blas blas_side;
-  cudaEvent_t ev_ready = nullptr, ev_dres = nullptr, ev_dfch = nullptr, ev_dqkv = nullptr, ev_wte = nullptr,
-              ev_join = nullptr;
+  cudaEvent_t ev_ready = nullptr, ev_dres = nullptr, ev_dfch = nullptr, ev_dqkv = nullptr, ev_join = nullptr;
   Arena arena;
   size_t nparams = 0;
   std::vector<size_t> offsets, unit_n;
@@ -188,7 +187,7 @@ struct CudaGpt::Impl {
     overlap = opt.overlap_weight_grads && !opt.recompute && !opt.profile && opt.shard_pad == 0;
     if (overlap) {
       MICS_CUDA(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
-      for (cudaEvent_t* e : {&ev_ready, &ev_dres, &ev_dfch, &ev_dqkv, &ev_wte, &ev_join})
+      for (cudaEvent_t* e : {&ev_ready, &ev_dres, &ev_dfch, &ev_dqkv, &ev_join})
         MICS_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       blas_side.set_fused_epilogues(opt.fused_epilogues);
       blas_side.set_autotune(opt.gemm_autotune);
@@ -296,7 +295,7 @@ struct CudaGpt::Impl {
     for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (host_out) cudaFreeHost(host_out);
     if (stream) cudaStreamDestroy(stream);
-    for (cudaEvent_t e : {ev_ready, ev_dres, ev_dfch, ev_dqkv, ev_wte, ev_join})
+    for (cudaEvent_t e : {ev_ready, ev_dres, ev_dfch, ev_dqkv, ev_join})
       if (e) cudaEventDestroy(e);
     if (side) cudaStreamDestroy(side);
   }
@@ -586,7 +585,7 @@ struct CudaGpt::Impl {
     {
       Scope sc(this, "gemm logits bwd");
       blas.linear_backward_input(logits, Vp, e16.wte, nullptr, dln, n, C, Vh, s());
-      weight_grad(logits, Vp, lnf, eg.wte, n, C, Vh, ev_wte);
+      weight_grad(logits, Vp, lnf, eg.wte, n, C, Vh, ev_join);  // waited for by join_side()
     }
     {
       Scope sc(this, "layernorm bwd");
