@@ -139,6 +139,7 @@ struct CudaGpt::Impl {
   // scratch
   bf16_t *qkv = nullptr, *yh = nullptr, *dres_bf16 = nullptr, *dln = nullptr, *datty = nullptr, *dyh = nullptr,
          *dp = nullptr, *dqkvh = nullptr, *dqkv = nullptr, *dfch = nullptr;
+  float* partial_side = nullptr;  // overlap: the side stream's column-sum partials (bias gradients)
   float *dres = nullptr, *partial = nullptr, *dx_colsum = nullptr, *flash_scratch = nullptr, *loss_sum = nullptr,
         *norm_sq = nullptr, *norm_partial = nullptr;
   int32_t *tokens = nullptr, *targets = nullptr;
@@ -275,6 +276,7 @@ struct CudaGpt::Impl {
                                    colsum_partial_floats(static_cast<int>(N), 4 * C));
       partial = f(part);
       dx_colsum = f(layernorm_colsum_partial_floats(static_cast<int>(N), C));
+      if (overlap) partial_side = f(colsum_partial_floats(static_cast<int>(N), 4 * C));
       if (flash && !cudnn) flash_scratch = f(flash_scratch_floats(static_cast<int>(bh), T, D));
       loss_sum = f(1);
       norm_sq = f(1);
@@ -400,6 +402,18 @@ struct CudaGpt::Impl {
     MICS_CUDA(cudaEventRecord(ev_ready, stream));
     MICS_CUDA(cudaStreamWaitEvent(side, ev_ready, 0));
     blas_side.linear_backward_weight(dout, ld, in, dw, n, ic, oc, side, accumulate_grads());
+    MICS_CUDA(cudaEventRecord(done, side));
+  }
+  // db from dout [n, oc] (its column sums), right after weight_grad() from the same dout: on the
+  // side stream behind that GEMM (done recorded again after it), else in line. On the side: +0.6%
+  // and +0.9% tokens/s (GPT-2 124M B16 on an H200, two calls of three interleaved rounds).
+  void bias_grad(const bf16_t* dout, float* db, int n, int oc, cudaEvent_t done) {
+    if (!overlap) {
+      Scope sc(this, "bias grads");
+      column_sum(dout, db, partial, n, oc, s(), accumulate_grads());
+      return;
+    }
+    column_sum(dout, db, partial_side, n, oc, side, accumulate_grads());
     MICS_CUDA(cudaEventRecord(done, side));
   }
   // Before the main stream overwrites a buffer a side GEMM reads.
@@ -621,10 +635,7 @@ struct CudaGpt::Impl {
         blas.linear_backward_input(dfch, 4 * C, p16.fc_w, nullptr, dln, n, C, 4 * C, s());
         weight_grad(dfch, 4 * C, a.ln2, g.fc_w, n, C, 4 * C, ev_dfch);
       }
-      {
-        Scope sc(this, "bias grads");
-        column_sum(dfch, g.fc_b, partial, n, 4 * C, s(), accumulate_grads());
-      }
+      bias_grad(dfch, g.fc_b, n, 4 * C, ev_dfch);
       {
         Scope sc(this, "layernorm bwd");
         before_overwrite(ev_dres);
@@ -647,10 +658,7 @@ struct CudaGpt::Impl {
         blas.linear_backward_input(dqkv, 3 * C, p16.qkv_w, nullptr, dln, n, C, 3 * C, s());
         weight_grad(dqkv, 3 * C, a.ln1, g.qkv_w, n, C, 3 * C, ev_dqkv);
       }
-      {
-        Scope sc(this, "bias grads");
-        column_sum(dqkv, g.qkv_b, partial, n, 3 * C, s(), accumulate_grads());
-      }
+      bias_grad(dqkv, g.qkv_b, n, 3 * C, ev_dqkv);
       {
         Scope sc(this, "layernorm bwd");
         before_overwrite(ev_dres);
