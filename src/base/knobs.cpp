@@ -161,7 +161,7 @@ const std::vector<KnobSpec>& specs() {
        [](Knobs& k, const std::string& v) { k.cuda_gemm_tune = parse_int("MICS_CUDA_GEMM_TUNE", v, 0, 16); },
        [](const Knobs& k) { return fmt::format("{}", k.cuda_gemm_tune); }},
       {"MICS_CUDA_OVERLAP_WGRAD",
-       "1: one GPU's weight-gradient GEMMs run on a second stream, overlapping the next layer's kernels "
+       "1: one GPU's weight-gradient GEMMs (and qkv/fc bias sums) run on a second stream, overlapping the next kernels "
        "(not with --recompute or MICS_CUDA_PROFILE=1); 0: one stream",
        [](Knobs& k, const std::string& v) { k.cuda_overlap_wgrad = parse_switch("MICS_CUDA_OVERLAP_WGRAD", v); },
        [](const Knobs& k) { return std::string(k.cuda_overlap_wgrad ? "1" : "0"); }},

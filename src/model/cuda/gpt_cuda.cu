@@ -106,9 +106,10 @@ struct CudaGpt::Impl {
   std::string cudnn_fallback;             // why cuDNN's SDPA is not used, when asked for
   cudaStream_t stream = nullptr;
   Blas blas;
-  // CudaOptions::overlap_weight_grads: the weight-gradient GEMMs' stream, cuBLASLt plans and
-  // workspace (a workspace is not shared by GEMMs that may run at once), and the events that
-  // order the buffers both streams touch (weight_grad, before_overwrite, join_side).
+  // CudaOptions::overlap_weight_grads: the stream of the weight-gradient GEMMs (and the qkv/fc
+  // bias sums), its cuBLASLt plans and workspace (a workspace is not shared by GEMMs that may run
+  // at once), and the events that order the buffers both streams touch (weight_grad, bias_grad,
+  // before_overwrite, join_side).
   bool overlap = false;
   cudaStream_t side = nullptr;
   Blas blas_side;

@@ -1,0 +1,37 @@
+# call BX (1 GPU): A/B of the side-stream experiments (+ MICS_EXP_SIDE_PRIO: the main stream at
+# the greatest priority), interleaved with llm.c, three rounds; then torch.compile
+set -u
+export NCCL_NVLS_ENABLE=0
+T0=$(date +%s)
+R=$PWD
+D=/tmp/mics-gpu-data; mkdir -p $D; [ -f $D/rand_train.bin ] || python3 bench/peers/make_llmc_data.py $D 4000000 > /dev/null
+( LLMC_WORK=/tmp/llmc-work bash bench/peers/llmc.sh $R/.gpuwork/llmc $R/.gpuwork/llmc/cudnn-frontend/include $D /tmp/llmc_build_only none > /tmp/llmc_bg.txt 2>&1 ) &
+F=/tmp/fab; [ -d $F ] || dpkg -x $R/.gpuwork/libfabric-dev_1.17.0-3_amd64.deb $F
+ln -sf /usr/lib/x86_64-linux-gnu/libfabric.so.1 $F/usr/lib/x86_64-linux-gnu/libfabric.so
+[ -f /tmp/bt/build.ninja ] || cmake -S . -B /tmp/bt -G Ninja -DCMAKE_BUILD_TYPE=Release -DMICS_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DMICS_FABRIC_PREFIX=$F > /tmp/configure.log 2>&1
+ninja -C /tmp/bt -j12 mics model_cuda_test > /tmp/build.log 2>&1 || { grep -E "error|FAILED" /tmp/build.log | head -20; exit 1; }
+echo "build done at $(( $(date +%s) - T0 )) s"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+( cd /tmp/bt && MICS_EXP_SIDE_PRIO=1 MICS_EXP_SIDE_COLSUM=1 MICS_EXP_SIDE_LN=1 MICS_EXP_LN_EARLY_DX=1 timeout 60 tests/model_cuda_test --gtest_filter='CudaModel.*' > /tmp/m.log 2>&1; echo "model_cuda_test CudaModel.* [all on] rc $?: $(grep -E '^\[ +(FAILED|PASSED) +\]' /tmp/m.log | tr '\n' ' ')"; grep -E "Failure" -A4 /tmp/m.log | head -12 )
+wait; tail -1 /tmp/llmc_bg.txt
+echo "builds done at $(( $(date +%s) - T0 )) s"
+ARGS="train --device cuda --seq-len 1024 --data $D/rand_train.bin --lr 6e-4 --weight-decay 0.1 --clip 1.0 --samples 0 --eval-batches 2 --model gpt2-124m --micro-batch 16 --log-every 10"
+V0="MICS_EXP_SIDE_LN=0"
+V1="MICS_EXP_SIDE_COLSUM=1"
+V2="MICS_EXP_SIDE_COLSUM=1 MICS_EXP_SIDE_PRIO=1"
+V3="MICS_EXP_SIDE_LN=1 MICS_EXP_LN_EARLY_DX=1"
+V4="MICS_EXP_SIDE_LN=1 MICS_EXP_LN_EARLY_DX=1 MICS_EXP_SIDE_PRIO=1"
+V5="MICS_EXP_SIDE_LN=1 MICS_EXP_LN_EARLY_DX=1 MICS_EXP_SIDE_PRIO=1 MICS_EXP_SIDE_COLSUM=1"
+for r in 1 2 3; do
+  for v in "$V0" "$V1" "$V2" "$V3" "$V4" "$V5"; do
+    env $v /tmp/bt/mics $ARGS --steps 30 > /tmp/mics.txt 2>&1
+    echo "round $r [$v]: $(grep -E '^ *tokens/s' /tmp/mics.txt | head -1 | tr -s ' ') $(grep -E 'step time|MFU|memory|final train' /tmp/mics.txt | head -4 | tr -s ' ' | cut -c1-50 | tr '\n' ' ')"
+  done
+  LLMC_WORK=/tmp/llmc-work bash bench/peers/llmc.sh $R/.gpuwork/llmc $R/.gpuwork/llmc/cudnn-frontend/include $D /tmp/llmc_r$r d12:16 > /tmp/llmc_r$r.log 2>&1
+  echo "round $r llm.c: $(cat /tmp/llmc_r$r/llmc_summary.txt 2>/dev/null | tr '\n' ' ') steps: $(grep -E '^step' /tmp/llmc_r$r/llmc_d12_b16.txt | awk -F'|' '{print $5}' | tr -s ' ' | tr '\n' ' ' | cut -c1-300)"
+  cp /tmp/llmc_r$r/llmc_d12_b16.txt $OUT/llmc_r$r.txt 2>/dev/null
+  echo "at $(( $(date +%s) - T0 )) s"
+done
+left=$(( 560 - ($(date +%s)-T0) ))
+[ $left -gt 50 ] && ( PYTHONUNBUFFERED=1 timeout $left python3 bench/peers/torch_gpt2.py 16 1 2>&1 | tail -1 > $OUT/torch.txt; cat $OUT/torch.txt )
+echo "total $(( $(date +%s) - T0 )) s"
