@@ -23,16 +23,6 @@ JOBS=${JOBS:-16}
 export NCCL_NVLS_ENABLE=0
 mkdir -p "$OUT"
 
-if [ -n "${FABRIC_DEB:-}" ]; then
-  MICS_FABRIC_PREFIX=${MICS_FABRIC_PREFIX:-/tmp/fab}
-  dpkg -x "$FABRIC_DEB" "$MICS_FABRIC_PREFIX"
-  # the .deb's libfabric.so points at a libfabric.so.1 that only the runtime package holds
-  lib=$MICS_FABRIC_PREFIX/usr/lib/x86_64-linux-gnu
-  if [ ! -e "$lib/libfabric.so" ] && [ -e /usr/lib/x86_64-linux-gnu/libfabric.so.1 ]; then
-    ln -sf /usr/lib/x86_64-linux-gnu/libfabric.so.1 "$lib/libfabric.so"
-  fi
-fi
-
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
@@ -40,17 +30,11 @@ fi
   python3 -c 'import torch; print("torch", torch.__version__)' 2>&1
 } > "$OUT/env.txt"
 
-echo "== build" | tee "$OUT/build.log"
-cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMICS_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  ${MICS_FABRIC_PREFIX:+-DMICS_FABRIC_PREFIX=$MICS_FABRIC_PREFIX} >> "$OUT/build.log" 2>&1 &&
-  ninja -C "$BUILD" -j"$JOBS" mics model_cuda_test >> "$OUT/build.log" 2>&1
+echo "== build"
+JOBS=$JOBS bash "$SRC/bench/gpu_build.sh" "$BUILD" mics model_cuda_test
 status=$?
-tail -5 "$OUT/build.log"
-if [ $status -ne 0 ]; then
-  grep -E "error|FAILED" "$OUT/build.log" | head -40
-  echo "build failed (see build.log)"
-  exit 1
-fi
+cp "$BUILD/build.log" "$OUT/build.log" 2> /dev/null
+[ $status -eq 0 ] || { echo "build failed (see build.log)"; exit 1; }
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "== tests"
@@ -68,7 +52,7 @@ common=(--model gpt2-124m --micro-batch 16 "${shared[@]}")
 echo "== mics train --device cuda ($STEPS steps)"
 "$BUILD/mics" train "${common[@]}" --steps "$STEPS" --metrics "$OUT/mics_metrics.jsonl" 2>&1 | tee "$OUT/mics_train.txt" | tail -22
 echo "== mics train, profiled (per-kernel-kind CUDA event times; events add a little time)"
-MICS_CUDA_PROFILE=1 "$BUILD/mics" train "${common[@]}" --steps 8 2>&1 > "$OUT/mics_profile.txt"
+MICS_CUDA_PROFILE=1 "$BUILD/mics" train "${common[@]}" --steps 8 > "$OUT/mics_profile.txt" 2>&1
 sed -n '/kernel time per step/,$p' "$OUT/mics_profile.txt"
 if [ "${NOFLASH:-0}" = 1 ]; then
   echo "== mics train, profiled, MICS_CUDA_FLASH=0 (GEMM + softmax attention)"
