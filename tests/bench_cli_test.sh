@@ -4,14 +4,8 @@
 # Usage: bench_cli_test.sh path/to/mics [source dir]
 set -u
 MICS=${1:?usage: $0 path/to/mics}
-FAILS=0
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  FAILS=$((FAILS + 1))
-}
-ok() { echo "ok: $*"; }
+# shellcheck source=tests/test_helpers.sh
+. "$(dirname "$0")/test_helpers.sh"  # TMP, fail, ok, FAILS
 
 # --- 1. all operations, checked --------------------------------------------------------------
 if MICS_TIMEOUT_S=60 "$MICS" launch -n 3 --no-prefix -- "$MICS" bench \

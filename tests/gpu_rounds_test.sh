@@ -6,14 +6,8 @@
 set -u
 MICS=${1:?usage: $0 path/to/mics source-dir}
 SRC=${2:?usage: $0 path/to/mics source-dir}
-FAILS=0
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  FAILS=$((FAILS + 1))
-}
-ok() { echo "ok: $*"; }
+# shellcheck source=tests/test_helpers.sh
+. "$(dirname "$0")/test_helpers.sh"  # TMP, fail, ok, FAILS
 
 "$MICS" data synth --out "$TMP/data" --tokens 100000 > /dev/null || { echo "FAIL: mics data synth" >&2; exit 1; }
 run() {

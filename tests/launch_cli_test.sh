@@ -4,15 +4,8 @@
 # Usage: launch_cli_test.sh path/to/mics [source dir]
 set -u
 MICS=${1:?usage: $0 path/to/mics}
-FAILS=0
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-fail() {
-  echo "FAIL: $*" >&2
-  FAILS=$((FAILS + 1))
-}
-ok() { echo "ok: $*"; }
+# shellcheck source=tests/test_helpers.sh
+. "$(dirname "$0")/test_helpers.sh"  # TMP, fail, ok, FAILS
 now() { date +%s.%N; }
 elapsed_below() { awk -v a="$1" -v b="$2" -v lim="$3" 'BEGIN { exit !((b - a) < lim) }'; }
 
