@@ -44,8 +44,9 @@ struct CudaOptions {
   // more forward per step, ~1/3 more FLOPs).
   bool recompute = false;
   int gemm_autotune = 0;  // > 1: time that many cuBLASLt candidates per GEMM shape (Blas::set_autotune)
-  // The backward's weight-gradient GEMMs on a second stream (with their own cuBLASLt workspace),
-  // overlapping the main stream's next kernels; events order every buffer both streams touch.
+  // The backward's weight-gradient GEMMs (with their own cuBLASLt workspace) and the qkv/fc bias
+  // sums on a second stream, overlapping the main stream's next kernels; events order every
+  // buffer both streams touch.
   // One GPU only (not sharded), and not with recompute (its shared activations) or profile
   // (whose per-kind times are main-stream events): there the GEMMs run in line.
   bool overlap_weight_grads = true;
