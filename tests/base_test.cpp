@@ -111,4 +111,24 @@ TEST(Topo, AutoPartitionSizePicksTheSmallestThatFits) {
   EXPECT_THROW(topo::choose_partition_size(e, 1'000'000'000ULL, 16, 8), Error);
 }
 
+// A choice takes one of its names (the residual gradient's dtype, default bf16).
+TEST(Knobs, ChoiceTakesOneOfItsNames) {
+  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
+  setenv("MICS_CUDA_RESIDUAL_GRAD", "fp32", 1);
+  reload_knobs_for_testing();
+  EXPECT_FALSE(knobs().cuda_residual_grad_bf16);
+  setenv("MICS_CUDA_RESIDUAL_GRAD", "fp16", 1);
+  try {
+    reload_knobs_for_testing();
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
+    EXPECT_NE(std::string(e.what()).find("MICS_CUDA_RESIDUAL_GRAD"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bf16 or fp32"), std::string::npos) << e.what();
+  }
+  unsetenv("MICS_CUDA_RESIDUAL_GRAD");
+  reload_knobs_for_testing();
+  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
+}
+
 }  // namespace mics

@@ -180,6 +180,23 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
     EXPECT_LT(rel_error(dgw2.get(), gw), kF32Tol);
     EXPECT_LT(rel_error(dgb2.get(), gb), kF32Tol);
     EXPECT_LT(rel_error(dbias2.get(), bias_grad), C <= 1024 ? kF32Tol : kBf16Tol);
+    // dx null: the gradient kept in bf16 only (CudaOptions::residual_grad_bf16), read from
+    // dx_bf16, added to in fp32 and rounded back; the parameter and bias sums as before
+    std::vector<float> dx_r = round_bf16(dx0), unused_w(C), unused_b(C);
+    kn::layernorm_backward(g.data(), x.data(), mean.data(), rstd.data(), w.data(), dx_r.data(), unused_w.data(),
+                           unused_b.data(), rows, C, /*accumulate_dx=*/true);
+    std::vector<float> bias_r(C, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < C; ++c) bias_r[c] += dx_r[static_cast<size_t>(r) * C + c];
+    Dev<uint16_t> dres16(to_bf16(dx0));
+    Dev<float> dgw3(nan_c), dgb3(nan_c), dbias3(nan_c);
+    const int chunks3 = mc::layernorm_backward(dg.p, dx_.p, dmean.p, drstd.p, dw.p, nullptr, dres16.p, dgw3.p, dgb3.p,
+                                               partial.p, rows, C, nullptr, colsum_partial.p, /*accumulate=*/false);
+    mc::add_column_partials(colsum_partial.p, chunks3, C, dbias3.p, nullptr, /*accumulate=*/false);
+    EXPECT_LT(rel_error(from_bf16(dres16.get()), dx_r), kBf16Tol);
+    EXPECT_LT(rel_error(dgw3.get(), gw), kF32Tol);
+    EXPECT_LT(rel_error(dgb3.get(), gb), kF32Tol);
+    EXPECT_LT(rel_error(dbias3.get(), bias_r), kBf16Tol);
   }
 }
 
@@ -828,6 +845,8 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
   // GEMMs on their own stream (the default), then in line.
   whole_model_case({}, "fused epilogues, padded vocab", "L2H4C64V250T64");
   whole_model_case({.overlap_weight_grads = false}, "fused epilogues, padded vocab, one stream", "L2H4C64V250T64");
+  whole_model_case({.residual_grad_bf16 = false}, "fused epilogues, padded vocab, fp32 residual gradient",
+                   "L2H4C64V250T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {

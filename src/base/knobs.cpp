@@ -165,6 +165,14 @@ const std::vector<KnobSpec>& specs() {
        "(not with --recompute or MICS_CUDA_PROFILE=1); 0: one stream",
        [](Knobs& k, const std::string& v) { k.cuda_overlap_wgrad = parse_switch("MICS_CUDA_OVERLAP_WGRAD", v); },
        [](const Knobs& k) { return std::string(k.cuda_overlap_wgrad ? "1" : "0"); }},
+      {"MICS_CUDA_RESIDUAL_GRAD",
+       "the residual stream's gradient between the blocks' backward passes: bf16 (as llm.c keeps it; LayerNorm "
+       "backward then moves 10 bytes per element instead of 16) or fp32",
+       [](Knobs& k, const std::string& v) {
+         if (v != "bf16" && v != "fp32") bad_value("MICS_CUDA_RESIDUAL_GRAD", v, "bf16 or fp32");
+         k.cuda_residual_grad_bf16 = v == "bf16";
+       },
+       [](const Knobs& k) { return std::string(k.cuda_residual_grad_bf16 ? "bf16" : "fp32"); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

@@ -272,7 +272,7 @@ struct CudaGpt::Impl {
       datty = h(nc);
       dqkv = h(3 * nc);
       dfch = h(4 * nc);
-      dres = f(nc);
+      if (!opt.residual_grad_bf16) dres = f(nc);  // else the gradient lives in dres_bf16 alone
       const size_t part = std::max(layernorm_partial_floats(static_cast<int>(N), C),
                                    colsum_partial_floats(static_cast<int>(N), 4 * C));
       partial = f(part);
@@ -604,8 +604,11 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "layernorm bwd");
-      MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
-      before_overwrite(ev_dres);
+      before_overwrite(ev_dres);  // the side stream's last reads of dres_bf16 (its weight GEMMs)
+      if (dres)
+        MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
+      else
+        MICS_CUDA(cudaMemsetAsync(dres_bf16, 0, N * C * 2, stream));
       pending_bias_chunks =
           layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b,
                              partial, n, C, s(), L > 0 ? dx_colsum : nullptr, accumulate_grads());
@@ -672,7 +675,10 @@ struct CudaGpt::Impl {
     {
       Scope sc(this, "embedding bwd");
       join_side();  // wte's gradient: the logits GEMM's (side) before the embedding's (here)
-      embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s(), accumulate_grads(), cfg.max_seq);
+      if (dres)
+        embedding_backward(tokens, dres, eg.wte, eg.wpe, B, T, C, s(), accumulate_grads(), cfg.max_seq);
+      else
+        embedding_backward(tokens, dres_bf16, eg.wte, eg.wpe, B, T, C, s(), accumulate_grads(), cfg.max_seq);
     }
     reduce(0);
   }

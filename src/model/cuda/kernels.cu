@@ -173,12 +173,12 @@ __global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const flo
     const float4 g = load4(dout + off + c);
     const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
     const float4 wv = *reinterpret_cast<const float4*>(w + c);
-    float4 d = *reinterpret_cast<float4*>(dx + off + c);
+    float4 d = dx ? *reinterpret_cast<float4*>(dx + off + c) : load4(dx_bf16 + off + c);
     d.x += s * (g.x * wv.x - a - (xv.x - m) * s * bx);
     d.y += s * (g.y * wv.y - a - (xv.y - m) * s * bx);
     d.z += s * (g.z * wv.z - a - (xv.z - m) * s * bx);
     d.w += s * (g.w * wv.w - a - (xv.w - m) * s * bx);
-    *reinterpret_cast<float4*>(dx + off + c) = d;
+    if (dx) *reinterpret_cast<float4*>(dx + off + c) = d;
     if (dx_bf16) store4(dx_bf16 + off + c, d);
   }
 }
@@ -257,7 +257,9 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
 // kPrefetch: the warp's next row of x and dout is copied into shared memory (cp.async) while it
 // computes this one, so each warp keeps twice the bytes in flight (ncu: the kernel was waiting on
 // its loads at 25% occupancy, 56% of DRAM bandwidth).
-template <int kVec, bool kColsum, bool kPrefetch>
+// kBf16Dx: the residual gradient dx is kept in bf16 only (dx_bf16 read, added to and written;
+// dx unused): 10 bytes per element instead of 16, llm.c's numerics for it.
+template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx = false>
 __global__ void __launch_bounds__(256, 2)
     layernorm_backward_fused(const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
                              const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx,
@@ -340,13 +342,13 @@ __global__ void __launch_bounds__(256, 2)
     for (int i = 0; i < kVec; ++i) {
       const int c = lane * 4 + i * 128;
       if (c < C) {
-        float4 d = *reinterpret_cast<float4*>(dx + off + c);
+        float4 d = kBf16Dx ? load4(dx_bf16 + off + c) : *reinterpret_cast<float4*>(dx + off + c);
         d.x += s * (g[i].x - a - xh[i].x * bx);
         d.y += s * (g[i].y - a - xh[i].y * bx);
         d.z += s * (g[i].z - a - xh[i].z * bx);
         d.w += s * (g[i].w - a - xh[i].w * bx);
-        *reinterpret_cast<float4*>(dx + off + c) = d;
-        if (dx_bf16) store4(dx_bf16 + off + c, d);
+        if constexpr (!kBf16Dx) *reinterpret_cast<float4*>(dx + off + c) = d;
+        if (kBf16Dx || dx_bf16) store4(dx_bf16 + off + c, d);
         if constexpr (kColsum) {
           add4(*reinterpret_cast<float4*>(my_d + c), d);
         }
@@ -453,22 +455,27 @@ __global__ void embedding_forward_kernel(const int32_t* __restrict__ tokens, con
       make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
 
-__global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const float* __restrict__ dout,
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const T* __restrict__ dout,
                                        float* __restrict__ dwte, int rows, int C) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<size_t>(rows) * C) return;
   const int n = static_cast<int>(i / C), c = static_cast<int>(i % C);
-  atomicAdd(dwte + static_cast<size_t>(tokens[n]) * C + c, dout[i]);
+  atomicAdd(dwte + static_cast<size_t>(tokens[n]) * C + c, to_float(dout[i]));
 }
 
 // Rows t < T: the batch's sum; rows T..rows-1 (the host asks for them only when writing): zero.
-__global__ void embedding_backward_wpe(const float* __restrict__ dout, float* __restrict__ dwpe, int batch, int T,
+template <typename T>
+__global__ void embedding_backward_wpe(const T* __restrict__ dout, float* __restrict__ dwpe, int batch, int seq_len,
                                        int rows, int C, bool accumulate) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<size_t>(rows) * C) return;
   float sum = 0;
-  if (i < static_cast<size_t>(T) * C)
-    for (int b = 0; b < batch; ++b) sum += dout[static_cast<size_t>(b) * T * C + i];
+  if (i < static_cast<size_t>(seq_len) * C)
+    for (int b = 0; b < batch; ++b) sum += to_float(dout[static_cast<size_t>(b) * seq_len * C + i]);
   dwpe[i] = accumulate ? dwpe[i] + sum : sum;
 }
 
@@ -938,18 +945,18 @@ size_t layernorm_colsum_partial_floats(int rows, int channels) {
 
 size_t ln_fused_smem(int C, bool colsum, bool prefetch);
 
-template <int kVec, bool kColsum, bool kPrefetch>
+template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx = false>
 void ln_fused_variant(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
                       float* dx, bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
   const size_t smem = ln_fused_smem(C, kColsum, kPrefetch);
   static const bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum, kPrefetch>,
+    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    static_cast<int>(ln_fused_smem(128 * kVec, kColsum, kPrefetch))));
     return true;
   }();
   (void)attr;
-  layernorm_backward_fused<kVec, kColsum, kPrefetch><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
+  layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
       B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, dx_colsum, rows, C);
   MICS_LAUNCHED(layernorm_backward_fused);
 }
@@ -977,7 +984,16 @@ template <int kVec>
 void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
               bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
   const bool prefetch = ln_prefetch_fits(C, dx_colsum != nullptr);
-  if (dx_colsum && prefetch)
+  if (!dx) {  // the residual gradient in bf16 only
+    if (dx_colsum && prefetch)
+      ln_fused_variant<kVec, true, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    else if (dx_colsum)
+      ln_fused_variant<kVec, true, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    else if (prefetch)
+      ln_fused_variant<kVec, false, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+    else
+      ln_fused_variant<kVec, false, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+  } else if (dx_colsum && prefetch)
     ln_fused_variant<kVec, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
   else if (dx_colsum)
     ln_fused_variant<kVec, true, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
@@ -991,6 +1007,7 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
                        Stream s, float* dx_colsum_partial, bool accumulate) {
   if (rows <= 0) return 0;
+  MICS_CHECK(dx || dx_bf16, "layernorm_backward: dx and dx_bf16 are both null (one must hold the gradient)");
   if (channels % 4 == 0 && channels <= 1024) {
     // one pass: row sums, dx and the parameter partials; then the partials in block order
     with_row_vectors(channels, [&](auto vec) {
@@ -1077,8 +1094,9 @@ void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe
   MICS_LAUNCHED(embedding_forward_kernel);
 }
 
-void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
-                        int channels, Stream s, bool accumulate, int wpe_rows) {
+template <typename T>
+void launch_embedding_backward(const int32_t* tokens, const T* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                               int channels, Stream s, bool accumulate, int wpe_rows) {
   MICS_CHECK(accumulate || wpe_rows >= seq_len, "embedding_backward: writing dwpe needs wpe_rows >= seq_len");
   const int rows = batch * seq_len;
   embedding_backward_wte<<<blocks_for(static_cast<size_t>(rows) * channels, 256), 256, 0, st(s)>>>(
@@ -1088,6 +1106,15 @@ void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, f
   embedding_backward_wpe<<<blocks_for(static_cast<size_t>(pe_rows) * channels, 256), 256, 0, st(s)>>>(
       dout, dwpe, batch, seq_len, pe_rows, channels, accumulate);
   MICS_LAUNCHED(embedding_backward_wpe);
+}
+
+void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                        int channels, Stream s, bool accumulate, int wpe_rows) {
+  launch_embedding_backward(tokens, dout, dwte, dwpe, batch, seq_len, channels, s, accumulate, wpe_rows);
+}
+void embedding_backward(const int32_t* tokens, const bf16_t* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                        int channels, Stream s, bool accumulate, int wpe_rows) {
+  launch_embedding_backward(tokens, B(dout), dwte, dwpe, batch, seq_len, channels, s, accumulate, wpe_rows);
 }
 
 void cross_entropy(bf16_t* logits, const int32_t* targets, float* losses, int rows, int vocab, int ld, bool grad,

@@ -19,7 +19,8 @@ using Stream = void*;     // cudaStream_t
 // out[n] = (x[n] - mean) * rstd * w + b (bf16), mean and rstd per row (fp32).
 void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean,
                        float* rstd, int rows, int channels, Stream s);
-// dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dw += and db += (fp32),
+// dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dx null: dx_bf16 += dL/dx
+// (the residual gradient kept in bf16 only, added to in fp32 and rounded); dw += and db += (fp32),
 // or with accumulate false dw = and db = (their old contents not read: a zeroed gradient's
 // first write; the same holds for the accumulate flags below).
 // partial: scratch of layernorm_partial_floats(rows, channels) floats. dx_colsum_partial (may be
@@ -49,6 +50,9 @@ void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe
 // accumulate false: dwpe[t] = that sum, and dwpe's rows seq_len..wpe_rows-1 = 0 (dwte is still
 // added to: the classifier's weight GEMM writes it first).
 void embedding_backward(const int32_t* tokens, const float* dout, float* dwte, float* dwpe, int batch, int seq_len,
+                        int channels, Stream s, bool accumulate = true, int wpe_rows = 0);
+// The same from a bf16 dout (the residual gradient kept in bf16: CudaOptions::residual_grad_bf16).
+void embedding_backward(const int32_t* tokens, const bf16_t* dout, float* dwte, float* dwpe, int batch, int seq_len,
                         int channels, Stream s, bool accumulate = true, int wpe_rows = 0);
 
 // Mean cross-entropy over rows of logits [rows, vocab] (row stride ld >= vocab, bf16): losses[n]
