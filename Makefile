@@ -19,8 +19,8 @@ build: configure
 test: deps build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
-# The main job. Until the trainer exists: a 4-rank, 2-emulated-node all-reduce/all-gather
-# benchmark with validation, over the shm (same node) and tcp (across nodes) rails.
+# The main job: the tiny GPT trained with MiCS (p = 2) on 4 ranks as 2 emulated nodes, on the
+# embedded synthetic corpus (scripts/main-job.sh says more).
 run: deps build
 	./scripts/main-job.sh $(BUILD_DIR)/mics
 
