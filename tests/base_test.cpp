@@ -40,15 +40,22 @@ TEST(DType, HalfReduceAccumulatesInF32) {
   EXPECT_EQ(f16_to_f32(a[2]), 4.0f);
 }
 
-TEST(Knobs, BadValueNamesTheVariable) {
-  setenv("MICS_TIMEOUT_S", "soon", 1);
+// Setting `name` to `value` makes the next read of the knobs throw a kConfig error that names
+// the variable and says what it takes (`expected`, when not empty).
+void expect_knob_refused(const char* name, const char* value, const char* expected) {
+  setenv(name, value, 1);
   try {
     reload_knobs_for_testing();
-    FAIL() << "expected an error";
+    ADD_FAILURE() << name << "=" << value << ": expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kConfig);
-    EXPECT_NE(std::string(e.what()).find("MICS_TIMEOUT_S"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
+}
+
+TEST(Knobs, BadValueNamesTheVariable) {
+  expect_knob_refused("MICS_TIMEOUT_S", "soon", "");
   setenv("MICS_TIMEOUT_S", "7.5", 1);
   reload_knobs_for_testing();
   EXPECT_EQ(knobs().timeout_s, 7.5);
@@ -62,18 +69,22 @@ TEST(Knobs, SwitchTakesOneOrZero) {
   setenv("MICS_CUDA_OVERLAP_WGRAD", "0", 1);
   reload_knobs_for_testing();
   EXPECT_FALSE(knobs().cuda_overlap_wgrad);
-  setenv("MICS_CUDA_OVERLAP_WGRAD", "off", 1);
-  try {
-    reload_knobs_for_testing();
-    FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
-    EXPECT_NE(std::string(e.what()).find("MICS_CUDA_OVERLAP_WGRAD"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("1 or 0"), std::string::npos) << e.what();
-  }
+  expect_knob_refused("MICS_CUDA_OVERLAP_WGRAD", "off", "1 or 0");
   unsetenv("MICS_CUDA_OVERLAP_WGRAD");
   reload_knobs_for_testing();
   EXPECT_TRUE(knobs().cuda_overlap_wgrad);
+}
+
+// A choice takes one of its names (the residual gradient's dtype, default bf16).
+TEST(Knobs, ChoiceTakesOneOfItsNames) {
+  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
+  setenv("MICS_CUDA_RESIDUAL_GRAD", "fp32", 1);
+  reload_knobs_for_testing();
+  EXPECT_FALSE(knobs().cuda_residual_grad_bf16);
+  expect_knob_refused("MICS_CUDA_RESIDUAL_GRAD", "fp16", "bf16 or fp32");
+  unsetenv("MICS_CUDA_RESIDUAL_GRAD");
+  reload_knobs_for_testing();
+  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
 }
 
 }  // namespace mics
@@ -109,26 +120,6 @@ TEST(Topo, AutoPartitionSizePicksTheSmallestThatFits) {
   EXPECT_EQ(choice.bytes_per_rank, 4'000'000'000ULL + 400'000'000ULL + 1'000'000'000ULL);
   EXPECT_NE(choice.explanation.find("p=4"), std::string::npos);
   EXPECT_THROW(topo::choose_partition_size(e, 1'000'000'000ULL, 16, 8), Error);
-}
-
-// A choice takes one of its names (the residual gradient's dtype, default bf16).
-TEST(Knobs, ChoiceTakesOneOfItsNames) {
-  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
-  setenv("MICS_CUDA_RESIDUAL_GRAD", "fp32", 1);
-  reload_knobs_for_testing();
-  EXPECT_FALSE(knobs().cuda_residual_grad_bf16);
-  setenv("MICS_CUDA_RESIDUAL_GRAD", "fp16", 1);
-  try {
-    reload_knobs_for_testing();
-    FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kConfig);
-    EXPECT_NE(std::string(e.what()).find("MICS_CUDA_RESIDUAL_GRAD"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("bf16 or fp32"), std::string::npos) << e.what();
-  }
-  unsetenv("MICS_CUDA_RESIDUAL_GRAD");
-  reload_knobs_for_testing();
-  EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
 }
 
 }  // namespace mics
