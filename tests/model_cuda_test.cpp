@@ -825,6 +825,26 @@ void whole_model_case(const mc::CudaOptions& options, const char* what, const ch
   std::vector<float> g1(flat.size());
   model.download_grads(g1.data());
   EXPECT_LT(rel_error(g1, g), 1e-5);
+  // Three micro-batches: three times the gradient. With CUDA graphs (the default) the first
+  // replays the graph captured above and the third is the accumulating kind's second call, its
+  // capture; both kinds are graphs from here on.
+  model.zero_grads();
+  for (int k = 0; k < 3; ++k) model.forward_backward(in.data(), tg.data());
+  std::vector<float> g3(flat.size());
+  model.download_grads(g3.data());
+  EXPECT_LT(rel_error(g3, [&] {
+              auto d = g;
+              for (auto& x : d) x *= 3;
+              return d;
+            }()),
+            1e-5);
+  EXPECT_NEAR(model.accumulated_loss(), gloss, 1e-5 * gloss);
+  const std::string graphs = model.graph_status();
+  std::printf("[%s] CUDA graphs: %s\n", what, graphs.c_str());
+  if (options.cuda_graphs && !options.profile)
+    EXPECT_EQ(graphs.rfind("on: 2 captured", 0), 0u) << graphs;
+  else
+    EXPECT_EQ(graphs.rfind("off", 0), 0u) << graphs;
   // AdamW steps move the parameters and the loss goes down on this batch. (At lr 1e-2 Adam's
   // first steps move every weight by ~0.01 against an init of std 0.02: one seed on the GPU
   // machine overshot, 5.47 -> 6.50; at 1e-3 the steps descend.)
@@ -847,6 +867,7 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
   whole_model_case({.overlap_weight_grads = false}, "fused epilogues, padded vocab, one stream", "L2H4C64V250T64");
   whole_model_case({.residual_grad_bf16 = false}, "fused epilogues, padded vocab, fp32 residual gradient",
                    "L2H4C64V250T64");
+  whole_model_case({.cuda_graphs = false}, "fused epilogues, padded vocab, no CUDA graphs", "L2H4C64V250T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {

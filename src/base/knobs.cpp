@@ -173,6 +173,11 @@ const std::vector<KnobSpec>& specs() {
          k.cuda_residual_grad_bf16 = v == "bf16";
        },
        [](const Knobs& k) { return std::string(k.cuda_residual_grad_bf16 ? "bf16" : "fp32"); }},
+      {"MICS_CUDA_GRAPHS",
+       "1: one GPU's micro-batches (forward and backward) replayed as CUDA graphs from each kind's second call "
+       "(not sharded, not with MICS_CUDA_PROFILE=1); 0: every kernel launched by the host",
+       [](Knobs& k, const std::string& v) { k.cuda_graphs = parse_switch("MICS_CUDA_GRAPHS", v); },
+       [](const Knobs& k) { return std::string(k.cuda_graphs ? "1" : "0"); }},
       {"MICS_SMALL_MSG_BYTES", "messages up to this size use the latency algorithm",
        [](Knobs& k, const std::string& v) {
          k.small_msg_bytes = parse_int("MICS_SMALL_MSG_BYTES", v, 0, int64_t{1} << 40);

@@ -35,6 +35,7 @@ uint64_t CudaGpt::working_buffer_bytes() const { return 0; }
 shard::DeviceOptimizer CudaGpt::device_optimizer() { return {}; }
 uint64_t CudaGpt::allocated_bytes() const { return 0; }
 std::string CudaGpt::attention_kind() const { return ""; }
+std::string CudaGpt::graph_status() const { return ""; }
 DeviceSummary device_summary() { return {}; }
 uint64_t device_memory_in_use() { return 0; }
 

@@ -56,7 +56,8 @@ std::string human(double bytes) { return fmt::format("{:.2f} GiB", bytes / (1ull
 // and the per-kernel-kind profile (MICS_CUDA_PROFILE=1; rank 0's GPU with several ranks).
 void print_gpu_summary(const Summary& sum, const model::cuda::DeviceSummary& dev, double flops_per_token, double n_no_wpe,
                        int steady_steps, double steady_seconds, int skip_timing, int steps_done, uint64_t peak_in_use,
-                       uint64_t model_bytes, const std::vector<model::cuda::PhaseTime>& profile) {
+                       uint64_t model_bytes, const std::vector<model::cuda::PhaseTime>& profile,
+                       const std::string& graphs) {
   std::fputs(format_summary(sum).c_str(), stdout);
   const double tflops = sum.tokens_per_s / std::max(1, sum.world_size) * flops_per_token / 1e12;  // per GPU
   std::printf("  %-28s %s\n", "GPU", dev.name.c_str());
@@ -67,6 +68,7 @@ void print_gpu_summary(const Summary& sum, const model::cuda::DeviceSummary& dev
               100.0 * tflops / dev.peak_bf16_tflops, dev.peak_note.c_str(), n_no_wpe / 1e6);
   std::printf("  %-28s %s in use on the device after step 1 (model %s)\n", "device memory",
               human(static_cast<double>(peak_in_use)).c_str(), human(static_cast<double>(model_bytes)).c_str());
+  std::printf("  %-28s %s\n", "CUDA graphs", graphs.c_str());
   if (!profile.empty()) {
     double total = 0;
     for (const auto& p : profile) total += p.ms;
@@ -177,6 +179,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.gemm_autotune = static_cast<int>(knobs().cuda_gemm_tune);
   options.overlap_weight_grads = knobs().cuda_overlap_wgrad;
   options.residual_grad_bf16 = knobs().cuda_residual_grad_bf16;
+  options.cuda_graphs = knobs().cuda_graphs;
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
   int rank = 0, world = 1;
@@ -412,7 +415,7 @@ int run_cuda_training(const TrainConfig& c) {
   if (metrics) metrics->summary(sum);
   if (leader)
     print_gpu_summary(sum, dev, flops_per_token, n_no_wpe, steady_steps, steady_seconds, skip_timing,
-                      start_step + steps_done, peak_in_use, model.allocated_bytes(), profile);
+                      start_step + steps_done, peak_in_use, model.allocated_bytes(), profile, model.graph_status());
   std::fflush(stdout);
   if (engine) {
     engine.reset();

@@ -151,6 +151,19 @@ struct CudaGpt::Impl {
     std::string name;
     cudaEvent_t begin, end;
   };
+  // CUDA graphs (CudaOptions::cuda_graphs): a micro-batch's forward and backward replayed as one
+  // graph launch instead of ~40 launches per block. Two graphs: the first micro-batch after
+  // zero_grads() writes the gradients, the later ones add (accumulate_grads()); each is captured
+  // at its kind's second call, the first having run eagerly (cuBLASLt plans and autotuning,
+  // cuDNN's plans: host work and synchronizations that a capture cannot hold).
+  bool graphs = false;
+  cudaGraphExec_t graph_exec[2] = {nullptr, nullptr};
+  int graph_calls[2] = {0, 0};
+  std::string graph_note;  // why the micro-batches run without graphs
+  // Bits (side_bit) of the events the side stream recorded in this backward: a wait on one not
+  // yet recorded is skipped (the backward before ended by joining the side stream, so it is
+  // complete in stream order; under capture a wait on an event from outside it is not allowed).
+  unsigned side_recorded = 0;
   std::vector<cudaEvent_t> event_pool;
   size_t events_used = 0;
   std::vector<Mark> marks;
@@ -194,6 +207,13 @@ struct CudaGpt::Impl {
       blas_side.set_fused_epilogues(opt.fused_epilogues);
       blas_side.set_autotune(opt.gemm_autotune);
     }
+    graphs = opt.cuda_graphs && opt.shard_pad == 0 && !opt.profile;
+    if (!opt.cuda_graphs)
+      graph_note = "off (MICS_CUDA_GRAPHS=0)";
+    else if (opt.shard_pad != 0)
+      graph_note = "off (sharded: the engine's collectives run between the units)";
+    else if (opt.profile)
+      graph_note = "off (MICS_CUDA_PROFILE=1 times each kernel kind with events)";
     // flat parameter layout: unit 0 then the blocks (gpt.hpp)
     const Gpt gpt(cfg);
     for (int u = 0; u < gpt.num_units(); ++u) {
@@ -297,6 +317,8 @@ struct CudaGpt::Impl {
   ~Impl() {
     for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (host_out) cudaFreeHost(host_out);
+    for (cudaGraphExec_t g : graph_exec)
+      if (g) cudaGraphExecDestroy(g);
     if (stream) cudaStreamDestroy(stream);
     for (cudaEvent_t e : {ev_ready, ev_dres, ev_dfch, ev_dqkv, ev_join})
       if (e) cudaEventDestroy(e);
@@ -404,6 +426,7 @@ struct CudaGpt::Impl {
     MICS_CUDA(cudaStreamWaitEvent(side, ev_ready, 0));
     blas_side.linear_backward_weight(dout, ld, in, dw, n, ic, oc, side, accumulate_grads());
     MICS_CUDA(cudaEventRecord(done, side));
+    side_recorded |= side_bit(done);
   }
   // db from dout [n, oc] (its column sums), right after weight_grad() from the same dout: on the
   // side stream behind that GEMM (done recorded again after it), else in line. On the side: +0.6%
@@ -416,10 +439,12 @@ struct CudaGpt::Impl {
     }
     column_sum(dout, db, partial_side, n, oc, side, accumulate_grads());
     MICS_CUDA(cudaEventRecord(done, side));
+    side_recorded |= side_bit(done);
   }
-  // Before the main stream overwrites a buffer a side GEMM reads.
+  unsigned side_bit(cudaEvent_t e) const { return e == ev_dres ? 1u : e == ev_dfch ? 2u : e == ev_dqkv ? 4u : 8u; }
+  // Before the main stream overwrites a buffer a side GEMM reads (in this backward).
   void before_overwrite(cudaEvent_t done) {
-    if (overlap) MICS_CUDA(cudaStreamWaitEvent(stream, done, 0));
+    if (overlap && (side_recorded & side_bit(done))) MICS_CUDA(cudaStreamWaitEvent(stream, done, 0));
   }
   // The end of a backward: the main stream waits for every side GEMM.
   void join_side() {
@@ -584,8 +609,54 @@ struct CudaGpt::Impl {
   // and cuBLASLt does not read C (1-7% faster for the block GEMMs of GPT-2 124M on an H200).
   bool accumulate_grads() const { return !(sharded || micro == 0); }
 
+  // One micro-batch's forward and backward (its tokens uploaded): eagerly, or as a graph launch.
+  void run_micro_batch() {
+    const int kind = accumulate_grads() ? 1 : 0;
+    if (graphs && graph_calls[kind]++ > 0) {
+      if (!graph_exec[kind]) capture(kind);
+      if (graph_exec[kind]) {
+        MICS_CUDA(cudaGraphLaunch(graph_exec[kind], stream));
+        return;
+      }
+    }
+    forward(/*grad=*/true);
+    backward();
+  }
+  // Records the micro-batch into graph_exec[kind] (nothing runs). A capture that fails (an API
+  // the capture cannot hold, in a library's call) turns graphs off with the reason kept for
+  // graph_status(); the caller then runs the micro-batch eagerly.
+  void capture(int kind) {
+    MICS_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    std::string failure;
+    try {
+      forward(/*grad=*/true);
+      backward();
+    } catch (const Error& e) {
+      failure = e.message();
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    if (failure.empty() && ended != cudaSuccess)
+      failure = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(ended);
+    if (failure.empty()) {
+      const cudaError_t made = cudaGraphInstantiate(&graph_exec[kind], graph, 0);
+      if (made != cudaSuccess) {
+        failure = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(made);
+        graph_exec[kind] = nullptr;
+      }
+    }
+    if (graph) cudaGraphDestroy(graph);
+    if (failure.empty()) return;
+    (void)cudaGetLastError();  // a failed capture's error is not sticky
+    for (cudaGraphExec_t& g : graph_exec)
+      if (g) cudaGraphExecDestroy(g), g = nullptr;
+    graphs = false;
+    graph_note = "off (capture failed: " + failure + ")";
+  }
+
   // --- backward ---
   void backward() {
+    side_recorded = 0;
     const int n = static_cast<int>(N);
     const auto e32 = embed_f32();
     const auto e16 = embed_bf16();
@@ -764,8 +835,7 @@ shard::DeviceOptimizer CudaGpt::device_optimizer() {
 void CudaGpt::forward_backward(const int32_t* inputs, const int32_t* targets) {
   Impl& s = *impl_;
   s.upload_tokens(inputs, targets);
-  s.forward(/*grad=*/true);
-  s.backward();
+  s.run_micro_batch();
   ++s.micro;
 }
 
@@ -824,6 +894,14 @@ std::vector<PhaseTime> CudaGpt::take_profile() {
 
 uint64_t CudaGpt::allocated_bytes() const {
   return impl_->arena.size() + (64ull << 20) + (impl_->cudnn ? impl_->cudnn->device_bytes() : 0);
+}
+
+std::string CudaGpt::graph_status() const {
+  const Impl& s = *impl_;
+  if (!s.graphs) return s.graph_note.empty() ? "off" : s.graph_note;
+  const int captured = (s.graph_exec[0] ? 1 : 0) + (s.graph_exec[1] ? 1 : 0);
+  if (captured == 0) return "on (captured at each kind of micro-batch's second call; none yet)";
+  return "on: " + std::to_string(captured) + " captured (a micro-batch's forward and backward per launch)";
 }
 
 std::string CudaGpt::attention_kind() const {

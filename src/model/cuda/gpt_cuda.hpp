@@ -55,6 +55,11 @@ struct CudaOptions {
   // GEMMs read a bf16 copy either way). LayerNorm backward then moves 10 bytes per element instead
   // of 16 (1.79 -> 1.42 ms per step, +1.8% tokens/s for GPT-2 124M B16 on an H200). false: fp32.
   bool residual_grad_bf16 = true;
+  // One GPU, not profiling: each micro-batch's forward and backward replayed as a CUDA graph
+  // (captured at the second call of each kind; gpt_cuda.cu). It saves the launches (~400 per
+  // micro-batch for GPT-2 124M): what counts at small micro-batches, where the host's launches
+  // take longer than the kernels.
+  bool cuda_graphs = true;
   // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
   // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
@@ -120,6 +125,8 @@ class CudaGpt {
   std::vector<PhaseTime> take_profile();
   uint64_t allocated_bytes() const;  // what this model allocated (params, states, activations)
   std::string attention_kind() const;  // "flash (fused)" or "GEMM + softmax"
+  // "on: N captured ...", "on (... none yet)" or "off (why)".
+  std::string graph_status() const;
 
  private:
   struct Impl;
