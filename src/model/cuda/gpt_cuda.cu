@@ -675,7 +675,7 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "layernorm bwd");
-      before_overwrite(ev_dres);  // the side stream's last reads of dres_bf16 (its weight GEMMs)
+      // (the previous backward's side reads of dres_bf16 ended with its join_side())
       if (dres)
         MICS_CUDA(cudaMemsetAsync(dres, 0, N * C * 4, stream));
       else
