@@ -980,27 +980,29 @@ bool ln_prefetch_fits(int C, bool colsum) {
   return 2 * (ln_fused_smem(C, colsum, true) + kReservedPerBlock) <= static_cast<size_t>(per_sm);
 }
 
+// The fused backward's variant for this call: dx's column sums or not, the next row prefetched
+// where two blocks still fit, the residual gradient in fp32 (+ bf16 copy) or in bf16 only.
+template <int kVec, bool kBf16Dx>
+void ln_fused_pick(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
+                   bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
+  const bool prefetch = ln_prefetch_fits(C, dx_colsum != nullptr);
+  if (dx_colsum && prefetch)
+    ln_fused_variant<kVec, true, true, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else if (dx_colsum)
+    ln_fused_variant<kVec, true, false, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else if (prefetch)
+    ln_fused_variant<kVec, false, true, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+  else
+    ln_fused_variant<kVec, false, false, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+}
+
 template <int kVec>
 void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
               bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
-  const bool prefetch = ln_prefetch_fits(C, dx_colsum != nullptr);
-  if (!dx) {  // the residual gradient in bf16 only
-    if (dx_colsum && prefetch)
-      ln_fused_variant<kVec, true, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
-    else if (dx_colsum)
-      ln_fused_variant<kVec, true, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
-    else if (prefetch)
-      ln_fused_variant<kVec, false, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
-    else
-      ln_fused_variant<kVec, false, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
-  } else if (dx_colsum && prefetch)
-    ln_fused_variant<kVec, true, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
-  else if (dx_colsum)
-    ln_fused_variant<kVec, true, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
-  else if (prefetch)
-    ln_fused_variant<kVec, false, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
-  else
-    ln_fused_variant<kVec, false, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+  if (dx)
+    ln_fused_pick<kVec, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+  else  // the residual gradient in bf16 only
+    ln_fused_pick<kVec, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
 }
 
 int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
