@@ -81,6 +81,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     fi
     tps=$(awk '/^ *tokens\/s /{print $2; exit}' "$log")
     ms=$(awk '/^ *step time /{print $3; exit}' "$log")
+    [ -n "$tps" ] || { echo "gpu_rounds.sh: mics gave no tokens/s in round $r, variant '$v': $log" >&2; exit 1; }
     printf '%s\tmics\t%s\t%s\t%s\n' "$r" "$v" "$tps" "${ms:--}" >> "$OUT/rounds.tsv"
     echo "round $r mics [$v]: $tps tokens/s${ms:+, $ms ms}"
   done
