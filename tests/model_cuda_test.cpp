@@ -197,6 +197,44 @@ TEST(CudaKernels, LayerNormForwardAndBackward) {
     EXPECT_LT(rel_error(dgw3.get(), gw), kF32Tol);
     EXPECT_LT(rel_error(dgb3.get(), gb), kF32Tol);
     EXPECT_LT(rel_error(dbias3.get(), bias_r), kBf16Tol);
+
+    // x in bf16 (CudaOptions::residual_bf16): the statistics taken in fp32 over its bf16 values
+    const auto x16 = round_bf16(x);
+    std::vector<float> out16(x.size()), mean16(rows), rstd16(rows);
+    kn::layernorm_forward(x16.data(), w.data(), b.data(), out16.data(), mean16.data(), rstd16.data(), rows, C);
+    Dev<uint16_t> dx16(to_bf16(x16)), dout16(x.size());
+    Dev<float> dmean16(rows), drstd16(rows);
+    mc::layernorm_forward(dx16.p, dw.p, db.p, dout16.p, dmean16.p, drstd16.p, rows, C, nullptr);
+    EXPECT_LT(rel_error(from_bf16(dout16.get()), out16), kBf16Tol);
+    EXPECT_LT(rel_error(dmean16.get(), mean16), kF32Tol);
+    EXPECT_LT(rel_error(drstd16.get(), rstd16), kF32Tol);
+    // its backward, with the residual gradient in fp32 (+ bf16 copy) and in bf16 only
+    std::vector<float> dx_x16 = dx0, gw16(C), gb16(C);
+    kn::layernorm_backward(g.data(), x16.data(), mean16.data(), rstd16.data(), w.data(), dx_x16.data(), gw16.data(),
+                           gb16.data(), rows, C, /*accumulate_dx=*/true);
+    std::vector<float> bias16(C, 0.0f);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < C; ++c) bias16[c] += dx_x16[static_cast<size_t>(r) * C + c];
+    Dev<float> ddx4(dx0), dgw4(nan_c), dgb4(nan_c), dbias4(nan_c);
+    const int chunks4 = mc::layernorm_backward(dg.p, dx16.p, dmean16.p, drstd16.p, dw.p, ddx4.p, ddx_bf16.p, dgw4.p,
+                                               dgb4.p, partial.p, rows, C, nullptr, colsum_partial.p,
+                                               /*accumulate=*/false);
+    mc::add_column_partials(colsum_partial.p, chunks4, C, dbias4.p, nullptr, /*accumulate=*/false);
+    EXPECT_LT(rel_error(ddx4.get(), dx_x16), kF32Tol);
+    EXPECT_LT(rel_error(from_bf16(ddx_bf16.get()), dx_x16), kBf16Tol);
+    EXPECT_LT(rel_error(dgw4.get(), gw16), kF32Tol);
+    EXPECT_LT(rel_error(dgb4.get(), gb16), kF32Tol);
+    EXPECT_LT(rel_error(dbias4.get(), bias16), C <= 1024 ? kF32Tol : kBf16Tol);
+    std::vector<float> dx_x16_r = round_bf16(dx0);
+    kn::layernorm_backward(g.data(), x16.data(), mean16.data(), rstd16.data(), w.data(), dx_x16_r.data(),
+                           unused_w.data(), unused_b.data(), rows, C, /*accumulate_dx=*/true);
+    Dev<uint16_t> dres16b(to_bf16(dx0));
+    Dev<float> dgw5(nan_c), dgb5(nan_c);
+    mc::layernorm_backward(dg.p, dx16.p, dmean16.p, drstd16.p, dw.p, nullptr, dres16b.p, dgw5.p, dgb5.p, partial.p, rows,
+                           C, nullptr, colsum_partial.p, /*accumulate=*/false);
+    EXPECT_LT(rel_error(from_bf16(dres16b.get()), dx_x16_r), kBf16Tol);
+    EXPECT_LT(rel_error(dgw5.get(), gw16), kF32Tol);
+    EXPECT_LT(rel_error(dgb5.get(), gb16), kF32Tol);
   }
 }
 
@@ -278,6 +316,16 @@ void linear_case(bool fused) {
   // in place (out == residual)
   blas.linear_residual(din.p, dw.p, dbias32.p, dresid.p, dresid.p, rows, ic, oc, nullptr);
   EXPECT_LT(rel_error(dresid.get(), rref), kF32GemmTol);
+  // the bf16 residual stream (bf16 bias): summed in fp32, rounded once (twice on the plain path)
+  const auto resid16 = round_bf16(resid);
+  std::vector<float> rref16(ref.size());
+  kn::linear_forward(in.data(), w.data(), bias.data(), resid16.data(), rref16.data(), rows, ic, oc);
+  Dev<uint16_t> dresid16(to_bf16(resid16)), dres16_out(ref.size());
+  const double resid16_tol = fused ? kBf16Tol : 2 * kBf16Tol;
+  blas.linear_residual(din.p, dw.p, dbias.p, dresid16.p, dres16_out.p, rows, ic, oc, nullptr);
+  EXPECT_LT(rel_error(from_bf16(dres16_out.get()), rref16), resid16_tol);
+  blas.linear_residual(din.p, dw.p, dbias.p, dresid16.p, dresid16.p, rows, ic, oc, nullptr);
+  EXPECT_LT(rel_error(from_bf16(dresid16.get()), rref16), resid16_tol);
 
   // backward: input gradient (plain and through GELU), weight gradient accumulated
   const auto g = round_bf16(random_vector(ref.size(), rng, 1.0f));
@@ -432,6 +480,9 @@ TEST(CudaKernels, EmbeddingForwardAndBackward) {
   Dev<float> dwte(wte), dwpe(wpe), dout(out.size());
   mc::embedding_forward(dtok.p, dwte.p, dwpe.p, dout.p, B, T, C, nullptr);
   EXPECT_LT(rel_error(dout.get(), out), 1e-6);
+  Dev<uint16_t> dout16(out.size());  // the bf16 residual stream: the fp32 sum rounded once
+  mc::embedding_forward(dtok.p, dwte.p, dwpe.p, dout16.p, B, T, C, nullptr);
+  EXPECT_LT(rel_error(from_bf16(dout16.get()), out), kBf16Tol);
   const auto g = random_vector(out.size(), rng, 1.0f);
   std::vector<float> gte = wte, gpe = wpe;  // accumulate into nonzero gradients
   kn::embedding_backward(tok.data(), g.data(), gte.data(), gpe.data(), B, T, C);
@@ -446,6 +497,15 @@ TEST(CudaKernels, EmbeddingForwardAndBackward) {
   Dev<float> dnan(std::vector<float>(want_pe.size(), std::numeric_limits<float>::quiet_NaN()));
   mc::embedding_backward(dtok.p, dg.p, dwte.p, dnan.p, B, T, C, nullptr, /*accumulate=*/false, context);
   EXPECT_LT(rel_error(dnan.get(), want_pe), kF32Tol);
+  // from a bf16 gradient (the residual gradient kept in bf16), into fresh copies of wte and wpe
+  const auto g16 = round_bf16(g);
+  std::vector<float> gte16 = wte, gpe16 = wpe;
+  kn::embedding_backward(tok.data(), g16.data(), gte16.data(), gpe16.data(), B, T, C);
+  Dev<float> dwte16(wte), dwpe16(wpe);
+  Dev<uint16_t> dg16(to_bf16(g16));
+  mc::embedding_backward(dtok.p, dg16.p, dwte16.p, dwpe16.p, B, T, C, nullptr);
+  EXPECT_LT(rel_error(dwte16.get(), gte16), kF32Tol);
+  EXPECT_LT(rel_error(dwpe16.get(), gpe16), kF32Tol);
 }
 
 TEST(CudaKernels, CausalSoftmaxAndHeadPermutations) {
@@ -868,6 +928,9 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
   whole_model_case({.residual_grad_bf16 = false}, "fused epilogues, padded vocab, fp32 residual gradient",
                    "L2H4C64V250T64");
   whole_model_case({.cuda_graphs = false}, "fused epilogues, padded vocab, no CUDA graphs", "L2H4C64V250T64");
+  whole_model_case({.residual_bf16 = true}, "fused epilogues, padded vocab, bf16 residual stream", "L2H4C64V250T64");
+  whole_model_case({.fused_epilogues = false, .residual_bf16 = true}, "plain GEMMs, bf16 residual stream",
+                   "L2H4C64V250T64");
 }
 
 TEST(CudaModel, LossAndGradientsMatchCpuWithFlashAttention) {
@@ -899,6 +962,8 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithCudnnAttention) {
   whole_model_case({}, "cuDNN attention (head 64)", "L2H2C128V256T64");
   whole_model_case({}, "cuDNN attention (head 32)", "L2H4C128V256T64");
   whole_model_case({.recompute = true}, "cuDNN attention, recompute", "L2H2C128V256T64");
+  whole_model_case({.recompute = true, .residual_bf16 = true}, "cuDNN attention, recompute, bf16 residual stream",
+                   "L2H2C128V256T64");
   whole_model_case({.cudnn_deterministic = true}, "cuDNN attention, deterministic dQ", "L2H2C128V256T64");
 }
 

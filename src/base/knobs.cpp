@@ -173,6 +173,14 @@ const std::vector<KnobSpec>& specs() {
          k.cuda_residual_grad_bf16 = v == "bf16";
        },
        [](const Knobs& k) { return std::string(k.cuda_residual_grad_bf16 ? "bf16" : "fp32"); }},
+      {"MICS_CUDA_RESIDUAL",
+       "the residual stream between the blocks (their inputs, the proj/fcproj GEMMs' sums): fp32 (as PyTorch's "
+       "autocast keeps it) or bf16 (as llm.c keeps it; half its bytes in LayerNorm and the residual GEMMs)",
+       [](Knobs& k, const std::string& v) {
+         if (v != "bf16" && v != "fp32") bad_value("MICS_CUDA_RESIDUAL", v, "bf16 or fp32");
+         k.cuda_residual_bf16 = v == "bf16";
+       },
+       [](const Knobs& k) { return std::string(k.cuda_residual_bf16 ? "bf16" : "fp32"); }},
       {"MICS_CUDA_GRAPHS",
        "1: one GPU's micro-batches (forward and backward) replayed as CUDA graphs from each kind's second call "
        "(not sharded, not with MICS_CUDA_PROFILE=1); 0: every kernel launched by the host",

@@ -179,6 +179,7 @@ int run_cuda_training(const TrainConfig& c) {
   options.gemm_autotune = static_cast<int>(knobs().cuda_gemm_tune);
   options.overlap_weight_grads = knobs().cuda_overlap_wgrad;
   options.residual_grad_bf16 = knobs().cuda_residual_grad_bf16;
+  options.residual_bf16 = knobs().cuda_residual_bf16;
   options.cuda_graphs = knobs().cuda_graphs;
   // Several ranks: join the job, pick this rank's GPU and the GPU collectives' backend.
   std::unique_ptr<comm::Runtime> rt;
@@ -244,9 +245,10 @@ int run_cuda_training(const TrainConfig& c) {
   if (engine)
     std::printf("  device cuda, %d ranks: %s p=%d r=%d | GPU collectives: %s\n", world, c.strategy.c_str(),
                 engine->partition_size(), engine->replicas(), backend.reason.c_str());
-  std::printf("  device cuda, %d rank%s | bf16 compute, fp32 master weights and accumulation, residual gradient %s | "
-              "attention: %s%s\n",
-              world, world == 1 ? "" : "s", options.residual_grad_bf16 ? "bf16" : "fp32", model.attention_kind().c_str(),
+  std::printf("  device cuda, %d rank%s | bf16 compute, fp32 master weights and accumulation, residual stream %s, "
+              "its gradient %s | attention: %s%s\n",
+              world, world == 1 ? "" : "s", options.residual_bf16 ? "bf16" : "fp32",
+              options.residual_grad_bf16 ? "bf16" : "fp32", model.attention_kind().c_str(),
               c.recompute ? " | recompute: blocks keep their inputs only" : "");
   std::printf("  batch: %d ranks x %d micro-steps x %d sequences x %d tokens = %llu tokens per step; %d steps\n", world,
               c.grad_accum, c.micro_batch, T, static_cast<unsigned long long>(tokens_per_step), c.steps);

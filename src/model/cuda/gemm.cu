@@ -273,6 +273,19 @@ void Blas::linear_residual(const bf16_t* in, const bf16_t* w, const float* bias,
   MICS_LAUNCHED(add_bias_f32);
 }
 
+void Blas::linear_residual(const bf16_t* in, const bf16_t* w, const bf16_t* bias, const bf16_t* residual,
+                           bf16_t* out, int rows, int ic, int oc, Stream s) {
+  const bool separate = residual != out;
+  if (fused_ && impl_->run(forward_spec(rows, ic, oc, oc, false, true, separate, Epi::kBias), w, in, residual, out,
+                           1.0f, bias, nullptr, s))
+    return;
+  impl_->run(forward_spec(rows, ic, oc, oc, false, true, separate, Epi::kNone), w, in, residual, out, 1.0f, nullptr,
+             nullptr, s);
+  add_bias_bf16<<<blocks(static_cast<size_t>(rows) * oc), 256, 0, st(s)>>>(
+      reinterpret_cast<bf16*>(out), reinterpret_cast<const bf16*>(bias), rows, oc, oc);
+  MICS_LAUNCHED(add_bias_bf16);
+}
+
 void Blas::linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* w, const bf16_t* gelu_pre,
                                  bf16_t* din, int rows, int ic, int oc, Stream s) {
   // din^T (ic x rows) = w^T-as-stored (ic x oc) . dout^T (oc x rows), column-major.

@@ -38,6 +38,10 @@ class Blas {
   // out (fp32) = in w^T + bias (fp32) + residual (fp32); out may equal residual.
   void linear_residual(const bf16_t* in, const bf16_t* w, const float* bias, const float* residual, float* out,
                        int rows, int ic, int oc, Stream s);
+  // The same with the residual stream in bf16: out (bf16) = in w^T + bias (bf16) + residual (bf16),
+  // summed in fp32 and rounded once (where cuBLASLt has the bias epilogue).
+  void linear_residual(const bf16_t* in, const bf16_t* w, const bf16_t* bias, const bf16_t* residual, bf16_t* out,
+                       int rows, int ic, int oc, Stream s);
   // din [rows, ic] = dout [rows, oc] (row stride ld_dout) w; times gelu'(gelu_pre) unless null.
   void linear_backward_input(const bf16_t* dout, int ld_dout, const bf16_t* w, const bf16_t* gelu_pre,
                              bf16_t* din, int rows, int ic, int oc, Stream s);

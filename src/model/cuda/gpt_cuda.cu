@@ -72,8 +72,15 @@ class Arena {
   size_t size_ = 0, used_ = 0;
 };
 
+// A residual-stream buffer [N, C] in the stream's dtype (CudaOptions::residual_bf16): one of the
+// two pointers set.
+struct Residual {
+  float* f32 = nullptr;
+  bf16_t* b16 = nullptr;
+};
+
 struct LayerActs {
-  float* res = nullptr;  // block input [N, C]
+  Residual res;  // block input [N, C]
   bf16_t* ln1 = nullptr;
   float* ln1_mean = nullptr;
   float* ln1_rstd = nullptr;
@@ -81,7 +88,7 @@ struct LayerActs {
   bf16_t* att = nullptr;   // [BH, T, T] probabilities (GEMM path)
   float* lse = nullptr;    // [BH, T] (flash path)
   bf16_t* atty = nullptr;  // [N, C]
-  float* res2 = nullptr;
+  Residual res2;
   bf16_t* ln2 = nullptr;
   float* ln2_mean = nullptr;
   float* ln2_rstd = nullptr;
@@ -133,8 +140,8 @@ struct CudaGpt::Impl {
   bf16_t* slot16[2] = {nullptr, nullptr};
   // activations
   std::vector<LayerActs> acts;
-  float* res_final = nullptr;
-  float* recompute_out = nullptr;
+  Residual res_final;
+  Residual recompute_out;
   bf16_t *lnf = nullptr, *logits = nullptr;
   float *lnf_mean = nullptr, *lnf_rstd = nullptr, *losses = nullptr;
   // scratch
@@ -235,6 +242,7 @@ struct CudaGpt::Impl {
     auto plan = [&](bool take) {
       auto f = [&](size_t n) { return take ? arena.take<float>(n) : (arena.reserve(n * 4), nullptr); };
       auto h = [&](size_t n) { return take ? arena.take<bf16_t>(n) : (arena.reserve(n * 2), nullptr); };
+      auto r = [&](size_t n) { return opt.residual_bf16 ? Residual{nullptr, h(n)} : Residual{f(n), nullptr}; };
       if (sharded) {
         u0 = f(pad0);
         u0_bf16 = h(pad0);  // padded: a bf16 gather fills the whole unit
@@ -255,7 +263,7 @@ struct CudaGpt::Impl {
       // (acts[0]'s), refilled by rerunning the block's forward before its backward.
       acts.assign(static_cast<size_t>(L), LayerActs{});
       for (auto& a : acts) {
-        a.res = f(nc);
+        a.res = r(nc);
         if (opt.recompute && &a != &acts.front()) continue;
         a.ln1 = h(nc);
         a.ln1_mean = f(N);
@@ -266,15 +274,15 @@ struct CudaGpt::Impl {
         else
           a.att = h(bh * T * T);
         a.atty = h(nc);
-        a.res2 = f(nc);
+        a.res2 = r(nc);
         a.ln2 = h(nc);
         a.ln2_mean = f(N);
         a.ln2_rstd = f(N);
         a.fch = h(4 * nc);
         a.fch_gelu = h(4 * nc);
       }
-      res_final = f(nc);
-      if (opt.recompute) recompute_out = f(nc);  // the rerun block's output (the real one is kept)
+      res_final = r(nc);
+      if (opt.recompute) recompute_out = r(nc);  // the rerun block's output (the real one is kept)
       lnf = h(nc);
       lnf_mean = f(N);
       lnf_rstd = f(N);
@@ -524,6 +532,36 @@ struct CudaGpt::Impl {
     attention_merge_qkv(dqkvh, dqkv, B, T, H, D, s());
   }
 
+  // --- the residual stream, in its dtype (CudaOptions::residual_bf16) ---
+  void ln_forward(Residual x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd) {
+    const int n = static_cast<int>(N);
+    if (x.b16)
+      layernorm_forward(x.b16, w, b, out, mean, rstd, n, C, s());
+    else
+      layernorm_forward(x.f32, w, b, out, mean, rstd, n, C, s());
+  }
+  // out = in w^T + bias + res over [N, C] (in: [N, ic]); the fp32 stream adds the fp32 bias, the
+  // bf16 stream the bf16 copy.
+  void residual_linear(const bf16_t* in, const bf16_t* w, const float* bias32, const bf16_t* bias16, Residual res,
+                       Residual out, int ic) {
+    const int n = static_cast<int>(N);
+    if (res.b16)
+      blas.linear_residual(in, w, bias16, res.b16, out.b16, n, ic, C, s());
+    else
+      blas.linear_residual(in, w, bias32, res.f32, out.f32, n, ic, C, s());
+  }
+  // LayerNorm backward from dln into the residual gradient (dres / dres_bf16), x the forward's
+  // input; returns the dx column-sum chunks (layernorm_backward).
+  int ln_backward(Residual x, const float* mean, const float* rstd, const float* w, float* dw, float* db,
+                  float* colsum) {
+    const int n = static_cast<int>(N);
+    if (x.b16)
+      return layernorm_backward(dln, x.b16, mean, rstd, w, dres, dres_bf16, dw, db, partial, n, C, s(), colsum,
+                                accumulate_grads());
+    return layernorm_backward(dln, x.f32, mean, rstd, w, dres, dres_bf16, dw, db, partial, n, C, s(), colsum,
+                              accumulate_grads());
+  }
+
   // Block l's activations: its own, or with recompute its input and the shared set.
   LayerActs layer(int l) const {
     if (!opt.recompute) return acts[static_cast<size_t>(l)];
@@ -533,13 +571,13 @@ struct CudaGpt::Impl {
   }
 
   // Block l's forward from a.res into out, keeping its activations in a (its parameters ready).
-  void block_forward(int l, const LayerActs& a, float* out) {
+  void block_forward(int l, const LayerActs& a, Residual out) {
     const int n = static_cast<int>(N);
     const auto p32 = block_f32(l);
     const auto p16 = block_bf16(l);
     {
       Scope sc(this, "layernorm fwd");
-      layernorm_forward(a.res, p32.ln1_w, p32.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd, n, C, s());
+      ln_forward(a.res, p32.ln1_w, p32.ln1_b, a.ln1, a.ln1_mean, a.ln1_rstd);
     }
     {
       Scope sc(this, "gemm qkv fwd");
@@ -551,11 +589,11 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "gemm proj fwd (+residual)");
-      blas.linear_residual(a.atty, p16.proj_w, p32.proj_b, a.res, a.res2, n, C, C, s());
+      residual_linear(a.atty, p16.proj_w, p32.proj_b, p16.proj_b, a.res, a.res2, C);
     }
     {
       Scope sc(this, "layernorm fwd");
-      layernorm_forward(a.res2, p32.ln2_w, p32.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd, n, C, s());
+      ln_forward(a.res2, p32.ln2_w, p32.ln2_b, a.ln2, a.ln2_mean, a.ln2_rstd);
     }
     {
       Scope sc(this, "gemm fc fwd (+gelu)");
@@ -563,7 +601,7 @@ struct CudaGpt::Impl {
     }
     {
       Scope sc(this, "gemm fcproj fwd (+residual)");
-      blas.linear_residual(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, a.res2, out, n, 4 * C, C, s());
+      residual_linear(a.fch_gelu, p16.fcproj_w, p32.fcproj_b, p16.fcproj_b, a.res2, out, 4 * C);
     }
   }
 
@@ -578,7 +616,11 @@ struct CudaGpt::Impl {
     const auto e32 = embed_f32();
     {
       Scope sc(this, "embedding fwd");
-      embedding_forward(tokens, e32.wte, e32.wpe, L > 0 ? acts[0].res : res_final, B, T, C, s());
+      const Residual out = L > 0 ? acts[0].res : res_final;
+      if (out.b16)
+        embedding_forward(tokens, e32.wte, e32.wpe, out.b16, B, T, C, s());
+      else
+        embedding_forward(tokens, e32.wte, e32.wpe, out.f32, B, T, C, s());
     }
     fetch(L > 0 ? 1 : 0);  // unit 0 released; the first block (or the head's unit 0) next
     for (int l = 0; l < L; ++l) {
@@ -590,7 +632,7 @@ struct CudaGpt::Impl {
     const auto e16 = embed_bf16();
     {
       Scope sc(this, "layernorm fwd");
-      layernorm_forward(res_final, e32.lnf_w, e32.lnf_b, lnf, lnf_mean, lnf_rstd, n, C, s());
+      ln_forward(res_final, e32.lnf_w, e32.lnf_b, lnf, lnf_mean, lnf_rstd);
     }
     {
       Scope sc(this, "gemm logits fwd");
@@ -681,8 +723,7 @@ struct CudaGpt::Impl {
       else
         MICS_CUDA(cudaMemsetAsync(dres_bf16, 0, N * C * 2, stream));
       pending_bias_chunks =
-          layernorm_backward(dln, res_final, lnf_mean, lnf_rstd, e32.lnf_w, dres, dres_bf16, eg.lnf_w, eg.lnf_b,
-                             partial, n, C, s(), L > 0 ? dx_colsum : nullptr, accumulate_grads());
+          ln_backward(res_final, lnf_mean, lnf_rstd, e32.lnf_w, eg.lnf_w, eg.lnf_b, L > 0 ? dx_colsum : nullptr);
     }
     for (int l = L - 1; l >= 0; --l) {
       const LayerActs a = layer(l);
@@ -714,8 +755,7 @@ struct CudaGpt::Impl {
       {
         Scope sc(this, "layernorm bwd");
         before_overwrite(ev_dres);
-        const int chunks = layernorm_backward(dln, a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, dres, dres_bf16, g.ln2_w,
-                                              g.ln2_b, partial, n, C, s(), dx_colsum, accumulate_grads());
+        const int chunks = ln_backward(a.res2, a.ln2_mean, a.ln2_rstd, p32.ln2_w, g.ln2_w, g.ln2_b, dx_colsum);
         add_column_partials(dx_colsum, chunks, C, g.proj_b, s(), accumulate_grads());
       }
       {
@@ -738,8 +778,7 @@ struct CudaGpt::Impl {
         Scope sc(this, "layernorm bwd");
         before_overwrite(ev_dres);
         pending_bias_chunks =
-            layernorm_backward(dln, a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, dres, dres_bf16, g.ln1_w, g.ln1_b,
-                               partial, n, C, s(), l > 0 ? dx_colsum : nullptr, accumulate_grads());
+            ln_backward(a.res, a.ln1_mean, a.ln1_rstd, p32.ln1_w, g.ln1_w, g.ln1_b, l > 0 ? dx_colsum : nullptr);
       }
       reduce(1 + l);
     }

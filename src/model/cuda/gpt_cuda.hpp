@@ -39,7 +39,7 @@ struct CudaOptions {
   int flash_bwd_min_blocks = 3;  // 3: the backward kernel built for 3 blocks per SM (head size 64; measured
                                  // 5.81 vs 6.09 ms per step on the H200); 0: no register cap (2 blocks)
   int flash_bwd_key_tile = 64;   // 128: backward blocks of 128 keys over 8 warps (head size 64)
-  // Activation recompute: every block keeps only its input ([B*T, C] fp32); one shared set of a
+  // Activation recompute: every block keeps only its input ([B*T, C], the stream's dtype); one shared set of a
   // block's activations is refilled by rerunning the block's forward before its backward (one
   // more forward per step, ~1/3 more FLOPs).
   bool recompute = false;
@@ -55,6 +55,12 @@ struct CudaOptions {
   // GEMMs read a bf16 copy either way). LayerNorm backward then moves 10 bytes per element instead
   // of 16 (1.79 -> 1.42 ms per step, +1.8% tokens/s for GPT-2 124M B16 on an H200). false: fp32.
   bool residual_grad_bf16 = true;
+  // The residual stream itself (the blocks' inputs and the proj/fcproj GEMMs' sums) in bf16, as
+  // llm.c keeps it: each residual GEMM adds its product and bias to the bf16 stream in fp32 and
+  // rounds once; LayerNorm reads bf16 and takes its statistics in fp32. Half the stream's bytes
+  // in LayerNorm forward and backward and in the residual GEMMs' C and D. false: fp32, as
+  // PyTorch's autocast keeps it.
+  bool residual_bf16 = false;
   // One GPU, not profiling: each micro-batch's forward and backward replayed as a CUDA graph
   // (captured at the second call of each kind; gpt_cuda.cu). It saves the launches (~400 per
   // micro-batch for GPT-2 124M): what counts at small micro-batches, where the host's launches

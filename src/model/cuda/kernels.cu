@@ -22,6 +22,13 @@ constexpr int kRowsPerChunk = 128;
 cudaStream_t st(Stream s) { return static_cast<cudaStream_t>(s); }
 const bf16* B(const bf16_t* p) { return reinterpret_cast<const bf16*>(p); }
 bf16* B(bf16_t* p) { return reinterpret_cast<bf16*>(p); }
+// A residual-stream pointer as the kernels take it (fp32 as is, bf16 as __nv_bfloat16).
+const float* dev(const float* p) { return p; }
+float* dev(float* p) { return p; }
+const bf16* dev(const bf16_t* p) { return B(p); }
+bf16* dev(bf16_t* p) { return B(p); }
+template <typename X>
+using DevT = std::remove_const_t<std::remove_pointer_t<decltype(dev(static_cast<const X*>(nullptr)))>>;
 
 unsigned blocks_for(size_t count, int threads) {
   const size_t b = (count + static_cast<size_t>(threads) - 1) / static_cast<size_t>(threads);
@@ -53,6 +60,13 @@ __device__ __forceinline__ void store4(bf16* p, float4 v) {
   *reinterpret_cast<uint2*>(p) = raw;
 }
 
+// The same for fp32 rows (the residual stream's two dtypes share the row kernels).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
+
 __device__ __forceinline__ void add4(float4& acc, float4 v) {
   acc.x += v.x;
   acc.y += v.y;
@@ -73,29 +87,30 @@ __device__ __forceinline__ float gelu_grad(float x) {
 
 // --- LayerNorm -------------------------------------------------------------------------------
 
-__global__ void layernorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+template <typename X>
+__global__ void layernorm_forward_kernel(const X* __restrict__ x, const float* __restrict__ w,
                                          const float* __restrict__ b, bf16* __restrict__ out,
                                          float* __restrict__ mean, float* __restrict__ rstd, int rows,
                                          int C) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const float* xr = x + static_cast<size_t>(row) * C;
+  const X* xr = x + static_cast<size_t>(row) * C;
   float sum = 0;
   for (int c = lane * 4; c < C; c += 128) {
-    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    const float4 v = load4(xr + c);
     sum += (v.x + v.y) + (v.z + v.w);
   }
   const float m = warp_sum(sum) / C;
   float sq = 0;
   for (int c = lane * 4; c < C; c += 128) {
-    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    const float4 v = load4(xr + c);
     const float a = v.x - m, bb = v.y - m, cc = v.z - m, d = v.w - m;
     sq += (a * a + bb * bb) + (cc * cc + d * d);
   }
   const float s = rsqrtf(warp_sum(sq) / C + kEps);
   bf16* yr = out + static_cast<size_t>(row) * C;
   for (int c = lane * 4; c < C; c += 128) {
-    const float4 v = *reinterpret_cast<const float4*>(xr + c);
+    const float4 v = load4(xr + c);
     const float4 wv = *reinterpret_cast<const float4*>(w + c);
     const float4 bv = *reinterpret_cast<const float4*>(b + c);
     store4(yr + c, make_float4((v.x - m) * s * wv.x + bv.x, (v.y - m) * s * wv.y + bv.y,
@@ -108,19 +123,19 @@ __global__ void layernorm_forward_kernel(const float* __restrict__ x, const floa
 }
 
 // The same with the row held in registers (C <= 128 * kVec): x read once.
-template <int kVec>
-__global__ void layernorm_forward_regs(const float* __restrict__ x, const float* __restrict__ w,
+template <int kVec, typename X>
+__global__ void layernorm_forward_regs(const X* __restrict__ x, const float* __restrict__ w,
                                        const float* __restrict__ b, bf16* __restrict__ out, float* __restrict__ mean,
                                        float* __restrict__ rstd, int rows, int C) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const float* xr = x + static_cast<size_t>(row) * C;
+  const X* xr = x + static_cast<size_t>(row) * C;
   float4 v[kVec];
   float sum = 0;
 #pragma unroll
   for (int i = 0; i < kVec; ++i) {
     const int c = lane * 4 + i * 128;
-    v[i] = c < C ? *reinterpret_cast<const float4*>(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    v[i] = c < C ? load4(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
     sum += (v[i].x + v[i].y) + (v[i].z + v[i].w);
   }
   const float m = warp_sum(sum) / C;
@@ -151,7 +166,8 @@ __global__ void layernorm_forward_regs(const float* __restrict__ x, const float*
   }
 }
 
-__global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const float* __restrict__ x,
+template <typename X>
+__global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const X* __restrict__ x,
                                         const float* __restrict__ mean, const float* __restrict__ rstd,
                                         const float* __restrict__ w, float* __restrict__ dx,
                                         bf16* __restrict__ dx_bf16, int rows, int C) {
@@ -162,7 +178,7 @@ __global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const flo
   float sg = 0, sgx = 0;
   for (int c = lane * 4; c < C; c += 128) {
     const float4 g = load4(dout + off + c);
-    const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+    const float4 xv = load4(x + off + c);
     const float4 wv = *reinterpret_cast<const float4*>(w + c);
     const float g0 = g.x * wv.x, g1 = g.y * wv.y, g2 = g.z * wv.z, g3 = g.w * wv.w;
     sg += (g0 + g1) + (g2 + g3);
@@ -171,7 +187,7 @@ __global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const flo
   const float a = warp_sum(sg) / C, bx = warp_sum(sgx) / C;
   for (int c = lane * 4; c < C; c += 128) {
     const float4 g = load4(dout + off + c);
-    const float4 xv = *reinterpret_cast<const float4*>(x + off + c);
+    const float4 xv = load4(x + off + c);
     const float4 wv = *reinterpret_cast<const float4*>(w + c);
     float4 d = dx ? *reinterpret_cast<float4*>(dx + off + c) : load4(dx_bf16 + off + c);
     d.x += s * (g.x * wv.x - a - (xv.x - m) * s * bx);
@@ -184,7 +200,8 @@ __global__ void layernorm_backward_rows(const bf16* __restrict__ dout, const flo
 }
 
 // Per chunk of rows, per column: sum of dout * xhat and of dout -> partial[chunk][2][C].
-__global__ void layernorm_backward_params(const bf16* __restrict__ dout, const float* __restrict__ x,
+template <typename X>
+__global__ void layernorm_backward_params(const bf16* __restrict__ dout, const X* __restrict__ x,
                                           const float* __restrict__ mean, const float* __restrict__ rstd,
                                           float* __restrict__ partial, int rows, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x, chunk = blockIdx.y;
@@ -194,7 +211,7 @@ __global__ void layernorm_backward_params(const bf16* __restrict__ dout, const f
   for (int r = r0; r < r1; ++r) {
     const size_t i = static_cast<size_t>(r) * C + c;
     const float g = __bfloat162float(dout[i]);
-    sw += g * ((x[i] - mean[r]) * rstd[r]);
+    sw += g * ((to_float(x[i]) - mean[r]) * rstd[r]);
     sb += g;
   }
   partial[(static_cast<size_t>(chunk) * 2) * C + c] = sw;
@@ -247,6 +264,17 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
   partial[static_cast<size_t>(chunk) * C + c] = sum;
 }
 
+// The fused backward's per-warp stage buffer (kPrefetch): a row of x (fp32 or bf16), then a row
+// of dout (bf16), each rounded up to 16 bytes.
+template <typename X>
+__host__ __device__ constexpr int ln_stage_x_floats(int C) {
+  return ((C * static_cast<int>(sizeof(X)) / 4 + 3) / 4) * 4;
+}
+template <typename X>
+__host__ __device__ constexpr int ln_stage_floats(int C) {
+  return ln_stage_x_floats<X>(C) + ((C / 2 + 3) / 4) * 4;
+}
+
 // One pass of LayerNorm backward for C <= 128 * kVec: each warp takes rows (grid-stride),
 // keeps its row's dout and x in registers for both the row sums and dx, and accumulates
 // sum(dout * xhat) and sum(dout) per column in registers; the block's warps add theirs in
@@ -259,9 +287,10 @@ __global__ void column_sum_partial(const bf16* __restrict__ x, float* __restrict
 // its loads at 25% occupancy, 56% of DRAM bandwidth).
 // kBf16Dx: the residual gradient dx is kept in bf16 only (dx_bf16 read, added to and written;
 // dx unused): 10 bytes per element instead of 16, llm.c's numerics for it.
-template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx = false>
+// X: the residual stream's dtype (x, the LayerNorm's input): fp32 or bf16.
+template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx, typename X>
 __global__ void __launch_bounds__(256, 2)
-    layernorm_backward_fused(const bf16* __restrict__ dout, const float* __restrict__ x, const float* __restrict__ mean,
+    layernorm_backward_fused(const bf16* __restrict__ dout, const X* __restrict__ x, const float* __restrict__ mean,
                              const float* __restrict__ rstd, const float* __restrict__ w, float* __restrict__ dx,
                              bf16* __restrict__ dx_bf16, float* __restrict__ partial, float* __restrict__ dx_colsum,
                              int rows, int C) {
@@ -270,7 +299,7 @@ __global__ void __launch_bounds__(256, 2)
   // [8 warps][C] dx sums
   extern __shared__ float sh[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int stage_floats = C + ((C / 2 + 3) / 4) * 4;
+  const int x_floats = ln_stage_x_floats<X>(C), stage_floats = ln_stage_floats<X>(C);
   float* my_w = sh + (warp * 2) * C;
   float* my_b = sh + (warp * 2 + 1) * C;
   float* dx_sums = sh + (kPrefetch ? 16 * stage_floats : 16 * C);  // kColsum: [8 warps][C]
@@ -279,14 +308,15 @@ __global__ void __launch_bounds__(256, 2)
   // kPrefetch: row r's x and dout copied into this warp's stage buffer while the row before is
   // computed (cp.async, no registers held): twice the bytes in flight per warp.
   auto prefetch = [&](int r, int stage) {
-    float* xs = sh + (warp * 2 + stage) * stage_floats;
-    bf16* ds = reinterpret_cast<bf16*>(xs + C);
+    float* stage_base = sh + (warp * 2 + stage) * stage_floats;
+    X* xs = reinterpret_cast<X*>(stage_base);
+    bf16* ds = reinterpret_cast<bf16*>(stage_base + x_floats);
     const size_t o = static_cast<size_t>(r) * C;
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
       const int c = lane * 4 + i * 128;
       if (c < C) {
-        __pipeline_memcpy_async(xs + c, x + o + c, 16);
+        __pipeline_memcpy_async(xs + c, x + o + c, 4 * sizeof(X));
         __pipeline_memcpy_async(ds + c, dout + o + c, 8);
       }
     }
@@ -306,7 +336,7 @@ __global__ void __launch_bounds__(256, 2)
   }
   for (int row = blockIdx.x * 8 + warp; row < rows; row += stride) {
     const size_t off = static_cast<size_t>(row) * C;
-    const float* xsrc = x + off;
+    const X* xsrc = x + off;
     const bf16* dsrc = dout + off;
     if constexpr (kPrefetch) {
       if (row + stride < rows)
@@ -314,8 +344,9 @@ __global__ void __launch_bounds__(256, 2)
       else
         __pipeline_commit();  // an empty group: the wait below still means "this row's"
       __pipeline_wait_prior(1);
-      xsrc = sh + (warp * 2 + stage) * stage_floats;
-      dsrc = reinterpret_cast<const bf16*>(xsrc + C);
+      const float* stage_base = sh + (warp * 2 + stage) * stage_floats;
+      xsrc = reinterpret_cast<const X*>(stage_base);
+      dsrc = reinterpret_cast<const bf16*>(stage_base + x_floats);
       stage ^= 1;
     }
     const float m = mean[row], s = rstd[row];
@@ -326,7 +357,7 @@ __global__ void __launch_bounds__(256, 2)
       const int c = lane * 4 + i * 128;
       if (c < C) {
         g[i] = load4(dsrc + c);
-        const float4 xv = *reinterpret_cast<const float4*>(xsrc + c);
+        const float4 xv = load4(xsrc + c);
         const float4 wv = *reinterpret_cast<const float4*>(w + c);
         xh[i] = make_float4((xv.x - m) * s, (xv.y - m) * s, (xv.z - m) * s, (xv.w - m) * s);
         const float4 gx = make_float4(g[i].x * xh[i].x, g[i].y * xh[i].y, g[i].z * xh[i].z, g[i].w * xh[i].w);
@@ -442,21 +473,18 @@ __global__ void gelu_backward_kernel(const bf16* __restrict__ x, const bf16* dou
 
 // --- embeddings --------------------------------------------------------------------------------
 
+template <typename Out>
 __global__ void embedding_forward_kernel(const int32_t* __restrict__ tokens, const float* __restrict__ wte,
-                                         const float* __restrict__ wpe, float* __restrict__ out, int rows,
-                                         int T, int C) {
+                                         const float* __restrict__ wpe, Out* __restrict__ out, int rows, int T,
+                                         int C) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;  // float4 index
   const int c4 = C / 4;
   if (i >= static_cast<size_t>(rows) * c4) return;
   const int n = static_cast<int>(i / c4), c = static_cast<int>(i % c4) * 4, t = n % T;
   const float4 a = *reinterpret_cast<const float4*>(wte + static_cast<size_t>(tokens[n]) * C + c);
   const float4 b = *reinterpret_cast<const float4*>(wpe + static_cast<size_t>(t) * C + c);
-  *reinterpret_cast<float4*>(out + static_cast<size_t>(n) * C + c) =
-      make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  store4(out + static_cast<size_t>(n) * C + c, make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w));
 }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(bf16 v) { return __bfloat162float(v); }
 
 template <typename T>
 __global__ void embedding_backward_wte(const int32_t* __restrict__ tokens, const T* __restrict__ dout,
@@ -910,20 +938,34 @@ void with_row_vectors(int channels, F&& f) {
 
 }  // namespace
 
+namespace {
+
 // The forward with the row in registers (x read once) for C <= 1024; else three passes over x.
-void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
-                       int rows, int channels, Stream s) {
+template <typename X>
+void launch_layernorm_forward(const X* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
+                              int rows, int channels, Stream s) {
   const unsigned grid = blocks_for(static_cast<size_t>(rows), 8);
   if (channels % 4 == 0 && channels <= 1024) {
     with_row_vectors(channels, [&](auto vec) {
       layernorm_forward_regs<decltype(vec)::value>
-          <<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+          <<<grid, 256, 0, st(s)>>>(dev(x), w, b, B(out), mean, rstd, rows, channels);
     });
     MICS_LAUNCHED(layernorm_forward_regs);
     return;
   }
-  layernorm_forward_kernel<<<grid, 256, 0, st(s)>>>(x, w, b, B(out), mean, rstd, rows, channels);
+  layernorm_forward_kernel<<<grid, 256, 0, st(s)>>>(dev(x), w, b, B(out), mean, rstd, rows, channels);
   MICS_LAUNCHED(layernorm_forward_kernel);
+}
+
+}  // namespace
+
+void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
+                       int rows, int channels, Stream s) {
+  launch_layernorm_forward(x, w, b, out, mean, rstd, rows, channels, s);
+}
+void layernorm_forward(const bf16_t* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
+                       int rows, int channels, Stream s) {
+  launch_layernorm_forward(x, w, b, out, mean, rstd, rows, channels, s);
 }
 
 // The fused backward's grid: one block per 64 rows, at most 2 x 132 (partial rows).
@@ -943,32 +985,37 @@ size_t layernorm_colsum_partial_floats(int rows, int channels) {
   return ln_partial_rows(rows) * static_cast<size_t>(channels);
 }
 
+namespace {
+
+template <typename X>
 size_t ln_fused_smem(int C, bool colsum, bool prefetch);
 
-template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx = false>
-void ln_fused_variant(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+template <int kVec, bool kColsum, bool kPrefetch, bool kBf16Dx, typename X>
+void ln_fused_variant(const bf16_t* dout, const X* x, const float* mean, const float* rstd, const float* w,
                       float* dx, bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
-  const size_t smem = ln_fused_smem(C, kColsum, kPrefetch);
+  const size_t smem = ln_fused_smem<X>(C, kColsum, kPrefetch);
   static const bool attr = [] {
-    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx>,
+    MICS_CUDA(cudaFuncSetAttribute(layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx, DevT<X>>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(ln_fused_smem(128 * kVec, kColsum, kPrefetch))));
+                                   static_cast<int>(ln_fused_smem<X>(128 * kVec, kColsum, kPrefetch))));
     return true;
   }();
   (void)attr;
-  layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
-      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, dx_colsum, rows, C);
+  layernorm_backward_fused<kVec, kColsum, kPrefetch, kBf16Dx, DevT<X>><<<ln_fused_blocks(rows), 256, smem, st(s)>>>(
+      B(dout), dev(x), mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, partial, dx_colsum, rows, C);
   MICS_LAUNCHED(layernorm_backward_fused);
 }
 
 // Shared memory of the fused backward's block for C channels.
+template <typename X>
 size_t ln_fused_smem(int C, bool colsum, bool prefetch) {
-  const int stage_floats = C + ((C / 2 + 3) / 4) * 4;
+  const int stage_floats = ln_stage_floats<DevT<X>>(C);
   return (static_cast<size_t>(prefetch ? 16 * stage_floats : 16 * C) + (colsum ? 8 * static_cast<size_t>(C) : 0)) * 4;
 }
 
 // The prefetching variant where two of its blocks fit on an SM (its grid is two blocks per SM;
 // at C = 1024 with the dx column sums they do not, and one block per SM would halve the warps).
+template <typename X>
 bool ln_prefetch_fits(int C, bool colsum) {
   static const int per_sm = [] {
     int device = 0, bytes = 0;
@@ -977,43 +1024,44 @@ bool ln_prefetch_fits(int C, bool colsum) {
     return bytes;
   }();
   constexpr size_t kReservedPerBlock = 1024;  // the runtime's own share of each block's shared memory
-  return 2 * (ln_fused_smem(C, colsum, true) + kReservedPerBlock) <= static_cast<size_t>(per_sm);
+  return 2 * (ln_fused_smem<X>(C, colsum, true) + kReservedPerBlock) <= static_cast<size_t>(per_sm);
 }
 
 // The fused backward's variant for this call: dx's column sums or not, the next row prefetched
 // where two blocks still fit, the residual gradient in fp32 (+ bf16 copy) or in bf16 only.
-template <int kVec, bool kBf16Dx>
-void ln_fused_pick(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
+template <int kVec, bool kBf16Dx, typename X>
+void ln_fused_pick(const bf16_t* dout, const X* x, const float* mean, const float* rstd, const float* w, float* dx,
                    bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
-  const bool prefetch = ln_prefetch_fits(C, dx_colsum != nullptr);
+  const bool prefetch = ln_prefetch_fits<X>(C, dx_colsum != nullptr);
   if (dx_colsum && prefetch)
-    ln_fused_variant<kVec, true, true, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    ln_fused_variant<kVec, true, true, kBf16Dx, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
   else if (dx_colsum)
-    ln_fused_variant<kVec, true, false, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    ln_fused_variant<kVec, true, false, kBf16Dx, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
   else if (prefetch)
-    ln_fused_variant<kVec, false, true, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+    ln_fused_variant<kVec, false, true, kBf16Dx, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
   else
-    ln_fused_variant<kVec, false, false, kBf16Dx>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
+    ln_fused_variant<kVec, false, false, kBf16Dx, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, nullptr, rows, C, s);
 }
 
-template <int kVec>
-void ln_fused(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w, float* dx,
+template <int kVec, typename X>
+void ln_fused(const bf16_t* dout, const X* x, const float* mean, const float* rstd, const float* w, float* dx,
               bf16_t* dx_bf16, float* partial, float* dx_colsum, int rows, int C, Stream s) {
   if (dx)
-    ln_fused_pick<kVec, false>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    ln_fused_pick<kVec, false, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
   else  // the residual gradient in bf16 only
-    ln_fused_pick<kVec, true>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
+    ln_fused_pick<kVec, true, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum, rows, C, s);
 }
 
-int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
-                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
-                       Stream s, float* dx_colsum_partial, bool accumulate) {
+template <typename X>
+int launch_layernorm_backward(const bf16_t* dout, const X* x, const float* mean, const float* rstd, const float* w,
+                              float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                              Stream s, float* dx_colsum_partial, bool accumulate) {
   if (rows <= 0) return 0;
   MICS_CHECK(dx || dx_bf16, "layernorm_backward: dx and dx_bf16 are both null (one must hold the gradient)");
   if (channels % 4 == 0 && channels <= 1024) {
     // one pass: row sums, dx and the parameter partials; then the partials in block order
     with_row_vectors(channels, [&](auto vec) {
-      ln_fused<decltype(vec)::value>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum_partial, rows, channels,
+      ln_fused<decltype(vec)::value, X>(dout, x, mean, rstd, w, dx, dx_bf16, partial, dx_colsum_partial, rows, channels,
                                      s);
     });
     launch_reduce_chunks(partial, ln_fused_blocks(rows), 2, channels, dw, db, accumulate, st(s));
@@ -1022,17 +1070,32 @@ int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, co
   const int chunks = colsum_chunks(rows);
   // The parameter sums read dout and x before the row pass changes dx (dx may alias nothing here).
   layernorm_backward_params<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
-      B(dout), x, mean, rstd, partial, rows, channels);
+      B(dout), dev(x), mean, rstd, partial, rows, channels);
   MICS_LAUNCHED(layernorm_backward_params);
   launch_reduce_chunks(partial, chunks, 2, channels, dw, db, accumulate, st(s));
   layernorm_backward_rows<<<blocks_for(static_cast<size_t>(rows), 8), 256, 0, st(s)>>>(
-      B(dout), x, mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
+      B(dout), dev(x), mean, rstd, w, dx, dx_bf16 ? B(dx_bf16) : nullptr, rows, channels);
   MICS_LAUNCHED(layernorm_backward_rows);
   if (!dx_colsum_partial) return 0;
   column_sum_partial<<<dim3(blocks_for(static_cast<size_t>(channels), 128), chunks), 128, 0, st(s)>>>(
       B(dx_bf16), dx_colsum_partial, rows, channels);
   MICS_LAUNCHED(column_sum_partial);
   return chunks;
+}
+
+}  // namespace
+
+int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                       Stream s, float* dx_colsum_partial, bool accumulate) {
+  return launch_layernorm_backward(dout, x, mean, rstd, w, dx, dx_bf16, dw, db, partial, rows, channels, s,
+                                   dx_colsum_partial, accumulate);
+}
+int layernorm_backward(const bf16_t* dout, const bf16_t* x, const float* mean, const float* rstd, const float* w,
+                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                       Stream s, float* dx_colsum_partial, bool accumulate) {
+  return launch_layernorm_backward(dout, x, mean, rstd, w, dx, dx_bf16, dw, db, partial, rows, channels, s,
+                                   dx_colsum_partial, accumulate);
 }
 
 void add_column_partials(const float* partial, int chunks, int cols, float* out, Stream s, bool accumulate) {
@@ -1088,12 +1151,24 @@ void gelu_backward(const bf16_t* x, const bf16_t* dout, bf16_t* dx, size_t count
   MICS_LAUNCHED(gelu_backward_kernel);
 }
 
-void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out, int batch,
-                       int seq_len, int channels, Stream s) {
+namespace {
+template <typename Out>
+void launch_embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, Out* out, int batch,
+                              int seq_len, int channels, Stream s) {
   const int rows = batch * seq_len;
   embedding_forward_kernel<<<blocks_for(static_cast<size_t>(rows) * (channels / 4), 256), 256, 0, st(s)>>>(
-      tokens, wte, wpe, out, rows, seq_len, channels);
+      tokens, wte, wpe, dev(out), rows, seq_len, channels);
   MICS_LAUNCHED(embedding_forward_kernel);
+}
+}  // namespace
+
+void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out, int batch,
+                       int seq_len, int channels, Stream s) {
+  launch_embedding_forward(tokens, wte, wpe, out, batch, seq_len, channels, s);
+}
+void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, bf16_t* out, int batch,
+                       int seq_len, int channels, Stream s) {
+  launch_embedding_forward(tokens, wte, wpe, out, batch, seq_len, channels, s);
 }
 
 template <typename T>

@@ -16,8 +16,11 @@ namespace mics::model::cuda {
 using bf16_t = uint16_t;  // bit pattern of a bfloat16
 using Stream = void*;     // cudaStream_t
 
-// out[n] = (x[n] - mean) * rstd * w + b (bf16), mean and rstd per row (fp32).
+// out[n] = (x[n] - mean) * rstd * w + b (bf16), mean and rstd per row (fp32). x is the residual
+// stream: fp32, or bf16 (CudaOptions::residual_bf16); the statistics are taken in fp32 either way.
 void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* out, float* mean,
+                       float* rstd, int rows, int channels, Stream s);
+void layernorm_forward(const bf16_t* x, const float* w, const float* b, bf16_t* out, float* mean,
                        float* rstd, int rows, int channels, Stream s);
 // dx += dL/dx (fp32), and dx_bf16 (unless null) = the new dx in bf16; dx null: dx_bf16 += dL/dx
 // (the residual gradient kept in bf16 only, added to in fp32 and rounded); dw += and db += (fp32),
@@ -28,6 +31,10 @@ void layernorm_forward(const float* x, const float* w, const float* b, bf16_t* o
 // sums of the new dx, for add_column_partials with the returned chunk count: the bias gradient
 // of the linear layer whose output entered the residual stream here, without reading dx again.
 int layernorm_backward(const bf16_t* dout, const float* x, const float* mean, const float* rstd, const float* w,
+                       float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
+                       Stream s, float* dx_colsum_partial = nullptr, bool accumulate = true);
+// The same with the forward's input x in bf16 (the residual stream kept in bf16).
+int layernorm_backward(const bf16_t* dout, const bf16_t* x, const float* mean, const float* rstd, const float* w,
                        float* dx, bf16_t* dx_bf16, float* dw, float* db, float* partial, int rows, int channels,
                        Stream s, float* dx_colsum_partial = nullptr, bool accumulate = true);
 size_t layernorm_partial_floats(int rows, int channels);
@@ -43,8 +50,10 @@ size_t colsum_partial_floats(int rows, int cols);
 void gelu_forward(const bf16_t* x, bf16_t* out, size_t count, Stream s);
 void gelu_backward(const bf16_t* x, const bf16_t* dout, bf16_t* dx, size_t count, Stream s);
 
-// out[b, t] = wte[tokens[b, t]] + wpe[t] (fp32 in, fp32 out).
+// out[b, t] = wte[tokens[b, t]] + wpe[t] (fp32 in; out fp32, or bf16 rounded once).
 void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, float* out,
+                       int batch, int seq_len, int channels, Stream s);
+void embedding_forward(const int32_t* tokens, const float* wte, const float* wpe, bf16_t* out,
                        int batch, int seq_len, int channels, Stream s);
 // dwte[tokens[b, t]] += dout[b, t] (atomics); dwpe[t] += sum_b dout[b, t] (in batch order).
 // accumulate false: dwpe[t] = that sum, and dwpe's rows seq_len..wpe_rows-1 = 0 (dwte is still
