@@ -75,8 +75,16 @@ TEST(Knobs, SwitchTakesOneOrZero) {
   EXPECT_TRUE(knobs().cuda_overlap_wgrad);
 }
 
-// A choice takes one of its names (the residual gradient's dtype, default bf16).
+// A choice takes one of its names (the residual stream's and its gradient's dtypes, default bf16).
 TEST(Knobs, ChoiceTakesOneOfItsNames) {
+  EXPECT_TRUE(knobs().cuda_residual_bf16);
+  setenv("MICS_CUDA_RESIDUAL", "fp32", 1);
+  reload_knobs_for_testing();
+  EXPECT_FALSE(knobs().cuda_residual_bf16);
+  expect_knob_refused("MICS_CUDA_RESIDUAL", "bfloat16", "bf16 or fp32");
+  unsetenv("MICS_CUDA_RESIDUAL");
+  reload_knobs_for_testing();
+  EXPECT_TRUE(knobs().cuda_residual_bf16);
   EXPECT_TRUE(knobs().cuda_residual_grad_bf16);
   setenv("MICS_CUDA_RESIDUAL_GRAD", "fp32", 1);
   reload_knobs_for_testing();

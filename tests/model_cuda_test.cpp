@@ -928,8 +928,8 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
   whole_model_case({.residual_grad_bf16 = false}, "fused epilogues, padded vocab, fp32 residual gradient",
                    "L2H4C64V250T64");
   whole_model_case({.cuda_graphs = false}, "fused epilogues, padded vocab, no CUDA graphs", "L2H4C64V250T64");
-  whole_model_case({.residual_bf16 = true}, "fused epilogues, padded vocab, bf16 residual stream", "L2H4C64V250T64");
-  whole_model_case({.fused_epilogues = false, .residual_bf16 = true}, "plain GEMMs, bf16 residual stream",
+  whole_model_case({.residual_bf16 = false}, "fused epilogues, padded vocab, fp32 residual stream", "L2H4C64V250T64");
+  whole_model_case({.fused_epilogues = false, .residual_bf16 = false}, "plain GEMMs, fp32 residual stream",
                    "L2H4C64V250T64");
 }
 
@@ -962,7 +962,7 @@ TEST(CudaModel, LossAndGradientsMatchCpuWithCudnnAttention) {
   whole_model_case({}, "cuDNN attention (head 64)", "L2H2C128V256T64");
   whole_model_case({}, "cuDNN attention (head 32)", "L2H4C128V256T64");
   whole_model_case({.recompute = true}, "cuDNN attention, recompute", "L2H2C128V256T64");
-  whole_model_case({.recompute = true, .residual_bf16 = true}, "cuDNN attention, recompute, bf16 residual stream",
+  whole_model_case({.recompute = true, .residual_bf16 = false}, "cuDNN attention, recompute, fp32 residual stream",
                    "L2H2C128V256T64");
   whole_model_case({.cudnn_deterministic = true}, "cuDNN attention, deterministic dQ", "L2H2C128V256T64");
 }

@@ -174,8 +174,8 @@ const std::vector<KnobSpec>& specs() {
        },
        [](const Knobs& k) { return std::string(k.cuda_residual_grad_bf16 ? "bf16" : "fp32"); }},
       {"MICS_CUDA_RESIDUAL",
-       "the residual stream between the blocks (their inputs, the proj/fcproj GEMMs' sums): fp32 (as PyTorch's "
-       "autocast keeps it) or bf16 (as llm.c keeps it; half its bytes in LayerNorm and the residual GEMMs)",
+       "the residual stream between the blocks (their inputs, the proj/fcproj GEMMs' sums): bf16 (as llm.c keeps "
+       "it; half its bytes in LayerNorm and the residual GEMMs) or fp32 (as PyTorch's autocast keeps it)",
        [](Knobs& k, const std::string& v) {
          if (v != "bf16" && v != "fp32") bad_value("MICS_CUDA_RESIDUAL", v, "bf16 or fp32");
          k.cuda_residual_bf16 = v == "bf16";
