@@ -938,7 +938,7 @@ TEST(CudaModel, LossAndGradientsMatchCpu) {
 // steps with one and two micro-batches, an accessor between steps (which applies it at once) and
 // a forward-only loss (whose forward applies it), through every kind of CUDA graph. Not bit for
 // bit: the embedding backward and cuDNN's dQ add with atomics. A lost or doubled update moves
-// the parameters by ~lr against weights of ~0.02 (5e-2 here).
+// parameters by ~lr (1e-3), relative to the largest (LayerNorm's weights, 1): ten times the bound.
 TEST(CudaModel, UpdateInTheNextForwardMatchesUpdateInStep) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = fresh_seed();
@@ -989,7 +989,7 @@ TEST(CudaModel, UpdateInTheNextForwardMatchesUpdateInStep) {
   }
   std::vector<float> moved(flat.size());
   deferred.download_params(moved.data());
-  EXPECT_GT(rel_error(moved, flat), 1e-2);  // the updates did move them
+  EXPECT_GT(rel_error(moved, flat), 2e-3);  // the five updates did move them (measured 5e-3)
   std::printf("[deferred update] CUDA graphs: %s\n", deferred.graph_status().c_str());
   EXPECT_EQ(deferred.graph_status().rfind("on: 3 captured", 0), 0u) << deferred.graph_status();
 }
