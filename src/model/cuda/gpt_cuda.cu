@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <map>
 
@@ -219,7 +220,13 @@ struct CudaGpt::Impl {
     }
     blas.set_fused_epilogues(opt.fused_epilogues);
     blas.set_autotune(opt.gemm_autotune);
-    MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    if (const char* e = std::getenv("MICS_EXP_MAIN_PRIO"); e && std::atoi(e) == 1) {  // EXPERIMENT
+      int least = 0, greatest = 0;
+      MICS_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+      MICS_CUDA(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, greatest));
+    } else {
+      MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    }
     // not sharded: each unit's gradient is reduce-scattered as soon as its backward is done
     overlap = opt.overlap_weight_grads && !opt.recompute && !opt.profile && opt.shard_pad == 0;
     if (overlap) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "model/cuda/check.cuh"
@@ -1391,7 +1392,13 @@ void launch_adamw(float* param, bf16_t* param_bf16, const float* grad, float* m,
   auto aligned = [](const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
   const bool vec4 = aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
                     (param_bf16 == nullptr || aligned(param_bf16, 8));
-  adamw_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m, v,
+  unsigned grid = grid_stride_blocks(count);
+  static const int exp_cap = [] {  // EXPERIMENT MICS_EXP_ADAMW_BLOCKS: the deferred update's grid capped
+    const char* e = std::getenv("MICS_EXP_ADAMW_BLOCKS");
+    return e ? std::atoi(e) : 0;
+  }();
+  if (on_device && exp_cap > 0) grid = std::min(grid, static_cast<unsigned>(exp_cap));
+  adamw_kernel<<<grid, 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m, v,
                                                              count, norm_sq, by_value, on_device, vec4);
   MICS_LAUNCHED(adamw_kernel);
 }
