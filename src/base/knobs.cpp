@@ -165,11 +165,6 @@ const std::vector<KnobSpec>& specs() {
        "(not with --recompute or MICS_CUDA_PROFILE=1); 0: one stream",
        [](Knobs& k, const std::string& v) { k.cuda_overlap_wgrad = parse_switch("MICS_CUDA_OVERLAP_WGRAD", v); },
        [](const Knobs& k) { return std::string(k.cuda_overlap_wgrad ? "1" : "0"); }},
-      {"MICS_CUDA_OVERLAP_ADAMW",
-       "1: one GPU's AdamW update runs at the start of the next forward, each block's on a second stream while the "
-       "blocks before it compute (not with MICS_CUDA_PROFILE=1); 0: inside the step",
-       [](Knobs& k, const std::string& v) { k.cuda_overlap_adamw = parse_switch("MICS_CUDA_OVERLAP_ADAMW", v); },
-       [](const Knobs& k) { return std::string(k.cuda_overlap_adamw ? "1" : "0"); }},
       {"MICS_CUDA_RESIDUAL_GRAD",
        "the residual stream's gradient between the blocks' backward passes: bf16 (as llm.c keeps it; LayerNorm "
        "backward then moves 10 bytes per element instead of 16) or fp32",

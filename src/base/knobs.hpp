@@ -42,7 +42,6 @@ struct Knobs {
   int64_t cuda_flash_bwd_keys = 64;      // MICS_CUDA_FLASH_BWD_KEYS: 64 or 128
   int64_t cuda_gemm_tune = 8;            // MICS_CUDA_GEMM_TUNE: cuBLASLt candidates timed per GEMM shape
   bool cuda_overlap_wgrad = true;        // MICS_CUDA_OVERLAP_WGRAD: weight-grad GEMMs, bias sums on a 2nd stream
-  bool cuda_overlap_adamw = true;        // MICS_CUDA_OVERLAP_ADAMW: one GPU's update overlapping the next forward
   bool cuda_residual_grad_bf16 = true;   // MICS_CUDA_RESIDUAL_GRAD: the residual stream's gradient in bf16 (or fp32)
   bool cuda_residual_bf16 = true;        // MICS_CUDA_RESIDUAL: the residual stream in bf16 (or fp32)
   bool cuda_graphs = true;               // MICS_CUDA_GRAPHS: one GPU's micro-batches replayed as CUDA graphs

@@ -178,7 +178,6 @@ int run_cuda_training(const TrainConfig& c) {
   options.recompute = c.recompute;
   options.gemm_autotune = static_cast<int>(knobs().cuda_gemm_tune);
   options.overlap_weight_grads = knobs().cuda_overlap_wgrad;
-  options.overlap_optimizer = knobs().cuda_overlap_adamw;
   options.residual_grad_bf16 = knobs().cuda_residual_grad_bf16;
   options.residual_bf16 = knobs().cuda_residual_bf16;
   options.cuda_graphs = knobs().cuda_graphs;

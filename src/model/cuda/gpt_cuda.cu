@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <map>
 
@@ -160,33 +159,18 @@ struct CudaGpt::Impl {
     cudaEvent_t begin, end;
   };
   // CUDA graphs (CudaOptions::cuda_graphs): a micro-batch's forward and backward replayed as one
-  // graph launch instead of ~40 launches per block. Kinds of graph: the first micro-batch after
-  // zero_grads() writes the gradients (0; 2 when it also applies a pending update), the later
-  // ones add (1, accumulate_grads()); each is captured
+  // graph launch instead of ~40 launches per block. Two graphs: the first micro-batch after
+  // zero_grads() writes the gradients, the later ones add (accumulate_grads()); each is captured
   // at its kind's second call, the first having run eagerly (cuBLASLt plans and autotuning,
   // cuDNN's plans: host work and synchronizations that a capture cannot hold).
-  // A third kind: the first micro-batch that also applies the update step() left pending
-  // (CudaOptions::overlap_optimizer), its settings read from upd_args when the graph runs.
-  static constexpr int kGraphKinds = 3;
   bool graphs = false;
-  cudaGraphExec_t graph_exec[kGraphKinds] = {nullptr, nullptr, nullptr};
-  int graph_calls[kGraphKinds] = {0, 0, 0};
+  cudaGraphExec_t graph_exec[2] = {nullptr, nullptr};
+  int graph_calls[2] = {0, 0};
   std::string graph_note;  // why the micro-batches run without graphs
   // Bits (side_bit) of the events the side stream recorded in this backward: a wait on one not
   // yet recorded is skipped (the backward before ended by joining the side stream, so it is
   // complete in stream order; under capture a wait on an event from outside it is not allowed).
   unsigned side_recorded = 0;
-  // CudaOptions::overlap_optimizer: step() leaves the update pending (settings in upd_args, on
-  // the device); the next forward applies unit 0's on the main stream and the blocks' on upd,
-  // recording upd_block[l] after block l's, which the main stream waits for before block l.
-  bool defer_update = false;
-  bool update_pending = false;     // step() ran; the update has not been enqueued
-  bool update_in_flight = false;   // enqueued on upd by this forward; waits still to come
-  cudaStream_t upd = nullptr;
-  cudaEvent_t upd_fork = nullptr;
-  std::vector<cudaEvent_t> upd_block;
-  AdamWStepArgs* upd_args = nullptr;       // device
-  AdamWStepArgs* upd_args_host = nullptr;  // pinned, copied to upd_args by step()
   std::vector<cudaEvent_t> event_pool;
   size_t events_used = 0;
   std::vector<Mark> marks;
@@ -220,13 +204,7 @@ struct CudaGpt::Impl {
     }
     blas.set_fused_epilogues(opt.fused_epilogues);
     blas.set_autotune(opt.gemm_autotune);
-    if (const char* e = std::getenv("MICS_EXP_MAIN_PRIO"); e && std::atoi(e) == 1) {  // EXPERIMENT
-      int least = 0, greatest = 0;
-      MICS_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-      MICS_CUDA(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, greatest));
-    } else {
-      MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    }
+    MICS_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     // not sharded: each unit's gradient is reduce-scattered as soon as its backward is done
     overlap = opt.overlap_weight_grads && !opt.recompute && !opt.profile && opt.shard_pad == 0;
     if (overlap) {
@@ -235,13 +213,6 @@ struct CudaGpt::Impl {
         MICS_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       blas_side.set_fused_epilogues(opt.fused_epilogues);
       blas_side.set_autotune(opt.gemm_autotune);
-    }
-    defer_update = opt.overlap_optimizer && opt.shard_pad == 0 && !opt.profile && L > 0;
-    if (defer_update) {
-      MICS_CUDA(cudaStreamCreateWithFlags(&upd, cudaStreamNonBlocking));
-      MICS_CUDA(cudaEventCreateWithFlags(&upd_fork, cudaEventDisableTiming));
-      upd_block.assign(static_cast<size_t>(L), nullptr);
-      for (cudaEvent_t& e : upd_block) MICS_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     graphs = opt.cuda_graphs && opt.shard_pad == 0 && !opt.profile;
     if (!opt.cuda_graphs)
@@ -338,7 +309,6 @@ struct CudaGpt::Impl {
       if (flash && !cudnn) flash_scratch = f(flash_scratch_floats(static_cast<int>(bh), T, D));
       loss_sum = f(1);
       norm_sq = f(1);
-      if (defer_update) upd_args = take ? arena.take<AdamWStepArgs>(1) : (arena.reserve(sizeof(AdamWStepArgs)), nullptr);
       norm_partial = f(sum_squares_partial_floats());
       tokens = take ? arena.take<int32_t>(N) : (arena.reserve(N * 4), nullptr);
       targets = take ? arena.take<int32_t>(N) : (arena.reserve(N * 4), nullptr);
@@ -347,7 +317,6 @@ struct CudaGpt::Impl {
     arena.allocate();
     plan(true);
     MICS_CUDA(cudaMallocHost(&host_out, 2 * sizeof(float)));
-    if (defer_update) MICS_CUDA(cudaMallocHost(&upd_args_host, sizeof(AdamWStepArgs)));
     for (float* f : {m, v, params, grads})
       if (f) MICS_CUDA(cudaMemsetAsync(f, 0, nparams * 4, stream));
     MICS_CUDA(cudaMemsetAsync(loss_sum, 0, 4, stream));
@@ -356,10 +325,6 @@ struct CudaGpt::Impl {
   ~Impl() {
     for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (host_out) cudaFreeHost(host_out);
-    if (upd_args_host) cudaFreeHost(upd_args_host);
-    for (cudaEvent_t e : upd_block) cudaEventDestroy(e);
-    if (upd_fork) cudaEventDestroy(upd_fork);
-    if (upd) cudaStreamDestroy(upd);
     for (cudaGraphExec_t g : graph_exec)
       if (g) cudaGraphExecDestroy(g);
     if (stream) cudaStreamDestroy(stream);
@@ -567,38 +532,6 @@ struct CudaGpt::Impl {
     attention_merge_qkv(dqkvh, dqkv, B, T, H, D, s());
   }
 
-  // --- the optimizer's update, left pending by step() (CudaOptions::overlap_optimizer) ---
-  void adamw_unit(int u, cudaStream_t on) {
-    const size_t o = offsets[static_cast<size_t>(u)], n = unit_n[static_cast<size_t>(u)];
-    adamw(params + o, params_bf16 + o, grads + o, m + o, v + o, n, norm_sq, upd_args, on);
-  }
-  // At the start of a forward: the blocks' updates on upd (forked from here), unit 0's here.
-  void start_pending_update() {
-    if (!update_pending) return;
-    update_pending = false;
-    update_in_flight = true;
-    MICS_CUDA(cudaEventRecord(upd_fork, stream));
-    MICS_CUDA(cudaStreamWaitEvent(upd, upd_fork, 0));
-    for (int l = 0; l < L; ++l) {
-      adamw_unit(1 + l, upd);
-      MICS_CUDA(cudaEventRecord(upd_block[static_cast<size_t>(l)], upd));
-    }
-    adamw_unit(0, stream);
-  }
-  // Before block l's forward reads its parameters (the last block's wait joins upd).
-  void wait_block_update(int l) {
-    if (!update_in_flight) return;
-    MICS_CUDA(cudaStreamWaitEvent(stream, upd_block[static_cast<size_t>(l)], 0));
-    if (l == L - 1) update_in_flight = false;
-  }
-  // Before anything else reads or writes the parameters, moments or gradients: the pending
-  // update applied at once, on the main stream.
-  void apply_pending_update() {
-    if (!update_pending) return;
-    update_pending = false;
-    adamw(params, params_bf16, grads, m, v, nparams, norm_sq, upd_args, stream);
-  }
-
   // --- the residual stream, in its dtype (CudaOptions::residual_bf16) ---
   void ln_forward(Residual x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd) {
     const int n = static_cast<int>(N);
@@ -680,7 +613,6 @@ struct CudaGpt::Impl {
                   {.layer = "model", .where = "CudaGpt", .hint = "call set_unit_source() first"});
     fetch(0);
     ready(0);
-    start_pending_update();
     const auto e32 = embed_f32();
     {
       Scope sc(this, "embedding fwd");
@@ -693,7 +625,6 @@ struct CudaGpt::Impl {
     fetch(L > 0 ? 1 : 0);  // unit 0 released; the first block (or the head's unit 0) next
     for (int l = 0; l < L; ++l) {
       ready(1 + l);
-      wait_block_update(l);
       fetch(l + 1 < L ? 2 + l : 0);  // prefetch: the next block, or unit 0 for the head
       block_forward(l, layer(l), l + 1 < L ? acts[static_cast<size_t>(l) + 1].res : res_final);
     }
@@ -722,12 +653,11 @@ struct CudaGpt::Impl {
 
   // One micro-batch's forward and backward (its tokens uploaded): eagerly, or as a graph launch.
   void run_micro_batch() {
-    const int kind = accumulate_grads() ? 1 : update_pending ? 2 : 0;
+    const int kind = accumulate_grads() ? 1 : 0;
     if (graphs && graph_calls[kind]++ > 0) {
       if (!graph_exec[kind]) capture(kind);
       if (graph_exec[kind]) {
         MICS_CUDA(cudaGraphLaunch(graph_exec[kind], stream));
-        update_pending = false;  // kind 2's graph applies it
         return;
       }
     }
@@ -738,7 +668,6 @@ struct CudaGpt::Impl {
   // the capture cannot hold, in a library's call) turns graphs off with the reason kept for
   // graph_status(); the caller then runs the micro-batch eagerly.
   void capture(int kind) {
-    const bool pending = update_pending;  // a capture runs nothing: the update is still to come
     MICS_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     std::string failure;
     try {
@@ -747,8 +676,6 @@ struct CudaGpt::Impl {
     } catch (const Error& e) {
       failure = e.message();
     }
-    update_pending = pending;
-    update_in_flight = false;
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
     if (failure.empty() && ended != cudaSuccess)
@@ -877,7 +804,6 @@ size_t CudaGpt::unit_offset(int unit) const { return impl_->offsets.at(static_ca
 void CudaGpt::upload_params(const float* host) {
   Impl& s = *impl_;
   s.require_full("upload_params");
-  s.apply_pending_update();
   MICS_CUDA(cudaMemcpyAsync(s.params, host, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
   f32_to_bf16(s.params, s.params_bf16, s.nparams, s.stream);
   MICS_CUDA(cudaStreamSynchronize(s.stream));
@@ -885,7 +811,6 @@ void CudaGpt::upload_params(const float* host) {
 
 void CudaGpt::download_params(float* host) const {
   impl_->require_full("download_params");
-  impl_->apply_pending_update();
   MICS_CUDA(cudaMemcpyAsync(host, impl_->params, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
 }
@@ -893,16 +818,14 @@ void CudaGpt::download_params(float* host) const {
 void CudaGpt::upload_moments(const float* exp_avg, const float* exp_avg_sq) {
   Impl& s = *impl_;
   s.require_full("upload_moments");
-  s.apply_pending_update();
   MICS_CUDA(cudaMemcpyAsync(s.m, exp_avg, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
   MICS_CUDA(cudaMemcpyAsync(s.v, exp_avg_sq, s.nparams * 4, cudaMemcpyHostToDevice, s.stream));
   MICS_CUDA(cudaStreamSynchronize(s.stream));
 }
 
 void CudaGpt::download_state(int which, size_t offset, size_t count, float* host) const {
-  Impl& s = *impl_;
+  const Impl& s = *impl_;
   s.require_full("download_state");
-  s.apply_pending_update();
   MICS_CHECK(which >= 0 && which <= 2 && offset + count <= s.nparams, "download_state: out of range");
   const float* src = which == 0 ? s.params : which == 1 ? s.m : s.v;
   MICS_CUDA(cudaMemcpyAsync(host, src + offset, count * 4, cudaMemcpyDeviceToHost, s.stream));
@@ -911,7 +834,6 @@ void CudaGpt::download_state(int which, size_t offset, size_t count, float* host
 
 void CudaGpt::download_grads(float* host) const {
   impl_->require_full("download_grads");
-  impl_->apply_pending_update();  // it reads the gradients, which clear_unwritten_grads() may zero
   impl_->clear_unwritten_grads();
   MICS_CUDA(cudaMemcpyAsync(host, impl_->grads, impl_->nparams * 4, cudaMemcpyDeviceToHost, impl_->stream));
   MICS_CUDA(cudaStreamSynchronize(impl_->stream));
@@ -981,21 +903,14 @@ StepResult CudaGpt::step(const AdamWConfig& c, int64_t t, int micro_steps) {
     throw Error(ErrorKind::kInvalidArgument, "CudaGpt::step on a sharded model (no optimizer states of its own)",
                 {.layer = "model", .where = "CudaGpt", .hint = "the sharded engine steps this model"});
   const float scale = 1.0f / static_cast<float>(std::max(1, micro_steps));
-  s.apply_pending_update();  // two steps without a forward between
   s.clear_unwritten_grads();
   {
     Impl::Scope sc(&s, "grad norm");
     sum_squares(s.grads, s.nparams, s.norm_sq, s.norm_partial, s.stream);
   }
-  const AdamWArgs a{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, scale, c.clip, t};
-  if (s.defer_update) {
-    // the settings for the next forward's update (the pinned buffer's previous copy is done:
-    // the last step() synchronized after it)
-    *s.upd_args_host = adamw_step_args(a);
-    MICS_CUDA(cudaMemcpyAsync(s.upd_args, s.upd_args_host, sizeof(AdamWStepArgs), cudaMemcpyHostToDevice, s.stream));
-    s.update_pending = true;
-  } else {
+  {
     Impl::Scope sc(&s, "adamw");
+    AdamWArgs a{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, scale, c.clip, t};
     adamw(s.params, s.params_bf16, s.grads, s.m, s.v, s.nparams, s.norm_sq, a, s.stream);
   }
   MICS_CUDA(cudaMemcpyAsync(s.host_out, s.loss_sum, 4, cudaMemcpyDeviceToHost, s.stream));
@@ -1023,8 +938,7 @@ uint64_t CudaGpt::allocated_bytes() const {
 std::string CudaGpt::graph_status() const {
   const Impl& s = *impl_;
   if (!s.graphs) return s.graph_note.empty() ? "off" : s.graph_note;
-  const int captured = static_cast<int>(std::count_if(std::begin(s.graph_exec), std::end(s.graph_exec),
-                                                      [](cudaGraphExec_t g) { return g != nullptr; }));
+  const int captured = (s.graph_exec[0] ? 1 : 0) + (s.graph_exec[1] ? 1 : 0);
   if (captured == 0) return "on (captured at each kind of micro-batch's second call; none yet)";
   return "on: " + std::to_string(captured) + " captured (a micro-batch's forward and backward per launch)";
 }

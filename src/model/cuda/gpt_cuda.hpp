@@ -67,12 +67,6 @@ struct CudaOptions {
   // micro-batch for GPT-2 124M): what counts at small micro-batches, where the host's launches
   // take longer than the kernels.
   bool cuda_graphs = true;
-  // One GPU, not profiling: step() takes the norm and leaves the AdamW update pending; the next
-  // forward applies it unit by unit, the blocks' updates on a stream of their own so that each
-  // overlaps the (mostly compute-bound) forward of the blocks before it; each block's forward
-  // waits for its own update. The same kernels and results as an update inside step(); every
-  // accessor (downloads, uploads, a step without a forward between) applies a pending update first.
-  bool overlap_optimizer = true;
   // For the sharded engine (shard/cuda_engine.hpp), > 0: no full parameter, gradient or
   // moment arrays; per-unit working buffers instead, each unit padded to a multiple of
   // shard_pad floats (the engine's world size), filled and drained through set_unit_source():
@@ -124,8 +118,7 @@ class CudaGpt {
   // The mean loss over the micro-batches since zero_grads() (waits for the device).
   float accumulated_loss();
   // Global norm, clip, AdamW with step number t (1-based) over micro_steps accumulated
-  // micro-batches; waits for the device and returns the loss and norm. With
-  // CudaOptions::overlap_optimizer the update itself runs at the start of the next forward.
+  // micro-batches; waits for the device and returns the loss and norm.
   StepResult step(const AdamWConfig& config, int64_t t, int micro_steps);
 
   // For the sharded engine (shard_pad > 0): where each unit's parameters come from and its

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "model/cuda/check.cuh"
@@ -867,10 +866,7 @@ __device__ __forceinline__ float adamw_update(float p, float g, float& m, float&
 // per parameter); the rest, and everything when !vec4, one element per thread.
 __global__ void adamw_kernel(float* __restrict__ param, bf16* __restrict__ pbf, const float* __restrict__ grad,
                              float* __restrict__ m, float* __restrict__ v, size_t n, const float* __restrict__ norm_sq,
-                             AdamWStepArgs by_value, const AdamWStepArgs* __restrict__ on_device, bool vec4) {
-  const AdamWStepArgs args = on_device ? *on_device : by_value;
-  const AdamWArgs& a = args.a;
-  const float bc1 = args.bc1, bc2 = args.bc2;
+                             AdamWArgs a, float bc1, float bc2, bool vec4) {
   const float nsq = *norm_sq;
   if (!isfinite(nsq)) return;  // the step is skipped, as the engine does
   float scale = a.grad_scale;
@@ -1382,35 +1378,16 @@ void sum_squares(const float* x, size_t count, float* out, float* partial, Strea
   MICS_LAUNCHED(sum_in_order);
 }
 
-AdamWStepArgs adamw_step_args(const AdamWArgs& a) {
-  return {a, 1.0f - std::pow(a.beta1, static_cast<float>(a.t)), 1.0f - std::pow(a.beta2, static_cast<float>(a.t))};
-}
-
-namespace {
-void launch_adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
-                  const float* norm_sq, const AdamWStepArgs& by_value, const AdamWStepArgs* on_device, Stream s) {
+void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
+           const float* norm_sq, const AdamWArgs& a, Stream s) {
+  const float bc1 = 1.0f - std::pow(a.beta1, static_cast<float>(a.t));
+  const float bc2 = 1.0f - std::pow(a.beta2, static_cast<float>(a.t));
   auto aligned = [](const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
   const bool vec4 = aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
                     (param_bf16 == nullptr || aligned(param_bf16, 8));
-  unsigned grid = grid_stride_blocks(count);
-  static const int exp_cap = [] {  // EXPERIMENT MICS_EXP_ADAMW_BLOCKS: the deferred update's grid capped
-    const char* e = std::getenv("MICS_EXP_ADAMW_BLOCKS");
-    return e ? std::atoi(e) : 0;
-  }();
-  if (on_device && exp_cap > 0) grid = std::min(grid, static_cast<unsigned>(exp_cap));
-  adamw_kernel<<<grid, 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m, v,
-                                                             count, norm_sq, by_value, on_device, vec4);
+  adamw_kernel<<<grid_stride_blocks(count), 256, 0, st(s)>>>(param, param_bf16 ? B(param_bf16) : nullptr, grad, m, v,
+                                                             count, norm_sq, a, bc1, bc2, vec4);
   MICS_LAUNCHED(adamw_kernel);
-}
-}  // namespace
-
-void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
-           const float* norm_sq, const AdamWArgs& a, Stream s) {
-  launch_adamw(param, param_bf16, grad, m, v, count, norm_sq, adamw_step_args(a), nullptr, s);
-}
-void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
-           const float* norm_sq, const AdamWStepArgs* args_on_device, Stream s) {
-  launch_adamw(param, param_bf16, grad, m, v, count, norm_sq, AdamWStepArgs{}, args_on_device, s);
 }
 
 }  // namespace mics::model::cuda

@@ -154,15 +154,5 @@ struct AdamWArgs {
 };
 void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
            const float* norm_sq, const AdamWArgs& a, Stream s);
-// The same with the step's settings read from device memory when the kernel runs (a CUDA graph
-// replays its launches with whatever the buffer holds then); adamw_step_args() fills them, with
-// the bias corrections worked out as the overload above does.
-struct AdamWStepArgs {
-  AdamWArgs a;
-  float bc1, bc2;
-};
-AdamWStepArgs adamw_step_args(const AdamWArgs& a);
-void adamw(float* param, bf16_t* param_bf16, const float* grad, float* m, float* v, size_t count,
-           const float* norm_sq, const AdamWStepArgs* args_on_device, Stream s);
 
 }  // namespace mics::model::cuda
