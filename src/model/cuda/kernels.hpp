@@ -4,7 +4,8 @@
 // the tests (plain C++) call every kernel directly against the CPU kernels of gpt_kernels.hpp.
 //
 // Types: activations are bf16 (stored as uint16_t here, __nv_bfloat16 in the .cu files), the
-// residual stream, LayerNorm statistics, gradients and master parameters fp32; every reduction
+// residual stream bf16 or fp32 (CudaOptions::residual_bf16: the kernels that touch it take
+// either), LayerNorm statistics, gradients and master parameters fp32; every reduction
 // accumulates in fp32. Rows are tokens (N = B*T), row-major, as on the CPU.
 // Every launcher takes the stream it runs on (a cudaStream_t passed as void*; null: the legacy
 // default stream) and throws mics::Error (layer "model") when a launch fails.
