@@ -7,8 +7,6 @@
 #include <cmath>
 #include <deque>
 #include <limits>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -246,12 +244,7 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
       .finalize(what + " operation graph");
 
   Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-  // EXPERIMENT: MICS_EXP_CUDNN_HEUR=B (heuristics mode B), MICS_EXP_CUDNN_PICK=k (the k-th config
-  // that finalizes); the finalizing configs' engines printed to stderr.
-  const char* exp_heur = std::getenv("MICS_EXP_CUDNN_HEUR");
-  const char* exp_pick = std::getenv("MICS_EXP_CUDNN_PICK");
-  const int pick = exp_pick ? std::atoi(exp_pick) : 0;
-  const cudnnBackendHeurMode_t mode = exp_heur && exp_heur[0] == 'B' ? CUDNN_HEUR_MODE_B : CUDNN_HEUR_MODE_A;
+  const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
   heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
       .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode)
       .finalize(what + " engine heuristics");
@@ -271,7 +264,6 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
         what + ": reading the heuristics' engine configs");
 
   std::string tried;
-  int finalized = 0;
   for (int64_t i = 0; i < count; ++i) {
     Plan p{Desc(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     p.plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle)
@@ -290,10 +282,6 @@ Plan build_plan(cudnnHandle_t& handle, GraphBuilder& g, const std::string& what)
     if (cudnn_lib().BackendGetAttribute(configs[static_cast<size_t>(i)].get(), CUDNN_ATTR_ENGINECFG_ENGINE,
                                         CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) == CUDNN_STATUS_SUCCESS)
       cudnn_lib().BackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &p.engine);
-    std::fprintf(stderr, "[exp] %s: config %lld of %lld finalizes: engine %lld, workspace %lld\n", what.c_str(),
-                 static_cast<long long>(i), static_cast<long long>(count), static_cast<long long>(p.engine),
-                 static_cast<long long>(p.workspace));
-    if (finalized++ < pick) continue;
     return p;
   }
   throw_cudnn(what + ": none of the " + std::to_string(count) + " engine configs builds (" + tried + ")");
