@@ -48,6 +48,16 @@ bool parse_switch(const char* name, const std::string& v) {
   bad_value(name, v, "1 or 0");
 }
 
+// A dtype choice between bf16 (field true) and fp32.
+KnobSpec bf16_or_fp32(const char* name, const char* help, bool Knobs::*field) {
+  return {name, help,
+          [name, field](Knobs& k, const std::string& v) {
+            if (v != "bf16" && v != "fp32") bad_value(name, v, "bf16 or fp32");
+            k.*field = v == "bf16";
+          },
+          [field](const Knobs& k) { return std::string(k.*field ? "bf16" : "fp32"); }};
+}
+
 const std::vector<KnobSpec>& specs() {
   static const std::vector<KnobSpec> table = {
       {"MICS_TIMEOUT_S", "deadline in seconds of every collective, connect and rendezvous step",
@@ -165,22 +175,15 @@ const std::vector<KnobSpec>& specs() {
        "(not with --recompute or MICS_CUDA_PROFILE=1); 0: one stream",
        [](Knobs& k, const std::string& v) { k.cuda_overlap_wgrad = parse_switch("MICS_CUDA_OVERLAP_WGRAD", v); },
        [](const Knobs& k) { return std::string(k.cuda_overlap_wgrad ? "1" : "0"); }},
-      {"MICS_CUDA_RESIDUAL_GRAD",
-       "the residual stream's gradient between the blocks' backward passes: bf16 (as llm.c keeps it; LayerNorm "
-       "backward then moves 10 bytes per element instead of 16) or fp32",
-       [](Knobs& k, const std::string& v) {
-         if (v != "bf16" && v != "fp32") bad_value("MICS_CUDA_RESIDUAL_GRAD", v, "bf16 or fp32");
-         k.cuda_residual_grad_bf16 = v == "bf16";
-       },
-       [](const Knobs& k) { return std::string(k.cuda_residual_grad_bf16 ? "bf16" : "fp32"); }},
-      {"MICS_CUDA_RESIDUAL",
-       "the residual stream between the blocks (their inputs, the proj/fcproj GEMMs' sums): bf16 (as llm.c keeps "
-       "it; half its bytes in LayerNorm and the residual GEMMs) or fp32 (as PyTorch's autocast keeps it)",
-       [](Knobs& k, const std::string& v) {
-         if (v != "bf16" && v != "fp32") bad_value("MICS_CUDA_RESIDUAL", v, "bf16 or fp32");
-         k.cuda_residual_bf16 = v == "bf16";
-       },
-       [](const Knobs& k) { return std::string(k.cuda_residual_bf16 ? "bf16" : "fp32"); }},
+      bf16_or_fp32("MICS_CUDA_RESIDUAL_GRAD",
+                   "the residual stream's gradient between the blocks' backward passes: bf16 (as llm.c keeps it; "
+                   "LayerNorm backward then moves 10 bytes per element instead of 16) or fp32",
+                   &Knobs::cuda_residual_grad_bf16),
+      bf16_or_fp32("MICS_CUDA_RESIDUAL",
+                   "the residual stream between the blocks (their inputs, the proj/fcproj GEMMs' sums): bf16 (as "
+                   "llm.c keeps it; half its bytes in LayerNorm and the residual GEMMs) or fp32 (as PyTorch's "
+                   "autocast keeps it)",
+                   &Knobs::cuda_residual_bf16),
       {"MICS_CUDA_GRAPHS",
        "1: one GPU's micro-batches (forward and backward) replayed as CUDA graphs from each kind's second call "
        "(not sharded, not with MICS_CUDA_PROFILE=1); 0: every kernel launched by the host",

@@ -936,10 +936,6 @@ void with_row_vectors(int channels, F&& f) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 // The forward with the row in registers (x read once) for C <= 1024; else three passes over x.
 template <typename X>
 void launch_layernorm_forward(const X* x, const float* w, const float* b, bf16_t* out, float* mean, float* rstd,
